@@ -1,0 +1,1 @@
+"""Analyses of trained rankrobust models: popularity fairness, prediction variance, DRO."""

@@ -1,0 +1,138 @@
+"""Recommender backbones: matrix factorisation and LightGCN.
+
+Both hold raw embeddings ``user_emb [n_users, d]`` and ``item_emb [n_items, d]``
+(xavier-initialised) and expose the same three calls:
+
+* ``propagate()`` → (U, I) the tables scores are computed from (identity for
+  MF, the layer mean of sparse propagation for LightGCN);
+* ``pair_scores(U, I, users [B], items [B, M])`` → [B, M] scores (dot or
+  cosine), with dropout on the user rows while training;
+* ``final_embeddings()`` → (U, I) such that ``U @ I.T`` are the evaluation
+  scores (rows normalised for cosine).
+"""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rankrobust.data.interactions import Interactions
+
+
+def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Symmetric-normalised bipartite adjacency D^-1/2 A D^-1/2 as a coalesced sparse COO tensor.
+
+    Shape [n_users + n_items, n_users + n_items]; nodes are users then items.
+    Built once with scipy (vectorised), isolated nodes get zero rows.
+    """
+    n_u, n_i = train.shape
+    r = train.to_scipy()
+    adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float64)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    inv_sqrt = np.zeros_like(deg)
+    nz = deg > 0
+    inv_sqrt[nz] = deg[nz] ** -0.5
+    d = sp.diags(inv_sqrt)
+    norm = (d @ adj @ d).tocoo().astype(np.float32)
+    indices = torch.as_tensor(np.vstack([norm.row, norm.col]), dtype=torch.int64)
+    return torch.sparse_coo_tensor(indices, torch.as_tensor(norm.data), size=norm.shape,
+                                   check_invariants=True).coalesce().to(device)
+
+
+class Recommender(nn.Module):
+    """Shared parts of MF and LightGCN: embeddings, scoring, L2 term."""
+
+    def __init__(self, n_users: int, n_items: int, dim: int = 64, score: str = "cosine",
+                 dropout: float = 0.0, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if score not in ("cosine", "dot"):
+            raise ValueError(f"score must be 'cosine' or 'dot', got {score!r}")
+        self.n_users, self.n_items, self.dim = n_users, n_items, dim
+        self.score = score
+        self.user_emb = nn.Parameter(torch.empty(n_users, dim))
+        self.item_emb = nn.Parameter(torch.empty(n_items, dim))
+        nn.init.xavier_uniform_(self.user_emb, generator=generator)
+        nn.init.xavier_uniform_(self.item_emb, generator=generator)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U [n_users, d], I [n_items, d]) before normalisation; MF: the raw tables."""
+        return self.user_emb, self.item_emb
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, dim=-1) if self.score == "cosine" else x
+
+    def pair_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
+                    items: torch.Tensor) -> torch.Tensor:
+        """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]."""
+        u = self._prepare(self.dropout(U[users]))
+        v = self._prepare(I[items])
+        return torch.einsum("bd,bmd->bm", u, v)
+
+    def inbatch_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
+                       pos_items: torch.Tensor) -> torch.Tensor:
+        """All-pairs scores of the batch's users [B] against its positives [B] → [B, B].
+
+        Row b, column c is f(users[b], pos_items[c]); the diagonal is each row's positive.
+        Equals ``pair_scores(U, I, users, pos_items.expand(B, B))`` at B·d instead of B²·d memory.
+        """
+        u = self._prepare(self.dropout(U[users]))
+        v = self._prepare(I[pos_items])
+        return u @ v.T
+
+    def l2_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """The authors' L2 term (‖u‖² + Σ‖items‖²)/2/B on the raw embeddings of the batch.
+
+        ``users [B]``, ``items [B, 1 + M]`` (positive first, then negatives).
+        """
+        u = self.user_emb[users]
+        v = self.item_emb[items]
+        return (u.pow(2).sum() + v.pow(2).sum()) / 2 / users.shape[0]
+
+    @torch.no_grad()
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, I) with ``U @ I.T`` = evaluation scores (normalised rows for cosine)."""
+        U, I = self.propagate()
+        return self._prepare(U).detach(), self._prepare(I).detach()
+
+
+class MF(Recommender):
+    """Matrix factorisation: f(u, i) = <e_u, e_i> (or cosine)."""
+
+
+class LightGCN(Recommender):
+    """LightGCN: mean of ``layers + 1`` propagations over the normalised bipartite graph.
+
+    The adjacency is built once from the training interactions (one sparse
+    product per layer per call of ``propagate``).
+    """
+
+    def __init__(self, train: Interactions, dim: int = 64, layers: int = 3, score: str = "cosine",
+                 dropout: float = 0.0, generator: torch.Generator | None = None) -> None:
+        super().__init__(train.n_users, train.n_items, dim, score, dropout, generator)
+        self.layers = layers
+        self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([self.user_emb, self.item_emb])
+        total = x
+        for _ in range(self.layers):
+            x = self.adjacency @ x
+            total = total + x
+        mean = total / (self.layers + 1)
+        return mean[: self.n_users], mean[self.n_users:]
+
+
+def build_model(name: str, train: Interactions, *, dim: int = 64, layers: int = 3, score: str = "cosine",
+                dropout: float = 0.0, seed: int = 0, device: torch.device | str = "cpu") -> Recommender:
+    """Create ``mf`` or ``lightgcn`` with seeded xavier init, moved to ``device``."""
+    gen = torch.Generator().manual_seed(seed)
+    if name == "mf":
+        model: Recommender = MF(train.n_users, train.n_items, dim, score, dropout, gen)
+    elif name == "lightgcn":
+        model = LightGCN(train, dim, layers, score, dropout, gen)
+    else:
+        raise ValueError(f"unknown model {name!r}; choose 'mf' or 'lightgcn'")
+    return model.to(device)

@@ -1,0 +1,201 @@
+"""The training loop: Adam, sampled (or in-batch) negatives, early stopping.
+
+Read it top to bottom: `TrainData` is what a run trains on, `make_step`
+builds the per-batch step (optionally compiled), `fit` runs the epochs.  All
+batches stay on the device; the loss is summed on the device and read once
+per epoch, which is the only host sync besides validation.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from rankrobust.config import RunConfig
+from rankrobust.data.interactions import Interactions
+from rankrobust.evaluate import EvalResult, Evaluator
+from rankrobust.losses import get_loss
+from rankrobust.models import Recommender, build_model
+from rankrobust.sampling import build_sampler
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class Callback(Protocol):
+    """Called after every epoch with the model and a dict of that epoch's numbers."""
+
+    def __call__(self, epoch: int, model: Recommender, state: dict[str, Any]) -> None: ...
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device (checked)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+@dataclass
+class TrainData:
+    """What one run trains and evaluates on.
+
+    ``train``: pairs the model learns from (noisy positives included, held-out
+    false negatives removed); ``seen``: everything masked at evaluation
+    (original training positives ∪ injected); ``valid`` / ``test``: clean
+    ground truth; ``fn_pool``: false-negative pool (or None); ``leaky``: valid is test.
+    """
+
+    train: Interactions
+    seen: Interactions
+    valid: Interactions
+    test: Interactions
+    fn_pool: Interactions | None = None
+    leaky: bool = False
+
+
+@dataclass
+class FitResult:
+    """Outcome of `fit`: the model holding the best weights, and its logs."""
+
+    model: Recommender
+    best_epoch: int
+    best_valid: float
+    history: pd.DataFrame
+    valid: EvalResult | None
+    test: EvalResult
+    seconds: float
+    stopped_early: bool
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float,
+              in_batch: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The differentiable part of one batch: scores → loss (+ L2).
+
+    Returns ``step(users [B], pos [B], neg [B, M]) -> loss scalar``.  With
+    ``in_batch`` the negatives are the batch's positives ([B, B] scores, own
+    positive included), computed as one matrix product.
+    """
+
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        U, I = model.propagate()
+        if in_batch:
+            scores = model.inbatch_scores(U, I, users, pos)
+            pos_scores, neg_scores = scores.diagonal(), scores
+            items = pos[:, None]
+        else:
+            items = torch.cat([pos[:, None], neg], dim=1)
+            scores = model.pair_scores(U, I, users, items)
+            pos_scores, neg_scores = scores[:, 0], scores[:, 1:]
+        loss = loss_fn(pos_scores, neg_scores, users=users, **loss_kwargs)
+        if l2 > 0:
+            loss = loss + l2 * model.l2_penalty(users, items)
+        return loss
+
+    return step
+
+
+def maybe_compile(step: Callable, enabled: bool, device: torch.device) -> Callable:
+    """``torch.compile`` the step when asked; fall back to eager with a warning if it fails."""
+    if not enabled:
+        return step
+    try:
+        return torch.compile(step, dynamic=False)
+    except Exception as err:  # compile is an optimisation, never a requirement
+        import warnings
+
+        warnings.warn(f"torch.compile failed on {device} ({err}); training without it")
+        return step
+
+
+def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tuple[Callback, ...] = (),
+        progress: bool = True) -> FitResult:
+    """Train ``cfg.model`` with ``cfg.loss`` on ``data.train``; early-stop on validation.
+
+    Returns the model with the best validation weights restored, the per-epoch
+    history and the test evaluation.  Same seed and device → same numbers.
+    """
+    tc = cfg.train
+    torch.manual_seed(tc.seed)  # dropout draws from the global generator
+    model = build_model(cfg.model.name, data.train, dim=cfg.model.dim, layers=cfg.model.layers,
+                        score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
+    sampler = build_sampler(tc.sampler, train=data.train, n_items=data.train.n_items,
+                            num_negatives=tc.num_negatives, device=device, alpha=tc.pop_alpha,
+                            fn_pool=data.fn_pool, fn_prob=cfg.noise.neg_prob)
+    in_batch = tc.sampler == "in_batch"
+    step = maybe_compile(make_step(model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, in_batch),
+                         tc.compile, device)
+
+    gen = torch.Generator(device=device).manual_seed(tc.seed)
+    users_all, items_all = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
+    n_pairs = users_all.shape[0]
+    n_batches = math.ceil(n_pairs / tc.batch_size)
+
+    validator = Evaluator(data.valid, exclude=[data.seen], ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
+    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    rows: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    stopped_early = False
+    bar = tqdm(range(1, tc.epochs + 1), desc=f"{cfg.model.name}+{cfg.loss.name}", disable=not progress,
+               unit="epoch", dynamic_ncols=True)
+    for epoch in bar:
+        model.train()
+        t0 = time.perf_counter()
+        order = torch.randperm(n_pairs, generator=gen, device=device)
+        total = torch.zeros((), device=device)
+        for b in range(n_batches):
+            idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
+            users, pos = users_all[idx], items_all[idx]
+            neg = sampler(users, pos, gen)
+            loss = step(users, pos, neg)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        mean_loss = total.item() / n_batches  # the one host sync of the epoch
+        train_seconds = time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"training loss became {mean_loss} at epoch {epoch} ({cfg.loss.name}, lr={tc.lr}, "
+                f"tau={cfg.loss.tau}); lower train.lr or raise loss.tau"
+            )
+        row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_seconds": train_seconds}
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+            model.eval()
+            t1 = time.perf_counter()
+            value = validator.evaluate(*model.final_embeddings()).metrics[tc.metric]
+            row.update({f"valid_{tc.metric}": value, "eval_seconds": time.perf_counter() - t1})
+            if value > best_value:
+                best_value, best_epoch = value, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            bar.set_postfix(loss=f"{mean_loss:.4f}", **{tc.metric: f"{value:.4f}"}, best=best_epoch)
+        else:
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        rows.append(row)
+        for callback in callbacks:
+            callback(epoch, model, row)
+        if tc.patience and epoch - best_epoch >= tc.patience:
+            stopped_early = True
+            break
+    bar.close()
+    seconds = time.perf_counter() - start
+    model.load_state_dict(best_state)
+    model.eval()
+    U, I = model.final_embeddings()
+    valid_result = validator.evaluate(U, I)
+    exclude = [data.seen] if data.leaky else [data.seen, data.valid]
+    tester = Evaluator(data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
+    test_result = tester.evaluate(U, I)
+    return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), valid_result, test_result, seconds,
+                     stopped_early)

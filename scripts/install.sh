@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Install rankrobust into ./.venv (created if missing) with the extras in $EXTRAS (default: dev).
+#
+# torch: where no NVIDIA GPU answers `nvidia-smi -L`, a CPU build is installed
+# first (torch==$RANKROBUST_CPU_TORCH, default 2.13.0, optionally from the
+# package index in $RANKROBUST_TORCH_INDEX), so a laptop or CI never pulls a
+# multi-GB CUDA build; with a GPU, pip's default torch build is used.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    $PIP install -q "torch>=2.2"
+  else
+    $PIP install -q "torch==${RANKROBUST_CPU_TORCH:-2.13.0}" \
+      ${RANKROBUST_TORCH_INDEX:+--index-url "$RANKROBUST_TORCH_INDEX"}
+  fi
+fi
+$PIP install -q -e ".[${EXTRAS:-dev}]"
+echo "installed: $(.venv/bin/python -c 'import torch, rankrobust; print("rankrobust", rankrobust.__version__, "torch", torch.__version__)')"

@@ -1,0 +1,56 @@
+import pytest
+
+from rankrobust.config import ConfigError, config_from_dict, load_config, parse_override
+from tests.conftest import REPO
+
+
+def test_defaults_validate():
+    cfg = config_from_dict({})
+    assert cfg.loss.name == "sl" and cfg.model.name == "mf"
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        config_from_dict({"train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match="did you mean 'noise'"):
+        config_from_dict({"nosie": {}})
+
+
+def test_invalid_choice_names_closest():
+    with pytest.raises(ConfigError, match="did you mean 'bsl'"):
+        config_from_dict({"loss": {"name": "bls"}})
+    with pytest.raises(ConfigError, match="did you mean 'lightgcn'"):
+        config_from_dict({"model": {"name": "lightgnc"}})
+
+
+@pytest.mark.parametrize("section,key,value", [
+    ("loss", "tau", -1.0), ("noise", "neg_prob", 1.5), ("train", "epochs", "ten"),
+    ("train", "lr", 0), ("train", "metric", "recall@7"), ("model", "dropout", 1.0),
+])
+def test_invalid_values(section, key, value):
+    with pytest.raises(ConfigError, match=key):
+        config_from_dict({section: {key: value}})
+
+
+def test_overrides_and_kwargs():
+    cfg = config_from_dict({}).with_overrides({"loss.name": "bsl", "loss.tau": 0.2, "loss.tau1": 0.5})
+    assert cfg.loss.kwargs() == {"mode": "paper", "tau1": 0.5, "tau2": 0.2}
+    cfg = cfg.with_overrides({"loss.mode": "multi", "loss.r": 1.1})
+    assert cfg.loss.kwargs() == {"mode": "multi", "tau": 0.2, "r": 1.1}
+    assert parse_override("train.ks=[10, 20]") == ("train.ks", [10, 20])
+    with pytest.raises(ConfigError, match="section"):
+        cfg.with_overrides({"trian.lr": 1.0})
+
+
+def test_yaml_errors_name_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {lr: 0.1, batchsize: 3}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*batch_size"):
+        load_config(bad)
+
+
+def test_presets_load():
+    presets = sorted((REPO / "configs").glob("*.yaml"))
+    assert presets, "configs/ holds the authors' presets"
+    for path in presets:
+        load_config(path)
