@@ -64,12 +64,21 @@ class Recommender(nn.Module):
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(x, dim=-1) if self.score == "cosine" else x
 
+    def score_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, I) from `propagate`, with the item table normalised once for cosine.
+
+        Normalising the [n_items, d] table is far cheaper than normalising the
+        gathered [B, M, d] block (forward and backward); user rows are
+        normalised after gathering so that dropout acts on the raw embedding.
+        """
+        U, I = self.propagate()
+        return U, self._prepare(I)
+
     def pair_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
                     items: torch.Tensor) -> torch.Tensor:
-        """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]."""
+        """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]; (U, I) from `score_tables`."""
         u = self._prepare(self.dropout(U[users]))
-        v = self._prepare(I[items])
-        return torch.einsum("bd,bmd->bm", u, v)
+        return torch.bmm(I[items], u[:, :, None])[..., 0]
 
     def inbatch_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
                        pos_items: torch.Tensor) -> torch.Tensor:
@@ -79,8 +88,7 @@ class Recommender(nn.Module):
         Equals ``pair_scores(U, I, users, pos_items.expand(B, B))`` at B·d instead of B²·d memory.
         """
         u = self._prepare(self.dropout(U[users]))
-        v = self._prepare(I[pos_items])
-        return u @ v.T
+        return u @ I[pos_items].T
 
     def l2_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The authors' L2 term (‖u‖² + Σ‖items‖²)/2/B on the raw embeddings of the batch.

@@ -88,7 +88,7 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     """
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-        U, I = model.propagate()
+        U, I = model.score_tables()
         if in_batch:
             scores = model.inbatch_scores(U, I, users, pos)
             pos_scores, neg_scores = scores.diagonal(), scores
@@ -118,6 +118,61 @@ def maybe_compile(step: Callable, enabled: bool, device: torch.device) -> Callab
         return step
 
 
+class Trainer:
+    """Model, optimiser, sampler and step for one run; `epoch()` trains one pass.
+
+    Split from `fit` so benchmarks can time epochs and evaluations alone.
+    """
+
+    def __init__(self, cfg: RunConfig, data: TrainData, device: torch.device) -> None:
+        tc = cfg.train
+        self.cfg, self.data, self.device = cfg, data, device
+        torch.manual_seed(tc.seed)  # dropout draws from the global generator
+        self.model = build_model(cfg.model.name, data.train, dim=cfg.model.dim, layers=cfg.model.layers,
+                                 score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
+        self.sampler = build_sampler(tc.sampler, train=data.train, n_items=data.train.n_items,
+                                     num_negatives=tc.num_negatives, device=device, alpha=tc.pop_alpha,
+                                     fn_pool=data.fn_pool, fn_prob=cfg.noise.neg_prob)
+        step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, tc.sampler == "in_batch")
+        self.step = maybe_compile(step, tc.compile, device)
+        self.generator = torch.Generator(device=device).manual_seed(tc.seed)
+        self.users, self.items = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
+        self.batch_size = tc.batch_size
+        self.n_batches = math.ceil(self.users.shape[0] / tc.batch_size)
+        self.validator = Evaluator(data.valid, exclude=[data.seen], ks=tc.ks, chunk_size=tc.eval_chunk,
+                                   device=device)
+
+    def epoch(self) -> torch.Tensor:
+        """One shuffled pass over the training pairs; returns the mean loss as a device tensor."""
+        self.model.train()
+        order = torch.randperm(self.users.shape[0], generator=self.generator, device=self.device)
+        total = torch.zeros((), device=self.device)
+        for b in range(self.n_batches):
+            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+            users, pos = self.users[idx], self.items[idx]
+            neg = self.sampler(users, pos, self.generator)
+            loss = self.step(users, pos, neg)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += loss.detach()
+        return total / self.n_batches
+
+    def validate(self) -> EvalResult:
+        """Full-ranking evaluation on the validation split (training items masked)."""
+        self.model.eval()
+        return self.validator.evaluate(*self.model.final_embeddings())
+
+    def test(self) -> EvalResult:
+        """Full-ranking evaluation on test (training, and validation unless leaky, masked)."""
+        self.model.eval()
+        exclude = [self.data.seen] if self.data.leaky else [self.data.seen, self.data.valid]
+        tc = self.cfg.train
+        tester = Evaluator(self.data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=self.device)
+        return tester.evaluate(*self.model.final_embeddings())
+
+
 def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tuple[Callback, ...] = (),
         progress: bool = True) -> FitResult:
     """Train ``cfg.model`` with ``cfg.loss`` on ``data.train``; early-stop on validation.
@@ -126,23 +181,8 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
     history and the test evaluation.  Same seed and device → same numbers.
     """
     tc = cfg.train
-    torch.manual_seed(tc.seed)  # dropout draws from the global generator
-    model = build_model(cfg.model.name, data.train, dim=cfg.model.dim, layers=cfg.model.layers,
-                        score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr)
-    sampler = build_sampler(tc.sampler, train=data.train, n_items=data.train.n_items,
-                            num_negatives=tc.num_negatives, device=device, alpha=tc.pop_alpha,
-                            fn_pool=data.fn_pool, fn_prob=cfg.noise.neg_prob)
-    in_batch = tc.sampler == "in_batch"
-    step = maybe_compile(make_step(model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, in_batch),
-                         tc.compile, device)
-
-    gen = torch.Generator(device=device).manual_seed(tc.seed)
-    users_all, items_all = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
-    n_pairs = users_all.shape[0]
-    n_batches = math.ceil(n_pairs / tc.batch_size)
-
-    validator = Evaluator(data.valid, exclude=[data.seen], ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
+    trainer = Trainer(cfg, data, device)
+    model = trainer.model
     best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
@@ -150,20 +190,8 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
     bar = tqdm(range(1, tc.epochs + 1), desc=f"{cfg.model.name}+{cfg.loss.name}", disable=not progress,
                unit="epoch", dynamic_ncols=True)
     for epoch in bar:
-        model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n_pairs, generator=gen, device=device)
-        total = torch.zeros((), device=device)
-        for b in range(n_batches):
-            idx = order[b * tc.batch_size:(b + 1) * tc.batch_size]
-            users, pos = users_all[idx], items_all[idx]
-            neg = sampler(users, pos, gen)
-            loss = step(users, pos, neg)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.detach()
-        mean_loss = total.item() / n_batches  # the one host sync of the epoch
+        mean_loss = trainer.epoch().item()  # the one host sync of the epoch
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
@@ -172,9 +200,8 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
             )
         row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_seconds": train_seconds}
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
-            model.eval()
             t1 = time.perf_counter()
-            value = validator.evaluate(*model.final_embeddings()).metrics[tc.metric]
+            value = trainer.validate().metrics[tc.metric]
             row.update({f"valid_{tc.metric}": value, "eval_seconds": time.perf_counter() - t1})
             if value > best_value:
                 best_value, best_epoch = value, epoch
@@ -191,11 +218,5 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
     bar.close()
     seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
-    model.eval()
-    U, I = model.final_embeddings()
-    valid_result = validator.evaluate(U, I)
-    exclude = [data.seen] if data.leaky else [data.seen, data.valid]
-    tester = Evaluator(data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
-    test_result = tester.evaluate(U, I)
-    return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), valid_result, test_result, seconds,
-                     stopped_early)
+    return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),
+                     seconds, stopped_early)

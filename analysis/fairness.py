@@ -1,0 +1,497 @@
+"""Popularity fairness of top-K recommendations (PROTOCOLS §5).
+
+Everything is computed from the evaluator's top-K matrix (``EvalResult.topk``,
+``[n_eval, K_max]`` item ids, −1 = padding, ignored), its hit matrix and the
+training item popularity, vectorised on the device with ``bincount``/scatter.
+
+Definitions used here (φ(i) = training interaction count of item i, L_u the
+top-K list of user u without padding, U the evaluated users, G groups):
+
+- **Groups** (``popularity_groups``): items sorted ascending by φ, ties by
+  ascending id. ``mode="interactions"``: item at sorted position p goes to
+  group ``floor(G · C_p / C)`` where C_p is the total φ of the items before it
+  and C the total φ (integer arithmetic), so each group holds ≈ C/G
+  interactions; group 0 = many tail items, group G−1 = few head items; groups
+  can be empty when single items hold more than C/G. ``mode="items"``:
+  group ``floor(G · p / n_items)``, sizes differ by at most one. All-zero
+  popularity falls back to ``"items"``.
+- **Recall@K(g)** = mean_u |L_u ∩ T_u ∩ g| / |T_u|;  **NDCG@K(g)** = mean_u
+  (Σ_{r ≤ K, L_r ∈ T_u ∩ g} 1/log2(r+1)) / IDCG_u(K). Both sum over g to the
+  evaluator's Recall@K / NDCG@K.
+- **Conditional recall** (``recall_cond``, Zhu et al. 2020's P(R@K | g, y=1)) =
+  Σ_u |L_u ∩ T_u ∩ g| / Σ_u |T_u ∩ g|  (NaN for a group without test items).
+- **Recommendation rate** (``rec_rate``, Zhu et al.'s P(R@K | g)) =
+  Σ_u |L_u ∩ g| / Σ_u |g \\ P_u| with P_u the user's training items (when the
+  training matrix is given; otherwise the denominator is |U| · |g|).
+- **ARP** = mean_u mean_{i ∈ L_u} φ(i) (raw counts). **APLT** = mean_u
+  |L_u ∩ tail| / |L_u|, where the *head* is the shortest prefix of the items in
+  descending popularity (the reverse of the group order) whose cumulative φ
+  reaches 80 % of C, and the tail is every other item (zero-count items are
+  always tail). Users with an empty L_u are left out of both means.
+- **Gini** of item exposure: c_i = number of top-K lists containing item i,
+  for all n_items (unrecommended items count as 0), sorted ascending:
+  Gini = Σ_j (2j − n − 1) c_(j) / (n Σ c), j = 1..n. 0 for uniform exposure,
+  (n−1)/n when one item takes all exposure.
+- **Coverage** = |∪_u L_u| / n_items.
+- **PopREO** = std / mean over groups of the per-group recall passed in
+  (``fairness_report`` passes the conditional recall, as in Zhu et al.);
+  **PopRSP** = std / mean over groups of the recommendation rate. Population
+  std (ddof = 0); groups whose value is undefined (NaN: no items, no test
+  items, no candidates) are left out; 0 when every value is 0 (e.g. a model
+  with no hit at all), NaN only when no group is defined.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from rankrobust.data.interactions import Interactions
+from rankrobust.evaluate import EvalResult, truth_membership
+
+__all__ = [
+    "popularity_groups",
+    "long_tail_mask",
+    "group_metrics",
+    "popularity_metrics",
+    "gini",
+    "fairness_report",
+    "fairness_table",
+    "report_to_long",
+    "format_group_table",
+]
+
+GROUP_MODES = ("interactions", "items")
+
+
+def _counts_tensor(item_counts: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
+    t = torch.as_tensor(item_counts)
+    if device is not None:
+        t = t.to(device)
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError("item_counts must be integer counts")
+    t = t.to(torch.int64)
+    if t.dim() != 1:
+        raise ValueError(f"item_counts must be 1-D [n_items], got shape {tuple(t.shape)}")
+    if t.numel() and int(t.min()) < 0:
+        raise ValueError("item_counts must be non-negative")
+    return t
+
+
+def popularity_groups(
+    item_counts: np.ndarray | Tensor,
+    n_groups: int = 10,
+    mode: str = "interactions",
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Popularity group id of every item, LongTensor [n_items] in [0, n_groups).
+
+    Items are sorted ascending by ``item_counts`` (stable: ties by ascending id).
+    ``mode="interactions"``: item at sorted position p gets
+    ``floor(n_groups · C_p / C)`` (C_p = interactions of the items before it,
+    C = all interactions), i.e. groups of ≈ equal total interactions, group 0 =
+    the long tail, group G−1 = the head. ``mode="items"``: ``floor(n_groups ·
+    p / n_items)``, groups of equal item counts (±1). Group ids never decrease
+    with popularity. Returned on ``device`` (default: that of ``item_counts``).
+    """
+    if mode not in GROUP_MODES:
+        raise ValueError(f"mode must be one of {GROUP_MODES}, got {mode!r}")
+    if n_groups < 1:
+        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
+    c = _counts_tensor(item_counts, device)
+    n = c.numel()
+    order = torch.argsort(c, stable=True)
+    sc = c[order]
+    total = int(sc.sum()) if n else 0
+    if mode == "interactions" and total > 0:
+        before = torch.cumsum(sc, 0) - sc
+        g_sorted = torch.div(before * n_groups, total, rounding_mode="floor")
+    else:
+        g_sorted = torch.div(torch.arange(n, device=c.device) * n_groups, max(n, 1), rounding_mode="floor")
+    g_sorted = g_sorted.clamp(max=n_groups - 1)
+    groups = torch.empty_like(g_sorted)
+    groups[order] = g_sorted
+    return groups
+
+
+def long_tail_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
+    """BoolTensor [n_items], True for long-tail items.
+
+    The head is the shortest prefix of the items in descending popularity
+    (ties: higher id first, i.e. the reverse of ``popularity_groups``' order)
+    whose cumulative interaction share reaches ``head_share``: an item is head
+    iff the interactions of the items before it are < ``head_share`` · total
+    and it has at least one interaction. Everything else is tail.
+    """
+    c = _counts_tensor(item_counts)
+    order = torch.argsort(c, stable=True).flip(0)
+    sc = c[order].to(torch.float64)
+    before = torch.cumsum(sc, 0) - sc
+    head_sorted = (before < head_share * float(sc.sum())) & (sc > 0)
+    tail = torch.ones(c.numel(), dtype=torch.bool, device=c.device)
+    tail[order] = ~head_sorted
+    return tail
+
+
+def gini(exposure: np.ndarray | Tensor) -> float:
+    """Gini index of a non-negative exposure vector [n] (all items included).
+
+    ``Σ_j (2j − n − 1) c_(j) / (n Σ c)`` over the ascending sort, j = 1..n;
+    0 for uniform exposure, (n−1)/n when one entry holds everything; NaN for
+    an all-zero vector.
+    """
+    c = torch.as_tensor(exposure).to(torch.float64).flatten()
+    n = c.numel()
+    s = float(c.sum()) if n else 0.0
+    if n == 0 or s == 0.0:
+        return float("nan")
+    cs, _ = torch.sort(c)
+    j = torch.arange(1, n + 1, dtype=torch.float64, device=c.device)
+    return float(((2 * j - n - 1) * cs).sum() / (n * s))
+
+
+def _rel_std(values: np.ndarray) -> float:
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if len(v) == 0:
+        return float("nan")
+    if v.mean() == 0:  # all values 0 (they are non-negative): no disparity
+        return 0.0
+    return float(v.std() / v.mean())
+
+
+def _truth_keys(truth: Interactions, device: torch.device) -> Tensor:
+    u, i = truth.to_pairs()
+    return torch.as_tensor(u * truth.n_items + i, device=device)
+
+
+def _rows_group_counts(mat: Interactions, users: np.ndarray, groups: Tensor, n_groups: int) -> Tensor:
+    """[n_groups] number of (u, i) pairs of ``mat`` with u in ``users``, per group of i."""
+    starts, ends = mat.indptr[users], mat.indptr[users + 1]
+    lens = ends - starts
+    offs = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
+    items = torch.as_tensor(mat.indices[np.repeat(starts, lens) + offs], device=groups.device)
+    return torch.bincount(groups[items], minlength=n_groups)[:n_groups]
+
+
+def group_metrics(
+    result: EvalResult | Tensor,
+    groups: Tensor | np.ndarray,
+    k: int,
+    *,
+    users: Tensor | np.ndarray | None = None,
+    truth: Interactions | None = None,
+    item_counts: np.ndarray | Tensor | None = None,
+    train: Interactions | None = None,
+    n_groups: int | None = None,
+) -> pd.DataFrame:
+    """Per-group accuracy and exposure at cutoff ``k`` (one row per group).
+
+    Args:
+        result: an ``EvalResult`` (uses its ``topk``, ``hits``, ``users``,
+            ``truth``), or a top-K LongTensor [n, ≥k] (then ``users`` [n] and
+            ``truth`` are required; −1 entries are padding).
+        groups: LongTensor [n_items] group id per item (``popularity_groups``).
+        k: cutoff (≤ the width of ``topk``; larger is clipped).
+        item_counts: [n_items] training popularity, for the group's
+            interaction totals (default: from ``train`` if given, else zeros).
+        train: training matrix; makes ``rec_rate`` exclude each user's own
+            training items from its candidates (Zhu et al.).
+        n_groups: number of groups (default ``groups.max() + 1``).
+
+    Returns:
+        DataFrame with columns ``group``, ``n_items``, ``n_interactions``,
+        ``interaction_share``, ``pop_min``, ``pop_max``, ``n_truth`` (test pairs
+        in g), ``n_hits``, ``n_recs`` (top-K slots holding items of g),
+        ``rec_share`` (n_recs / all slots), ``candidates``, ``rec_rate``
+        (n_recs / candidates), ``recall`` and ``ndcg`` (contributions that sum
+        to Recall@K / NDCG@K), ``recall_cond`` (n_hits / n_truth). See the
+        module docstring for the formulas.
+    """
+    if isinstance(result, EvalResult):
+        topk, users_t, truth = result.topk, result.users, result.truth
+        if truth is None:
+            raise ValueError("EvalResult has no truth; pass a top-K tensor with users= and truth=")
+        hits_full = result.hits
+    else:
+        if users is None or truth is None:
+            raise ValueError("with a raw top-K tensor, pass users= and truth=")
+        topk = result
+        users_t = torch.as_tensor(users, device=topk.device)
+        hits_full = None
+    device = topk.device
+    groups = torch.as_tensor(groups, device=device).to(torch.int64)
+    G = int(n_groups if n_groups is not None else (int(groups.max()) + 1 if groups.numel() else 1))
+    n_items = truth.n_items
+    if groups.numel() != n_items:
+        raise ValueError(f"groups has {groups.numel()} entries, expected n_items = {n_items}")
+    kk = min(int(k), topk.shape[1])
+    top = topk[:, :kk]
+    valid = top >= 0
+    if hits_full is None:
+        hits = truth_membership(_truth_keys(truth, device), n_items, users_t, top)
+    else:
+        hits = hits_full[:, :kk] & valid
+    users_np = users_t.cpu().numpy().astype(np.int64)
+    n_eval = len(users_np)
+    n_truth_u = torch.as_tensor(truth.user_counts()[users_np], device=device)
+    if n_eval and int(n_truth_u.min()) == 0:
+        raise ValueError("every evaluated user needs a non-empty truth row")
+
+    dt = torch.float32 if device.type == "mps" else torch.float64
+    g = groups[top.clamp_min(0)].flatten()
+    hf = hits.to(dt)
+    # recall / NDCG contributions
+    disc = 1.0 / torch.log2(torch.arange(2, kk + 2, device=device, dtype=dt))
+    idcg_cum = disc.cumsum(0) if kk else torch.ones(1, device=device, dtype=dt)
+    ideal_len = torch.clamp(n_truth_u, max=max(kk, 1)).clamp_min(1) - 1
+    idcg = idcg_cum[ideal_len]
+    w_rec = (hf / n_truth_u.to(dt).unsqueeze(1)).flatten()
+    w_dcg = (hf * disc / idcg.unsqueeze(1)).flatten()
+    denom = max(n_eval, 1)
+    recall = torch.bincount(g, weights=w_rec, minlength=G)[:G] / denom
+    ndcg = torch.bincount(g, weights=w_dcg, minlength=G)[:G] / denom
+    n_hits = torch.bincount(g, weights=hf.flatten(), minlength=G)[:G]
+    n_recs = torch.bincount(g, weights=valid.to(dt).flatten(), minlength=G)[:G]
+    # item side
+    g_items = torch.bincount(groups, minlength=G)[:G].to(dt)
+    if item_counts is None:
+        item_counts = train.item_counts() if train is not None else np.zeros(n_items, np.int64)
+    ic = _counts_tensor(item_counts, device)
+    n_inter = torch.bincount(groups, weights=ic.to(dt), minlength=G)[:G]
+    big = torch.iinfo(torch.int64).max
+    pop_min = torch.full((G,), big, dtype=torch.int64, device=device).scatter_reduce(0, groups, ic, "amin")
+    pop_max = torch.full((G,), -1, dtype=torch.int64, device=device).scatter_reduce(0, groups, ic, "amax")
+    # truth and candidates per group over the evaluated users
+    n_truth_g = _rows_group_counts(truth, users_np, groups, G).to(dt)
+    cand = n_eval * g_items
+    if train is not None:
+        cand = cand - _rows_group_counts(train, users_np, groups, G).to(dt)
+
+    cols = {
+        "n_items": g_items, "n_interactions": n_inter, "pop_min": pop_min, "pop_max": pop_max,
+        "n_truth": n_truth_g, "n_hits": n_hits, "n_recs": n_recs, "candidates": cand,
+        "recall": recall, "ndcg": ndcg,
+    }
+    host = {name: t.cpu().numpy() for name, t in cols.items()}
+    df = pd.DataFrame({"group": np.arange(G, dtype=np.int64)})
+    for name in ("n_items", "n_interactions", "n_truth", "n_hits", "n_recs", "candidates"):
+        df[name] = host[name].round().astype(np.int64)
+    tot_inter = host["n_interactions"].sum()
+    df.insert(3, "interaction_share", host["n_interactions"] / tot_inter if tot_inter > 0 else np.nan)
+    empty = host["n_items"] == 0
+    df.insert(4, "pop_min", np.where(empty, -1, host["pop_min"]).astype(np.int64))
+    df.insert(5, "pop_max", host["pop_max"].astype(np.int64))
+    tot_recs = host["n_recs"].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df.insert(df.columns.get_loc("n_recs") + 1, "rec_share", host["n_recs"] / tot_recs if tot_recs > 0 else np.nan)
+        df["rec_rate"] = np.where(host["candidates"] > 0, host["n_recs"] / np.maximum(host["candidates"], 1), np.nan)
+        df["recall"] = host["recall"].astype(np.float64)
+        df["ndcg"] = host["ndcg"].astype(np.float64)
+        df["recall_cond"] = np.where(host["n_truth"] > 0, host["n_hits"] / np.maximum(host["n_truth"], 1), np.nan)
+    return df
+
+
+def popularity_metrics(
+    topk: Tensor,
+    item_counts: np.ndarray | Tensor,
+    groups: Tensor | np.ndarray,
+    k: int,
+    per_group_recall: Sequence[float] | np.ndarray | Tensor,
+    *,
+    group_candidates: Sequence[float] | np.ndarray | None = None,
+    head_share: float = 0.8,
+    n_groups: int | None = None,
+) -> dict[str, float]:
+    """Popularity-bias summary of top-K lists.
+
+    Args:
+        topk: LongTensor [n_users, ≥k] item ids (−1 = padding, ignored); the
+            first ``k`` columns are used.
+        item_counts: [n_items] training popularity φ.
+        groups: [n_items] popularity group per item.
+        per_group_recall: [G] per-group recall used for PopREO (NaN = undefined
+            group, skipped).
+        group_candidates: [G] denominators of the recommendation rate (Zhu et
+            al.: Σ_u |g \\ P_u|); default |g| (the constant |U| cancels).
+        head_share: interaction share covered by the head (0.8).
+
+    Returns:
+        ``{"arp", "aplt", "gini", "coverage", "pop_reo", "pop_rsp"}`` as floats,
+        with the definitions of the module docstring.
+    """
+    device = topk.device
+    c = _counts_tensor(item_counts, device)
+    n_items = c.numel()
+    groups = torch.as_tensor(groups, device=device).to(torch.int64)
+    G = int(n_groups if n_groups is not None else (int(groups.max()) + 1 if groups.numel() else 1))
+    dt = torch.float32 if device.type == "mps" else torch.float64
+    top = topk[:, : min(int(k), topk.shape[1])]
+    valid = top >= 0
+    safe = top.clamp_min(0)
+    vf = valid.to(dt)
+    n_valid = vf.sum(1)
+    has = n_valid > 0
+    tail = long_tail_mask(c, head_share)
+    arp_u = (c[safe].to(dt) * vf).sum(1) / n_valid.clamp_min(1)
+    aplt_u = (tail[safe].to(dt) * vf).sum(1) / n_valid.clamp_min(1)
+    exposure = torch.bincount(safe.flatten(), weights=vf.flatten(), minlength=n_items)[:n_items]
+    recs_g = torch.bincount(groups[safe].flatten(), weights=vf.flatten(), minlength=G)[:G]
+    size_g = torch.bincount(groups, minlength=G)[:G].to(dt)
+    n_has = has.sum()
+    out = torch.stack([
+        torch.where(has, arp_u, 0).sum() / n_has.clamp_min(1),
+        torch.where(has, aplt_u, 0).sum() / n_has.clamp_min(1),
+        (exposure > 0).sum().to(dt) / max(n_items, 1),
+        n_has.to(dt),
+    ]).cpu().numpy()
+    if group_candidates is None:
+        cand = size_g.cpu().numpy()
+    else:
+        cand = np.asarray(group_candidates, dtype=np.float64)
+    recs = recs_g.cpu().numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(cand > 0, recs / np.maximum(cand, 1e-300), np.nan)
+    pgr = torch.as_tensor(per_group_recall).cpu().numpy() if isinstance(per_group_recall, Tensor) else np.asarray(per_group_recall, dtype=np.float64)
+    nan = float("nan")
+    return {
+        "arp": float(out[0]) if out[3] > 0 else nan,
+        "aplt": float(out[1]) if out[3] > 0 else nan,
+        "gini": gini(exposure),
+        "coverage": float(out[2]),
+        "pop_reo": _rel_std(pgr),
+        "pop_rsp": _rel_std(rate),
+    }
+
+
+def fairness_report(
+    eval_result: EvalResult,
+    train: Interactions,
+    k: int = 20,
+    n_groups: int = 10,
+    mode: str = "interactions",
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-group table and popularity summary of one evaluation at cutoff ``k``.
+
+    Groups come from the training popularity (``popularity_groups``). PopREO
+    uses the conditional per-group recall ``recall_cond`` and PopRSP the
+    candidate-normalised ``rec_rate`` (Zhu et al. 2020).
+
+    Returns:
+        (``group_metrics`` DataFrame, dict with ``arp``, ``aplt``, ``gini``,
+        ``coverage``, ``pop_reo``, ``pop_rsp``, ``recall@k`` and ``ndcg@k`` (sum
+        of the group contributions) and ``n_users``).
+    """
+    counts = train.item_counts()
+    device = eval_result.topk.device
+    groups = popularity_groups(counts, n_groups, mode, device=device)
+    gdf = group_metrics(eval_result, groups, k, item_counts=counts, train=train, n_groups=n_groups)
+    summary = popularity_metrics(
+        eval_result.topk, counts, groups, k, gdf["recall_cond"].to_numpy(),
+        group_candidates=gdf["candidates"].to_numpy(), n_groups=n_groups,
+    )
+    summary[f"recall@{k}"] = float(gdf["recall"].sum())
+    summary[f"ndcg@{k}"] = float(gdf["ndcg"].sum())
+    summary["n_users"] = float(eval_result.users.numel())
+    return gdf, summary
+
+
+#: group-table columns written to the long table (integers are cast to float).
+LONG_GROUP_COLUMNS = (
+    "n_items", "n_interactions", "interaction_share", "pop_min", "pop_max", "n_truth", "n_hits",
+    "n_recs", "rec_share", "candidates", "rec_rate", "recall", "ndcg", "recall_cond",
+)
+
+
+def report_to_long(group_df: pd.DataFrame, summary: dict[str, float], k: int, mode: str, n_groups: int) -> pd.DataFrame:
+    """One ``fairness_report`` in long form (see ``fairness_table`` for the columns)."""
+    g = group_df.melt(id_vars=["group"], value_vars=[c for c in LONG_GROUP_COLUMNS if c in group_df],
+                      var_name="metric", value_name="value")
+    g.insert(0, "scope", "group")
+    names = [m[: -len(f"@{k}")] if m.endswith(f"@{k}") else m for m in summary]  # "recall@20" -> "recall"
+    o = pd.DataFrame({"scope": "overall", "group": -1, "metric": names, "value": list(summary.values())})
+    df = pd.concat([o, g], ignore_index=True)
+    df.insert(0, "mode", mode)
+    df.insert(1, "n_groups", int(n_groups))
+    df.insert(2, "k", int(k))
+    return df.astype({"mode": str, "n_groups": np.int64, "k": np.int64, "scope": str,
+                      "group": np.int64, "metric": str, "value": np.float64})
+
+
+def fairness_table(
+    source: pd.DataFrame | EvalResult,
+    other: dict[str, float] | Interactions,
+    k: int = 20,
+    *,
+    mode: str = "interactions",
+    n_groups: int | None = None,
+    ks: Iterable[int] | None = None,
+    modes: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """Tidy long table of fairness reports, ready for ``fairness.parquet``.
+
+    Two call forms:
+
+    - ``fairness_table(group_df, summary, k=20, mode="interactions")``: the
+      long form of one ``fairness_report`` output (``n_groups`` defaults to
+      ``len(group_df)``).
+    - ``fairness_table(eval_result, train, ks=(10, 20), modes=("interactions",
+      "items"), n_groups=10)``: runs ``fairness_report`` for every (mode, k)
+      (``ks`` defaults to ``(k,)``, ``modes`` to ``(mode,)``) and stacks them.
+
+    Columns: ``mode`` (str, grouping mode), ``n_groups`` (int), ``k`` (int),
+    ``scope`` (``"overall"`` or ``"group"``), ``group`` (int, −1 for overall
+    rows), ``metric`` (str: an overall key of ``fairness_report`` with the
+    ``@k`` suffix dropped — ``recall``/``ndcg`` are then the overall totals —
+    or a column of ``group_metrics``), ``value`` (float64). Add run identifiers
+    as columns before concatenating several runs.
+    """
+    if isinstance(source, pd.DataFrame):
+        if not isinstance(other, dict):
+            raise TypeError("fairness_table(group_df, summary, ...): summary must be the dict of fairness_report")
+        return report_to_long(source, other, k, mode, int(n_groups if n_groups is not None else len(source)))
+    if not isinstance(source, EvalResult) or not isinstance(other, Interactions):
+        raise TypeError("fairness_table takes (group_df, summary) or (EvalResult, train Interactions)")
+    G = int(n_groups if n_groups is not None else 10)
+    parts = []
+    for md in (modes if modes is not None else (mode,)):
+        for kk in (ks if ks is not None else (k,)):
+            gdf, summary = fairness_report(source, other, k=kk, n_groups=G, mode=md)
+            parts.append(report_to_long(gdf, summary, kk, md, G))
+    return pd.concat(parts, ignore_index=True)
+
+
+def format_group_table(df: pd.DataFrame, summary: dict[str, float] | None = None) -> str:
+    """A fixed-width console table of a ``group_metrics`` DataFrame (plus summary line)."""
+    cols = [
+        ("group", "group", "{:d}"), ("n_items", "items", "{:d}"), ("n_interactions", "inter", "{:d}"),
+        ("pop_min", "pop_min", "{:d}"), ("pop_max", "pop_max", "{:d}"), ("rec_share", "rec_share", "{:.4f}"),
+        ("rec_rate", "rec_rate", "{:.2e}"), ("recall", "recall", "{:.5f}"), ("ndcg", "ndcg", "{:.5f}"),
+        ("recall_cond", "recall|g", "{:.5f}"),
+    ]
+    cols = [c for c in cols if c[0] in df]
+    cells = [[h for _, h, _ in cols]]
+    for _, row in df.iterrows():
+        line = []
+        for name, _, fmt in cols:
+            v = row[name]
+            if pd.isna(v):
+                line.append("-")
+            else:
+                line.append(fmt.format(int(v)) if fmt == "{:d}" else fmt.format(float(v)))
+        cells.append(line)
+    sums = {"n_items": "{:d}", "n_interactions": "{:d}", "rec_share": "{:.4f}", "recall": "{:.5f}", "ndcg": "{:.5f}"}
+    total = [("sum" if name == "group" else (sums[name].format(int(df[name].sum())) if sums.get(name) == "{:d}"
+              else sums[name].format(float(df[name].sum())) if name in sums else "")) for name, _, _ in cols]
+    cells.append(total)
+    widths = [max(len(r[j]) for r in cells) for j in range(len(cols))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.insert(len(lines) - 1, "  ".join("-" * w for w in widths))
+    if summary:
+        lines.append(", ".join(f"{key}={val:.4g}" for key, val in summary.items()))
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Seconds per training epoch and per full evaluation for one dataset/model/loss/device.
+
+    python benchmarks/speed.py --dataset lastfm --model mf --loss sl --epochs 3
+    python benchmarks/speed.py --dataset yelp2018 --negatives 64 --epochs 1 --append
+
+Times ``--epochs`` training epochs after ``--warmup`` untimed ones (compilation
+and caches) and ``--evals`` full-ranking evaluations of all test users; prints
+a table row and, with ``--append``, adds it to benchmarks/RESULTS.md with the
+machine, torch version and date.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from rankrobust.config import config_from_dict, parse_override
+from rankrobust.experiment import load_data, prepare_data
+from rankrobust.train import Trainer, resolve_device
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine(device: torch.device) -> str:
+    """A short name of the machine the numbers come from."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="lastfm")
+    p.add_argument("--data-dir")
+    p.add_argument("--model", default="mf")
+    p.add_argument("--loss", default="sl")
+    p.add_argument("--sampler", default="uniform")
+    p.add_argument("--negatives", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--compile", action="store_true")
+    p.add_argument("--epochs", type=int, default=2, help="timed epochs")
+    p.add_argument("--warmup", type=int, default=0, help="untimed epochs before timing")
+    p.add_argument("--evals", type=int, default=3, help="timed full evaluations")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--append", action="store_true", help="append the row to benchmarks/RESULTS.md")
+    p.add_argument("--note", default="", help="free text for the RESULTS.md row")
+    args = p.parse_args()
+
+    overrides = {"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": args.model,
+                 "model.layers": args.layers, "loss.name": args.loss, "train.sampler": args.sampler,
+                 "train.num_negatives": args.negatives, "train.batch_size": args.batch_size,
+                 "train.device": args.device, "train.compile": args.compile}
+    overrides.update(dict(parse_override(s) for s in args.set))
+    cfg = config_from_dict({}).with_overrides(overrides)
+    device = resolve_device(cfg.train.device)
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    trainer = Trainer(cfg, data, device)
+    for _ in range(args.warmup):
+        trainer.epoch().item()
+    epoch_times = []
+    for _ in range(args.epochs):
+        sync(device)
+        t0 = time.perf_counter()
+        trainer.epoch().item()
+        sync(device)
+        epoch_times.append(time.perf_counter() - t0)
+    trainer.test()  # warm the evaluator
+    eval_times = []
+    for _ in range(args.evals):
+        sync(device)
+        t0 = time.perf_counter()
+        trainer.test()
+        sync(device)
+        eval_times.append(time.perf_counter() - t0)
+    settings = (f"{args.model}+{args.loss}, {args.sampler} M={args.negatives if args.sampler != 'in_batch' else 'batch'}, "
+                f"B={args.batch_size}, d={cfg.model.dim}, {cfg.model.score}"
+                + (", compiled" if args.compile else "") + (f", {', '.join(args.set)}" if args.set else ""))
+    row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {args.dataset} | {settings} | "
+           f"{statistics.median(epoch_times):.3f} | {statistics.median(eval_times):.3f} | "
+           f"{data.train.nnz:,} pairs, {trainer.n_batches} batches; {args.note} |")
+    print("| date | machine | torch | dataset | settings | s/epoch (median) | s/full eval (median) | notes |")
+    print(row)
+    if args.append:
+        with RESULTS.open("a") as fh:
+            fh.write(row + "\n")
+
+
+if __name__ == "__main__":
+    main()

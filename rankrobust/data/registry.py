@@ -1,0 +1,347 @@
+"""Named datasets, where their files live, and how to fetch them.
+
+``lastfm`` ships inside the package (``rankrobust/data/embedded/lastfm``, see
+its README for provenance and terms).  The others are read from a data
+directory holding ``<name>/train.txt.gz`` and ``<name>/test.txt.gz`` (plain
+``.txt`` also works) in LightGCN format.  The data directory is, in order:
+
+1. the ``data_dir`` argument (``--data-dir`` on the command line);
+2. the environment variable ``RANKROBUST_DATA``;
+3. ``../shared/data`` relative to the current directory, or to the repository
+   root when rankrobust runs from a source checkout.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from rankrobust.data.errors import DataFormatError, DataNotFoundError
+from rankrobust.data.interactions import Interactions
+from rankrobust.data.readers import _read_lightgcn_full, _read_table_frame, _factorize, is_table_path
+from rankrobust.data.splits import Dataset, carve_validation
+
+__all__ = ["DatasetInfo", "list_datasets", "load_dataset", "load_files", "download", "KNOWN_SHA256",
+           "EMBEDDED_DIR", "resolve_data_dir"]
+
+ENV_VAR = "RANKROBUST_DATA"
+EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    description: str
+    embedded: bool = False
+
+
+_DATASETS: dict[str, _Spec] = {
+    "lastfm": _Spec("Last.fm (HetRec 2011) artists, 10-core users, 5-core items, warm 80/10/10 split "
+                      "(1,812 users, 2,762 items, 70K pairs); embedded default", True),
+    "yelp2018": _Spec("Yelp2018, LightGCN split (31,668 users, 38,048 items, 1.56M pairs)"),
+    "gowalla": _Spec("Gowalla check-ins, LightGCN split (29,858 users, 40,981 items, 1.03M pairs)"),
+    "ml": _Spec("MovieLens-1M subset used by BSL / Adap-tau (6,022 users, 3,043 items, 0.9M pairs)"),
+    "ml-100k": _Spec("MovieLens-100K, IR-Benchmark 10-core 80/20 split (939 users, 1,016 items)"),
+}
+
+# sha256 of the gzip files as distributed (see ../shared/data/README.md)
+KNOWN_SHA256: dict[str, dict[str, str]] = {
+    "yelp2018": {
+        "train.txt.gz": "9b69e51c511d3552ba88a05023f6fcfdf7c1a2d4ab64d3b67cea126d6d398572",
+        "test.txt.gz": "d5eb19d4311a3d48f49534bfbd9f5cfefc4d4c684bff7754648478f3aef69b41",
+    },
+    "gowalla": {
+        "train.txt.gz": "61fb99c1e8bcbd8c4a0ec56a079d033a18985317589e52cc952767b49b2506a7",
+        "test.txt.gz": "23368b745faf7cf0201859230872db6ccf13e23cbaf0c844de53c94b6f8888ea",
+    },
+    "ml": {
+        "train.txt.gz": "037dd2ed77415037cbb1f0d9db24143bf1fd67c75d95be0723e3305d05800baf",
+        "test.txt.gz": "dc0517b0a36b7e7f676f7397b035cb4071f6f85f1b33dcd917231481a91802e9",
+    },
+    "ml-100k": {
+        "train.txt.gz": "dee3590448bd3348b1a00111b5e4dbbdf0be241e9730cfba4e9f59267e938713",
+        "test.txt.gz": "96621cd740ce796043ee9336888d09e30c6c8e3e133ba609cc89512d62f7c3bf",
+    },
+    # the unfiltered LightGCN++ split the embedded lastfm is built from
+    "lastfm": {
+        "train.txt.gz": "b749680a88365264255a2c91e858480fe89bc503ee942039e2c112331184236c",
+        "valid.txt.gz": "d33dab5f618592d9bb404bad943e6ae87ff5d5dbc2e52b5d601335623d1f4148",
+        "test.txt.gz": "f159d7022d12d034ef3914dbe91d4696db9336297a38d3ce3db3e2412a49ffe8",
+    },
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One registered dataset as `list_datasets` reports it.
+
+    ``where`` is the folder its files are (or would be) read from.
+    """
+
+    name: str
+    description: str
+    where: str
+    available: bool
+    embedded: bool = False
+
+
+# ------------------------------------------------------------------ locating
+def _candidate_dirs(data_dir: str | os.PathLike | None) -> tuple[list[Path], str]:
+    """Data directories to search, in order, and a phrase saying where they came from."""
+    if data_dir is not None:
+        return [Path(data_dir).expanduser()], "the data_dir argument (--data-dir)"
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return [Path(env).expanduser()], f"${ENV_VAR}"
+    cands = [Path.cwd().parent / "shared" / "data"]
+    if (_REPO_ROOT / "pyproject.toml").exists():
+        repo_cand = _REPO_ROOT.parent / "shared" / "data"
+        if repo_cand.resolve() != cands[0].resolve():
+            cands.append(repo_cand)
+    return cands, "the default locations (../shared/data)"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The data directory that would be searched first and exists, or ``None``."""
+    cands, _ = _candidate_dirs(data_dir)
+    return next((c for c in cands if c.is_dir()), None)
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    for suffix in (".txt.gz", ".txt"):
+        p = folder / f"{split}{suffix}"
+        if p.is_file():
+            return p
+    return None
+
+
+def _canonical(name: str) -> str:
+    key = name.strip().lower()
+    if key not in _DATASETS:
+        close = difflib.get_close_matches(key, list(_DATASETS), n=1, cutoff=0.4)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(_DATASETS)}")
+    return key
+
+
+def _external_folder(name: str, data_dir) -> tuple[Path | None, list[Path], str]:
+    cands, origin = _candidate_dirs(data_dir)
+    for c in cands:
+        folder = c / name
+        if _split_file(folder, "train") and _split_file(folder, "test"):
+            return folder, cands, origin
+    return None, cands, origin
+
+
+def list_datasets(data_dir: str | os.PathLike | None = None) -> list[DatasetInfo]:
+    """All registered datasets, with where their files are and whether they are present."""
+    out = []
+    for name, spec in _DATASETS.items():
+        if spec.embedded:
+            folder = EMBEDDED_DIR / name
+            ok = all(_split_file(folder, s) for s in ("train", "valid", "test"))
+            out.append(DatasetInfo(name, spec.description, str(folder), bool(ok), True))
+            continue
+        folder, cands, _ = _external_folder(name, data_dir)
+        where = folder if folder is not None else cands[0] / name
+        out.append(DatasetInfo(name, spec.description, str(where), folder is not None, False))
+    return out
+
+
+# ------------------------------------------------------------------- loading
+def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | None, n_users_seen: int,
+              valid_fraction: float, seed: int, valid_is_test: bool) -> Dataset:
+    """Build the Dataset from (users, items) pair tuples; shape = max id over all splits + 1."""
+    parts = [train, test] + ([valid] if valid is not None else [])
+    n_users = max([n_users_seen] + [int(u.max()) + 1 for u, _ in parts if len(u)])
+    n_items = max([0] + [int(i.max()) + 1 for _, i in parts if len(i)])
+    tr = Interactions.from_pairs(*train, n_users, n_items)
+    te = Interactions.from_pairs(*test, n_users, n_items)
+    va = Interactions.from_pairs(*valid, n_users, n_items) if valid is not None else None
+    if tr.nnz == 0:
+        raise DataFormatError(source, "the training split holds no interactions")
+    overlap = te.nnz - te.difference(tr).nnz
+    if overlap:
+        warnings.warn(f"{name}: {overlap} test pairs also occur in train", stacklevel=3)
+    if valid_is_test:
+        if va is not None:  # the shipped validation pairs go back into training
+            tr = tr.union(va)
+        return Dataset(name, tr, te, te, leaky_validation=True, source=source)
+    if va is None:
+        tr, va = carve_validation(tr, valid_fraction, seed)
+    return Dataset(name, tr, va, te, leaky_validation=False, source=source)
+
+
+def _read_split(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    u, i, seen = _read_lightgcn_full(path)
+    return (u, i), seen
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fraction: float = 0.1,
+                 seed: int = 0, valid_is_test: bool = False) -> Dataset:
+    """Load a registered dataset as train / valid / test `Interactions`.
+
+    ``n_users`` / ``n_items`` are the largest ids over all splits plus one.
+    For external datasets (``yelp2018``, ``gowalla``, ``ml``, ``ml-100k``) the
+    validation split is carved from train with ``carve_validation(train,
+    valid_fraction, seed)``.  The embedded ``lastfm`` ships its own validation
+    split (``valid_fraction`` and ``seed`` are then unused).
+
+    ``valid_is_test=True`` reproduces the authors' protocol: valid is the test
+    set, ``leaky_validation`` is True, nothing is carved from train, and for
+    ``lastfm`` the shipped validation pairs are added back to train.
+
+    Raises:
+        ValueError: unknown name (the message suggests the closest one).
+        DataNotFoundError: the files are missing; the message says where it
+            looked and how to point rankrobust at the data.
+        DataFormatError: a file is malformed.
+    """
+    key = _canonical(name)
+    if _DATASETS[key].embedded:
+        folder = EMBEDDED_DIR / key
+        paths = {s: _split_file(folder, s) for s in ("train", "valid", "test")}
+        if not all(paths.values()):
+            raise DataNotFoundError(f"embedded dataset {key!r} is missing from {folder}; reinstall rankrobust "
+                                    f"or rebuild it with scripts/build_lastfm.py")
+        source = "embedded:" + str(folder)
+    else:
+        folder, cands, origin = _external_folder(key, data_dir)
+        if folder is None:
+            looked = ", ".join(str(c / key) for c in cands)
+            raise DataNotFoundError(
+                f"dataset {key!r} not found: looked for {key}/train.txt.gz and {key}/test.txt.gz in {looked} "
+                f"(from {origin}). Pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}=DIR to a folder "
+                f"holding {key}/, or fetch it with rankrobust.data.download({key!r}, DIR, BASE_URL).")
+        paths = {s: _split_file(folder, s) for s in ("train", "test")}
+        paths["valid"] = None
+        source = str(folder)
+    train, seen_tr = _read_split(paths["train"])
+    test, seen_te = _read_split(paths["test"])
+    valid, seen_va = _read_split(paths["valid"]) if paths["valid"] is not None else (None, 0)
+    return _assemble(key, source, train, test, valid, max(seen_tr, seen_te, seen_va),
+                     valid_fraction, seed, valid_is_test)
+
+
+def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | os.PathLike | None = None,
+               valid_fraction: float = 0.1, seed: int = 0, valid_is_test: bool = False, name: str | None = None,
+               user_col: str = "user", item_col: str = "item") -> Dataset:
+    """Load a dataset from user-given files.
+
+    The files are LightGCN text (plain or ``.gz``), or all tables (``.csv``,
+    ``.tsv``, ``.parquet``; read with `read_table` conventions, ids of all
+    splits remapped jointly to contiguous ids in sorted order of the original
+    ids).  Without ``valid`` the validation split is carved from train with
+    ``carve_validation(train, valid_fraction, seed)``; ``valid_is_test`` makes
+    valid the test set (``leaky_validation=True``; a given ``valid`` file is
+    then added to train).  ``name`` defaults to the train file's parent folder.
+
+    Returns:
+        `Dataset` whose shape is the largest id over all splits plus one.
+    """
+    files = {"train": Path(train), "test": Path(test)}
+    if valid is not None:
+        files["valid"] = Path(valid)
+    label = name or files["train"].resolve().parent.name or "files"
+    source = ", ".join(f"{k}={v}" for k, v in files.items())
+    tables = [is_table_path(p) for p in files.values()]
+    if any(tables) and not all(tables):
+        raise ValueError(f"mix of table and LightGCN files ({source}); use one format for all splits")
+    if all(tables):
+        frames = {k: _read_table_frame(p, user_col, item_col, None, None) for k, p in files.items()}
+        import pandas as pd
+
+        all_rows = pd.concat(list(frames.values()), ignore_index=True)
+        ucodes, _ = _factorize(all_rows["user"])
+        icodes, _ = _factorize(all_rows["item"])
+        pairs, start = {}, 0
+        for k, f in frames.items():
+            pairs[k] = (ucodes[start:start + len(f)], icodes[start:start + len(f)])
+            start += len(f)
+        seen = 0
+    else:
+        pairs, seen = {}, 0
+        for k, p in files.items():
+            pairs[k], s = _read_split(p)
+            seen = max(seen, s)
+    return _assemble(label, source, pairs["train"], pairs["test"], pairs.get("valid"), seen,
+                     valid_fraction, seed, valid_is_test)
+
+
+# ------------------------------------------------------------------ download
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def download(name: str, dest_dir: str | os.PathLike, base_url: str,
+             sha256: Mapping[str, str] | None = None, timeout: float = 60.0) -> Path:
+    """Fetch ``<base_url>/<name>/{train,test}.txt.gz`` into ``<dest_dir>/<name>/``.
+
+    Any URL scheme urllib understands works (``https://``, ``file://``).
+    Each file is streamed to a temporary file next to its destination while
+    its sha256 is computed; only when every file matches are they moved into
+    place with ``os.replace``.  ``sha256`` maps file name → hex digest and
+    defaults to the known digests in `KNOWN_SHA256`; file names in it beyond
+    train/test (e.g. ``valid.txt.gz``) are fetched as well.  A file without a
+    known digest is fetched unverified, with a warning.
+
+    Returns:
+        The folder ``<dest_dir>/<name>``, usable as ``data_dir=dest_dir``.
+
+    Raises:
+        DataFormatError: a digest does not match; nothing is left behind.
+        DataNotFoundError / OSError: a file could not be fetched; nothing is
+            left behind.
+    """
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"invalid dataset name {name!r}")
+    expected = dict(KNOWN_SHA256.get(name, {}) if sha256 is None else sha256)
+    fnames = ["train.txt.gz", "test.txt.gz"] + sorted(set(expected) - {"train.txt.gz", "test.txt.gz"})
+    for f in fnames:
+        if not _SAFE_NAME.fullmatch(f):
+            raise ValueError(f"invalid file name {f!r} in sha256")
+    folder = Path(dest_dir) / name
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[Path, Path]] = []
+    try:
+        for fname in fnames:
+            url = f"{base_url.rstrip('/')}/{name}/{fname}"
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
+            tmp = Path(tmp_name)
+            temps.append((tmp, folder / fname))
+            digest = hashlib.sha256()
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+                    while chunk := resp.read(1 << 20):
+                        digest.update(chunk)
+                        out.write(chunk)
+            except urllib.error.URLError as exc:
+                reason = getattr(exc, "reason", exc)
+                if isinstance(reason, FileNotFoundError) or getattr(exc, "code", None) == 404:
+                    raise DataNotFoundError(f"{url}: not found ({reason})") from None
+                raise OSError(f"{url}: download failed ({reason})") from None
+            want = expected.get(fname)
+            got = digest.hexdigest()
+            if want is None:
+                warnings.warn(f"{url}: no known sha256, file not verified (sha256 {got})", stacklevel=2)
+            elif got.lower() != want.lower():
+                raise DataFormatError(url, f"sha256 mismatch: expected {want}, got {got}; file discarded")
+        for tmp, final in temps:
+            os.replace(tmp, final)
+        temps.clear()
+    finally:
+        for tmp, _ in temps:
+            tmp.unlink(missing_ok=True)
+        if created and not any(folder.iterdir()):
+            folder.rmdir()
+    return folder

@@ -1,0 +1,282 @@
+"""Losses against brute-force float64 oracles written with plain Python loops."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rankrobust import losses
+from rankrobust.losses import LOSS_HYPERS, LOSSES, bce, bpr, bsl, ccl, get_loss, mse, sl
+
+
+# --------------------------------------------------------------------------- oracles
+def _lse(xs):
+    m = max(xs)
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+def o_bpr(pos, neg, users=None):
+    return np.mean([np.mean([_softplus(-(p - n)) for n in row]) for p, row in zip(pos, neg)])
+
+
+def o_bce(pos, neg, users=None):
+    return np.mean([_softplus(-p) + sum(_softplus(n) for n in row) for p, row in zip(pos, neg)])
+
+
+def o_mse(pos, neg, users=None):
+    return np.mean([0.5 * (p - 1) ** 2 + 0.5 * sum(n * n for n in row) for p, row in zip(pos, neg)])
+
+
+def o_ccl(pos, neg, users=None, margin=0.8, neg_weight=1.0):
+    out = []
+    for p, row in zip(pos, neg):
+        out.append(max(0.0, 1 - p) + neg_weight / len(row) * sum(max(0.0, n - margin) for n in row))
+    return np.mean(out)
+
+
+def o_sl(pos, neg, users=None, tau=0.1, include_pos=False):
+    out = []
+    for p, row in zip(pos, neg):
+        logits = [n / tau for n in row] + ([p / tau] if include_pos else [])
+        out.append(-p / tau + _lse(logits))
+    return np.mean(out)
+
+
+def _group_logmeanexp(vals, users, k):
+    if users is None:
+        return vals[k]
+    grp = [vals[k2] for k2 in range(len(vals)) if users[k2] == users[k]]
+    return _lse(grp) - math.log(len(grp))
+
+
+def o_bsl(pos, neg, users=None, mode="paper", tau=0.1, tau1=None, tau2=None, r=1.0):
+    out = []
+    for k, row in enumerate(neg):
+        if mode == "paper":
+            t1 = tau if tau1 is None else tau1
+            t2 = tau if tau2 is None else tau2
+            lp = _group_logmeanexp([p / t1 for p in pos], users, k)
+            out.append(-lp + (t2 / t1) * _lse([n / t2 for n in row]))
+        elif mode == "reweight":
+            out.append(-pos[k] / tau + r * _lse([n / tau for n in row]))
+        else:
+            lp = _group_logmeanexp([p / tau for p in pos], users, k)
+            out.append(-lp + r * (_lse([n / tau for n in row]) - math.log(len(row))))
+    return np.mean(out)
+
+
+ORACLES = {"bpr": o_bpr, "bce": o_bce, "mse": o_mse, "ccl": o_ccl, "sl": o_sl, "bsl": o_bsl}
+
+
+def _data(b=7, m=5, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    pos = rng.uniform(-scale, scale, b)
+    neg = rng.uniform(-scale, scale, (b, m))
+    users = np.array([3, 1, 3, 0, 1, 3, 2][:b]) if b <= 7 else rng.integers(0, 3, b)
+    return pos, neg, users
+
+
+def _run(name, pos, neg, users, **hyper):
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    u = None if users is None else torch.tensor(users, dtype=torch.long)
+    return float(LOSSES[name](t(pos), t(neg), users=u, **hyper))
+
+
+CASES = [
+    ("bpr", {}),
+    ("bce", {}),
+    ("mse", {}),
+    ("ccl", {}),
+    ("ccl", {"margin": 0.3, "neg_weight": 2.5}),
+    ("sl", {"tau": 0.1}),
+    ("sl", {"tau": 0.5, "include_pos": True}),
+    ("bsl", {"mode": "paper", "tau1": 0.2, "tau2": 0.07}),
+    ("bsl", {"mode": "paper", "tau": 0.15}),
+    ("bsl", {"mode": "reweight", "tau": 0.11, "r": 1.22}),
+    ("bsl", {"mode": "multi", "tau": 0.08, "r": 0.84}),
+]
+
+
+# --------------------------------------------------------------------------- values
+@pytest.mark.parametrize("name,hyper", CASES)
+@pytest.mark.parametrize("grouped", [True, False])
+def test_matches_oracle(name, hyper, grouped):
+    pos, neg, users = _data(seed=len(name) + len(hyper))
+    users = users if grouped else None
+    assert _run(name, pos, neg, users, **hyper) == pytest.approx(ORACLES[name](pos, neg, users, **hyper),
+                                                                 rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("mode", ["paper", "multi"])
+def test_grouping_uses_all_positives_of_a_user(mode):
+    # several positives per user; the grouped result must differ from the ungrouped one
+    pos, neg, users = _data(b=12, m=4, seed=3)
+    grouped = _run("bsl", pos, neg, users, mode=mode, tau=0.2)
+    assert grouped == pytest.approx(o_bsl(pos, neg, users, mode=mode, tau=0.2), rel=1e-10)
+    assert grouped != pytest.approx(_run("bsl", pos, neg, None, mode=mode, tau=0.2), rel=1e-6)
+
+
+def test_user_ids_need_not_be_small_or_contiguous():
+    pos, neg, _ = _data(b=6, m=3, seed=4)
+    users = np.array([10_000_000, 5, 10_000_000, 42, 5, 5])
+    assert _run("bsl", pos, neg, users, tau=0.3) == pytest.approx(o_bsl(pos, neg, users, tau=0.3), rel=1e-10)
+
+
+def test_bsl_paper_one_positive_per_user_equals_sl():
+    pos, neg, _ = _data(b=6, m=8, seed=5)
+    users = np.arange(6) * 7
+    for tau in (0.05, 0.1, 1.0):
+        assert _run("bsl", pos, neg, users, mode="paper", tau1=tau, tau2=tau) == pytest.approx(
+            _run("sl", pos, neg, None, tau=tau), rel=1e-12)
+        assert _run("bsl", pos, neg, None, mode="paper", tau=tau) == pytest.approx(
+            _run("sl", pos, neg, None, tau=tau), rel=1e-12)
+
+
+def test_bsl_reweight_r1_equals_sl():
+    pos, neg, users = _data(seed=6)
+    assert _run("bsl", pos, neg, users, mode="reweight", tau=0.12, r=1.0) == pytest.approx(
+        _run("sl", pos, neg, users, tau=0.12), rel=1e-12)
+
+
+def test_sl_include_pos_adds_positive_to_normaliser():
+    pos, neg, _ = _data(seed=7)
+    with_pos = _run("sl", pos, neg, None, tau=0.2, include_pos=True)
+    assert with_pos == pytest.approx(o_sl(pos, neg, tau=0.2, include_pos=True), rel=1e-12)
+    assert with_pos > _run("sl", pos, neg, None, tau=0.2)
+
+
+def test_returns_scalar_mean_over_pairs():
+    pos, neg, users = _data(seed=8)
+    out = sl(torch.tensor(pos), torch.tensor(neg), tau=0.3)
+    assert out.shape == ()
+    halves = [float(sl(torch.tensor(pos[s]), torch.tensor(neg[s]), tau=0.3)) for s in (slice(0, 3), slice(3, 6))]
+    sub = float(sl(torch.tensor(pos[:6]), torch.tensor(neg[:6]), tau=0.3))
+    assert sub == pytest.approx(np.mean(halves), rel=1e-12)
+
+
+# --------------------------------------------------------------------------- stability
+@pytest.mark.parametrize("name,hyper", CASES + [("bsl", {"mode": "paper", "tau1": 0.01, "tau2": 0.01}),
+                                                 ("bsl", {"mode": "multi", "tau": 0.01, "r": 1.1}),
+                                                 ("bsl", {"mode": "reweight", "tau": 0.01, "r": 1.1}),
+                                                 ("sl", {"tau": 0.01, "include_pos": True})])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_values_and_gradients_at_small_tau(name, hyper, dtype):
+    hyper = {k: (0.01 if k.startswith("tau") else v) for k, v in hyper.items()}
+    b, m = 8, 64
+    g = torch.Generator().manual_seed(0)
+    sign = torch.randint(0, 2, (b, m + 1), generator=g).to(dtype) * 2 - 1  # scores exactly at ±1
+    pos = sign[:, 0].clone().requires_grad_(True)
+    neg = sign[:, 1:].clone().requires_grad_(True)
+    users = torch.tensor([0, 0, 0, 1, 1, 2, 3, 3])
+    out = LOSSES[name](pos, neg, users=users, **hyper)
+    out.backward()
+    assert torch.isfinite(out)
+    assert torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
+    # worst case: positives at -1, negatives at +1
+    pos2 = torch.full((b,), -1.0, dtype=dtype, requires_grad=True)
+    neg2 = torch.full((b, m), 1.0, dtype=dtype, requires_grad=True)
+    out2 = LOSSES[name](pos2, neg2, users=users, **hyper)
+    out2.backward()
+    assert torch.isfinite(out2) and torch.isfinite(pos2.grad).all() and torch.isfinite(neg2.grad).all()
+
+
+@pytest.mark.parametrize("fn,hyper", [
+    (sl, {"tau": 0.3}),
+    (sl, {"tau": 0.3, "include_pos": True}),
+    (bsl, {"mode": "paper", "tau1": 0.4, "tau2": 0.2}),
+    (bsl, {"mode": "reweight", "tau": 0.3, "r": 1.3}),
+    (bsl, {"mode": "multi", "tau": 0.3, "r": 0.8}),
+])
+def test_gradcheck_float64(fn, hyper):
+    g = torch.Generator().manual_seed(1)
+    pos = torch.rand(6, generator=g, dtype=torch.float64).mul(2).sub(1).requires_grad_(True)
+    neg = torch.rand(6, 4, generator=g, dtype=torch.float64).mul(2).sub(1).requires_grad_(True)
+    users = torch.tensor([2, 0, 2, 2, 1, 0])
+    assert torch.autograd.gradcheck(lambda p, n: fn(p, n, users=users, **hyper), (pos, neg))
+    assert torch.autograd.gradcheck(lambda p, n: fn(p, n, **hyper), (pos, neg))
+
+
+def test_bsl_positive_gradient_is_in_group_softmax():
+    # d ℓ / d s⁺ over one user's positives is −softmax(s⁺/τ₁)/τ₁ summed over the user's pairs
+    pos = torch.tensor([0.9, -0.5, 0.1], dtype=torch.float64, requires_grad=True)
+    neg = torch.zeros(3, 2, dtype=torch.float64)
+    users = torch.tensor([4, 4, 4])
+    tau1 = 0.2
+    bsl(pos, neg, users=users, mode="paper", tau1=tau1, tau2=0.1).backward()
+    expected = -torch.softmax(pos.detach() / tau1, 0) / tau1  # 3 pairs × (1/3 mean) = 1 × softmax
+    assert torch.allclose(pos.grad, expected)
+
+
+# --------------------------------------------------------------------------- validation, registry
+@pytest.mark.parametrize("fn,hyper", [
+    (sl, {"tau": 0.0}), (sl, {"tau": -1.0}), (sl, {"tau": float("nan")}),
+    (bsl, {"tau1": 0.0}), (bsl, {"mode": "multi", "r": 0.0}), (bsl, {"mode": "reweight", "tau": -0.1}),
+    (ccl, {"neg_weight": -1.0}),
+])
+def test_bad_hyper_parameters(fn, hyper):
+    with pytest.raises(ValueError):
+        fn(torch.zeros(2), torch.zeros(2, 3), **hyper)
+
+
+def test_unknown_mode_names_valid_modes():
+    with pytest.raises(ValueError, match="paper.*reweight.*multi"):
+        bsl(torch.zeros(2), torch.zeros(2, 3), mode="papr")
+
+
+def test_unknown_hyper_parameter_is_rejected():
+    with pytest.raises(TypeError):
+        bpr(torch.zeros(2), torch.zeros(2, 3), tau=0.1)
+
+
+def test_bad_shapes():
+    with pytest.raises(ValueError):
+        sl(torch.zeros(2, 1), torch.zeros(2, 3))
+    with pytest.raises(ValueError):
+        sl(torch.zeros(2), torch.zeros(3, 3))
+    with pytest.raises(ValueError):
+        bsl(torch.zeros(2), torch.zeros(2, 3), users=torch.zeros(3, dtype=torch.long))
+
+
+def test_registry():
+    assert set(LOSSES) == {"bpr", "bce", "mse", "ccl", "sl", "bsl"}
+    assert set(LOSS_HYPERS) == set(LOSSES)
+    for name in LOSSES:
+        assert get_loss(name) is LOSSES[name]
+    assert LOSS_HYPERS["bsl"] == {"mode", "tau", "tau1", "tau2", "r"}
+    with pytest.raises(ValueError, match="did you mean 'bsl'"):
+        get_loss("bls")
+    with pytest.raises(ValueError, match="valid losses"):
+        get_loss("zzzzzz")
+
+
+def test_loss_hypers_match_signatures():
+    import inspect
+
+    for name, fn in LOSSES.items():
+        params = inspect.signature(fn).parameters
+        kwonly = {p for p, v in params.items() if v.kind is v.KEYWORD_ONLY} - {"users"}
+        assert kwonly == LOSS_HYPERS[name], name
+
+
+def test_config_kwargs_are_accepted():
+    from rankrobust.config import LossConfig
+
+    for name in LOSSES:
+        for mode in losses.BSL_MODES:
+            cfg = LossConfig(name=name, mode=mode)
+            assert set(cfg.kwargs()) <= LOSS_HYPERS[name]
+            LOSSES[name](torch.zeros(2), torch.zeros(2, 3), users=torch.tensor([0, 0]), **cfg.kwargs())
+
+
+def test_compiles_without_graph_breaks_on_hot_path():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda p, n, u: bsl(p, n, users=u, mode="multi", tau=0.1, r=1.1), fullgraph=True,
+                       backend="eager")
+    p, n, u = torch.randn(5), torch.randn(5, 3), torch.tensor([1, 0, 1, 2, 0])
+    assert torch.allclose(fn(p, n, u), bsl(p, n, users=u, mode="multi", tau=0.1, r=1.1))
