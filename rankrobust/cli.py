@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -50,16 +51,24 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         hint = ""
-        if "unrecognized arguments:" in message or "invalid choice:" in message:
-            bad = message.split(":", 1)[1].split()[0].strip("'\"")
-            options = [o for a in self._actions for o in a.option_strings]
-            for action in self._actions:
-                if isinstance(action, argparse._SubParsersAction):
-                    options += list(action.choices)
+        found = re.search(r"(?:unrecognized arguments|invalid choice): '?([^\s']+)", message)
+        if found:
+            bad = found.group(1)
+            options = self._known_words()
             match = difflib.get_close_matches(bad.split("=")[0], options, n=1, cutoff=0.5)
             hint = f" (did you mean '{match[0]}'?)" if match else ""
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
+
+    def _known_words(self) -> list[str]:
+        """Every flag and subcommand name of this parser and its subparsers."""
+        words = [o for a in self._actions for o in a.option_strings]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    words += [name] + sub._known_words()
+        return words
 
 
 def build_parser() -> Parser:

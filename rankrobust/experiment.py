@@ -55,18 +55,18 @@ def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFr
     seed = cfg.train.seed if nc.seed is None else nc.seed
     clean = dataset.train
     frames = []
-    train, seen = clean, clean
-    if nc.pos_ratio > 0:
-        held_out = dataset.valid.union(dataset.test) if not dataset.leaky_validation else dataset.test
-        train, injected = add_noisy_positives(clean, nc.pos_ratio, seed=seed, rounding=nc.pos_rounding,
-                                              exclude=held_out)
-        seen = train
-        frames.append(noise_table(injected, "noisy_positive"))
-    pool = None
-    if nc.neg_prob > 0:
-        train, pool = false_negative_pool(train, kind=nc.neg_pool, fraction=nc.heldout_fraction, seed=seed + 1)
+    train, pool = clean, None
+    if nc.neg_prob > 0:  # the pool comes from the clean positives, before any fake ones are added
+        train, pool = false_negative_pool(clean, kind=nc.neg_pool, fraction=nc.heldout_fraction, seed=seed + 1)
         if nc.neg_pool == "heldout":
             frames.append(noise_table(pool, "heldout_negative"))
+    seen = clean
+    if nc.pos_ratio > 0:
+        held_out = dataset.test if dataset.leaky_validation else dataset.valid.union(dataset.test)
+        train, injected = add_noisy_positives(train, nc.pos_ratio, seed=seed, rounding=nc.pos_rounding,
+                                              exclude=held_out.union(clean))
+        seen = clean.union(injected)
+        frames.insert(0, noise_table(injected, "noisy_positive"))
     table = pd.concat(frames, ignore_index=True) if frames else noise_table(clean.empty(*clean.shape), "none")
     data = TrainData(train=train, seen=seen, valid=dataset.valid, test=dataset.test, fn_pool=pool,
                      leaky=dataset.leaky_validation)

@@ -193,6 +193,8 @@ def pending_cells(spec: SweepSpec, out: Path) -> tuple[list[Cell], int]:
 def prepare_out(spec: SweepSpec, out: Path) -> None:
     """Create the sweep folder and record the spec (refusing a folder of another sweep)."""
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # temp files of a store write that was killed midway
+        stale.unlink(missing_ok=True)
     record = out / "sweep.json"
     doc = {"name": spec.name, "grid": spec.grid, "seeds": spec.seeds, "base": spec.base,
            "overrides": spec.overrides, "options": spec.options,
