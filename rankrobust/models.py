@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.kernels import gather_dot
 
 
 def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -45,8 +46,9 @@ class Recommender(nn.Module):
     """Shared parts of MF and LightGCN: embeddings, scoring, L2 term."""
 
     def __init__(self, n_users: int, n_items: int, dim: int = 64, score: str = "cosine",
-                 dropout: float = 0.0, generator: torch.Generator | None = None) -> None:
+                 dropout: float = 0.0, generator: torch.Generator | None = None, fused: bool = True) -> None:
         super().__init__()
+        self.fused = fused
         if score not in ("cosine", "dot"):
             raise ValueError(f"score must be 'cosine' or 'dot', got {score!r}")
         self.n_users, self.n_items, self.dim = n_users, n_items, dim
@@ -78,6 +80,8 @@ class Recommender(nn.Module):
                     items: torch.Tensor) -> torch.Tensor:
         """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]; (U, I) from `score_tables`."""
         u = self._prepare(self.dropout(U[users]))
+        if self.fused:
+            return gather_dot(u, I, items)
         return torch.bmm(I[items], u[:, :, None])[..., 0]
 
     def inbatch_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
@@ -118,8 +122,8 @@ class LightGCN(Recommender):
     """
 
     def __init__(self, train: Interactions, dim: int = 64, layers: int = 3, score: str = "cosine",
-                 dropout: float = 0.0, generator: torch.Generator | None = None) -> None:
-        super().__init__(train.n_users, train.n_items, dim, score, dropout, generator)
+                 dropout: float = 0.0, generator: torch.Generator | None = None, fused: bool = True) -> None:
+        super().__init__(train.n_users, train.n_items, dim, score, dropout, generator, fused)
         self.layers = layers
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
 
@@ -134,13 +138,17 @@ class LightGCN(Recommender):
 
 
 def build_model(name: str, train: Interactions, *, dim: int = 64, layers: int = 3, score: str = "cosine",
-                dropout: float = 0.0, seed: int = 0, device: torch.device | str = "cpu") -> Recommender:
-    """Create ``mf`` or ``lightgcn`` with seeded xavier init, moved to ``device``."""
+                dropout: float = 0.0, seed: int = 0, device: torch.device | str = "cpu",
+                fused: bool = True) -> Recommender:
+    """Create ``mf`` or ``lightgcn`` with seeded xavier init, moved to ``device``.
+
+    ``fused`` selects the fast-path scorer (`rankrobust.kernels.gather_dot`).
+    """
     gen = torch.Generator().manual_seed(seed)
     if name == "mf":
-        model: Recommender = MF(train.n_users, train.n_items, dim, score, dropout, gen)
+        model: Recommender = MF(train.n_users, train.n_items, dim, score, dropout, gen, fused)
     elif name == "lightgcn":
-        model = LightGCN(train, dim, layers, score, dropout, gen)
+        model = LightGCN(train, dim, layers, score, dropout, gen, fused)
     else:
         raise ValueError(f"unknown model {name!r}; choose 'mf' or 'lightgcn'")
     return model.to(device)

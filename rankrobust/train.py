@@ -129,7 +129,8 @@ class Trainer:
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(tc.seed)  # dropout draws from the global generator
         self.model = build_model(cfg.model.name, data.train, dim=cfg.model.dim, layers=cfg.model.layers,
-                                 score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device)
+                                 score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device,
+                                 fused=tc.fast)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr)
         self.sampler = build_sampler(tc.sampler, train=data.train, n_items=data.train.n_items,
                                      num_negatives=tc.num_negatives, device=device, alpha=tc.pop_alpha,
