@@ -163,7 +163,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = summary.metrics
     print(metrics_table({"valid" + (" (= test, leaky)" if m["leaky_validation"] else ""): m["valid"],
                          "test": m["test"]}))
-    print(f"\nbest epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
+    pop = m["most_popular"]
+    print(f"\nmost-popular baseline (test): recall@20 {pop['recall@20']:.4f}, ndcg@20 {pop['ndcg@20']:.4f}")
+    print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
           f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}")
     if args.fairness:
         from analysis.fairness import format_group_table

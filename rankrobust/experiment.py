@@ -7,6 +7,7 @@ call.  The run directory is written file by file (each atomically) and its
 from __future__ import annotations
 
 import functools
+import math
 import json
 import platform
 import time
@@ -99,6 +100,7 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
     return {
         "valid": result.valid.metrics if result.valid else {},
         "test": result.test.metrics,
+        "most_popular": {k: v for k, v in result.extra["most_popular"].items() if k.startswith(("recall", "ndcg"))},
         "best_epoch": result.best_epoch,
         "epochs_run": int(len(result.history)),
         "stopped_early": result.stopped_early,
@@ -109,6 +111,17 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
         "environment": environment(),
         **({"warning": "valid = test: model selection saw the test set (authors' protocol)"} if data.leaky else {}),
     }
+
+
+def finite_or_none(value: Any) -> Any:
+    """Replace NaN/inf floats (undefined metrics) by None, recursively, so JSON stays valid."""
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: torch.device | str | None = None,
@@ -154,6 +167,15 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
             fair_table = fairness_table(groups, summary, k=k)
             metrics["fairness"] = summary
             result.extra["fairness_groups"] = groups
+        if not noise.empty and (noise["kind"] == "noisy_positive").any():
+            from analysis.dro_run import gradient_shares, noisy_mask, positive_temperature
+
+            noisy = noise[noise["kind"] == "noisy_positive"]
+            mask = noisy_mask(data.train, noisy["user"].to_numpy(), noisy["item"].to_numpy())
+            U, I = (t.cpu() for t in result.model.final_embeddings())
+            metrics["gradient_share"] = gradient_shares(U, I, data.train, mask,
+                                                        tau1=positive_temperature(cfg.to_dict()["loss"]))
+        metrics = finite_or_none(metrics)
         if path is not None:
             runs.write_csv(path / "epochs.csv", result.history)
             runs.write_parquet(path / "per_user.parquet", result.test.per_user)

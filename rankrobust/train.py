@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
-from rankrobust.evaluate import EvalResult, Evaluator
+from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
 from rankrobust.sampling import build_sampler
@@ -165,13 +165,19 @@ class Trainer:
         self.model.eval()
         return self.validator.evaluate(*self.model.final_embeddings())
 
-    def test(self) -> EvalResult:
-        """Full-ranking evaluation on test (training, and validation unless leaky, masked)."""
+    def test(self, embeddings: tuple[torch.Tensor, torch.Tensor] | None = None) -> EvalResult:
+        """Full-ranking evaluation on test (training, and validation unless leaky, masked).
+
+        ``embeddings`` (U, I) replace the model's, e.g. `most_popular_baseline`.
+        """
         self.model.eval()
-        exclude = [self.data.seen] if self.data.leaky else [self.data.seen, self.data.valid]
-        tc = self.cfg.train
-        tester = Evaluator(self.data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=self.device)
-        return tester.evaluate(*self.model.final_embeddings())
+        if not hasattr(self, "tester"):
+            exclude = [self.data.seen] if self.data.leaky else [self.data.seen, self.data.valid]
+            tc = self.cfg.train
+            self.tester = Evaluator(self.data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk,
+                                    device=self.device)
+        U, I = embeddings if embeddings is not None else self.model.final_embeddings()
+        return self.tester.evaluate(U.to(self.device), I.to(self.device))
 
 
 def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tuple[Callback, ...] = (),
@@ -219,5 +225,6 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
     bar.close()
     seconds = time.perf_counter() - start
     model.load_state_dict(best_state)
+    popular = trainer.test(most_popular_baseline(data.seen, dtype=torch.float32))
     return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),
-                     seconds, stopped_early)
+                     seconds, stopped_early, extra={"most_popular": popular.metrics})
