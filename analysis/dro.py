@@ -183,13 +183,16 @@ def dro_dual(f: Any, p0: Any, eta: float) -> tuple[float, float]:
 def dro_primal(f: Any, p0: Any, eta: float, *, maxiter: int = 3000) -> tuple[float, np.ndarray]:
     """The primal sup_{Q ∈ Δ, KL(Q‖P₀) ≤ η} E_Q f, solved directly over the simplex.
 
-    Independent of the dual: SLSQP maximises the linear E_Q f over Q on the
-    support of P₀ subject to Σ Q = 1, Q ≥ 1e-20 (bounds) and the convex
-    inequality KL(Q‖P₀) ≤ η, with analytic gradients, started from Q = P₀
-    (feasible), ``ftol = 1e-16``, restarted from its end point until it stops
-    moving.  The problem is convex in Q, so the solve has no spurious local
-    optimum (a softmax parametrisation does: it stalls at vertices).  An end
-    point violating the constraint is pulled back along the segment to P₀.
+    Independent of the dual: Q = x² (element-wise) on the support of P₀, and
+    SLSQP maximises E_{x²} f over x ∈ [0, 1]ⁿ subject to Σ x² = 1 and
+    KL(x²‖P₀) ≤ η, with analytic gradients, started from x = √P₀ (feasible),
+    ``ftol = 1e-15``, restarted from its end point until it stops moving.  Why
+    the square-root parametrisation: in Q itself the KL Hessian diag(1/Q) is
+    badly conditioned (SLSQP needs thousands of iterations), and a softmax
+    parametrisation Q ∝ P₀eᶻ stalls at vertices (its gradients vanish with Q),
+    missing the optimum when the top item has small P₀ mass; in x the curvature
+    of KL grows only like log x.  An end point violating the constraint is
+    pulled back along the segment to P₀ (a feasible value is never above the sup).
     The objective is the affinely rescaled (f − max f)/(max f − min f) so that it
     is O(1) whatever the score scale.  Two exact primal shortcuts are used and
     nothing else: η ≤ 0 → Q = P₀ (the only feasible point); and if P₀ restricted
@@ -209,32 +212,35 @@ def dro_primal(f: Any, p0: Any, eta: float, *, maxiter: int = 3000) -> tuple[flo
     if -math.log(ps[top].sum()) <= eta:  # all mass on the maximum is feasible, hence optimal
         q[sup] = np.where(top, ps, 0.0) / ps[top].sum()
         return float(fmax), q
-    g = (fs - fmax) / (fmax - fmin)  # in [-1, 0]
+    # Σ x_j² = 1 makes E_Q g + c equal E_Q (g + c): the shift only centres the objective
+    g = (fs - fmax) / (fmax - fmin) + 0.5  # in [-0.5, 0.5]
     lp = np.log(ps)
-    floor = 1e-20  # lower bound on every Q(j): keeps log Q finite; shifts the value by < n·1e-20
+    n = fs.size
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
-        return -float(x @ g), -g
+        return -float(g @ (x * x)), -2.0 * g * x
 
-    def slack(x: np.ndarray) -> float:
-        return eta - float(x @ (np.log(x) - lp))
+    def log_q(x: np.ndarray) -> np.ndarray:
+        return 2.0 * np.log(np.maximum(x, 1e-300))
+
+    def slack(x: np.ndarray) -> float:  # η − KL(x²‖P0)
+        return eta - float((x * x) @ (log_q(x) - lp))
 
     def slack_jac(x: np.ndarray) -> np.ndarray:
-        return -(np.log(x) - lp + 1.0)
+        return -2.0 * x * (log_q(x) - lp + 1.0)
 
-    constraints = [{"type": "eq", "fun": lambda x: x.sum() - 1.0, "jac": lambda x: np.ones_like(x)},
+    constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x},
                    {"type": "ineq", "fun": slack, "jac": slack_jac}]
-    x = ps.copy()
-    for _ in range(5):  # restart from the end point until it stops moving
-        res = minimize(objective, x, jac=True, method="SLSQP", bounds=[(floor, 1.0)] * fs.size,
-                       constraints=constraints, options={"ftol": 1e-16, "maxiter": maxiter})
-        x_new = np.clip(res.x, floor, 1.0)
-        x_new /= x_new.sum()
-        moved = np.abs(x_new - x).max()
-        x = x_new
-        if moved < 1e-13:
+    x = np.sqrt(ps)
+    for _ in range(3):  # restart from the end point until it stops moving
+        res = minimize(objective, x, jac=True, method="SLSQP",
+                       constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
+        moved = float(np.abs(res.x - x).max())
+        x = res.x
+        if moved < 1e-12:
             break
-    qz = x
+    qz = x * x
+    qz /= qz.sum()
     if kl_divergence(qz, ps) > eta:  # pull an infeasible end point back along the segment to P0
         lo_s, hi_s = 0.0, 1.0
         for _ in range(100):
@@ -287,14 +293,15 @@ def bsl_positive_grad(f: Any, tau1: float) -> Tensor:
 
 
 # --------------------------------------------------------------------------- (c) optimistic DRO
-def optimistic_primal(f: Any, p0: Any, tau1: float, *, gtol: float = 1e-13) -> tuple[float, np.ndarray]:
+def optimistic_primal(f: Any, p0: Any, tau1: float, *, maxiter: int = 3000) -> tuple[float, np.ndarray]:
     """min_{Q ∈ Δ} −E_Q f + τ₁ KL(Q‖P₀), solved directly over the simplex.
 
     The optimistic (best-case) counterpart of the DRO on the user's positives
-    P₀ = P_u (None = uniform).  Q = P₀ e^z / Σ P₀ e^z with free z on the support
-    (z = 0 is Q = P₀); the smooth unconstrained objective is minimised by BFGS
-    with its analytic gradient Q ⊙ (c − J), c = −f + τ₁ log(Q/P₀), on scores
-    rescaled to [−1, 0] (τ₁ rescaled alike).  No closed form is used.  Returns
+    P₀ = P_u (None = uniform).  Same parametrisation as `dro_primal`: Q = x²
+    on the support, SLSQP over x ∈ [0, 1]ⁿ with Σ x² = 1, analytic gradient,
+    started at x = √P₀, scores rescaled to [−1, 0] (τ₁ rescaled alike),
+    ``ftol = 1e-15``, restarted until the end point stops moving.  No closed
+    form is used.  Returns
     ``(value, q [n])``; the closed form is −τ₁ log E_{P₀} exp(f/τ₁) (`bsl_positive_term`).
     """
     f = _vec(f)
@@ -309,24 +316,27 @@ def optimistic_primal(f: Any, p0: Any, tau1: float, *, gtol: float = 1e-13) -> t
     s = fmax - fmin
     g, t = (fs - fmax) / s, float(tau1) / s
     lp = np.log(ps)
+    n = fs.size
 
-    def fun(z: np.ndarray) -> tuple[float, np.ndarray]:
-        lse = _lse(z + lp)
-        a = z - lse
-        qz = np.exp(a + lp)
-        c = -g + t * a
-        j = float(qz @ c)
-        return j, qz * (c - j)
+    def log_q(x: np.ndarray) -> np.ndarray:
+        return 2.0 * np.log(np.maximum(x, 1e-300))
 
-    # a few restarts from the last point: BFGS's curvature estimate degrades on long runs
-    z = np.zeros_like(fs)
-    for _ in range(4):
-        res = minimize(fun, z, jac=True, method="BFGS", options={"gtol": gtol, "maxiter": 5000})
-        if np.allclose(res.x, z, rtol=0, atol=1e-14):
+    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:  # −E_{x²} g + t KL(x²‖P0)
+        a = log_q(x) - lp
+        qx = x * x
+        return float(qx @ (t * a - g)), 2.0 * x * (t * (a + 1.0) - g)
+
+    constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x}]
+    x = np.sqrt(ps)
+    for _ in range(3):  # restart from the end point until it stops moving
+        res = minimize(fun, x, jac=True, method="SLSQP",
+                       constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
+        moved = float(np.abs(res.x - x).max())
+        x = res.x
+        if moved < 1e-12:
             break
-        z = res.x
-    lse = _lse(z + lp)
-    qz = np.exp(z - lse + lp)
+    qz = x * x
+    qz /= qz.sum()
     value = -fmax - s * float(qz @ g) + float(tau1) * kl_divergence(qz, ps)
     q[sup] = qz
     return value, q
