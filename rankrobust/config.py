@@ -167,7 +167,13 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation, sampling, early stopping and evaluation settings."""
+    """Optimisation, sampling, early stopping and evaluation settings.
+
+    ``fast`` uses the custom-autograd scorer (`rankrobust.kernels`), ``compile``
+    wraps the step in ``torch.compile``, ``bf16`` runs the step under bfloat16
+    autocast on CUDA, ``time_limit`` stops training after that many seconds
+    (0: no limit), ``patience`` 0 disables early stopping.
+    """
 
     epochs: int = 100
     batch_size: int = 1024
@@ -185,6 +191,8 @@ class TrainConfig:
     device: str = "auto"
     compile: bool = False
     fast: bool = True
+    bf16: bool = False
+    time_limit: float = 0.0
 
     def validate(self) -> None:
         for key in ("epochs", "batch_size", "num_negatives", "eval_every", "eval_chunk"):
@@ -192,6 +200,7 @@ class TrainConfig:
         _positive("train", "lr", self.lr)
         _positive("train", "l2", self.l2, allow_zero=True)
         _positive("train", "patience", self.patience, allow_zero=True)
+        _positive("train", "time_limit", self.time_limit, allow_zero=True)
         _choice("train", "sampler", self.sampler, SAMPLERS)
         if not self.ks or any(k <= 0 for k in self.ks):
             raise ConfigError(f"train.ks must be positive cutoffs, got {self.ks}")

@@ -206,6 +206,15 @@ def prepare_out(spec: SweepSpec, out: Path) -> None:
     runs.write_json(record, doc)
 
 
+def _share_cores(jobs: int) -> None:
+    """Worker initialiser: split the CPU cores between the ``jobs`` processes (no oversubscription)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+
+
 def _devices(jobs: int) -> list[str | None]:
     import torch
 
@@ -223,7 +232,8 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: Path, jobs: int = 1) 
             yield cell, run_cell(cell.config.to_dict(), str(out / "runs" / cell.cell_id), spec.options)
         return
     devices = _devices(jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_share_cores,
+                             initargs=(jobs,)) as pool:
         futures = {pool.submit(run_cell, c.config.to_dict(), str(out / "runs" / c.cell_id), spec.options,
                                devices[n % jobs]): c for n, c in enumerate(cells)}
         for future in as_completed(futures):

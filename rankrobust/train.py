@@ -138,6 +138,7 @@ class Trainer:
         step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, tc.sampler == "in_batch")
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")
         self.users, self.items = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
         self.batch_size = tc.batch_size
         self.n_batches = math.ceil(self.users.shape[0] / tc.batch_size)
@@ -153,7 +154,8 @@ class Trainer:
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             users, pos = self.users[idx], self.items[idx]
             neg = self.sampler(users, pos, self.generator)
-            loss = self.step(users, pos, neg)
+            with self.autocast:
+                loss = self.step(users, pos, neg)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -221,6 +223,8 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
             callback(epoch, model, row)
         if tc.patience and epoch - best_epoch >= tc.patience:
             stopped_early = True
+            break
+        if tc.time_limit and time.perf_counter() - start >= tc.time_limit:
             break
     bar.close()
     seconds = time.perf_counter() - start
