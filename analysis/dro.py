@@ -125,6 +125,57 @@ def radius(f: Any, p0: Any, tau: float) -> float:
     return _gibbs(f, _base(p0, f.size), float(tau))[1]
 
 
+def _sqrt_simplex_solve(fun, ps: np.ndarray, score, extra_constraints: list, maxiter: int,
+                        rounds: int = 4, mix: float = 0.05) -> np.ndarray:
+    """Minimise ``fun(x) -> (value, grad)`` over Q = x² on the simplex with SLSQP; return Q.
+
+    x ∈ [0, 1]ⁿ, Σ x² = 1 (plus ``extra_constraints``), start x = √P₀.  After each
+    solve the end point is mixed with P₀ (Q ← (1 − mix) Q + mix P₀) and solved
+    again: an SLSQP step that lands an entry on the bound x_j = 0 cannot leave
+    it (the gradient there is 0), and the problems solved here are convex in Q,
+    so the mixed start is never worse and frees such entries.  ``score(Q)``
+    (lower is better, computed exactly on the normalised Q) picks the best end
+    point; stops when a round no longer improves it by more than 1e-15.
+    """
+    n = ps.size
+    constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x},
+                   *extra_constraints]
+    start = np.sqrt(ps)
+    best_q, best = ps.copy(), score(ps)
+    for _ in range(rounds):
+        res = minimize(fun, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * n,
+                       constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
+        q = res.x * res.x
+        q /= q.sum()
+        value = score(q)
+        improved = value < best - 1e-15 * max(1.0, abs(best))
+        if value < best:
+            best_q, best = q, value
+        if not improved and _ > 0:
+            break
+        start = np.sqrt((1.0 - mix) * best_q + mix * ps)
+    return best_q
+
+
+def _log_sq(x: np.ndarray) -> np.ndarray:
+    """log x² with log 0 clipped to a large negative number (0 · log 0 = 0)."""
+    return 2.0 * np.log(np.maximum(np.abs(x), 1e-300))
+
+
+def _pull_back(q: np.ndarray, ps: np.ndarray, eta: float) -> np.ndarray:
+    """The point of the segment P₀ → q farthest from P₀ with KL ≤ η (q itself if feasible)."""
+    if kl_divergence(q, ps) <= eta:
+        return q
+    lo_s, hi_s = 0.0, 1.0
+    for _ in range(100):
+        mid = 0.5 * (lo_s + hi_s)
+        if kl_divergence(ps + mid * (q - ps), ps) <= eta:
+            lo_s = mid
+        else:
+            hi_s = mid
+    return ps + lo_s * (q - ps)
+
+
 # --------------------------------------------------------------------------- (a) dual and primal
 def dro_dual(f: Any, p0: Any, eta: float) -> tuple[float, float]:
     """The dual min_{τ>0} τ log E_{P₀} exp(f/τ) + τη and its minimiser τ*.
@@ -186,7 +237,8 @@ def dro_primal(f: Any, p0: Any, eta: float, *, maxiter: int = 3000) -> tuple[flo
     Independent of the dual: Q = x² (element-wise) on the support of P₀, and
     SLSQP maximises E_{x²} f over x ∈ [0, 1]ⁿ subject to Σ x² = 1 and
     KL(x²‖P₀) ≤ η, with analytic gradients, started from x = √P₀ (feasible),
-    ``ftol = 1e-15``, restarted from its end point until it stops moving.  Why
+    ``ftol = 1e-15``, restarted from its end point mixed with P₀ until it stops
+    improving (`_sqrt_simplex_solve`).  Why
     the square-root parametrisation: in Q itself the KL Hessian diag(1/Q) is
     badly conditioned (SLSQP needs thousands of iterations), and a softmax
     parametrisation Q ∝ P₀eᶻ stalls at vertices (its gradients vanish with Q),
@@ -212,44 +264,24 @@ def dro_primal(f: Any, p0: Any, eta: float, *, maxiter: int = 3000) -> tuple[flo
     if -math.log(ps[top].sum()) <= eta:  # all mass on the maximum is feasible, hence optimal
         q[sup] = np.where(top, ps, 0.0) / ps[top].sum()
         return float(fmax), q
-    # Σ x_j² = 1 makes E_Q g + c equal E_Q (g + c): the shift only centres the objective
+    # on Σ x² = 1, E_{x²} (g + c) = E_{x²} g + c: the shift only centres the objective
     g = (fs - fmax) / (fmax - fmin) + 0.5  # in [-0.5, 0.5]
     lp = np.log(ps)
-    n = fs.size
 
     def objective(x: np.ndarray) -> tuple[float, np.ndarray]:
         return -float(g @ (x * x)), -2.0 * g * x
 
-    def log_q(x: np.ndarray) -> np.ndarray:
-        return 2.0 * np.log(np.maximum(x, 1e-300))
-
     def slack(x: np.ndarray) -> float:  # η − KL(x²‖P0)
-        return eta - float((x * x) @ (log_q(x) - lp))
+        return eta - float((x * x) @ (_log_sq(x) - lp))
 
     def slack_jac(x: np.ndarray) -> np.ndarray:
-        return -2.0 * x * (log_q(x) - lp + 1.0)
+        return -2.0 * x * (_log_sq(x) - lp + 1.0)
 
-    constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x},
-                   {"type": "ineq", "fun": slack, "jac": slack_jac}]
-    x = np.sqrt(ps)
-    for _ in range(3):  # restart from the end point until it stops moving
-        res = minimize(objective, x, jac=True, method="SLSQP",
-                       constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
-        moved = float(np.abs(res.x - x).max())
-        x = res.x
-        if moved < 1e-12:
-            break
-    qz = x * x
-    qz /= qz.sum()
-    if kl_divergence(qz, ps) > eta:  # pull an infeasible end point back along the segment to P0
-        lo_s, hi_s = 0.0, 1.0
-        for _ in range(100):
-            mid = 0.5 * (lo_s + hi_s)
-            if kl_divergence(ps + mid * (qz - ps), ps) <= eta:
-                lo_s = mid
-            else:
-                hi_s = mid
-        qz = ps + lo_s * (qz - ps)
+    def score(qq: np.ndarray) -> float:  # −E_Q g of the feasible point
+        return -float(_pull_back(qq, ps, eta) @ g)
+
+    qz = _sqrt_simplex_solve(objective, ps, score, [{"type": "ineq", "fun": slack, "jac": slack_jac}], maxiter)
+    qz = _pull_back(qz, ps, eta)
     q[sup] = qz
     return float(qz @ fs), q
 
@@ -300,7 +332,7 @@ def optimistic_primal(f: Any, p0: Any, tau1: float, *, maxiter: int = 3000) -> t
     P₀ = P_u (None = uniform).  Same parametrisation as `dro_primal`: Q = x²
     on the support, SLSQP over x ∈ [0, 1]ⁿ with Σ x² = 1, analytic gradient,
     started at x = √P₀, scores rescaled to [−1, 0] (τ₁ rescaled alike),
-    ``ftol = 1e-15``, restarted until the end point stops moving.  No closed
+    ``ftol = 1e-15``, restarted like `dro_primal`.  No closed
     form is used.  Returns
     ``(value, q [n])``; the closed form is −τ₁ log E_{P₀} exp(f/τ₁) (`bsl_positive_term`).
     """
@@ -316,27 +348,15 @@ def optimistic_primal(f: Any, p0: Any, tau1: float, *, maxiter: int = 3000) -> t
     s = fmax - fmin
     g, t = (fs - fmax) / s, float(tau1) / s
     lp = np.log(ps)
-    n = fs.size
-
-    def log_q(x: np.ndarray) -> np.ndarray:
-        return 2.0 * np.log(np.maximum(x, 1e-300))
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:  # −E_{x²} g + t KL(x²‖P0)
-        a = log_q(x) - lp
-        qx = x * x
-        return float(qx @ (t * a - g)), 2.0 * x * (t * (a + 1.0) - g)
+        a = _log_sq(x) - lp
+        return float((x * x) @ (t * a - g)), 2.0 * x * (t * (a + 1.0) - g)
 
-    constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x}]
-    x = np.sqrt(ps)
-    for _ in range(3):  # restart from the end point until it stops moving
-        res = minimize(fun, x, jac=True, method="SLSQP",
-                       constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
-        moved = float(np.abs(res.x - x).max())
-        x = res.x
-        if moved < 1e-12:
-            break
-    qz = x * x
-    qz /= qz.sum()
+    def score(qq: np.ndarray) -> float:
+        return -float(qq @ g) + t * kl_divergence(qq, ps)
+
+    qz = _sqrt_simplex_solve(fun, ps, score, [], maxiter)
     value = -fmax - s * float(qz @ g) + float(tau1) * kl_divergence(qz, ps)
     q[sup] = qz
     return value, q

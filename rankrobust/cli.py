@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers.update(sweep_cli.HANDLERS)
     try:
         return handlers[args.command](args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"rankrobust {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
