@@ -78,7 +78,7 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("datasets", help="list datasets and their statistics")
     p.add_argument("--data-dir", help="folder holding the external datasets")
-    p.add_argument("--stats", action="store_true", help="load each available dataset and print statistics")
+    p.add_argument("--no-stats", action="store_true", help="only names and locations (do not load the data)")
 
     p = sub.add_parser("train", help="train and evaluate one configuration")
     p.add_argument("--config", help="YAML config (see configs/); flags override it")
@@ -144,7 +144,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     for info in list_datasets(data_dir=args.data_dir):
         row = {"name": info.name, "available": info.available, "where": str(info.where),
                "description": info.description}
-        if args.stats and info.available:
+        if not args.no_stats and info.available:
             ds = load_dataset(info.name, data_dir=args.data_dir)
             s = dataset_stats(ds.train.union(ds.valid).union(ds.test))
             row.update(users=s["users"], items=s["items"], interactions=s["interactions"],

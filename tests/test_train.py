@@ -121,6 +121,6 @@ def test_cli_invalid_values(capsys):
 
 
 def test_cli_datasets(capsys):
-    assert main(["datasets"]) == 0
+    assert main(["datasets", "--no-stats"]) == 0
     out = capsys.readouterr().out
     assert "lastfm" in out and "yelp2018" in out

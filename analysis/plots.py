@@ -1,0 +1,229 @@
+"""One function per picture; each returns a matplotlib `Figure`.
+
+Every function takes a tidy pandas DataFrame (columns documented per
+function), builds its own `matplotlib.figure.Figure` (not registered with
+pyplot, so nothing accumulates in pyplot's global figure list, no backend is
+needed and nothing is shown) under a local seaborn style, labels its axes and
+returns it.  Save with ``fig.savefig(path)``; in a notebook the returned figure
+displays itself.  Extra columns are ignored; rows are aggregated by seaborn
+(mean with a standard-deviation band) where several share an x value, e.g.
+several seeds.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+__all__ = [
+    "plot_group_recall",
+    "plot_variance_over_epochs",
+    "plot_dro_primal_dual",
+    "plot_qstar_vs_gradient",
+    "plot_noisy_gradient_share",
+    "plot_metric_vs_noise",
+    "plot_expansion_error",
+]
+
+STYLE = "whitegrid"
+CONTEXT = "notebook"
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """A local seaborn style and context (restores the previous rcParams on exit)."""
+    with sns.axes_style(STYLE), sns.plotting_context(CONTEXT):
+        yield
+
+
+def _figure(ncols: int = 1, width: float = 5.5, height: float = 4.0) -> tuple[Figure, list[Axes]]:
+    """A new pyplot-free figure with ``ncols`` side-by-side axes."""
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, list(axes)
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; got {list(df.columns)}")
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64).ravel()
+
+
+# --------------------------------------------------------------------------- pictures
+def plot_group_recall(df: pd.DataFrame, *, metric_label: str = "Recall@20") -> Figure:
+    """Per-popularity-group recall as grouped bars, one colour per loss.
+
+    ``df`` columns: ``loss`` (str), ``group`` (int, 0 = tail … G−1 = head), ``recall``
+    (float; several rows per (loss, group), e.g. seeds, are averaged with an sd bar).
+    """
+    _require(df, ["loss", "group", "recall"], "plot_group_recall")
+    with _style():
+        fig, (ax,) = _figure(width=7.0)
+        sns.barplot(data=df, x="group", y="recall", hue="loss", errorbar="sd", ax=ax)
+        ax.set_xlabel("item popularity group (0 = tail, high = head)")
+        ax.set_ylabel(f"per-group {metric_label}")
+        ax.set_title("Recall by popularity group")
+        ax.legend(title="loss")
+    return fig
+
+
+def plot_variance_over_epochs(df: pd.DataFrame) -> Figure:
+    """Two panels over training epochs, one line per temperature τ.
+
+    Left: variance of negative scores (``neg_var``); right: mean positive score
+    (``pos_mean``).  ``df`` columns: ``epoch``, ``tau``, ``neg_var``, ``pos_mean``
+    (e.g. `VarianceTracker.to_frame()` with a ``tau`` column added per run).
+    """
+    _require(df, ["epoch", "tau", "neg_var", "pos_mean"], "plot_variance_over_epochs")
+    data = df.assign(τ=df["tau"].map(lambda t: f"{t:g}"))
+    order = [f"{t:g}" for t in sorted(df["tau"].unique())]
+    with _style():
+        fig, (left, right) = _figure(ncols=2)
+        sns.lineplot(data=data, x="epoch", y="neg_var", hue="τ", hue_order=order, errorbar="sd", ax=left)
+        left.set_xlabel("epoch")
+        left.set_ylabel("variance of negative scores")
+        left.set_title("Var of negative scores")
+        sns.lineplot(data=data, x="epoch", y="pos_mean", hue="τ", hue_order=order, errorbar="sd", ax=right)
+        right.set_xlabel("epoch")
+        right.set_ylabel("mean positive score")
+        right.set_title("Mean of positive scores")
+    return fig
+
+
+def plot_dro_primal_dual(df: pd.DataFrame) -> Figure:
+    """The DRO primal and dual values over the radius η, and their gap.
+
+    ``df`` columns: ``eta``, ``primal``, ``dual`` (one row per η).  Left: both
+    values against η (dual as a line, primal as markers); right: |primal − dual|
+    on a log scale.
+    """
+    _require(df, ["eta", "primal", "dual"], "plot_dro_primal_dual")
+    d = df.sort_values("eta")
+    gap = (d["primal"] - d["dual"]).abs().clip(lower=1e-17)
+    with _style():
+        fig, (left, right) = _figure(ncols=2)
+        left.plot(d["eta"], d["dual"], "-", label="dual: min_τ τ log E exp(f/τ) + τη")
+        left.plot(d["eta"], d["primal"], "o", markersize=4, fillstyle="none", label="primal: sup E_Q f, KL ≤ η")
+        left.set_xlabel("KL radius η")
+        left.set_ylabel("worst-case expected score")
+        left.set_title("DRO primal = dual")
+        left.legend()
+        right.plot(d["eta"], gap, "o-", markersize=3)
+        right.set_yscale("log")
+        right.set_xlabel("KL radius η")
+        right.set_ylabel("|primal − dual|")
+        right.set_title("Gap")
+    return fig
+
+
+def plot_qstar_vs_gradient(q_star: Any, grad: Any, *, log: bool | None = None) -> Figure:
+    """Scatter of the DRO weights Q* against the autograd gradient, with the identity line.
+
+    ``q_star``, ``grad``: arrays or tensors of the same size (flattened; e.g. Q*_τ
+    and ∇_f τ log E exp(f/τ) for one or several users).  ``log``: log-log axes
+    (default: when the positive weights span more than three decades).
+    """
+    q, g = _numpy(q_star), _numpy(grad)
+    if q.shape != g.shape:
+        raise ValueError(f"q_star and grad differ in size: {q.size} vs {g.size}")
+    pos = (q > 0) & (g > 0)
+    if log is None:
+        log = bool(pos.any() and q[pos].max() / q[pos].min() > 1e3)
+    with _style():
+        fig, (ax,) = _figure(width=4.8, height=4.5)
+        x, y = (q[pos], g[pos]) if log else (q, g)
+        ax.scatter(x, y, s=14, alpha=0.7, label="items")
+        lo, hi = (min(x.min(), y.min()), max(x.max(), y.max())) if x.size else (0.0, 1.0)
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=1, label="identity")
+        if log:
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+        ax.set_xlabel("Q*(j) ∝ P₀(j) exp(f_j/τ)")
+        ax.set_ylabel("∂/∂f_j of τ log E exp(f/τ) (autograd)")
+        ax.set_title(f"Gradient = worst-case weights (max |Δ| = {np.abs(q - g).max():.1e})")
+        ax.legend()
+    return fig
+
+
+def plot_noisy_gradient_share(df: pd.DataFrame) -> Figure:
+    """Share of the positive-side gradient on noisy positives, SL vs BSL, across noise ratios.
+
+    ``df`` columns: ``loss``, ``noise_ratio``, ``noisy_share`` (from
+    `analysis.dro.positive_gradient_share`; several seeds averaged), optional
+    ``noisy_fraction`` (the share uniform weights would give; drawn dashed when
+    present).  Left: noisy share; right: clean share = 1 − noisy share.
+    """
+    _require(df, ["loss", "noise_ratio", "noisy_share"], "plot_noisy_gradient_share")
+    data = df.assign(clean_share=1.0 - df["noisy_share"])
+    with _style():
+        fig, (left, right) = _figure(ncols=2)
+        sns.lineplot(data=data, x="noise_ratio", y="noisy_share", hue="loss", marker="o", errorbar="sd", ax=left)
+        sns.lineplot(data=data, x="noise_ratio", y="clean_share", hue="loss", marker="o", errorbar="sd", ax=right,
+                     legend=False)
+        if "noisy_fraction" in df.columns:
+            ref = df.groupby("noise_ratio", as_index=False)["noisy_fraction"].mean()
+            left.plot(ref["noise_ratio"], ref["noisy_fraction"], "k--", linewidth=1, label="noisy fraction")
+            right.plot(ref["noise_ratio"], 1.0 - ref["noisy_fraction"], "k--", linewidth=1)
+            left.legend()
+        left.set_xlabel("noisy positive ratio r")
+        left.set_ylabel("gradient share on noisy positives")
+        left.set_title("Noisy positives")
+        right.set_xlabel("noisy positive ratio r")
+        right.set_ylabel("gradient share on clean positives")
+        right.set_title("Clean positives")
+    return fig
+
+
+def plot_metric_vs_noise(df: pd.DataFrame, metric: str, x: str, *, hue: str = "loss",
+                         ylabel: str | None = None, xlabel: str | None = None) -> Figure:
+    """One line per loss (``hue``) of ``metric`` against a noise ratio ``x``.
+
+    ``df`` columns: ``hue`` (default ``loss``), ``x`` (e.g. ``noise_ratio`` or
+    ``neg_prob``), ``metric`` (e.g. ``recall@20``); several rows per point (seeds)
+    give the mean with an sd band.
+    """
+    _require(df, [hue, x, metric], "plot_metric_vs_noise")
+    with _style():
+        fig, (ax,) = _figure()
+        sns.lineplot(data=df, x=x, y=metric, hue=hue, style=hue, markers=True, dashes=False, errorbar="sd", ax=ax)
+        ax.set_xlabel(xlabel or x.replace("_", " "))
+        ax.set_ylabel(ylabel or metric)
+        ax.set_title(f"{ylabel or metric} vs {xlabel or x.replace('_', ' ')}")
+    return fig
+
+
+def plot_expansion_error(df: pd.DataFrame, *, hue: str | None = None) -> Figure:
+    """|τ log E exp(f/τ) − (E f + Var f/(2τ))| against τ on log-log axes, with a τ⁻² guide.
+
+    ``df`` columns: ``tau``, ``abs_error`` (e.g. `analysis.variance.expansion_error`);
+    optional ``hue`` column for several series (e.g. ``model`` or ``epoch``).
+    """
+    _require(df, ["tau", "abs_error"] + ([hue] if hue else []), "plot_expansion_error")
+    d = df[df["abs_error"] > 0]
+    with _style():
+        fig, (ax,) = _figure()
+        sns.lineplot(data=d, x="tau", y="abs_error", hue=hue, marker="o", errorbar=None, ax=ax,
+                     label=None if hue else "|exact − expansion|")
+        if len(d):
+            t0, e0 = float(d["tau"].iloc[-1]), float(d["abs_error"].iloc[-1])
+            taus = np.geomspace(d["tau"].min(), d["tau"].max(), 50)
+            ax.plot(taus, e0 * (t0 / taus) ** 2, "k--", linewidth=1, label="∝ τ⁻²")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("temperature τ")
+        ax.set_ylabel("absolute error of the 2nd-order expansion")
+        ax.set_title("τ log E exp(f/τ) ≈ E f + Var f/(2τ)")
+        ax.legend()
+    return fig
