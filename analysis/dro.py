@@ -189,7 +189,8 @@ def dro_dual(f: Any, p0: Any, eta: float) -> tuple[float, float]:
     ``minimize_scalar(method="bounded")`` on a bracket [τ_lo, τ_hi] chosen so that
     the radius KL(Q_τ‖P₀) crosses η inside it (g′(τ) = η − KL(Q_τ‖P₀), so the
     bracket contains the minimum); the result is polished with a root solve of
-    KL(Q_τ‖P₀) = η (the stationarity condition) and the better of the two τ kept.
+    KL(Q_τ‖P₀) = η (the stationarity condition): τ* is that root and the value
+    the lower of g at the two candidates.
     """
     f = _vec(f)
     p0 = _base(p0, f.size)
@@ -224,10 +225,9 @@ def dro_dual(f: Any, p0: Any, eta: float) -> tuple[float, float]:
     best_t, best = float(res.x), float(res.fun)
     a, b = kl_minus_eta(lo), kl_minus_eta(hi)
     if a >= 0 >= b and a != b:
+        # the root of g′ is the sharper τ* (g is flat at its minimum); keep the lower value
         t_root = brentq(kl_minus_eta, lo, hi, xtol=1e-15, rtol=4 * np.finfo(float).eps, maxiter=500)
-        v_root = g(t_root)
-        if v_root < best:
-            best_t, best = t_root, v_root
+        best, best_t = min(best, g(t_root)), t_root
     return best, math.exp(best_t)
 
 

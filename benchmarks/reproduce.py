@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.speed import RESULTS, machine
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable when run as a script
+
+from benchmarks.speed import append_row, machine
 from rankrobust.config import load_config, parse_override
 from rankrobust.experiment import run_experiment
 from rankrobust.train import resolve_device
@@ -60,8 +63,7 @@ def main() -> None:
           "s/epoch | wall s |")
     print(row)
     if args.append:
-        with RESULTS.open("a") as fh:
-            fh.write(row + "\n")
+        append_row("Convergence", row)
 
 
 if __name__ == "__main__":

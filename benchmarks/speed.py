@@ -33,6 +33,20 @@ def machine(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
+def append_row(section: str, row: str, path: Path = RESULTS) -> None:
+    """Insert ``row`` at the end of the table under the ``## {section}`` heading of RESULTS.md."""
+    lines = path.read_text().splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith(f"## {section}"))
+    end = start + 1
+    last_table = None
+    while end < len(lines) and not lines[end].startswith("## "):
+        if lines[end].startswith("|"):
+            last_table = end
+        end += 1
+    lines.insert((last_table if last_table is not None else end - 1) + 1, row)
+    path.write_text("\n".join(lines) + "\n")
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -93,8 +107,7 @@ def main() -> None:
     print("| date | machine | torch | dataset | settings | s/epoch (median) | s/full eval (median) | notes |")
     print(row)
     if args.append:
-        with RESULTS.open("a") as fh:
-            fh.write(row + "\n")
+        append_row("Speed", row)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ HERE = Path(__file__).resolve().parents[1] / "notebooks"
 SETUP = """import os
 from pathlib import Path
 
-import matplotlib
-matplotlib.use("Agg")
 import pandas as pd
 
 RESULTS = Path(os.environ.get("RANKROBUST_RESULTS", "../results"))

@@ -46,3 +46,42 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | None = None, base: dict | None = None):
+    """Run a tiny sweep named ``name`` (2 epochs on a 40 x 60 dataset) into ``root/<folder>``."""
+    from rankrobust.sweep import parse_spec, run_sweep
+
+    tree = {"data": {"train_path": str(data / "train.txt"), "test_path": str(data / "test.txt")},
+            "model": {"dim": 8},
+            "train": {"epochs": 2, "batch_size": 64, "num_negatives": 8, "device": "cpu", "ks": [5, 20],
+                      "patience": 0}}
+    for key, value in (base or {}).items():
+        tree.setdefault(key, {}).update(value)
+    spec = parse_spec({"name": name, "base": tree, "grid": grid, "seeds": [0], "options": options or {}})
+    folder = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
+              "tau-ratio": "tr-quick", "variance": "var-quick"}[name.rsplit("-tiny", 1)[0]]
+    report = run_sweep(spec, root / folder, progress=False)
+    assert not report.failed, report.failed
+
+
+@pytest.fixture(scope="session")
+def tiny_results(tmp_path_factory) -> Path:
+    """The five quick sweeps in miniature (same names and folders as results/*-quick), built once."""
+    from rankrobust.data import split_per_user, write_lightgcn
+
+    root = tmp_path_factory.mktemp("results")
+    data = root / "data"
+    data.mkdir()
+    train, test = split_per_user(random_interactions(40, 70, 0.15, seed=0), (0.8, 0.2), seed=0)
+    write_lightgcn(train, data / "train.txt")
+    write_lightgcn(test, data / "test.txt")
+    _tiny_sweep(root, data, "noisy-positives-tiny", {"loss.name": ["sl", "bsl"], "noise.pos_ratio": [0.0, 0.2, 0.4]},
+                {"fairness": True}, {"loss": {"tau1": 0.5}})
+    _tiny_sweep(root, data, "noisy-negatives-tiny", {"loss.name": ["sl", "bsl"], "noise.neg_prob": [0.0, 0.2]})
+    _tiny_sweep(root, data, "loss-comparison-tiny", {"model.name": ["mf", "lightgcn"], "loss.name": ["bpr", "sl"]},
+                {"fairness": True})
+    _tiny_sweep(root, data, "tau-ratio-tiny", {"model.name": ["mf", "lightgcn"], "loss.r": [0.9, 1.1]},
+                base={"loss": {"name": "bsl", "mode": "reweight"}})
+    _tiny_sweep(root, data, "variance-tiny", {"loss.tau": [0.1, 0.5]}, {"track_variance": True})
+    return root
