@@ -29,6 +29,11 @@ __all__ = [
     "plot_noisy_gradient_share",
     "plot_metric_vs_noise",
     "plot_expansion_error",
+    "plot_loss_bars",
+    "plot_metric_panels",
+    "plot_ratio_sensitivity",
+    "plot_tsne",
+    "plot_dro_figure",
 ]
 
 STYLE = "whitegrid"
@@ -214,10 +219,14 @@ def plot_expansion_error(df: pd.DataFrame, *, hue: str | None = None) -> Figure:
     d = df[df["abs_error"] > 0]
     with _style():
         fig, (ax,) = _figure()
-        sns.lineplot(data=d, x="tau", y="abs_error", hue=hue, marker="o", errorbar=None, ax=ax,
-                     label=None if hue else "|exact − expansion|")
+        if hue:
+            sns.lineplot(data=d, x="tau", y="abs_error", hue=hue, marker="o", errorbar=None, ax=ax)
+        else:
+            sns.lineplot(data=d, x="tau", y="abs_error", marker="o", errorbar=None, ax=ax,
+                         label="|exact − expansion|")
         if len(d):
-            t0, e0 = float(d["tau"].iloc[-1]), float(d["abs_error"].iloc[-1])
+            last = d.sort_values("tau").iloc[-1]
+            t0, e0 = float(last["tau"]), float(last["abs_error"])
             taus = np.geomspace(d["tau"].min(), d["tau"].max(), 50)
             ax.plot(taus, e0 * (t0 / taus) ** 2, "k--", linewidth=1, label="∝ τ⁻²")
         ax.set_xscale("log")
@@ -226,4 +235,120 @@ def plot_expansion_error(df: pd.DataFrame, *, hue: str | None = None) -> Figure:
         ax.set_ylabel("absolute error of the 2nd-order expansion")
         ax.set_title("τ log E exp(f/τ) ≈ E f + Var f/(2τ)")
         ax.legend()
+    return fig
+
+
+# --------------------------------------------------------------------------- the paper's figures
+def plot_loss_bars(df: pd.DataFrame) -> Figure:
+    """Test accuracy of each loss per backbone as grouped bars (the paper's opening chart).
+
+    ``df`` columns: ``model``, ``loss``, ``metric`` (e.g. ``recall@20``), ``value``;
+    one panel per metric, one bar group per backbone, one colour per loss.
+    """
+    _require(df, ["model", "loss", "metric", "value"], "plot_loss_bars")
+    metrics = list(dict.fromkeys(df["metric"]))
+    with _style():
+        fig, axes = _figure(ncols=len(metrics))
+        for ax, metric in zip(axes, metrics):
+            sns.barplot(data=df[df["metric"] == metric], x="model", y="value", hue="loss", errorbar="sd", ax=ax)
+            ax.set_xlabel("backbone")
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(metric)
+    return fig
+
+
+def plot_metric_panels(df: pd.DataFrame, x: str, *, xlabel: str | None = None) -> Figure:
+    """One panel per metric of ``value`` against ``x``, one line per loss.
+
+    ``df`` columns: ``loss``, ``x``, ``metric``, ``value`` (several rows per point
+    give the mean with an sd band).
+    """
+    _require(df, ["loss", x, "metric", "value"], "plot_metric_panels")
+    metrics = list(dict.fromkeys(df["metric"]))
+    with _style():
+        fig, axes = _figure(ncols=len(metrics))
+        for ax, metric in zip(axes, metrics):
+            sns.lineplot(data=df[df["metric"] == metric], x=x, y="value", hue="loss", style="loss", markers=True,
+                         dashes=False, errorbar="sd", ax=ax)
+            ax.set_xlabel(xlabel or x)
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(metric)
+    return fig
+
+
+def plot_ratio_sensitivity(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
+    """``metric`` of BSL against the ratio r = τ₁/τ₂ (r = 1 is SL), one line per backbone.
+
+    ``df`` columns: ``model``, ``r``, ``metric``.
+    """
+    _require(df, ["model", "r", metric], "plot_ratio_sensitivity")
+    with _style():
+        fig, (ax,) = _figure()
+        sns.lineplot(data=df, x="r", y=metric, hue="model", style="model", markers=True, dashes=False,
+                     errorbar="sd", ax=ax)
+        ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="r = 1 (SL)")
+        ax.set_xlabel("τ₁/τ₂ (code parameter r)")
+        ax.set_ylabel(f"test {metric}")
+        ax.set_title("BSL sensitivity to τ₁/τ₂")
+        ax.legend()
+    return fig
+
+
+def plot_tsne(df: pd.DataFrame) -> Figure:
+    """t-SNE maps of item embeddings: rows = loss, columns = noise ratio, colour = popularity.
+
+    ``df`` columns: ``loss``, ``ratio``, ``x``, ``y``, ``popularity`` (category).
+    """
+    _require(df, ["loss", "ratio", "x", "y", "popularity"], "plot_tsne")
+    losses = list(dict.fromkeys(df["loss"]))
+    ratios = sorted(df["ratio"].unique())
+    with _style():
+        fig = Figure(figsize=(3.6 * len(ratios), 3.4 * len(losses)), layout="constrained")
+        grid = fig.subplots(len(losses), len(ratios), squeeze=False)
+        order = ["tail", "mid", "head"]
+        for r, loss in enumerate(losses):
+            for c, ratio in enumerate(ratios):
+                ax = grid[r][c]
+                part = df[(df["loss"] == loss) & (df["ratio"] == ratio)]
+                sns.scatterplot(data=part, x="x", y="y", hue="popularity", hue_order=order, s=8, linewidth=0,
+                                ax=ax, legend=(r == 0 and c == len(ratios) - 1))
+                ax.set_title(f"{loss}, noisy positives {ratio:.0%}")
+                ax.set_xlabel("t-SNE 1")
+                ax.set_ylabel("t-SNE 2")
+                ax.set_xticks([])
+                ax.set_yticks([])
+    return fig
+
+
+def plot_dro_figure(primal_dual: pd.DataFrame, q_star: Any, grad: Any, shares: pd.DataFrame) -> Figure:
+    """The DRO-equivalence figure in three panels.
+
+    Left: primal and dual value over the KL radius η (``primal_dual`` columns
+    ``eta``, ``primal``, ``dual``); middle: Q* against the autograd gradient of
+    SL's negative term; right: gradient share on noisy positives of SL and BSL
+    across noise ratios (``shares`` columns ``loss``, ``noise_ratio``, ``noisy_share``).
+    """
+    _require(primal_dual, ["eta", "primal", "dual"], "plot_dro_figure")
+    _require(shares, ["loss", "noise_ratio", "noisy_share"], "plot_dro_figure")
+    q, g = _numpy(q_star), _numpy(grad)
+    with _style():
+        fig, (a, b, c) = _figure(ncols=3, width=4.6)
+        a.plot(primal_dual["eta"], primal_dual["primal"], "o", label="primal (SLSQP over the simplex)")
+        a.plot(primal_dual["eta"], primal_dual["dual"], "-", label="dual min_τ τ log E exp(f/τ) + τη")
+        a.set_xscale("log")
+        a.set_xlabel("KL radius η")
+        a.set_ylabel("worst-case E_Q f")
+        a.set_title("Primal = dual")
+        a.legend(fontsize="small")
+        b.scatter(q, g, s=10)
+        lim = [0, max(q.max(), g.max()) * 1.05]
+        b.plot(lim, lim, "k--", linewidth=1, label="identity")
+        b.set_xlabel("Q*(j) ∝ exp(f_j/τ)")
+        b.set_ylabel("∂/∂f_j of τ log E exp(f/τ)")
+        b.set_title(f"Gradient = Q* (max |Δ| = {np.abs(q - g).max():.1e})")
+        b.legend(fontsize="small")
+        sns.lineplot(data=shares, x="noise_ratio", y="noisy_share", hue="loss", marker="o", errorbar="sd", ax=c)
+        c.set_xlabel("noisy-positive ratio r")
+        c.set_ylabel("gradient share on noisy positives")
+        c.set_title("Where the positive gradient goes")
     return fig

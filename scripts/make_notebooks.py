@@ -12,7 +12,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parents[1] / "notebooks"
 
-SETUP = """import os
+SETUP = """%matplotlib inline
+import os
 from pathlib import Path
 
 import pandas as pd
