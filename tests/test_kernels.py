@@ -50,3 +50,18 @@ def test_fast_path_on_cuda_matches_cpu():
     gather_dot(uc, tc, items.cuda()).square().sum().backward()
     torch.testing.assert_close(uc.grad.cpu(), u.grad)
     torch.testing.assert_close(tc.grad.cpu(), table.grad)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from rankrobust import train as train_mod
+
+    def broken_compile(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+        return run
+
+    monkeypatch.setattr(train_mod.torch, "compile", broken_compile)
+    step = train_mod.maybe_compile(lambda x: x * 2, True, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="torch.compile failed"):
+        assert step(torch.tensor(3.0)).item() == 6.0
+    assert step(torch.tensor(4.0)).item() == 8.0  # stays eager, no second warning
