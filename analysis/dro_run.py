@@ -103,7 +103,7 @@ def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
                       f"({int(mask.sum()):,} of {len(mask):,} training pairs):",
                   f"    noisy share of positives per user (what SL's uniform weights give): {d['noisy_fraction']:.4f}",
                   f"    SL  puts {d['sl_noisy_share']:.4f} of each user's positive gradient on noisy positives",
-                  f"    BSL (τ₁ = {tau:g}) puts {d['bsl_noisy_share']:.4f} "
+                  f"    BSL weights softmax(f/τ₁) (τ₁ = {tau:g}) on these scores put {d['bsl_noisy_share']:.4f} "
                   f"({d['bsl_relative_share']:.2f}× the uniform share); mean weight noisy "
                   f"{d['bsl_noisy_weight_mean']:.4g} vs clean {d['bsl_clean_weight_mean']:.4g}"]
     else:
