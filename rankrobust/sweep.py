@@ -13,7 +13,8 @@ A spec (see ``configs/sweeps/``)::
 
 Each cell (one grid point × one seed) is one run directory
 ``OUT/runs/<cell id>``.  A cell counts as done only when its ``status`` says
-so; a rerun skips done cells and re-runs failed or interrupted ones, so a sweep
+so and its ``config.json`` matches the spec; a rerun skips done cells and
+re-runs failed, interrupted or outdated (spec edited since) ones, so a sweep
 killed at any moment loses no finished run.  The results store
 ``OUT/store.parquet`` is rebuilt from the run directories (atomically).
 """
@@ -157,8 +158,23 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 
 # ----------------------------------------------------------------------------- running
+def is_finished(run_dir: Path, config: dict[str, Any]) -> bool:
+    """True when ``run_dir`` holds a finished run of exactly ``config``.
+
+    A run made with another config (the spec was edited since) counts as
+    unfinished, so a resumed sweep re-runs it instead of keeping stale numbers.
+    """
+    if runs.read_status(run_dir) != runs.STATUS_DONE:
+        return False
+    try:
+        stored = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return stored == json.loads(json.dumps(config))
+
+
 def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, bool], device: str | None = None) -> dict[str, Any]:
-    """Run one cell into ``run_dir`` (wiping an unfinished previous attempt).
+    """Run one cell into ``run_dir`` (wiping an unfinished, failed or outdated previous attempt).
 
     Never raises for a failing run: the failure is recorded in the run's
     ``status`` (with the traceback) and returned as ``{"status": "failed"}``.
@@ -166,7 +182,7 @@ def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, bool], dev
     from rankrobust.experiment import run_experiment
 
     path = Path(run_dir)
-    if runs.read_status(path) == runs.STATUS_DONE:
+    if is_finished(path, config):
         return {"status": runs.STATUS_DONE, "skipped": True}
     if path.exists():
         shutil.rmtree(path)
@@ -186,7 +202,7 @@ def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, bool], dev
 def pending_cells(spec: SweepSpec, out: Path) -> tuple[list[Cell], int]:
     """(cells still to run, number already done) for a sweep folder."""
     cells = spec.cells()
-    todo = [c for c in cells if runs.read_status(out / "runs" / c.cell_id) != runs.STATUS_DONE]
+    todo = [c for c in cells if not is_finished(out / "runs" / c.cell_id, c.config.to_dict())]
     return todo, len(cells) - len(todo)
 
 

@@ -146,3 +146,16 @@ def test_compare_and_holm(tmp_path):
     table = compare_losses(load_store(out), ["loss.name", "noise.pos_ratio"], "sl", "bsl")
     assert len(table) == 4 and table["p"].between(0, 1).all() and (table["p_holm"] >= table["p"]).all()
     assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_edited_spec_reruns_changed_cells_only(tmp_path):
+    path = tiny_spec(tmp_path)
+    out = tmp_path / "out"
+    run_sweep(load_spec(path), out, progress=False)
+    doc = yaml.safe_load(path.read_text())
+    doc["overrides"].append({"when": {"loss.name": "sl"}, "set": {"train.lr": 0.01}})
+    path.write_text(yaml.safe_dump(doc))
+    report = run_sweep(load_spec(path), out, progress=False)
+    assert report.skipped == 2 and report.done == 2  # the two SL cells changed, the BSL cells did not
+    store = load_store(out)
+    assert (store.loc[store["loss.name"] == "sl", "train.lr"] == 0.01).all()
