@@ -37,3 +37,23 @@ def test_dro_check_on_a_noisy_run(tmp_path, capsys):
     assert "PASS" in out and "(d) positive-side gradient" in out and "all checks passed" in out
     # an impossible tolerance makes the command fail with a non-zero exit
     assert main(["dro-check", str(tmp_path / "run"), "--tol", "1e-300"]) == 1
+
+
+def test_check_d_on_a_trained_synthetic_run(tmp_path):
+    """Clustered users/items, 30% random noisy positives: BSL down-weights them after training, SL cannot."""
+    from rankrobust.data import Interactions, split_per_user, write_lightgcn
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, k = 60, 80, 4
+    u_cluster, i_cluster = rng.integers(0, k, n_users), rng.integers(0, k, n_items)
+    mask = (u_cluster[:, None] == i_cluster[None, :]) & (rng.random((n_users, n_items)) < 0.6)
+    users, items = np.nonzero(mask)
+    train, test = split_per_user(Interactions.from_pairs(users, items, n_users, n_items), (0.8, 0.2), seed=0)
+    write_lightgcn(train, tmp_path / "train.txt")
+    write_lightgcn(test, tmp_path / "test.txt")
+    cfg = tiny_config(tmp_path, data={"train_path": str(tmp_path / "train.txt"), "test_path": str(tmp_path / "test.txt")},
+                      loss={"name": "bsl", "tau1": 0.2, "tau2": 0.1}, noise={"pos_ratio": 0.3},
+                      train={"epochs": 15, "lr": 0.01})
+    share = run_experiment(cfg, None, progress=False).metrics["gradient_share"]
+    assert share["sl_noisy_share"] == share["noisy_fraction"]
+    assert share["bsl_noisy_share"] < 0.8 * share["sl_noisy_share"]
