@@ -17,24 +17,21 @@ import torch
 
 from analysis.dro import (CheckResult, dro_dual, dro_primal, dro_report, positive_gradient_share, q_star, radius,
                           run_checks, sl_negative_grad)
+from rankrobust.config import RunConfig, config_from_dict
 from rankrobust.data.interactions import Interactions
+from rankrobust.experiment import load_data, prepare_data
+from rankrobust.losses import SLOptions
+from rankrobust.runs import load_run
 
 
-def positive_temperature(loss: dict[str, Any]) -> float:
-    """τ₁ of BSL's positive term for a loss config (paper: tau1 or tau; reweight/multi: tau)."""
-    if loss.get("name") == "bsl" and loss.get("mode", "paper") == "paper":
-        return float(loss.get("tau1") or loss["tau"])
-    return float(loss["tau"])
+def temperature(cfg: RunConfig) -> float:
+    """τ of the run's loss (SL's default for losses without one, e.g. BPR)."""
+    return float(getattr(cfg.loss.options, "tau", SLOptions.tau))
 
 
-def noisy_mask(train: Interactions, noisy_users: np.ndarray, noisy_items: np.ndarray) -> np.ndarray:
-    """Bool [nnz] in ``train``'s CSR order: True where the pair is an injected noisy positive."""
-    users, items = train.to_pairs()
-    keys = users * train.n_items + items
-    noisy = np.sort(np.asarray(noisy_users, dtype=np.int64) * train.n_items + np.asarray(noisy_items, dtype=np.int64))
-    pos = np.searchsorted(noisy, keys)
-    return (pos < len(noisy)) & (noisy[np.minimum(pos, max(len(noisy) - 1, 0))] == keys) if len(noisy) else \
-        np.zeros(len(keys), dtype=bool)
+def positive_temperature(cfg: RunConfig) -> float:
+    """τ₁ of BSL's positive term for the run's loss (its options say; τ for other losses)."""
+    return float(getattr(cfg.loss.options, "positive_temperature", temperature(cfg)))
 
 
 def gradient_shares(user_emb: torch.Tensor, item_emb: torch.Tensor, train: Interactions, is_noisy: np.ndarray,
@@ -77,33 +74,57 @@ def real_score_checks(user_emb: torch.Tensor, item_emb: torch.Tensor, tau: float
             CheckResult("b_grad_eq_qstar[run scores]", worst_b, tol, worst_b <= tol, cases_b)]
 
 
-def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
-    """Run (a)–(c) and measure (d) for a run directory; returns (report text, all checks passed)."""
-    from rankrobust.config import config_from_dict
-    from rankrobust.experiment import load_data, prepare_data
-    from rankrobust.runs import load_run
+def in_training_lines(epochs, accounting: dict[str, Any]) -> list[str]:
+    """Report lines of the in-training gradient accounting stored with a run (PROTOCOLS §9)."""
+    if epochs is None or "pos_grad_share_noisy" not in epochs:
+        return ["    in training: not recorded for this run (runs trained before gradient accounting existed)"]
+    e = epochs.dropna(subset=["pos_grad_share_noisy"])
+    n = len(e)
+    picks = sorted({int(e["epoch"].iloc[k]) for k in (0, n // 2, n - 1)}) if n else []
+    lines = ["    IN TRAINING (what the optimiser applied: Σ_noisy |∂L/∂s⁺| / Σ |∂L/∂s⁺| over each epoch's batches)",
+             "      epoch  group size  noisy pairs  noisy gradient share"]
+    for epoch in picks:
+        row = e[e["epoch"] == epoch].iloc[0]
+        lines.append(f"      {epoch:5d}  {row['group_size_mean']:10.2f}  {row['noisy_pair_fraction']:11.4f}  "
+                     f"{row['pos_grad_share_noisy']:20.4f}")
+    if accounting:
+        lines.append(f"      best epoch {accounting.get('best_epoch')}: share "
+                     f"{accounting['pos_grad_share_noisy_best']:.4f} vs noisy fraction "
+                     f"{accounting['noisy_pair_fraction_best']:.4f} (mean over epochs "
+                     f"{accounting['pos_grad_share_noisy_mean']:.4f}, group size "
+                     f"{accounting['group_size_mean_mean']:.2f})")
+    return lines
 
+
+def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
+    """Run (a)–(c) and report (d) for a run directory; returns (report text, all checks passed).
+
+    (d) has two parts, labelled as such: the in-training shares the run
+    recorded (``epochs.csv`` and ``metrics.json`` → ``gradient_accounting``),
+    and the counterfactual full-P_u softmax(f/τ₁) share on the final embeddings.
+    """
     run = load_run(run_dir)
     if run.status != "done":
         raise ValueError(f"{run_dir} has status {run.status!r}; dro-check needs a finished run")
     cfg = config_from_dict(run.config)
     weights = run.tensors()
     U, I = weights["final_user"], weights["final_item"]
-    tau = positive_temperature(run.config["loss"])
-    results = run_checks(n=(5, 20), seeds=(0,), tol=tol) + real_score_checks(U, I, cfg.loss.tau, tol=tol)
-    lines = [f"DRO-equivalence checks for {run_dir} ({cfg.model.name} + {cfg.loss.name}, τ = {cfg.loss.tau})",
+    tau, tau1 = temperature(cfg), positive_temperature(cfg)
+    results = run_checks(n=(5, 20), seeds=(0,), tol=tol) + real_score_checks(U, I, tau, tol=tol)
+    lines = [f"DRO-equivalence checks for {run_dir} ({cfg.model.name} + {cfg.loss.name}, τ = {tau:g})",
              dro_report(results)]
-    noise = run.noise()
-    noisy = noise[noise["kind"] == "noisy_positive"]
-    if len(noisy):
-        data, _ = prepare_data(cfg, load_data(cfg.data))
-        mask = noisy_mask(data.train, noisy["user"].to_numpy(), noisy["item"].to_numpy())
-        d = gradient_shares(U, I, data.train, mask, tau1=tau)
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    if data.noisy is not None and data.noisy.any():
+        mask = data.noisy
+        d = gradient_shares(U, I, data.train, mask, tau1=tau1)
         lines += ["", f"(d) positive-side gradient on injected noisy positives "
-                      f"({int(mask.sum()):,} of {len(mask):,} training pairs):",
-                  f"    noisy share of positives per user (what SL's uniform weights give): {d['noisy_fraction']:.4f}",
-                  f"    SL  puts {d['sl_noisy_share']:.4f} of each user's positive gradient on noisy positives",
-                  f"    BSL weights softmax(f/τ₁) (τ₁ = {tau:g}) on these scores put {d['bsl_noisy_share']:.4f} "
+                      f"({int(mask.sum()):,} of {len(mask):,} training pairs, {cfg.train.batching} batching):"]
+        lines += in_training_lines(run.table("epochs"), run.metrics.get("gradient_accounting") or {})
+        lines += ["    COUNTERFACTUAL (final embeddings, softmax over ALL of a user's positives at once; "
+                  "training never applied this):",
+                  f"      noisy share of positives per user (SL's uniform weights): {d['noisy_fraction']:.4f}",
+                  f"      SL  puts {d['sl_noisy_share']:.4f} of each user's positive gradient on noisy positives",
+                  f"      BSL softmax(f/τ₁) (τ₁ = {tau1:g}) would put {d['bsl_noisy_share']:.4f} "
                   f"({d['bsl_relative_share']:.2f}× the uniform share); mean weight noisy "
                   f"{d['bsl_noisy_weight_mean']:.4g} vs clean {d['bsl_clean_weight_mean']:.4g}"]
     else:

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.runs import RunDir, write_csv
 
 __all__ = [
     "STATS",
@@ -288,11 +289,9 @@ class VarianceTracker:
     ``path`` (a run directory, or a file path ending in ``.csv``) the whole table
     is rewritten atomically to ``variance.csv`` after every epoch.
 
-    Usage: ``fit(cfg, data, device, callbacks=(VarianceTracker(data.train, path=run_dir),))``.
+    Usage: through `analysis.probes.VarianceProbe` (``run_experiment(cfg, out, probes=[VarianceProbe()])``).
     The model must expose ``final_embeddings() -> (U [n_users, d], I [n_items, d])``.
     """
-
-    FILENAME = "variance.csv"
 
     def __init__(self, dataset_train: Interactions, n_users_sample: int = 512, n_neg: int = 100,
                  seed: int = 0, path: str | Path | None = None, head_fraction: float = 0.2) -> None:
@@ -311,7 +310,7 @@ class VarianceTracker:
         # contrast weights: head @ I = mean I_head − mean I_tail
         self.head = torch.where(head, 1.0 / head.sum(), -1.0 / (~head).sum()).to(torch.float32)
         self.path = None if path is None else (Path(path) if str(path).endswith(".csv")
-                                               else Path(path) / self.FILENAME)
+                                               else RunDir(path).table_path("variance"))
         self.rows: list[dict[str, Any]] = []
         self._cache: dict[torch.device, tuple[Tensor, ...]] = {}
 
@@ -349,9 +348,7 @@ class VarianceTracker:
         row["seconds"] = time.perf_counter() - t0
         self.rows.append(row)
         if self.path is not None:
-            from rankrobust.runs import write_csv  # atomic: temp file + os.replace
-
-            write_csv(self.path, self.to_frame())
+            write_csv(self.path, self.to_frame())  # atomic: temp file + os.replace
 
     def to_frame(self) -> pd.DataFrame:
         """All recorded rows, one per epoch."""

@@ -1,7 +1,11 @@
 """The ``rankrobust`` command: datasets, train, dro-check, sweep, results, figures.
 
 Each subcommand is a small function taking parsed arguments; the heavy lifting
-lives in the library modules so that notebooks can call the same code.
+lives in the library modules so that notebooks can call the same code.  The
+``train`` flags and their help texts come from the config sections and the
+registries (`rankrobust.config.config_flags`); every other key is reachable
+with ``--set section.key=value``.  This module (with the sweep layer) is
+where the analysis probes are wired into runs.
 """
 from __future__ import annotations
 
@@ -14,37 +18,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from rankrobust.config import ConfigError, RunConfig, config_from_dict, load_config, parse_override
+from rankrobust.runs import SweepDir
 
-# flag → dotted config key; the flags every researcher reaches for.
-TRAIN_FLAGS: dict[str, tuple[str, type, str]] = {
-    "--dataset": ("data.name", str, "dataset name (see `rankrobust datasets`)"),
-    "--data-dir": ("data.data_dir", str, "folder holding yelp2018/, gowalla/, ml/ (default $RANKROBUST_DATA or ../shared/data)"),
-    "--model": ("model.name", str, "mf or lightgcn"),
-    "--layers": ("model.layers", int, "LightGCN hops"),
-    "--dim": ("model.dim", int, "embedding size"),
-    "--score": ("model.score", str, "cosine or dot"),
-    "--dropout": ("model.dropout", float, "dropout on user embeddings"),
-    "--loss": ("loss.name", str, "bpr, bce, mse, ccl, sl or bsl"),
-    "--tau": ("loss.tau", float, "temperature τ (SL, BSL reweight/multi)"),
-    "--tau1": ("loss.tau1", float, "BSL positive temperature τ₁ (paper mode)"),
-    "--tau2": ("loss.tau2", float, "BSL negative temperature τ₂ (paper mode)"),
-    "--bsl-mode": ("loss.mode", str, "paper, reweight or multi"),
-    "--r": ("loss.r", float, "BSL ratio r (reweight/multi), plays τ₁/τ₂"),
-    "--noise-pos": ("noise.pos_ratio", float, "noisy-positive ratio r"),
-    "--noise-neg": ("noise.neg_prob", float, "false-negative probability p"),
-    "--fn-pool": ("noise.neg_pool", str, "false-negative pool: train or heldout"),
-    "--epochs": ("train.epochs", int, "maximum epochs"),
-    "--patience": ("train.patience", int, "early-stopping patience in epochs (0: off)"),
-    "--lr": ("train.lr", float, "Adam learning rate"),
-    "--l2": ("train.l2", float, "the authors' L2 coefficient"),
-    "--batch-size": ("train.batch_size", int, "training pairs per batch"),
-    "--negatives": ("train.num_negatives", int, "sampled negatives per pair"),
-    "--sampler": ("train.sampler", str, "uniform, uniform_exclude, popularity or in_batch"),
-    "--seed": ("train.seed", int, "seed of the run"),
-    "--device": ("train.device", str, "auto, cpu or cuda[:N]"),
-}
-
+from rankrobust.config import (ConfigError, RunConfig, config_flags, config_from_dict, parse_override,
+                               read_config_tree, set_dotted)
 
 class Parser(argparse.ArgumentParser):
     """argparse that names the closest valid flag or subcommand on a typo."""
@@ -82,10 +59,11 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("train", help="train and evaluate one configuration")
     p.add_argument("--config", help="YAML config (see configs/); flags override it")
-    for flag, (_, typ, helptext) in TRAIN_FLAGS.items():
-        p.add_argument(flag, type=typ, help=helptext)
-    p.add_argument("--valid-is-test", action="store_true", help="authors' leaky protocol: validate on test")
-    p.add_argument("--compile", action="store_true", help="torch.compile the training step")
+    for flag in config_flags():
+        if flag.type is bool:
+            p.add_argument(flag.flag, action="store_true", default=None, help=flag.help)
+        else:
+            p.add_argument(flag.flag, type=flag.type, help=flag.help)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key, e.g. --set train.eval_every=5 (repeatable)")
     p.add_argument("--out", help="run directory to write (config, metrics, weights, ...)")
@@ -98,28 +76,46 @@ def build_parser() -> Parser:
     p.add_argument("run_dir", help="a run directory written by `rankrobust train --out`")
     p.add_argument("--tol", type=float, default=1e-6, help="tolerance of checks (a)-(c)")
 
-    from rankrobust import sweep_cli  # sweeps, results and figures live in their own module
+    p = sub.add_parser("sweep", help="run a grid of runs from a sweep spec (resumable)")
+    p.add_argument("spec", help="sweep spec YAML (see configs/sweeps/)")
+    p.add_argument("--out", required=True, help="sweep folder (runs/ and store.parquet go here)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel processes (one GPU each where several exist)")
+    p.add_argument("--executor", default="local", help="local or ray")
+    p.add_argument("--address", help="Ray cluster address (with --executor ray), e.g. auto or HOST:6379")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and what is left to run")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    sweep_cli.add_subcommands(sub)
+    p = sub.add_parser("results", help="summarise a sweep's results store")
+    p.add_argument("dir", help="sweep folder (holding store.parquet)")
+    p.add_argument("--metric", action="append", help="metrics to show (default test.recall@20, test.ndcg@20)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                   help="paired Wilcoxon test across users of two arms per cell, Holm-corrected; an arm is a "
+                        "loss name (sl) or key=value[,key=value] (loss.name=bsl,train.batching=users)")
+    p.add_argument("--compare-metric", default="ndcg@20", help="per-user metric for --compare")
+
+    p = sub.add_parser("figures", help="regenerate the paper's figures from sweep stores")
+    p.add_argument("dirs", nargs="+", help="sweep folders (quick or full results)")
+    p.add_argument("--out", default="figures", help="folder for PNG/PDF and sidecar texts")
+    p.add_argument("--only", action="append", help="figure numbers or names to make (default all)")
     return parser
 
 
 def train_config(args: argparse.Namespace) -> RunConfig:
-    """Merge --config, flags and --set overrides into a validated RunConfig."""
-    cfg = load_config(args.config) if args.config else config_from_dict({})
-    overrides: dict[str, Any] = {}
-    for flag, (key, _, _) in TRAIN_FLAGS.items():
-        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+    """Merge --config, flags and --set overrides (in that order) into one validated RunConfig.
+
+    Only what the user wrote is merged (no defaults in between), so
+    ``--loss bpr`` on the default config is fine while ``--loss bpr --tau 0.2``
+    is rejected (BPR has no temperature).
+    """
+    tree: dict[str, Any] = read_config_tree(args.config) if args.config else {}
+    for flag in config_flags():
+        value = getattr(args, flag.flag.lstrip("-").replace("-", "_"))
         if value is not None:
-            overrides[key] = value
-    if args.valid_is_test:
-        overrides["data.valid_is_test"] = True
-    if args.compile:
-        overrides["train.compile"] = True
+            set_dotted(tree, flag.key, value)
     for item in args.set:
         key, value = parse_override(item)
-        overrides[key] = value
-    return cfg.with_overrides(overrides)
+        set_dotted(tree, key, value)
+    return config_from_dict(tree)
 
 
 def metrics_table(metrics: dict[str, dict[str, float]]) -> str:
@@ -155,23 +151,33 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from analysis.probes import probes_for
     from rankrobust.experiment import run_experiment
 
     cfg = train_config(args)
-    summary = run_experiment(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite,
-                             fairness=args.fairness, track_variance=args.track_variance)
+    probes = probes_for(fairness=args.fairness, track_variance=args.track_variance)
+    summary = run_experiment(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, probes=probes)
     m = summary.metrics
     print(metrics_table({"valid" + (" (= test, leaky)" if m["leaky_validation"] else ""): m["valid"],
                          "test": m["test"]}))
     pop = m["most_popular"]
-    print(f"\nmost-popular baseline (test): recall@20 {pop['recall@20']:.4f}, ndcg@20 {pop['ndcg@20']:.4f}")
+    print("\nmost-popular baseline (test): " + ", ".join(f"{k} {v:.4f}" for k, v in pop.items()))
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
-          f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}")
+          f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}; mean same-user group size per pair "
+          f"{m['group_size_mean']:.2f} ({cfg.train.batching} batching)")
+    acc = m.get("gradient_accounting")
+    if acc:
+        print(f"in-training share of positive-side gradient on noisy positives: "
+              f"{acc['pos_grad_share_noisy_best']:.4f} at the best epoch (mean over epochs "
+              f"{acc['pos_grad_share_noisy_mean']:.4f}); noisy pairs are {acc['noisy_pair_fraction_best']:.4f} "
+              f"of the training pairs")
+    for warning in m.get("warnings", []):
+        print(f"warning: {warning}")
     if args.fairness:
         from analysis.fairness import format_group_table
 
         print("\nper popularity group (test, group 0 = tail, last = head):")
-        print(format_group_table(summary.fit.extra["fairness_groups"]))
+        print(format_group_table(summary.extra["fairness_groups"]))
         print("  ".join(f"{k}={v:.4g}" for k, v in summary.metrics["fairness"].items()
                         if isinstance(v, (int, float))))
     if args.out:
@@ -187,16 +193,69 @@ def cmd_dro_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rankrobust.sweeps import load_spec, pending_cells, run_sweep
+
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        todo, done = pending_cells(spec, Path(args.out))
+        print(f"{spec.name}: {done + len(todo)} runs, {done} done, {len(todo)} to run")
+        for cell in todo:
+            print(f"  {cell.cell_id}")
+        return 0
+    report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
+                       progress=not args.quiet)
+    print(report)
+    print(f"store: {SweepDir(args.out).store_path}")
+    return 1 if report.failed else 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from rankrobust.store import (MAIN_METRICS, compare_runs, format_summary, grid_axes, load_store, parse_arm,
+                                  summarize)
+
+    frame = load_store(args.dir)
+    axes = grid_axes(args.dir, frame)
+    counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
+    print(f"{args.dir}: {len(frame)} runs " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print(format_summary(summarize(frame, axes, tuple(args.metric or MAIN_METRICS))))
+    if "warnings" in frame:
+        warned = frame[frame["warnings"].fillna("") != ""]
+        if len(warned):
+            first = warned["warnings"].iloc[0].split(" | ")[0]
+            print(f"\nwarning: {len(warned)} of {len(frame)} runs carry warnings, e.g. {warned['cell_id'].iloc[0]}: "
+                  f"{first}")
+    if args.compare:
+        a, b = (parse_arm(x) for x in args.compare)
+        table = compare_runs(frame, axes, a, b, metric=args.compare_metric)
+        if table.empty:
+            print(f"\nno cell has finished runs of both {args.compare[0]!r} and {args.compare[1]!r}")
+            return 1
+        print(f"\npaired Wilcoxon signed-rank test across users, {args.compare_metric}, {args.compare[1]} vs "
+              f"{args.compare[0]} (Holm-corrected over {len(table)} pairs of runs)")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def cmd_figures(args: argparse.Namespace) -> int:
+    from analysis.figures import make_figures
+
+    made = make_figures([Path(d) for d in args.dirs], Path(args.out), only=args.only)
+    for path in made:
+        print(path)
+    return 0
+
+
+HANDLERS = {"datasets": cmd_datasets, "train": cmd_train, "dro-check": cmd_dro_check, "sweep": cmd_sweep,
+            "results": cmd_results, "figures": cmd_figures}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rankrobust`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"datasets": cmd_datasets, "train": cmd_train, "dro-check": cmd_dro_check}
-    from rankrobust import sweep_cli
-
-    handlers.update(sweep_cli.HANDLERS)
     try:
-        return handlers[args.command](args)
+        return HANDLERS[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:
         print(f"rankrobust {args.command}: error: {err}", file=sys.stderr)
         return 2

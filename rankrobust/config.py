@@ -2,82 +2,99 @@
 
 A run is described by a `RunConfig` made of five sections (data, noise, model,
 loss, train).  Configs come from YAML files, nested dicts or dotted overrides
-(`train.lr=1e-3`); every key and value is checked, and a wrong one fails with a
-message naming the closest valid option.  Nothing here is parsed at import time.
+(``train.lr=1e-3``); every key and value is checked, and a wrong one fails with
+a message naming the closest valid option.  Nothing here is parsed at import
+time.
+
+Names and options come from the registries, never from lists kept here:
+
+=========  ================  =====================================================
+section    chosen by          options read from
+=========  ================  =====================================================
+data       ``name``           `rankrobust.data.registry.DATASETS` (names only)
+model      ``name``           `rankrobust.models.MODELS` (dim, score, dropout, layers…)
+loss       ``name``           `rankrobust.losses.LOSSES` (tau, mode, margin…)
+train      ``sampler``        `rankrobust.sampling.SAMPLERS` (num_negatives, pop_alpha)
+train      ``batching``       `rankrobust.batching.BATCHINGS` (positives_per_user)
+=========  ================  =====================================================
+
+In YAML the chosen entry's options sit flat in the section, as before
+(``loss: {name: bsl, tau1: 0.5}``).  An option of another entry
+(``loss: {name: bpr, tau: 0.1}``) is rejected with a message naming the
+entries that accept it, so ``config.json`` only ever holds options that act.
 """
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from rankrobust.batching import BATCHINGS
+from rankrobust.data.registry import DATASETS
+from rankrobust.evaluate import METRIC_NAMES
+from rankrobust.losses import LOSSES
+from rankrobust.models import MODELS
+from rankrobust.noise import FN_POOL_KINDS
+from rankrobust.registry import (ConfigError, Registry, check_options, closest, field_default, non_negative,
+                                 one_of, option, positive, probability, unit_interval)
+from rankrobust.sampling import SAMPLERS
 
-class ConfigError(ValueError):
-    """A config key or value is invalid; the message says which and why."""
-
-
-def closest(word: str, options) -> str:
-    """' (did you mean X?)' for the option closest to ``word``, or ''."""
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
-    return f" (did you mean '{match[0]}'?)" if match else ""
-
-
-def _choice(section: str, key: str, value: Any, options) -> None:
-    if value not in options:
-        raise ConfigError(
-            f"{section}.{key} = {value!r} is not valid{closest(value, options)}; "
-            f"choose one of {sorted(options)}"
-        )
+__all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
+           "RunConfig", "config_from_dict", "load_config", "set_dotted", "parse_override", "prune_inapplicable",
+           "SECTIONS"]
 
 
-def _positive(section: str, key: str, value, *, allow_zero: bool = False) -> None:
-    if value is None:
-        return
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{section}.{key} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+def _dataset_name(value: Any) -> str | None:
+    return None if value in DATASETS else f"one of {list(DATASETS)}{closest(value, DATASETS)}"
 
 
-DATASET_NAMES = ("lastfm", "yelp2018", "gowalla", "ml", "ml-100k")
-MODELS = ("mf", "lightgcn")
-SCORES = ("cosine", "dot")
-LOSS_NAMES = ("bpr", "bce", "mse", "ccl", "sl", "bsl")
-BSL_MODES = ("paper", "reweight", "multi")
-SAMPLERS = ("uniform", "uniform_exclude", "popularity", "in_batch")
-FN_POOLS = ("train", "heldout")
+def _in_range(lo: float, hi: float, *, open_low: bool = False) -> Any:
+    def check(value: Any) -> str | None:
+        ok = (lo < value if open_low else lo <= value) and value <= hi if not open_low else lo < value < hi
+        return None if ok else (f"in ({lo}, {hi})" if open_low else f"in [{lo}, {hi}]")
+
+    return check
 
 
-@dataclass
+def _device(value: Any) -> str | None:
+    ok = value in ("auto", "cpu") or str(value).startswith("cuda")
+    return None if ok else "'auto', 'cpu' or 'cuda[:N]'"
+
+
+def _cutoffs(value: Any) -> str | None:
+    return None if value and all(k > 0 for k in value) else "a non-empty list of positive cutoffs"
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Which dataset and how validation is made.
 
     ``name`` is a registered dataset (see ``rankrobust datasets``) unless
-    ``train_path``/``test_path`` point to LightGCN-format files.
-    ``valid_is_test`` reproduces the authors' leaky protocol (valid = test).
+    ``train_path``/``test_path`` point to files.  ``valid_is_test`` reproduces
+    the authors' leaky protocol (valid = test).  Frozen (hashable), so a loaded
+    dataset can be cached by its `DataConfig`.
     """
 
-    name: str = "lastfm"
-    data_dir: str | None = None
-    train_path: str | None = None
-    test_path: str | None = None
-    valid_path: str | None = None
-    valid_fraction: float = 0.1
-    valid_is_test: bool = False
-    split_seed: int = 0
+    name: str = option("lastfm", "dataset name (see `rankrobust datasets`)", check=_dataset_name, flag="--dataset")
+    data_dir: str | None = option(None, "folder holding yelp2018/, gowalla/, ml/ (default $RANKROBUST_DATA "
+                                        "or ../shared/data)", flag="--data-dir")
+    train_path: str | None = option(None, "your own training file (LightGCN text, CSV/TSV/parquet)")
+    test_path: str | None = option(None, "your own test file (with train_path)")
+    valid_path: str | None = option(None, "your own validation file (default: carved from train)")
+    valid_fraction: float = option(0.1, "share of each user's training items carved out for validation",
+                                   check=unit_interval)
+    valid_is_test: bool = option(False, "authors' leaky protocol: validate on test", flag="--valid-is-test")
+    split_seed: int = option(0, "seed of the validation split")
 
     def validate(self) -> None:
-        if self.train_path is None:
-            _choice("data", "name", self.name, DATASET_NAMES)
-        elif self.test_path is None:
+        if self.train_path is not None and self.test_path is None:
             raise ConfigError("data.train_path is set but data.test_path is not")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError(f"data.valid_fraction must be in [0, 1), got {self.valid_fraction}")
 
 
 @dataclass
@@ -89,127 +106,110 @@ class NoiseConfig:
     the user's ``neg_pool`` (``train`` positives, or a ``heldout`` 10%).
     """
 
-    pos_ratio: float = 0.0
-    pos_rounding: str = "floor"
-    neg_prob: float = 0.0
-    neg_pool: str = "train"
-    heldout_fraction: float = 0.1
-    seed: int | None = None
+    pos_ratio: float = option(0.0, "noisy-positive ratio r", check=_in_range(0.0, 10.0), flag="--noise-pos")
+    pos_rounding: str = option("floor", "floor or ceil of r·|P_u|", check=one_of("floor", "ceil"))
+    neg_prob: float = option(0.0, "false-negative probability p", check=probability, flag="--noise-neg")
+    neg_pool: str = option("train", "false-negative pool: train or heldout", check=one_of(*FN_POOL_KINDS),
+                           flag="--fn-pool")
+    heldout_fraction: float = option(0.1, "share of positives held out as the false-negative pool",
+                                     check=_in_range(0.0, 1.0, open_low=True))
+    seed: int | None = option(None, "noise seed (default: train.seed)")
 
     def validate(self) -> None:
-        if not 0.0 <= self.pos_ratio <= 10.0:
-            raise ConfigError(f"noise.pos_ratio must be in [0, 10], got {self.pos_ratio}")
-        if not 0.0 <= self.neg_prob <= 1.0:
-            raise ConfigError(f"noise.neg_prob must be a probability in [0, 1], got {self.neg_prob}")
-        _choice("noise", "pos_rounding", self.pos_rounding, ("floor", "ceil"))
-        _choice("noise", "neg_pool", self.neg_pool, FN_POOLS)
-        if not 0.0 < self.heldout_fraction < 1.0:
-            raise ConfigError(f"noise.heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        pass
 
 
 @dataclass
 class ModelConfig:
-    """Backbone: matrix factorisation or LightGCN, with dot or cosine scores."""
+    """Backbone (`rankrobust.models.MODELS`) and its options (``options``, flat in YAML)."""
 
-    name: str = "mf"
-    dim: int = 64
-    layers: int = 3
-    score: str = "cosine"
-    dropout: float = 0.0
+    SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {"name": ("options", MODELS)}
+    name: str = option("mf", "backbone", flag="--model")
+    options: Any = None
 
     def validate(self) -> None:
-        _choice("model", "name", self.name, MODELS)
-        _choice("model", "score", self.score, SCORES)
-        _positive("model", "dim", self.dim)
-        _positive("model", "layers", self.layers, allow_zero=True)
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        pass
 
 
 @dataclass
 class LossConfig:
-    """Loss name and its hyper-parameters (only those the loss uses are passed).
+    """Loss (`rankrobust.losses.LOSSES`) and its hyper-parameters (``options``, flat in YAML)."""
 
-    SL: ``tau``.  BSL: ``mode`` = ``paper`` (``tau1``, ``tau2``; default both
-    ``tau``) or the authors' ``reweight``/``multi`` (``tau``, ``r``).  CCL:
-    ``margin``, ``neg_weight``.
-    """
-
-    name: str = "sl"
-    tau: float = 0.1
-    tau1: float | None = None
-    tau2: float | None = None
-    mode: str = "paper"
-    r: float = 1.0
-    margin: float = 0.8
-    neg_weight: float = 1.0
-    include_pos: bool = False
+    SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {"name": ("options", LOSSES)}
+    name: str = option("sl", "loss", flag="--loss")
+    options: Any = None
 
     def validate(self) -> None:
-        _choice("loss", "name", self.name, LOSS_NAMES)
-        _choice("loss", "mode", self.mode, BSL_MODES)
-        for key in ("tau", "tau1", "tau2", "r"):
-            _positive("loss", key, getattr(self, key))
-        _positive("loss", "neg_weight", self.neg_weight, allow_zero=True)
+        pass
+
+    def to_flat(self) -> dict[str, Any]:
+        """The chosen loss's options as a plain dict (as they appear in YAML)."""
+        return dataclasses.asdict(self.options)
 
     def kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for the loss function named ``self.name``."""
-        if self.name == "sl":
-            return {"tau": self.tau, "include_pos": self.include_pos}
-        if self.name == "bsl":
-            if self.mode == "paper":
-                return {"mode": "paper", "tau1": self.tau1 or self.tau, "tau2": self.tau2 or self.tau}
-            return {"mode": self.mode, "tau": self.tau, "r": self.r}
-        if self.name == "ccl":
-            return {"margin": self.margin, "neg_weight": self.neg_weight}
-        return {}
+        """Keyword arguments for the loss function (its options' ``loss_kwargs()`` where defined)."""
+        own = getattr(self.options, "loss_kwargs", None)
+        return own() if own is not None else dataclasses.asdict(self.options)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation, sampling, early stopping and evaluation settings.
+    """Optimisation, batching, negative sampling, early stopping and evaluation.
 
-    ``fast`` uses the custom-autograd scorer (`rankrobust.kernels`), ``compile``
-    wraps the step in ``torch.compile``, ``bf16`` runs the step under bfloat16
-    autocast on CUDA, ``time_limit`` stops training after that many seconds
-    (0: no limit), ``patience`` 0 disables early stopping.
+    The sampler's options (``num_negatives``, ``pop_alpha``) and the batching's
+    (``positives_per_user``) sit flat in this section, as every other key.
     """
 
-    epochs: int = 100
-    batch_size: int = 1024
-    lr: float = 1e-3
-    l2: float = 0.0
-    sampler: str = "uniform"
-    num_negatives: int = 64
-    pop_alpha: float = 1.0
-    patience: int = 20
-    eval_every: int = 1
-    metric: str = "recall@20"
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20, 50])
-    eval_chunk: int = 4096
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    fast: bool = True
-    bf16: bool = False
-    time_limit: float = 0.0
+    SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {
+        "sampler": ("sampler_options", SAMPLERS), "batching": ("batching_options", BATCHINGS)}
+    epochs: int = option(100, "maximum epochs", check=positive, flag="--epochs")
+    batch_size: int = option(1024, "training pairs per batch", check=positive, flag="--batch-size")
+    lr: float = option(1e-3, "Adam learning rate", check=positive, flag="--lr")
+    l2: float = option(0.0, "the authors' L2 coefficient on the batch's embeddings", check=non_negative, flag="--l2")
+    sampler: str = option("uniform", "negative sampler", flag="--sampler")
+    sampler_options: Any = None
+    batching: str = option("pairs", "how pairs are batched: pairs (shuffled) or users (chunks of a user's "
+                                    "positives, PROTOCOLS §9)", flag="--batching")
+    batching_options: Any = None
+    patience: int = option(20, "early-stopping patience in epochs (0: off)", check=non_negative, flag="--patience")
+    eval_every: int = option(1, "validate every N epochs", check=positive)
+    metric: str = option("recall@20", "validation metric for model selection (name@K, K in train.ks)")
+    ks: list[int] = option(None, "cutoffs K of the metrics", check=_cutoffs, default_factory=lambda: [5, 10, 20, 50])
+    eval_chunk: int = option(4096, "users per evaluation chunk", check=positive)
+    seed: int = option(0, "seed of the run", flag="--seed")
+    device: str = option("auto", "auto, cpu or cuda[:N]", check=_device, flag="--device")
+    compile: bool = option(False, "torch.compile the training step", flag="--compile")
+    fast: bool = option(True, "custom-autograd gather-dot scorer (rankrobust.kernels)")
+    bf16: bool = option(False, "bfloat16 autocast of the step (CUDA only)")
+    time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)", check=non_negative)
 
     def validate(self) -> None:
-        for key in ("epochs", "batch_size", "num_negatives", "eval_every", "eval_chunk"):
-            _positive("train", key, getattr(self, key))
-        _positive("train", "lr", self.lr)
-        _positive("train", "l2", self.l2, allow_zero=True)
-        _positive("train", "patience", self.patience, allow_zero=True)
-        _positive("train", "time_limit", self.time_limit, allow_zero=True)
-        _choice("train", "sampler", self.sampler, SAMPLERS)
-        if not self.ks or any(k <= 0 for k in self.ks):
-            raise ConfigError(f"train.ks must be positive cutoffs, got {self.ks}")
         name, _, k = self.metric.partition("@")
-        _choice("train", "metric", name, ("recall", "ndcg", "precision", "hit", "mrr"))
+        if name not in METRIC_NAMES:
+            raise ConfigError(f"train.metric = {self.metric!r}: {name!r} is not a metric{closest(name, METRIC_NAMES)}; "
+                              f"choose one of {list(METRIC_NAMES)} with @K")
         if not k.isdigit() or int(k) not in self.ks:
             raise ConfigError(f"train.metric = {self.metric!r} needs a cutoff in train.ks {self.ks}")
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"train.device = {self.device!r}; use 'auto', 'cpu' or 'cuda[:N]'")
+
+    @property
+    def num_negatives(self) -> int | None:
+        """M of the chosen sampler (None for in-batch negatives, where M = B)."""
+        return getattr(self.sampler_options, "num_negatives", None)
+
+
+#: section name → its dataclass, in config order
+SECTIONS: dict[str, type] = {"data": DataConfig, "noise": NoiseConfig, "model": ModelConfig, "loss": LossConfig,
+                             "train": TrainConfig}
+
+
+def _selectors(cls: type) -> dict[str, tuple[str, Registry]]:
+    return getattr(cls, "SELECTORS", {})
+
+
+def _plain_fields(cls: type) -> list[dataclasses.Field]:
+    """Fields a user sets directly (the options holders of the selectors excluded)."""
+    holders = {attr for attr, _ in _selectors(cls).values()}
+    return [f for f in dataclasses.fields(cls) if f.name not in holders]
 
 
 @dataclass
@@ -223,25 +223,61 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> "RunConfig":
-        """Check every section; returns self so calls chain."""
-        for section in (self.data, self.noise, self.model, self.loss, self.train):
+        """Check every section's values and the cross-section rules; returns self so calls chain."""
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for selector, (attr, registry) in _selectors(type(section)).items():
+                if getattr(section, attr) is None:  # built in code, not parsed: default options
+                    setattr(section, attr, registry.entry(getattr(section, selector)).make_options())
+                check_options(getattr(section, attr), name)
+            check_options(section, name)
             section.validate()
         if self.train.sampler == "in_batch" and self.noise.neg_prob > 0:
             raise ConfigError("noise.neg_prob needs a sampled-negative sampler, not train.sampler = 'in_batch'")
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Nested plain dict: each section's keys with the chosen entries' options flat beside them."""
+        tree: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            flat = {f.name: _plain(getattr(section, f.name)) for f in _plain_fields(type(section))}
+            for attr, _ in _selectors(type(section)).values():
+                flat.update(dataclasses.asdict(getattr(section, attr)))
+            tree[name] = flat
+        return tree
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     def with_overrides(self, overrides: dict[str, Any]) -> "RunConfig":
-        """A copy with dotted-key overrides applied (``{"train.lr": 1e-3}``)."""
+        """A copy with dotted-key overrides applied (``{"train.lr": 1e-3}``).
+
+        Switching an entry (``loss.name``: sl → bpr) drops the old entry's
+        options that were left at their defaults and that the new entry does
+        not take; options set on purpose are kept, and rejected if they do not
+        apply to the new entry.
+        """
         tree = self.to_dict()
         for key, value in overrides.items():
             set_dotted(tree, key, value)
+        for name in SECTIONS:
+            section = getattr(self, name)
+            for selector, (attr, registry) in _selectors(type(section)).items():
+                new = tree[name].get(selector)
+                if new == getattr(section, selector) or new not in registry:
+                    continue
+                keep = set(registry.entry(new).option_names)
+                old = getattr(section, attr)
+                for f in dataclasses.fields(old):
+                    if (f.name not in keep and f"{name}.{f.name}" not in overrides
+                            and getattr(old, f.name) == field_default(f)):
+                        tree[name].pop(f.name, None)
         return config_from_dict(tree)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 # --------------------------------------------------------------------------- parsing
@@ -285,31 +321,98 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def _build(cls, data: Any, path: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
+def _coerce_into(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    return {key: _coerce(f"{path}.{key}", value, hints[key]) for key, value in values.items()}
+
+
+def _build_section(cls: type, data: Any, path: str):
+    """One section from its flat mapping: plain keys, selectors, and the chosen entries' options."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must be a mapping, got {type(data).__name__}")
+    plain = {f.name for f in _plain_fields(cls)}
+    selectors = _selectors(cls)
+    chosen = {}
+    for selector, (_, registry) in selectors.items():
+        name = data.get(selector, field_default(next(f for f in dataclasses.fields(cls) if f.name == selector)))
+        try:
+            chosen[selector] = registry.entry(name)
+        except ConfigError as err:
+            raise ConfigError(f"{path}.{selector} = {name!r} is not valid: {err}") from None
+    own: dict[str, dict[str, Any]] = {s: {} for s in selectors}
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        full = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key '{full}'{closest(key, names)}; valid keys: {', '.join(names)}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, full)
-        else:
-            kwargs[key] = _coerce(full, value, hint)
+        if key in plain:
+            kwargs[key] = value
+            continue
+        takers = [s for s, e in chosen.items() if key in e.option_names]
+        if takers:
+            own[takers[0]][key] = value
+            continue
+        for selector, (_, registry) in selectors.items():
+            owners = registry.owners(key)
+            if owners:
+                raise ConfigError(
+                    f"{path}.{key} does not apply to {path}.{selector} = {chosen[selector].name!r}; it is an "
+                    f"option of {registry.kind} {', '.join(owners)}. Remove it or choose one of those")
+        valid = sorted(plain | {n for e in chosen.values() for n in e.option_names})
+        raise ConfigError(f"unknown config key '{path}.{key}'{closest(key, valid)}; valid keys: {', '.join(valid)}")
+    kwargs = _coerce_into(cls, kwargs, path)
+    for selector, (attr, _) in selectors.items():
+        entry = chosen[selector]
+        kwargs[attr] = entry.options(**_coerce_into(entry.options, own[selector], path))
     return cls(**kwargs)
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
     """Build and validate a `RunConfig` from a nested dict (unknown keys → ConfigError)."""
-    return _build(RunConfig, data or {}, "").validate()
+    data = data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+    sections = {}
+    for key, value in data.items():
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown config key '{key}'{closest(key, SECTIONS)}; valid keys: {', '.join(SECTIONS)}")
+        sections[key] = _build_section(SECTIONS[key], value, key)
+    return RunConfig(**sections).validate()
+
+
+def prune_inapplicable(tree: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """Drop the options that belong to entries other than the chosen ones; returns (tree, dropped keys).
+
+    For templates that serve several entries at once (a sweep base shared by
+    BPR and SL cells): ``loss.tau`` is kept for an SL cell and dropped for a
+    BPR cell.  Unknown keys are left in place (parsing rejects them).
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items()}
+    dropped: set[str] = set()
+    for name, cls in SECTIONS.items():
+        section = out.get(name)
+        if not isinstance(section, dict):
+            continue
+        selectors = _selectors(cls)
+        plain = {f.name for f in _plain_fields(cls)}
+        accepted, foreign = set(plain), set()
+        for selector, (_, registry) in selectors.items():
+            chosen = section.get(selector, field_default(next(f for f in dataclasses.fields(cls)
+                                                               if f.name == selector)))
+            if chosen in registry:
+                accepted |= set(registry.entry(chosen).option_names)
+            foreign |= registry.all_option_names()
+        for key in list(section):
+            if key in foreign and key not in accepted:
+                del section[key]
+                dropped.add(f"{name}.{key}")
+    return out, dropped
 
 
 def load_config(path: str | Path) -> RunConfig:
     """Read a YAML (or JSON) config file; errors name the file."""
+    return config_from_dict(read_config_tree(path))
+
+
+def read_config_tree(path: str | Path) -> dict[str, Any]:
+    """The nested dict of a YAML (or JSON) config file, unvalidated; errors name the file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
@@ -318,9 +421,10 @@ def load_config(path: str | Path) -> RunConfig:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     try:
-        return config_from_dict(data)
+        config_from_dict(data)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+    return data
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -329,9 +433,12 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node = tree
     for depth, part in enumerate(parts[:-1]):
         if part not in node or not isinstance(node[part], dict):
-            where = ".".join(parts[:depth]) or "config"
-            options = [k for k, v in node.items() if isinstance(v, dict)]
-            raise ConfigError(f"unknown config section '{part}' in '{key}' under {where}{closest(part, options)}")
+            if depth == 0 and part in SECTIONS:  # a sparse tree: sections appear on first use
+                node[part] = {}
+            else:
+                where = ".".join(parts[:depth]) or "config"
+                options = [k for k, v in node.items() if isinstance(v, dict)] or list(SECTIONS)
+                raise ConfigError(f"unknown config section '{part}' in '{key}' under {where}{closest(part, options)}")
         node = node[part]
     node[parts[-1]] = value
 
@@ -342,3 +449,54 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value")
     return key.strip(), yaml.safe_load(raw)
+
+
+# --------------------------------------------------------------------------- flags
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag setting one config key, with its type and help text (from the registries)."""
+
+    flag: str
+    key: str
+    type: type
+    help: str
+
+
+def _base_type(hint: Any) -> type:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
+
+
+def config_flags() -> list[Flag]:
+    """Every flag declared with ``option(..., flag=...)`` in the sections and in the registries' options.
+
+    A selector's help lists its registered names; an entry option's help says
+    which entries take it (``loss.tau`` → "(loss sl, bsl)").  One flag per key.
+    """
+    flags: dict[str, Flag] = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        selectors = _selectors(cls)
+        for f in _plain_fields(cls):
+            if not f.metadata.get("flag"):
+                continue
+            text = f.metadata["doc"]
+            if f.name in selectors:
+                text += f": {', '.join(selectors[f.name][1].names())}"
+            default = field_default(f)
+            if default not in (None, False, ""):
+                text += f" (default {default})"
+            flags[f.metadata["flag"]] = Flag(f.metadata["flag"], f"{section}.{f.name}", _base_type(hints[f.name]), text)
+        for _, registry in selectors.values():
+            for entry in registry.entries():
+                hints = typing.get_type_hints(entry.options)
+                for f in dataclasses.fields(entry.options):
+                    name = f.metadata.get("flag")
+                    if not name or name in flags:
+                        continue
+                    owners = registry.owners(f.name)
+                    text = f"{f.metadata['doc']} ({registry.kind} {', '.join(owners)}"
+                    default = field_default(f)
+                    text += f"; default {default})" if default is not None else ")"
+                    flags[name] = Flag(name, f"{section}.{f.name}", _base_type(hints[f.name]), text)
+    return list(flags.values())

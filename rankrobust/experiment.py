@@ -1,48 +1,45 @@
 """One experiment end to end: data → noise → fit → evaluate → run directory.
 
-`run_experiment(cfg, out)` is what ``rankrobust train`` and every sweep cell
-call.  The run directory is written file by file (each atomically) and its
-``status`` last; a failure writes ``status = failed`` with the traceback.
+`run_experiment(cfg, out, probes=...)` is what ``rankrobust train`` and every
+sweep cell call.  The run directory (`RunDir`) is written file by file (each
+atomically) and its ``status`` last; a failure writes ``status = failed`` with
+the traceback.  Measurements beyond accuracy (fairness, variance, gradient
+accounting) come from probes (`rankrobust.probes`) passed in by the caller;
+this module never imports the analysis layer.
 """
 from __future__ import annotations
 
 import functools
 import math
-import json
 import platform
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from rankrobust import runs
+from typing import Sequence
+
 from rankrobust.config import DataConfig, RunConfig
 from rankrobust.data import Dataset, load_dataset, load_files
-from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table
-from rankrobust.train import Callback, FitResult, TrainData, fit, resolve_device
-
-
-class RunExistsError(FileExistsError):
-    """The output directory already holds a run."""
+from rankrobust.losses import groups_positives
+from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table, pair_mask
+from rankrobust.probes import Probe, ProbeContext
+from rankrobust.runs import RunDir
+from rankrobust.train import FitResult, TrainData, fit, resolve_device
 
 
 @functools.lru_cache(maxsize=8)
-def _load_cached(data_json: str) -> Dataset:
-    dc = DataConfig(**json.loads(data_json))
+def load_data(dc: DataConfig) -> Dataset:
+    """Load (once per process, cached by the frozen `DataConfig`) the dataset it names."""
     if dc.train_path is not None:
         return load_files(dc.train_path, dc.test_path, valid=dc.valid_path, valid_fraction=dc.valid_fraction,
                           seed=dc.split_seed, valid_is_test=dc.valid_is_test)
     return load_dataset(dc.name, data_dir=dc.data_dir, valid_fraction=dc.valid_fraction, seed=dc.split_seed,
                         valid_is_test=dc.valid_is_test)
-
-
-def load_data(dc: DataConfig) -> Dataset:
-    """Load (once per process, cached by config) the dataset a `DataConfig` names."""
-    return _load_cached(json.dumps(dc.__dict__, sort_keys=True))
 
 
 def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFrame]:
@@ -61,16 +58,17 @@ def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFr
         train, pool = false_negative_pool(clean, kind=nc.neg_pool, fraction=nc.heldout_fraction, seed=seed + 1)
         if nc.neg_pool == "heldout":
             frames.append(noise_table(pool, "heldout_negative"))
-    seen = clean
+    seen, noisy = clean, None
     if nc.pos_ratio > 0:
         held_out = dataset.test if dataset.leaky_validation else dataset.valid.union(dataset.test)
         train, injected = add_noisy_positives(train, nc.pos_ratio, seed=seed, rounding=nc.pos_rounding,
                                               exclude=held_out.union(clean))
         seen = clean.union(injected)
+        noisy = pair_mask(train, injected)
         frames.insert(0, noise_table(injected, "noisy_positive"))
     table = pd.concat(frames, ignore_index=True) if frames else noise_table(clean.empty(*clean.shape), "none")
     data = TrainData(train=train, seen=seen, valid=dataset.valid, test=dataset.test, fn_pool=pool,
-                     leaky=dataset.leaky_validation)
+                     leaky=dataset.leaky_validation, noisy=noisy)
     return data, table
 
 
@@ -82,6 +80,8 @@ class RunSummary:
     metrics: dict[str, Any]
     fit: FitResult
     data: TrainData
+    #: objects the probes handed back (e.g. ``fairness_groups``), by name
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def environment() -> dict[str, Any]:
@@ -95,8 +95,28 @@ def environment() -> dict[str, Any]:
     }
 
 
+def group_size_warning(cfg: RunConfig, group_size: float) -> str | None:
+    """The warning for a grouped positive term that barely acts, or None (PROTOCOLS.md §9).
+
+    BSL ``paper``/``multi`` take a log-mean-exp over the positives of the same
+    user in the same batch; with a mean same-user group size below 2 most
+    pairs are alone in their group and that term reduces to SL's.
+    """
+    if not groups_positives(cfg.loss.name, cfg.loss.options) or not group_size < 2.0:
+        return None
+    return (f"{cfg.loss.name} ({cfg.loss.options.mode} mode) averages each user's positives within a batch, but "
+            f"the mean same-user group size was {group_size:.2f} (< 2): most pairs are alone in their group, "
+            f"so its positive term is nearly inactive (PROTOCOLS.md §9). Group a user's positives with "
+            f"--set train.batching=users (chunks of train.positives_per_user, default 8).")
+
+
 def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device: torch.device) -> dict[str, Any]:
-    """The content of ``metrics.json``."""
+    """The content of ``metrics.json`` (before the probes add their sections)."""
+    history = result.history
+    group_size = float(history["group_size_mean"].mean())
+    warnings = [w for w in (group_size_warning(cfg, group_size),
+                            "valid = test: model selection saw the test set (authors' protocol)" if data.leaky
+                            else None) if w]
     return {
         "valid": result.valid.metrics if result.valid else {},
         "test": result.test.metrics,
@@ -106,10 +126,11 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
         "stopped_early": result.stopped_early,
         "leaky_validation": data.leaky,
         "train_seconds": result.seconds,
-        "seconds_per_epoch": float(result.history["train_seconds"].mean()),
+        "seconds_per_epoch": float(history["train_seconds"].mean()),
+        "group_size_mean": group_size,
         "device": str(device),
         "environment": environment(),
-        **({"warning": "valid = test: model selection saw the test set (authors' protocol)"} if data.leaky else {}),
+        "warnings": warnings,
     }
 
 
@@ -125,70 +146,55 @@ def finite_or_none(value: Any) -> Any:
 
 
 def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: torch.device | str | None = None,
-                   progress: bool = True, overwrite: bool = False, callbacks: tuple[Callback, ...] = (),
-                   fairness: bool = False, track_variance: bool = False) -> RunSummary:
+                   progress: bool = True, overwrite: bool = False, probes: Sequence[Probe] = ()) -> RunSummary:
     """Train and evaluate one configuration; write its run directory when ``out`` is given.
 
-    ``fairness`` adds ``fairness.parquet`` (per-popularity-group metrics);
-    ``track_variance`` records prediction-variance statistics every epoch
-    into ``variance.csv``.  On failure the run directory gets ``status =
-    failed`` with the traceback and the exception propagates.
+    ``probes`` (`rankrobust.probes.Probe`) add measurements: each may add
+    columns to ``epochs.csv``, a section to ``metrics.json`` and tables to the
+    run folder (e.g. ``analysis.probes.FairnessProbe``).  On failure the run
+    directory gets ``status = failed`` with the traceback and the exception
+    propagates.  Raises FileExistsError when ``out`` holds files and not
+    ``overwrite``.
     """
     cfg.validate()
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
-    path = Path(out) if out is not None else None
-    if path is not None:
-        if path.exists() and any(path.iterdir()) and not overwrite:
-            raise RunExistsError(f"{path} already holds files; pass --overwrite or choose another --out")
-        path.mkdir(parents=True, exist_ok=True)
-        runs.clear_status(path)
-        runs.write_text(path / "config.json", cfg.to_json() + "\n")
+    run_dir = RunDir(out) if out is not None else None
+    if run_dir is not None:
+        run_dir.prepare(overwrite)
+        run_dir.write_config(cfg.to_json())
     try:
-        dataset = load_data(cfg.data)
-        data, noise = prepare_data(cfg, dataset)
-        all_callbacks = list(callbacks)
-        tracker = None
-        if track_variance:
-            from analysis.variance import VarianceTracker
-
-            tracker = VarianceTracker(data.train, seed=cfg.train.seed,
-                                      path=None if path is None else path / "variance.csv")
-            all_callbacks.append(tracker)
+        data, noise = prepare_data(cfg, load_data(cfg.data))
+        ctx = ProbeContext(cfg, data, device, run_dir)
+        for probe in probes:
+            probe.start(ctx)
         t0 = time.perf_counter()
-        result = fit(cfg, data, device, callbacks=tuple(all_callbacks), progress=progress)
+        result = fit(cfg, data, device, probes=probes, progress=progress)
         metrics = metrics_document(cfg, result, data, device)
         metrics["wall_seconds"] = time.perf_counter() - t0
-        fair_table = None
-        if fairness:
-            from analysis.fairness import fairness_report, fairness_table
-
-            k = int(cfg.train.metric.partition("@")[2])
-            groups, summary = fairness_report(result.test, data.seen, k=k)
-            fair_table = fairness_table(groups, summary, k=k)
-            metrics["fairness"] = summary
-            result.extra["fairness_groups"] = groups
-        if not noise.empty and (noise["kind"] == "noisy_positive").any():
-            from analysis.dro_run import gradient_shares, noisy_mask, positive_temperature
-
-            noisy = noise[noise["kind"] == "noisy_positive"]
-            mask = noisy_mask(data.train, noisy["user"].to_numpy(), noisy["item"].to_numpy())
-            U, I = (t.cpu() for t in result.model.final_embeddings())
-            metrics["gradient_share"] = gradient_shares(U, I, data.train, mask,
-                                                        tau1=positive_temperature(cfg.to_dict()["loss"]))
+        tables: dict[str, pd.DataFrame] = {}
+        extra: dict[str, Any] = {}
+        for probe in probes:
+            output = probe.finish(ctx, result)
+            if output is None:
+                continue
+            if output.metrics:
+                metrics[probe.name] = output.metrics
+            tables.update(output.tables)
+            extra.update(output.extra)
         metrics = finite_or_none(metrics)
-        if path is not None:
-            runs.write_csv(path / "epochs.csv", result.history)
-            runs.write_parquet(path / "per_user.parquet", result.test.per_user)
-            runs.write_parquet(path / "noise.parquet", noise)
-            if fair_table is not None:
-                runs.write_parquet(path / "fairness.parquet", fair_table)
+        if run_dir is not None:
+            run_dir.write_table("epochs", result.history)
+            run_dir.write_table("per_user", result.test.per_user)
+            run_dir.write_table("noise", noise)
+            for name, frame in tables.items():
+                run_dir.write_table(name, frame)
             U, I = result.model.final_embeddings()
-            runs.save_tensors(path / "model.pt", {"user_emb": result.model.user_emb, "item_emb": result.model.item_emb,
-                                                  "final_user": U, "final_item": I})
-            runs.write_json(path / "metrics.json", metrics)
-            runs.write_status(path, runs.STATUS_DONE)
-        return RunSummary(path, metrics, result, data)
+            run_dir.save_tensors({"user_emb": result.model.user_emb, "item_emb": result.model.item_emb,
+                                  "final_user": U, "final_item": I})
+            run_dir.write_metrics(metrics)
+            run_dir.finish()
+        return RunSummary(run_dir.path if run_dir else None, metrics, result, data, extra)
     except BaseException as err:
-        if path is not None:
-            runs.write_status(path, runs.STATUS_FAILED, "".join(traceback.format_exception(err)))
+        if run_dir is not None:
+            run_dir.fail("".join(traceback.format_exception(err)))
         raise

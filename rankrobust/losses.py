@@ -7,7 +7,10 @@ Every loss has the signature::
 ``pos[k]`` is the score s⁺_k of training pair k = (u_k, i⁺_k), ``neg[k, j]`` the
 score s⁻_kj of its j-th negative, ``users[k]`` the user id u_k (only the losses
 that group a user's positives, ``bsl`` in modes ``paper`` and ``multi``, read
-it).  The result is the mean of the per-pair losses over the B pairs.
+it).  ``neg_mask`` [B, M] (bool, optional) marks the entries of ``neg`` that
+are real negatives: the others (with in-batch negatives, a user's own other
+positives in the batch) are left out of every sum, mean and normaliser.  The
+result is the mean of the per-pair losses over the B pairs.
 
 All losses are written with ``softplus``/``logsumexp`` (never ``exp`` then
 ``log``), so values and gradients stay finite at τ = 0.01 with cosine scores in
@@ -16,21 +19,29 @@ All losses are written with ``softplus``/``logsumexp`` (never ``exp`` then
 traced by ``torch.compile``.  Hyper-parameters are plain Python numbers checked
 up front; a bad value raises ``ValueError``.
 
-``LOSSES`` maps names to functions, ``LOSS_HYPERS`` names the keyword
-hyper-parameters each loss accepts, ``get_loss(name)`` looks a loss up and
-suggests the closest valid name on a typo.
+Each loss is registered once in ``LOSSES`` (a `rankrobust.registry.Registry`)
+together with an options dataclass holding its typed hyper-parameters
+(defaults, checks, docs, CLI flags); configs and the command line read names
+and options from there.  ``LOSSES[name]`` is the function, ``LOSSES.entry(name)``
+the whole entry, ``get_loss(name)`` looks a loss up and suggests the closest
+valid name on a typo.  Adding a loss is one function, one options class and
+one ``register`` call in this file (see docs/EXTENDING.md).
 """
 from __future__ import annotations
 
-import difflib
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "LOSS_HYPERS", "BSL_MODES", "get_loss"]
+from rankrobust.batching import group_ids
+from rankrobust.registry import ConfigError, NoOptions, Registry, one_of, option, positive, non_negative
+
+__all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "LOSS_HYPERS", "BSL_MODES", "get_loss",
+           "bsl_temperatures", "groups_positives"]
 
 BSL_MODES = ("paper", "reweight", "multi")
 
@@ -56,18 +67,21 @@ def _check_positive(name: str, value, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _group_ids(users: Tensor) -> Tensor:
-    """Dense group ids [B] in [0, B): pairs with the same user share an id.
+def _masked_sum(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Row sums of ``x`` [B, M] over the entries where ``mask`` is True (all when None) → [B]."""
+    return x.sum(dim=1) if mask is None else torch.where(mask, x, torch.zeros_like(x)).sum(dim=1)
 
-    Sort-based (sort, mark user changes, cumsum, scatter back), which gives the
-    same grouping as ``torch.unique(users, return_inverse=True)`` but keeps every
-    shape static and needs no host sync.
-    """
-    sorted_u, perm = torch.sort(users)
-    change = (sorted_u[1:] != sorted_u[:-1]).to(torch.long)
-    first = torch.zeros(1, dtype=torch.long, device=users.device)
-    gid_sorted = torch.cumsum(torch.cat([first, change]), dim=0)
-    return torch.empty_like(gid_sorted).scatter_(0, perm, gid_sorted)
+
+def _neg_count(neg: Tensor, mask: Tensor | None) -> Tensor:
+    """Number of real negatives per row → [B] (M when ``mask`` is None; at least 1)."""
+    if mask is None:
+        return torch.full((neg.shape[0],), float(neg.shape[1]), dtype=neg.dtype, device=neg.device)
+    return mask.sum(dim=1).clamp(min=1).to(neg.dtype)
+
+
+def _masked_logsumexp(x: Tensor, mask: Tensor | None) -> Tensor:
+    """log Σ_j exp(x_kj) over the entries where ``mask`` is True → [B]; a row with none gives −inf."""
+    return torch.logsumexp(x if mask is None else x.masked_fill(~mask, -math.inf), dim=1)
 
 
 def _group_logmeanexp(x: Tensor, users: Tensor | None) -> Tensor:
@@ -81,7 +95,7 @@ def _group_logmeanexp(x: Tensor, users: Tensor | None) -> Tensor:
     """
     if users is None:
         return x
-    g = _group_ids(users)
+    g = group_ids(users)
     b = x.shape[0]
     neg_inf = torch.full((b,), -math.inf, dtype=x.dtype, device=x.device)
     gmax = neg_inf.scatter_reduce(0, g, x.detach(), reduce="amax", include_self=True)
@@ -92,36 +106,45 @@ def _group_logmeanexp(x: Tensor, users: Tensor | None) -> Tensor:
     return torch.log(sums[g]) + shift - torch.log(counts[g])
 
 
+def bsl_temperatures(tau: float, tau1: float | None, tau2: float | None) -> tuple[float, float]:
+    """(τ₁, τ₂) of BSL's paper mode: each defaults to ``tau`` when None (the one home of that rule).
+
+    Raises ValueError unless both are finite numbers > 0.
+    """
+    return (_check_positive("tau1", tau if tau1 is None else tau1),
+            _check_positive("tau2", tau if tau2 is None else tau2))
+
+
 # --------------------------------------------------------------------------- losses
-def bpr(pos: Tensor, neg: Tensor, *, users: Tensor | None = None) -> Tensor:
+def bpr(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None) -> Tensor:
     """Bayesian personalised ranking: mean_k mean_j softplus(−(s⁺_k − s⁻_kj)).
 
     Shapes: pos [B], neg [B, M] -> scalar.  ``users`` is ignored.
     """
     _check_shapes(pos, neg, users)
-    return F.softplus(neg - pos[:, None]).mean()
+    return (_masked_sum(F.softplus(neg - pos[:, None]), neg_mask) / _neg_count(neg, neg_mask)).mean()
 
 
-def bce(pos: Tensor, neg: Tensor, *, users: Tensor | None = None) -> Tensor:
+def bce(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None) -> Tensor:
     """Binary cross-entropy on logits: mean_k [softplus(−s⁺_k) + Σ_j softplus(s⁻_kj)].
 
     Shapes: pos [B], neg [B, M] -> scalar.  ``users`` is ignored.
     """
     _check_shapes(pos, neg, users)
-    return (F.softplus(-pos) + F.softplus(neg).sum(dim=1)).mean()
+    return (F.softplus(-pos) + _masked_sum(F.softplus(neg), neg_mask)).mean()
 
 
-def mse(pos: Tensor, neg: Tensor, *, users: Tensor | None = None) -> Tensor:
+def mse(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None) -> Tensor:
     """Squared error to targets 1 / 0: mean_k [½(s⁺_k − 1)² + ½ Σ_j (s⁻_kj)²].
 
     Shapes: pos [B], neg [B, M] -> scalar.  ``users`` is ignored.
     """
     _check_shapes(pos, neg, users)
-    return (0.5 * (pos - 1.0) ** 2 + 0.5 * (neg ** 2).sum(dim=1)).mean()
+    return (0.5 * (pos - 1.0) ** 2 + 0.5 * _masked_sum(neg ** 2, neg_mask)).mean()
 
 
-def ccl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, margin: float = 0.8,
-        neg_weight: float = 1.0) -> Tensor:
+def ccl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None,
+        margin: float = 0.8, neg_weight: float = 1.0) -> Tensor:
     """SimpleX cosine contrastive loss: mean_k [relu(1 − s⁺_k) + (w/M) Σ_j relu(s⁻_kj − m)].
 
     Shapes: pos [B], neg [B, M] -> scalar.  ``margin`` m (default 0.8, the
@@ -132,11 +155,11 @@ def ccl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, margin: float 
     if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number, got {margin!r}")
     w = _check_positive("neg_weight", neg_weight, allow_zero=True)
-    return (F.relu(1.0 - pos) + (w / neg.shape[1]) * F.relu(neg - margin).sum(dim=1)).mean()
+    return (F.relu(1.0 - pos) + w * _masked_sum(F.relu(neg - margin), neg_mask) / _neg_count(neg, neg_mask)).mean()
 
 
-def sl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, tau: float = 0.1,
-       include_pos: bool = False) -> Tensor:
+def sl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None,
+       tau: float = 0.1, include_pos: bool = False) -> Tensor:
     """Sampled softmax: mean_k [−s⁺_k/τ + log Σ_j exp(s⁻_kj/τ)].
 
     With ``include_pos=True`` the positive joins the normaliser:
@@ -150,10 +173,12 @@ def sl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, tau: float = 0.
     if not isinstance(include_pos, bool):
         raise ValueError(f"include_pos must be True or False, got {include_pos!r}")
     logits = torch.cat([pos[:, None], neg], dim=1) if include_pos else neg
-    return (torch.logsumexp(logits / t, dim=1) - pos / t).mean()
+    if include_pos and neg_mask is not None:
+        neg_mask = torch.cat([torch.ones_like(neg_mask[:, :1]), neg_mask], dim=1)
+    return (_masked_logsumexp(logits / t, neg_mask) - pos / t).mean()
 
 
-def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, mode: str = "paper",
+def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None, mode: str = "paper",
         tau: float = 0.1, tau1: float | None = None, tau2: float | None = None, r: float = 1.0) -> Tensor:
     """Bilateral softmax loss (PROTOCOLS.md §1), mean over the B pairs of ℓ_k.
 
@@ -177,48 +202,85 @@ def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, mode: str = "p
         raise ValueError(f"unknown bsl mode {mode!r}; valid modes are {list(BSL_MODES)}")
     t = _check_positive("tau", tau)
     if mode == "paper":
-        t1 = _check_positive("tau1", t if tau1 is None else tau1)
-        t2 = _check_positive("tau2", t if tau2 is None else tau2)
+        t1, t2 = bsl_temperatures(t, tau1, tau2)
         pos_term = _group_logmeanexp(pos / t1, users)
-        neg_term = (t2 / t1) * torch.logsumexp(neg / t2, dim=1)
+        neg_term = (t2 / t1) * _masked_logsumexp(neg / t2, neg_mask)
         return (neg_term - pos_term).mean()
     rr = _check_positive("r", r)
     if mode == "reweight":
-        return (rr * torch.logsumexp(neg / t, dim=1) - pos / t).mean()
+        return (rr * _masked_logsumexp(neg / t, neg_mask) - pos / t).mean()
     # multi
     pos_term = _group_logmeanexp(pos / t, users)
-    neg_term = rr * (torch.logsumexp(neg / t, dim=1) - math.log(neg.shape[1]))
+    neg_term = rr * (_masked_logsumexp(neg / t, neg_mask) - torch.log(_neg_count(neg, neg_mask)))
     return (neg_term - pos_term).mean()
 
 
 # --------------------------------------------------------------------------- registry
-LOSSES: dict[str, Callable[..., Tensor]] = {
-    "bpr": bpr,
-    "bce": bce,
-    "mse": mse,
-    "ccl": ccl,
-    "sl": sl,
-    "bsl": bsl,
-}
+LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 
-LOSS_HYPERS: dict[str, set[str]] = {
-    "bpr": set(),
-    "bce": set(),
-    "mse": set(),
-    "ccl": {"margin", "neg_weight"},
-    "sl": {"tau", "include_pos"},
-    "bsl": {"mode", "tau", "tau1", "tau2", "r"},
-}
+TAU = "temperature τ (SL; BSL reweight/multi; the default of BSL's τ₁, τ₂)"
+
+
+@dataclass
+class SLOptions:
+    tau: float = option(0.1, TAU, check=positive, flag="--tau")
+    include_pos: bool = option(False, "SL: the positive joins the softmax normaliser (cross-entropy form)")
+
+
+@dataclass
+class CCLOptions:
+    margin: float = option(0.8, "CCL margin m on negative cosine scores", flag="--margin")
+    neg_weight: float = option(1.0, "CCL weight w of the negative term", check=non_negative)
+
+
+@dataclass
+class BSLOptions:
+    mode: str = option("paper", "BSL form: paper (τ₁, τ₂), or the authors' code reweight / multi (τ, r)",
+                       check=one_of(*BSL_MODES), flag="--bsl-mode")
+    tau: float = option(0.1, TAU, check=positive, flag="--tau")
+    tau1: float | None = option(None, "BSL positive temperature τ₁ (paper mode; default τ)", check=positive,
+                                flag="--tau1")
+    tau2: float | None = option(None, "BSL negative temperature τ₂ (paper mode; default τ)", check=positive,
+                                flag="--tau2")
+    r: float = option(1.0, "BSL ratio r of reweight/multi modes (plays τ₁/τ₂)", check=positive, flag="--r")
+
+    def loss_kwargs(self) -> dict:
+        """The keywords `bsl` uses in this mode (paper: resolved τ₁, τ₂; reweight/multi: τ, r)."""
+        if self.mode == "paper":
+            tau1, tau2 = bsl_temperatures(self.tau, self.tau1, self.tau2)
+            return {"mode": "paper", "tau1": tau1, "tau2": tau2}
+        return {"mode": self.mode, "tau": self.tau, "r": self.r}
+
+    @property
+    def positive_temperature(self) -> float:
+        """τ of the positive-side softmax: τ₁ in paper mode, τ otherwise."""
+        return self.loss_kwargs().get("tau1", self.tau)
+
+
+LOSSES.register("bpr", NoOptions)(bpr)
+LOSSES.register("bce", NoOptions)(bce)
+LOSSES.register("mse", NoOptions)(mse)
+LOSSES.register("ccl", CCLOptions)(ccl)
+LOSSES.register("sl", SLOptions)(sl)
+LOSSES.register("bsl", BSLOptions)(bsl)
+
+#: keyword hyper-parameters each loss accepts (derived from the registry)
+LOSS_HYPERS: dict[str, set[str]] = {e.name: set(e.option_names) for e in LOSSES.entries()}
+
+
+def groups_positives(name: str, options) -> bool:
+    """True when loss ``name`` with ``options`` has a per-user grouped positive term.
+
+    That term (BSL ``paper`` and ``multi``) is a log-mean-exp over the
+    positives of the same user in the same batch, so it only acts when
+    batches hold several positives per user (PROTOCOLS.md §9).
+    """
+    return name == "bsl" and getattr(options, "mode", None) in ("paper", "multi")
 
 
 def get_loss(name: str) -> Callable[..., Tensor]:
     """The loss function registered as ``name``.
 
-    Raises ValueError naming the closest valid name (difflib) and all valid names.
+    Raises ValueError (a `ConfigError`) naming the closest valid name and all valid names.
     """
-    try:
-        return LOSSES[name]
-    except (KeyError, TypeError):
-        match = difflib.get_close_matches(str(name), list(LOSSES), n=1, cutoff=0.4)
-        hint = f" (did you mean {match[0]!r}?)" if match else ""
-        raise ValueError(f"unknown loss {name!r}{hint}; valid losses are {sorted(LOSSES)}") from None
+    return LOSSES.entry(name).target

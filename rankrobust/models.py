@@ -8,9 +8,17 @@ Both hold raw embeddings ``user_emb [n_users, d]`` and ``item_emb [n_items, d]``
 * ``pair_scores(U, I, users [B], items [B, M])`` → [B, M] scores (dot or
   cosine), with dropout on the user rows while training;
 * ``final_embeddings()`` → (U, I) such that ``U @ I.T`` are the evaluation
-  scores (rows normalised for cosine).
+  scores (rows normalised for cosine);
+* ``extra_loss(users, items)`` → an auxiliary loss added to the training loss
+  (None for MF and LightGCN; the hook a contrastive backbone uses).
+
+Each backbone is registered once in ``MODELS`` with its options dataclass
+(``dim``, ``score``, ``dropout`` for all; ``layers`` for LightGCN);
+`build_model` makes one from a name and options.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -20,6 +28,9 @@ from torch import nn
 
 from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import gather_dot
+from rankrobust.registry import Registry, non_negative, one_of, option, positive, unit_interval
+
+SCORES = ("cosine", "dot")
 
 
 def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -103,6 +114,13 @@ class Recommender(nn.Module):
         v = self.item_emb[items]
         return (u.pow(2).sum() + v.pow(2).sum()) / 2 / users.shape[0]
 
+    def extra_loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """Auxiliary training loss of the backbone for this batch (added to the main loss), or None.
+
+        ``users [B]``, ``items [B, 1 + M]`` as in `l2_penalty`.  MF and LightGCN have none.
+        """
+        return None
+
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, I) with ``U @ I.T`` = evaluation scores (normalised rows for cosine)."""
@@ -137,18 +155,47 @@ class LightGCN(Recommender):
         return mean[: self.n_users], mean[self.n_users:]
 
 
-def build_model(name: str, train: Interactions, *, dim: int = 64, layers: int = 3, score: str = "cosine",
-                dropout: float = 0.0, seed: int = 0, device: torch.device | str = "cpu",
-                fused: bool = True) -> Recommender:
-    """Create ``mf`` or ``lightgcn`` with seeded xavier init, moved to ``device``.
+# --------------------------------------------------------------------------- registry
+MODELS: Registry = Registry("model")
 
+
+@dataclass
+class ModelOptions:
+    dim: int = option(64, "embedding size d", check=positive, flag="--dim")
+    score: str = option("cosine", "score function: cosine or dot", check=one_of(*SCORES), flag="--score")
+    dropout: float = option(0.0, "dropout on user embeddings while training", check=unit_interval,
+                            flag="--dropout")
+
+
+@dataclass
+class LightGCNOptions(ModelOptions):
+    layers: int = option(3, "LightGCN propagation layers (hops)", check=non_negative, flag="--layers")
+
+
+@MODELS.register("mf", ModelOptions)
+def _make_mf(train: Interactions, options: ModelOptions, generator: torch.Generator, fused: bool) -> Recommender:
+    """Matrix factorisation: f(u, i) = <e_u, e_i> (or cosine)."""
+    return MF(train.n_users, train.n_items, options.dim, options.score, options.dropout, generator, fused)
+
+
+@MODELS.register("lightgcn", LightGCNOptions)
+def _make_lightgcn(train: Interactions, options: LightGCNOptions, generator: torch.Generator,
+                   fused: bool) -> Recommender:
+    """LightGCN: mean of layers + 1 propagations over the normalised user–item graph."""
+    return LightGCN(train, options.dim, options.layers, options.score, options.dropout, generator, fused)
+
+
+def build_model(name: str, train: Interactions, options=None, *, seed: int = 0,
+                device: torch.device | str = "cpu", fused: bool = True, **values) -> Recommender:
+    """Create the backbone registered as ``name`` with seeded xavier init, moved to ``device``.
+
+    ``options`` is the entry's options dataclass; alternatively give its fields
+    as keywords (``build_model("lightgcn", train, dim=8, layers=2)``).
     ``fused`` selects the fast-path scorer (`rankrobust.kernels.gather_dot`).
+    Unknown names or options raise ValueError (`ConfigError`).
     """
+    entry = MODELS.entry(name)
+    if options is None:
+        options = entry.make_options(**values)
     gen = torch.Generator().manual_seed(seed)
-    if name == "mf":
-        model: Recommender = MF(train.n_users, train.n_items, dim, score, dropout, gen, fused)
-    elif name == "lightgcn":
-        model = LightGCN(train, dim, layers, score, dropout, gen, fused)
-    else:
-        raise ValueError(f"unknown model {name!r}; choose 'mf' or 'lightgcn'")
-    return model.to(device)
+    return entry.target(train, options, gen, fused).to(device)

@@ -190,3 +190,19 @@ def noise_table(injected: Interactions, kind: str) -> pd.DataFrame:
     users, items = injected.to_pairs()
     return pd.DataFrame({"user": users.astype(np.int64), "item": items.astype(np.int64),
                          "kind": pd.Series([kind] * len(users), dtype=object)})
+
+
+def pair_mask(inter: Interactions, pairs: Interactions) -> np.ndarray:
+    """Bool [inter.nnz] in ``inter``'s CSR order: True where the pair (u, i) is also in ``pairs``.
+
+    Used to mark the injected noisy positives among the training pairs.
+    Vectorised: one ``searchsorted`` of the pair keys u·n_items + i.
+    """
+    users, items = inter.to_pairs()
+    keys = users * inter.n_items + items
+    pu, pi = pairs.to_pairs()
+    wanted = np.sort(pu.astype(np.int64) * inter.n_items + pi.astype(np.int64))
+    if len(wanted) == 0:
+        return np.zeros(len(keys), dtype=bool)
+    pos = np.minimum(np.searchsorted(wanted, keys), len(wanted) - 1)
+    return wanted[pos] == keys

@@ -10,7 +10,9 @@ same generator seed on the same device gives the same draws.  Nothing is
 synchronised with or recorded on the host per batch.
 
 Each sampler has a ``name`` and a ``num_negatives`` (M; ``None`` for
-``in_batch``, where M = B).  ``build_sampler`` makes one from a config name.
+``in_batch``, where M = B).  Each is registered once in ``SAMPLERS`` with its
+options (``num_negatives``; ``pop_alpha`` for ``popularity``; none for
+``in_batch``); ``build_sampler`` makes one from a name and options.
 
 Trade-offs:
 
@@ -26,13 +28,14 @@ Trade-offs:
 """
 from __future__ import annotations
 
-import difflib
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.registry import NoOptions, Registry, non_negative, option, positive
 
 __all__ = [
     "UniformSampler",
@@ -43,8 +46,6 @@ __all__ = [
     "SAMPLERS",
     "build_sampler",
 ]
-
-SAMPLERS = ("uniform", "uniform_exclude", "popularity", "in_batch")
 
 
 def _check_m(num_negatives: int) -> int:
@@ -251,30 +252,62 @@ class FalseNegativeMixer:
         return f"FalseNegativeMixer({self.base!r}, p={self.p})"
 
 
-def build_sampler(name: str, *, train: Interactions, n_items: int, num_negatives: int,
-                  device: torch.device | str = "cpu", alpha: float = 1.0, fn_pool: Interactions | None = None,
-                  fn_prob: float = 0.0):
-    """The sampler called ``name`` (one of ``SAMPLERS``), wrapped in a `FalseNegativeMixer` when ``fn_prob > 0``.
+# --------------------------------------------------------------------------- registry
+SAMPLERS: Registry = Registry("sampler")
 
-    ``train`` gives the rows to exclude (``uniform_exclude``) and the item counts
-    (``popularity``, exponent ``alpha``); ``fn_pool`` is the false-negative pool
-    (required when ``fn_prob > 0``).  Unknown names raise ValueError naming the
-    closest valid one.
+
+@dataclass
+class NegativesOptions:
+    num_negatives: int = option(64, "sampled negatives M per training pair", check=positive, flag="--negatives")
+
+
+@dataclass
+class PopularityOptions(NegativesOptions):
+    pop_alpha: float = option(1.0, "popularity sampler exponent α (P(i) ∝ count^α)", check=non_negative,
+                              flag="--pop-alpha")
+
+
+@SAMPLERS.register("uniform", NegativesOptions)
+def _make_uniform(train: Interactions, options: NegativesOptions, device) -> UniformSampler:
+    """Uniform over all items, the user's positives included (the authors' default)."""
+    return UniformSampler(train.n_items, options.num_negatives)
+
+
+@SAMPLERS.register("uniform_exclude", NegativesOptions)
+def _make_uniform_exclude(train: Interactions, options: NegativesOptions, device) -> UniformExcludeSampler:
+    """Uniform over the items not in the user's training row (exact, no redraw loop)."""
+    return UniformExcludeSampler(train, options.num_negatives, device)
+
+
+@SAMPLERS.register("popularity", PopularityOptions)
+def _make_popularity(train: Interactions, options: PopularityOptions, device) -> PopularitySampler:
+    """P(i) ∝ training count^α (harder negatives)."""
+    return PopularitySampler(train.item_counts(), options.num_negatives, alpha=options.pop_alpha, device=device)
+
+
+@SAMPLERS.register("in_batch", NoOptions)
+def _make_in_batch(train: Interactions, options: NoOptions, device) -> InBatchSampler:
+    """The other rows' positives of the batch are each row's negatives."""
+    return InBatchSampler()
+
+
+def build_sampler(name: str, *, train: Interactions, options=None, device: torch.device | str = "cpu",
+                  fn_pool: Interactions | None = None, fn_prob: float = 0.0, n_items: int | None = None,
+                  **values):
+    """The sampler registered as ``name``, wrapped in a `FalseNegativeMixer` when ``fn_prob > 0``.
+
+    ``options`` is the entry's options dataclass (or give its fields as
+    keywords, e.g. ``num_negatives=64``).  ``train`` gives the rows to
+    exclude (``uniform_exclude``) and the item counts (``popularity``);
+    ``fn_pool`` is the false-negative pool (required when ``fn_prob > 0``).
+    Unknown names or options raise ValueError naming the closest valid one.
     """
-    if name not in SAMPLERS:
-        match = difflib.get_close_matches(str(name), SAMPLERS, n=1, cutoff=0.4)
-        hint = f" (did you mean {match[0]!r}?)" if match else ""
-        raise ValueError(f"unknown sampler {name!r}{hint}; valid samplers are {list(SAMPLERS)}")
-    if train.n_items != n_items:
+    entry = SAMPLERS.entry(name)
+    if n_items is not None and train.n_items != n_items:
         raise ValueError(f"n_items = {n_items} but train has {train.n_items} items")
-    if name == "uniform":
-        sampler = UniformSampler(n_items, num_negatives)
-    elif name == "uniform_exclude":
-        sampler = UniformExcludeSampler(train, num_negatives, device)
-    elif name == "popularity":
-        sampler = PopularitySampler(train.item_counts(), num_negatives, alpha=alpha, device=device)
-    else:
-        sampler = InBatchSampler()
+    if options is None:
+        options = entry.make_options(**values)
+    sampler = entry.target(train, options, device)
     if fn_prob > 0:
         if fn_pool is None:
             raise ValueError("fn_prob > 0 needs a false-negative pool (fn_pool)")

@@ -17,6 +17,8 @@ import pandas as pd
 from scipy import stats
 
 from rankrobust import runs
+from rankrobust.config import SECTIONS
+from rankrobust.runs import RunDir, SweepDir
 
 MAIN_METRICS = ("test.recall@20", "test.ndcg@20")
 
@@ -35,59 +37,69 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def run_row(run_dir: Path) -> dict[str, Any]:
-    """One store row for a run directory (status, config, metrics, timings)."""
-    status = runs.read_status(run_dir)
-    row: dict[str, Any] = {"cell_id": run_dir.name, "run_dir": str(run_dir), "status": status or "unfinished"}
-    config_path = run_dir / "config.json"
-    if config_path.exists():
-        row.update(flatten(json.loads(config_path.read_text())))
+#: metrics.json keys copied into the store as they are
+RUN_KEYS = ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "wall_seconds", "leaky_validation",
+            "device", "group_size_mean")
+
+
+def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
+    """One store row for a run directory: status, config keys, metrics, timings, warnings.
+
+    Every numeric entry of every section of ``metrics.json`` (``valid``,
+    ``test``, ``most_popular`` and the probes' sections such as ``fairness``
+    or ``gradient_accounting``) becomes a column ``section.key``.
+    """
+    folder = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    status = folder.status()
+    row: dict[str, Any] = {"cell_id": folder.path.name, "run_dir": str(folder.path), "status": status or "unfinished"}
+    try:
+        row.update(flatten(folder.config()))
+    except (FileNotFoundError, ValueError):
+        pass
     if status == runs.STATUS_DONE:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        for section in ("valid", "test", "fairness", "gradient_share"):
-            for key, value in (metrics.get(section) or {}).items():
-                if isinstance(value, (int, float)):
-                    row[f"{section}.{key}"] = value
-        for key in ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "wall_seconds",
-                    "leaky_validation", "device"):
+        metrics = folder.metrics()
+        for section, values in metrics.items():
+            if isinstance(values, dict) and section != "environment":
+                for key, value in values.items():
+                    if isinstance(value, (int, float)):
+                        row[f"{section}.{key}"] = value
+        for key in RUN_KEYS:
             row[key] = metrics.get(key)
+        row["warnings"] = " | ".join(metrics.get("warnings") or [])
     elif status == runs.STATUS_FAILED:
-        detail = (run_dir / "status").read_text().strip().splitlines()
-        row["error"] = detail[-1] if len(detail) > 1 else ""
+        row["error"] = folder.failure()
     return row
 
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """The store of ``sweep_dir`` built from ``sweep_dir/runs/*`` (sorted by cell id)."""
-    root = Path(sweep_dir) / "runs"
-    rows = [run_row(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.exists() else []
-    return pd.DataFrame(rows)
+    """The store of ``sweep_dir`` built from its run folders (sorted by cell id)."""
+    return pd.DataFrame([run_row(d) for d in SweepDir(sweep_dir).run_dirs()])
 
 
 def write_store(sweep_dir: str | Path) -> pd.DataFrame:
-    """Rebuild ``store.parquet`` atomically and return it."""
+    """Rebuild the sweep's store atomically and return it."""
     frame = collect(sweep_dir)
-    runs.write_parquet(Path(sweep_dir) / "store.parquet", frame)
+    runs.write_parquet(SweepDir(sweep_dir).store_path, frame)
     return frame
 
 
 def load_store(sweep_dir: str | Path) -> pd.DataFrame:
-    """Read ``store.parquet`` of a sweep folder (or a path to the parquet itself)."""
+    """Read the results store of a sweep folder (or a path to the parquet file itself)."""
     path = Path(sweep_dir)
-    path = path if path.suffix == ".parquet" else path / "store.parquet"
+    path = path if path.suffix == ".parquet" else SweepDir(path).store_path
     if not path.exists():
         raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {path.parent}` first")
     return pd.read_parquet(path)
 
 
 def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[str]:
-    """The sweep's grid keys (from ``sweep.json``), falling back to columns that vary."""
-    record = Path(sweep_dir) / "sweep.json"
-    if record.exists():
-        return [k for k in json.loads(record.read_text())["grid"]]
+    """The sweep's grid keys (from its recorded spec), falling back to config columns that vary."""
+    record = SweepDir(sweep_dir).spec()
+    if record is not None:
+        return list(record["grid"])
     if frame is None:
         return []
-    config_cols = [c for c in frame.columns if c.split(".")[0] in ("data", "noise", "model", "loss", "train")]
+    config_cols = [c for c in frame.columns if c.split(".")[0] in SECTIONS]
     return [c for c in config_cols if c != "train.seed" and frame[c].nunique(dropna=False) > 1]
 
 
@@ -126,31 +138,81 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str = "ndcg@20",
-                   loss_key: str = "loss.name") -> pd.DataFrame:
-    """Paired test of loss ``a`` vs ``b`` across users, per cell and seed, Holm-corrected across cells.
+def parse_arm(text: str, default_key: str = "loss.name") -> dict[str, Any]:
+    """An arm of a comparison: ``"bsl"`` (a value of ``default_key``) or ``"loss.name=bsl,train.batching=users"``."""
+    arm: dict[str, Any] = {}
+    for part in str(text).split(","):
+        key, sep, value = part.partition("=")
+        if not sep:
+            key, value = default_key, part
+        arm[key.strip()] = _typed(value.strip())
+    return arm
 
-    For every cell of the other axes and every seed present for both losses,
-    the per-user ``metric`` of the two runs (same users: same data and seed)
-    are paired and compared with the Wilcoxon signed-rank test (two-sided).
+
+def _typed(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def arm_label(arm: dict[str, Any]) -> str:
+    return ",".join(f"{v}" if k == "loss.name" else f"{k.split('.')[-1]}={v}" for k, v in arm.items())
+
+
+def _select(frame: pd.DataFrame, arm: dict[str, Any]) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for key, value in arm.items():
+        if key not in frame:
+            raise ValueError(f"the store has no column {key!r}; columns that vary: "
+                             f"{[c for c in frame.columns if frame[c].nunique() > 1][:12]}")
+        col = frame[key]
+        mask &= np.isclose(col.astype(float), float(value)) if isinstance(value, (int, float)) and \
+            not isinstance(value, bool) and pd.api.types.is_numeric_dtype(col) else (col == value)
+    return mask
+
+
+def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
+                 metric: str = "ndcg@20") -> pd.DataFrame:
+    """Paired test of arm ``a`` vs arm ``b`` across users, per cell and seed, Holm-corrected across cells.
+
+    An arm fixes some config keys (``{"loss.name": "bsl", "train.batching": "users"}``).
+    Runs of the two arms are paired when they agree on every other grid axis
+    and on the seed (same data, same users); their per-user ``metric`` values
+    are compared with the two-sided Wilcoxon signed-rank test.  Returns one
+    row per pair: the other axes, users, both means, the mean difference
+    (b − a), p and Holm-adjusted p.
     """
-    done = frame[(frame["status"] == runs.STATUS_DONE) & frame[loss_key].isin([a, b])]
-    others = [x for x in axes if x != loss_key] + ["train.seed"]
+    done = frame[frame["status"] == runs.STATUS_DONE]
+    fixed = set(a) | set(b)
+    others = [x for x in axes if x not in fixed] + ["train.seed"]
+    la, lb = arm_label(a), arm_label(b)
+    left, right = done[_select(done, a)], done[_select(done, b)]
     rows = []
-    for key, group in done.groupby(others, dropna=False, sort=True):
-        by_loss = {row[loss_key]: row["run_dir"] for _, row in group.iterrows()}
-        if a not in by_loss or b not in by_loss:
+    for key, group_a in left.groupby(others, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        match = right
+        for col, value in zip(others, key):
+            match = match[match[col].isna()] if pd.isna(value) else match[match[col] == value]
+        if match.empty:
             continue
-        ua = pd.read_parquet(Path(by_loss[a]) / "per_user.parquet")[["user", metric]]
-        ub = pd.read_parquet(Path(by_loss[b]) / "per_user.parquet")[["user", metric]]
-        paired = ua.merge(ub, on="user", suffixes=(f"_{a}", f"_{b}"))
-        xa, xb = paired[f"{metric}_{a}"].to_numpy(), paired[f"{metric}_{b}"].to_numpy()
+        ua = RunDir(group_a.iloc[0]["run_dir"]).table("per_user")[["user", metric]]
+        ub = RunDir(match.iloc[0]["run_dir"]).table("per_user")[["user", metric]]
+        paired = ua.merge(ub, on="user", suffixes=("_a", "_b"))
+        xa, xb = paired[f"{metric}_a"].to_numpy(), paired[f"{metric}_b"].to_numpy()
         diff = xb - xa
         p = float(stats.wilcoxon(xa, xb).pvalue) if np.any(diff != 0) else 1.0
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(others, key)), "users": len(paired), f"{metric} {a}": xa.mean(),
-                     f"{metric} {b}": xb.mean(), "diff": diff.mean(), "p": p})
+        rows.append({**dict(zip(others, key)), "users": len(paired), f"{metric} {la}": xa.mean(),
+                     f"{metric} {lb}": xb.mean(), "diff": diff.mean(), "p": p})
     table = pd.DataFrame(rows)
     if not table.empty:
         table["p_holm"] = holm(table["p"].to_numpy())
     return table
+
+
+def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str = "ndcg@20",
+                   loss_key: str = "loss.name") -> pd.DataFrame:
+    """Paired test of loss ``a`` vs ``b`` across users, per cell and seed (see `compare_runs`)."""
+    return compare_runs(frame, axes, {loss_key: a}, {loss_key: b}, metric=metric)

@@ -1,9 +1,11 @@
-"""The training loop: Adam, sampled (or in-batch) negatives, early stopping.
+"""The training loop: Adam, batching, sampled (or in-batch) negatives, early stopping.
 
 Read it top to bottom: `TrainData` is what a run trains on, `make_step`
-builds the per-batch step (optionally compiled), `fit` runs the epochs.  All
-batches stay on the device; the loss is summed on the device and read once
-per epoch, which is the only host sync besides validation.
+builds the per-batch step (optionally compiled), `Trainer.epoch` runs one
+pass, `fit` runs the epochs and calls the probes (`rankrobust.probes`).  All
+batches stay on the device; the epoch's sums (loss, same-user group size) are
+accumulated on the device and read once per epoch, which is the only host sync
+besides validation.
 """
 from __future__ import annotations
 
@@ -11,28 +13,25 @@ import copy
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from rankrobust.batching import BATCHINGS, group_size_mean, own_positive_mask
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
+from rankrobust.probes import BatchView, Probe
 from rankrobust.sampling import build_sampler
 
 
 class TrainingDiverged(RuntimeError):
     """The training loss became NaN or infinite."""
-
-
-class Callback(Protocol):
-    """Called after every epoch with the model and a dict of that epoch's numbers."""
-
-    def __call__(self, epoch: int, model: Recommender, state: dict[str, Any]) -> None: ...
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -52,7 +51,9 @@ class TrainData:
     ``train``: pairs the model learns from (noisy positives included, held-out
     false negatives removed); ``seen``: everything masked at evaluation
     (original training positives ∪ injected); ``valid`` / ``test``: clean
-    ground truth; ``fn_pool``: false-negative pool (or None); ``leaky``: valid is test.
+    ground truth; ``fn_pool``: false-negative pool (or None); ``leaky``: valid is test;
+    ``noisy``: bool [train.nnz] in ``train``'s CSR order, True for injected
+    noisy positives (None when none were injected).
     """
 
     train: Interactions
@@ -61,6 +62,7 @@ class TrainData:
     test: Interactions
     fn_pool: Interactions | None = None
     leaky: bool = False
+    noisy: np.ndarray | None = None
 
 
 @dataclass
@@ -79,28 +81,36 @@ class FitResult:
 
 
 def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float,
-              in_batch: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The differentiable part of one batch: scores → loss (+ L2).
+              in_batch: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                          tuple[torch.Tensor, torch.Tensor]]:
+    """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
 
-    Returns ``step(users [B], pos [B], neg [B, M]) -> loss scalar``.  With
-    ``in_batch`` the negatives are the batch's positives ([B, B] scores, own
-    positive included), computed as one matrix product.
+    Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``.
+    With ``in_batch`` the negatives are the batch's positives ([B, B] scores,
+    own positive included, computed as one matrix product), and a user's own
+    *other* positives in the batch are masked out of its negatives
+    (`rankrobust.batching.own_positive_mask`): they are not negatives.
     """
 
-    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         U, I = model.score_tables()
+        neg_mask = None
         if in_batch:
             scores = model.inbatch_scores(U, I, users, pos)
             pos_scores, neg_scores = scores.diagonal(), scores
+            neg_mask = ~own_positive_mask(users)
             items = pos[:, None]
         else:
             items = torch.cat([pos[:, None], neg], dim=1)
             scores = model.pair_scores(U, I, users, items)
             pos_scores, neg_scores = scores[:, 0], scores[:, 1:]
-        loss = loss_fn(pos_scores, neg_scores, users=users, **loss_kwargs)
+        loss = loss_fn(pos_scores, neg_scores, users=users, neg_mask=neg_mask, **loss_kwargs)
         if l2 > 0:
             loss = loss + l2 * model.l2_penalty(users, items)
-        return loss
+        extra = model.extra_loss(users, items)
+        if extra is not None:
+            loss = loss + extra
+        return loss, pos_scores
 
     return step
 
@@ -153,13 +163,14 @@ class Trainer:
         tc = cfg.train
         self.cfg, self.data, self.device = cfg, data, device
         torch.manual_seed(tc.seed)  # dropout draws from the global generator
-        self.model = build_model(cfg.model.name, data.train, dim=cfg.model.dim, layers=cfg.model.layers,
-                                 score=cfg.model.score, dropout=cfg.model.dropout, seed=tc.seed, device=device,
+        self.model = build_model(cfg.model.name, data.train, cfg.model.options, seed=tc.seed, device=device,
                                  fused=tc.fast)
         self.optimizer = make_adam(self.model.parameters(), tc.lr)
-        self.sampler = build_sampler(tc.sampler, train=data.train, n_items=data.train.n_items,
-                                     num_negatives=tc.num_negatives, device=device, alpha=tc.pop_alpha,
+        self.sampler = build_sampler(tc.sampler, train=data.train, options=tc.sampler_options, device=device,
                                      fn_pool=data.fn_pool, fn_prob=cfg.noise.neg_prob)
+        self.order = BATCHINGS.entry(tc.batching).target
+        self.batching_options = tc.batching_options
+        self.probes: list[Probe] = []
         step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, tc.sampler == "in_batch")
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
@@ -171,21 +182,30 @@ class Trainer:
                                    device=device)
 
     def epoch(self) -> torch.Tensor:
-        """One shuffled pass over the training pairs; returns the mean loss as a device tensor."""
+        """One pass over the training pairs in the order of ``train.batching``.
+
+        Returns a device tensor [2]: the mean batch loss and the mean same-user
+        group size per pair (PROTOCOLS.md §9), read by the caller in one sync.
+        """
         self.model.train()
-        order = torch.randperm(self.users.shape[0], generator=self.generator, device=self.device)
+        order = self.order(self.users, self.batching_options, self.generator)
         total = torch.zeros((), device=self.device)
+        group_pairs = torch.zeros((), device=self.device)
+        watchers = [p for p in self.probes if p.wants_batches]
         for b in range(self.n_batches):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             users, pos = self.users[idx], self.items[idx]
             neg = self.sampler(users, pos, self.generator)
             with self.autocast:
-                loss = self.step(users, pos, neg)
+                loss, pos_scores = self.step(users, pos, neg)
+            for probe in watchers:
+                probe.batch(BatchView(idx, users, pos, pos_scores))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             total += loss.detach()
-        return total / self.n_batches
+            group_pairs += group_size_mean(users) * users.shape[0]
+        return torch.stack([total / self.n_batches, group_pairs / self.users.shape[0]])
 
     def validate(self) -> EvalResult:
         """Full-ranking evaluation on the validation split (training items masked)."""
@@ -207,15 +227,20 @@ class Trainer:
         return self.tester.evaluate(U.to(self.device), I.to(self.device))
 
 
-def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tuple[Callback, ...] = (),
+def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequence[Probe] = (),
         progress: bool = True) -> FitResult:
     """Train ``cfg.model`` with ``cfg.loss`` on ``data.train``; early-stop on validation.
 
+    ``probes`` are told about every batch (those with ``wants_batches``) and
+    every epoch; the columns they return join the epoch's row.  (Their
+    ``start`` and ``finish`` hooks are called by `run_experiment`.)
     Returns the model with the best validation weights restored, the per-epoch
-    history and the test evaluation.  Same seed and device → same numbers.
+    history (``loss``, ``group_size_mean``, timings, validation metric, probe
+    columns) and the test evaluation.  Same seed and device → same numbers.
     """
     tc = cfg.train
     trainer = Trainer(cfg, data, device)
+    trainer.probes = list(probes)
     model = trainer.model
     best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
     rows: list[dict[str, Any]] = []
@@ -225,14 +250,15 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
                unit="epoch", dynamic_ncols=True)
     for epoch in bar:
         t0 = time.perf_counter()
-        mean_loss = trainer.epoch().item()  # the one host sync of the epoch
+        mean_loss, group_size = trainer.epoch().tolist()  # the one host sync of the epoch
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(
-                f"training loss became {mean_loss} at epoch {epoch} ({cfg.loss.name}, lr={tc.lr}, "
-                f"tau={cfg.loss.tau}); lower train.lr or raise loss.tau"
+                f"training loss became {mean_loss} at epoch {epoch} ({cfg.loss.name} {cfg.loss.to_flat()}, "
+                f"lr={tc.lr}); lower train.lr (or raise the loss temperature)"
             )
-        row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_seconds": train_seconds}
+        row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "group_size_mean": group_size,
+                               "train_seconds": train_seconds}
         if epoch % tc.eval_every == 0 or epoch == tc.epochs:
             t1 = time.perf_counter()
             value = trainer.validate().metrics[tc.metric]
@@ -243,9 +269,9 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, callbacks: tup
             bar.set_postfix(loss=f"{mean_loss:.4f}", **{tc.metric: f"{value:.4f}"}, best=best_epoch)
         else:
             bar.set_postfix(loss=f"{mean_loss:.4f}")
+        for probe in trainer.probes:
+            row.update(probe.epoch_end(epoch, model, row) or {})
         rows.append(row)
-        for callback in callbacks:
-            callback(epoch, model, row)
         if tc.patience and epoch - best_epoch >= tc.patience:
             stopped_early = True
             break

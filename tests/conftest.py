@@ -50,7 +50,7 @@ def pytest_collection_modifyitems(config, items):
 
 def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | None = None, base: dict | None = None):
     """Run a tiny sweep named ``name`` (2 epochs on a 40 x 60 dataset) into ``root/<folder>``."""
-    from rankrobust.sweep import parse_spec, run_sweep
+    from rankrobust.sweeps import parse_spec, run_sweep
 
     tree = {"data": {"train_path": str(data / "train.txt"), "test_path": str(data / "test.txt")},
             "model": {"dim": 8},

@@ -161,3 +161,17 @@ def test_noise_table():
     empty = noise_table(Interactions.empty(3, 6), "none")
     assert len(empty) == 0 and list(empty.columns) == ["user", "item", "kind"]
     assert isinstance(pd.concat([df, empty], ignore_index=True), pd.DataFrame)
+
+
+def test_pair_mask_matches_brute_force():
+    from rankrobust.data import Interactions
+    from rankrobust.noise import pair_mask
+
+    train = random_interactions(20, 30, 0.2, seed=4)
+    users, items = train.to_pairs()
+    rng = np.random.default_rng(0)
+    pick = rng.choice(len(users), size=15, replace=False)
+    mask = pair_mask(train, Interactions.from_pairs(users[pick], items[pick], *train.shape))
+    expect = np.array([(u, i) in set(zip(users[pick], items[pick])) for u, i in zip(users, items)])
+    assert (mask == expect).all()
+    assert not pair_mask(train, train.empty(*train.shape)).any()

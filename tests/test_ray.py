@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rankrobust.store import load_store
-from rankrobust.sweep import load_spec, run_sweep
+from rankrobust.sweeps import load_spec, run_sweep
 from tests.test_sweep import tiny_spec
 
 ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "rankrobust[ray]"')
@@ -28,7 +28,7 @@ def task_pids() -> list[int]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if b"ray::_run_cell_task" in (proc / "cmdline").read_bytes():
+                if b"ray::run_cell" in (proc / "cmdline").read_bytes():
                     pids.append(int(proc.name))
             except OSError:
                 pass
@@ -78,7 +78,7 @@ def test_killed_worker_is_retried(tmp_path, local_ray):
 def test_missing_ray_message(monkeypatch):
     import builtins
 
-    from rankrobust import ray_executor
+    from rankrobust.sweeps import executors as ray_executor
 
     real_import = builtins.__import__
 

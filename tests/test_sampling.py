@@ -41,9 +41,14 @@ TRAIN = random_interactions(40, 25, 0.2, seed=1)
 
 
 # --------------------------------------------------------------------------- shapes, devices
+def _m(name: str, m: int) -> dict:
+    """num_negatives for the samplers that take it (in_batch has M = B)."""
+    return {} if name == "in_batch" else {"num_negatives": m}
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_shapes_dtypes_devices(name):
-    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, num_negatives=7, device="cpu")
+    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, device="cpu", **_m(name, 7))
     users, pos = batch(TRAIN, b=16)
     out = s(users, pos, gen())
     m = 16 if name == "in_batch" else 7
@@ -55,7 +60,7 @@ def test_shapes_dtypes_devices(name):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_on_cuda(name):
-    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, num_negatives=7, device="cuda",
+    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, device="cuda", **_m(name, 7),
                       fn_pool=None if name == "in_batch" else TRAIN, fn_prob=0.0 if name == "in_batch" else 0.3)
     users, pos = batch(TRAIN, b=16, device="cuda")
     out = s(users, pos, gen(device="cuda"))
@@ -194,7 +199,7 @@ def test_build_sampler_wraps_with_mixer():
     with pytest.raises(ValueError, match="pool"):
         build_sampler("uniform", train=TRAIN, n_items=TRAIN.n_items, num_negatives=4, fn_prob=0.2)
     with pytest.raises(ValueError, match="in_batch"):
-        build_sampler("in_batch", train=TRAIN, n_items=TRAIN.n_items, num_negatives=4, fn_pool=TRAIN,
+        build_sampler("in_batch", train=TRAIN, n_items=TRAIN.n_items, fn_pool=TRAIN,
                       fn_prob=0.2)
 
 
@@ -207,7 +212,7 @@ def test_build_sampler_unknown_name():
 @pytest.mark.parametrize("name", ["uniform", "uniform_exclude", "popularity"])
 @pytest.mark.parametrize("fn_prob", [0.0, 0.3])
 def test_seeding_determinism(name, fn_prob):
-    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, num_negatives=32, fn_pool=TRAIN, fn_prob=fn_prob)
+    s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, fn_pool=TRAIN, fn_prob=fn_prob, **_m(name, 32))
     users, pos = batch(TRAIN)
     a, b, c = s(users, pos, gen(5)), s(users, pos, gen(5)), s(users, pos, gen(6))
     assert torch.equal(a, b)

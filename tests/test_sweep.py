@@ -13,7 +13,7 @@ import yaml
 from rankrobust import runs
 from rankrobust.config import ConfigError
 from rankrobust.store import compare_losses, holm, load_store
-from rankrobust.sweep import load_spec, parse_spec, pending_cells, run_sweep
+from rankrobust.sweeps import load_spec, parse_spec, pending_cells, run_sweep
 from tests.conftest import REPO, random_interactions
 
 
@@ -49,12 +49,14 @@ def tiny_spec(tmp_path: Path, losses=("sl", "bsl"), ratios=(0.0, 0.2), seeds=(0,
 
 def test_expansion_and_overrides(tmp_path):
     spec = load_spec(tiny_spec(tmp_path, seeds=(0, 1)))
-    cells = spec.cells()
+    cells = spec.cells
     assert len(cells) == 2 * 2 * 2
     assert len({c.cell_id for c in cells}) == len(cells)
     bsl = [c for c in cells if c.values["loss.name"] == "bsl"]
-    assert all(c.config.loss.tau1 == 0.5 for c in bsl)
-    assert all(c.config.loss.tau1 is None for c in cells if c.values["loss.name"] == "sl")
+    assert all(c.config.loss.options.tau1 == 0.5 for c in bsl)
+    # SL takes no τ₁: the template's loss.tau1 is left out of SL cells (and of their config.json)
+    assert all(getattr(c.config.loss.options, "tau1", None) is None for c in cells if c.values["loss.name"] == "sl")
+    assert all("tau1" not in c.config.to_dict()["loss"] for c in cells if c.values["loss.name"] == "sl")
     assert {c.config.train.seed for c in cells} == {0, 1}
 
 
@@ -75,7 +77,7 @@ def test_shipped_specs_parse():
     assert len(specs) >= 16
     for path in specs:
         spec = load_spec(path)
-        assert spec.cells()
+        assert spec.cells
 
 
 def test_run_resume_and_failures(tmp_path):

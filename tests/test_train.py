@@ -7,7 +7,9 @@ import torch
 
 from rankrobust import train as train_mod
 from rankrobust.cli import main
-from rankrobust.config import config_from_dict
+from analysis.probes import probes_for
+from rankrobust.config import config_from_dict, prune_inapplicable
+from rankrobust.probes import Probe
 from rankrobust.experiment import load_data, prepare_data, run_experiment
 from rankrobust.train import TrainingDiverged, fit
 from tests.test_sweep import write_tiny_data
@@ -20,7 +22,7 @@ def tiny_config(tmp_path, **sections):
                       "patience": 0}}
     for key, value in sections.items():
         tree.setdefault(key, {}).update(value)
-    return config_from_dict(tree)
+    return config_from_dict(prune_inapplicable(tree)[0])  # the base serves every sampler (in_batch has no M)
 
 
 @pytest.mark.parametrize("model,loss,sampler", [
@@ -53,8 +55,13 @@ def test_nan_loss_fails_clearly(tmp_path, monkeypatch):
 def test_early_stopping_restores_best(tmp_path):
     cfg = tiny_config(tmp_path, train={"epochs": 30, "patience": 2, "lr": 0.05})
     calls = []
+
+    class Recorder(Probe):
+        def epoch_end(self, epoch, model, row):
+            calls.append(epoch)
+
     data, _ = prepare_data(cfg, load_data(cfg.data))
-    result = fit(cfg, data, torch.device("cpu"), progress=False, callbacks=(lambda e, m, s: calls.append(e),))
+    result = fit(cfg, data, torch.device("cpu"), progress=False, probes=(Recorder(),))
     assert calls == list(range(1, len(result.history) + 1))
     best = result.history["valid_recall@20"].max()
     assert result.valid.metrics["recall@20"] == pytest.approx(best)
@@ -79,12 +86,12 @@ def test_noise_is_recorded_and_masked(tmp_path):
 
 def test_run_directory_contents(tmp_path):
     cfg = tiny_config(tmp_path, loss={"name": "bsl"}, data={"valid_is_test": True})
-    run_experiment(cfg, tmp_path / "run", progress=False, fairness=True, track_variance=True)
+    run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for(fairness=True, track_variance=True))
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"config.json", "metrics.json", "epochs.csv", "per_user.parquet", "noise.parquet", "model.pt",
             "fairness.parquet", "variance.csv", "status"} <= names
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["leaky_validation"] is True and "warning" in metrics
+    assert metrics["leaky_validation"] is True and any("valid = test" in w for w in metrics["warnings"])
     assert {"recall@20", "ndcg@20"} <= set(metrics["test"])
     weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert {"user_emb", "item_emb", "final_user", "final_item"} <= set(weights)

@@ -30,6 +30,7 @@ from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import _read_lightgcn_full, _read_table_frame, _factorize, is_table_path
 from rankrobust.data.splits import Dataset, carve_validation
+from rankrobust.registry import Registry
 
 __all__ = ["DatasetInfo", "list_datasets", "load_dataset", "load_files", "download", "KNOWN_SHA256",
            "EMBEDDED_DIR", "resolve_data_dir"]
@@ -45,14 +46,14 @@ class _Spec:
     embedded: bool = False
 
 
-_DATASETS: dict[str, _Spec] = {
-    "lastfm": _Spec("Last.fm (HetRec 2011) artists, 10-core users, 5-core items, warm 80/10/10 split "
-                      "(1,812 users, 2,762 items, 70K pairs); embedded default", True),
-    "yelp2018": _Spec("Yelp2018, LightGCN split (31,668 users, 38,048 items, 1.56M pairs)"),
-    "gowalla": _Spec("Gowalla check-ins, LightGCN split (29,858 users, 40,981 items, 1.03M pairs)"),
-    "ml": _Spec("MovieLens-1M subset used by BSL / Adap-tau (6,022 users, 3,043 items, 0.9M pairs)"),
-    "ml-100k": _Spec("MovieLens-100K, IR-Benchmark 10-core 80/20 split (939 users, 1,016 items)"),
-}
+#: every dataset a config can name (``data.name``); datasets have no options of their own
+DATASETS: Registry = Registry("dataset")
+DATASETS.register('lastfm')(_Spec("Last.fm (HetRec 2011) artists, 10-core users, 5-core items, warm 80/10/10 split "
+                      "(1,812 users, 2,762 items, 70K pairs); embedded default", True))
+DATASETS.register('yelp2018')(_Spec("Yelp2018, LightGCN split (31,668 users, 38,048 items, 1.56M pairs)"))
+DATASETS.register('gowalla')(_Spec("Gowalla check-ins, LightGCN split (29,858 users, 40,981 items, 1.03M pairs)"))
+DATASETS.register('ml')(_Spec("MovieLens-1M subset used by BSL / Adap-tau (6,022 users, 3,043 items, 0.9M pairs)"))
+DATASETS.register('ml-100k')(_Spec("MovieLens-100K, IR-Benchmark 10-core 80/20 split (939 users, 1,016 items)"))
 
 # sha256 of the gzip files as distributed (see ../shared/data/README.md)
 KNOWN_SHA256: dict[str, dict[str, str]] = {
@@ -127,10 +128,10 @@ def _split_file(folder: Path, split: str) -> Path | None:
 
 def _canonical(name: str) -> str:
     key = name.strip().lower()
-    if key not in _DATASETS:
-        close = difflib.get_close_matches(key, list(_DATASETS), n=1, cutoff=0.4)
+    if key not in DATASETS:
+        close = difflib.get_close_matches(key, list(DATASETS), n=1, cutoff=0.4)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(_DATASETS)}")
+        raise ValueError(f"unknown dataset {name!r}{hint} Known datasets: {', '.join(DATASETS)}")
     return key
 
 
@@ -146,7 +147,7 @@ def _external_folder(name: str, data_dir) -> tuple[Path | None, list[Path], str]
 def list_datasets(data_dir: str | os.PathLike | None = None) -> list[DatasetInfo]:
     """All registered datasets, with where their files are and whether they are present."""
     out = []
-    for name, spec in _DATASETS.items():
+    for name, spec in DATASETS.items():
         if spec.embedded:
             folder = EMBEDDED_DIR / name
             ok = all(_split_file(folder, s) for s in ("train", "valid", "test"))
@@ -208,7 +209,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fra
         DataFormatError: a file is malformed.
     """
     key = _canonical(name)
-    if _DATASETS[key].embedded:
+    if DATASETS[key].embedded:
         folder = EMBEDDED_DIR / key
         paths = {s: _split_file(folder, s) for s in ("train", "valid", "test")}
         if not all(paths.values()):

@@ -1,0 +1,94 @@
+"""Probes: how measurements plug into a run without the core knowing them.
+
+A probe watches one training run and contributes numbers to its run folder.
+The core (`rankrobust.train`, `rankrobust.experiment`) calls four hooks and
+never imports the analysis layer; fairness, prediction variance and in-training
+gradient accounting are probes living in ``analysis/probes.py``, wired by the
+CLI and the sweep layer (``run_experiment(cfg, out, probes=[...])``).
+
+Hooks, in call order (each optional; the base class does nothing):
+
+``start(ctx)``
+    once, before the first epoch: ``ctx.cfg``, ``ctx.data`` (`TrainData`),
+    ``ctx.device``, ``ctx.run_dir`` (`RunDir` or None).
+``batch(view)``
+    every training batch, inside the loop: device tensors only
+    (``view.index`` [B] pair ids into ``ctx.data.train`` CSR order,
+    ``view.users``, ``view.items``, ``view.pos_scores`` [B] requiring grad — a
+    probe may ``register_hook`` on it).  Must not synchronise with the host.
+``epoch_end(epoch, model, row)``
+    after each epoch (and its validation, if any); may read device
+    accumulators once and return extra columns for ``epochs.csv``.
+``finish(ctx, result)``
+    after the test evaluation: returns a `ProbeOutput` — a section for
+    ``metrics.json`` (under the probe's ``name``), tables for the run folder
+    (by `RunDir` table name) and objects for the caller (``extra``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import torch
+
+if TYPE_CHECKING:  # imported for type hints only: no runtime cycle
+    from rankrobust.config import RunConfig
+    from rankrobust.runs import RunDir
+    from rankrobust.train import FitResult, TrainData
+
+
+@dataclass
+class ProbeContext:
+    """What a probe may read about the run it watches."""
+
+    cfg: "RunConfig"
+    data: "TrainData"
+    device: torch.device
+    run_dir: "RunDir | None" = None
+
+
+@dataclass
+class BatchView:
+    """One training batch as the probes see it (all on the training device).
+
+    ``index`` [B]: positions of the batch's pairs in ``data.train``'s CSR order;
+    ``users`` [B], ``items`` [B]: the pairs; ``pos_scores`` [B]: s⁺ of each pair
+    (part of the autograd graph: ``pos_scores.register_hook(fn)`` receives
+    ∂L/∂s⁺ during backward).
+    """
+
+    index: torch.Tensor
+    users: torch.Tensor
+    items: torch.Tensor
+    pos_scores: torch.Tensor
+
+
+@dataclass
+class ProbeOutput:
+    """What a probe adds to a finished run."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Probe:
+    """Base class of probes; override the hooks you need (see the module docstring)."""
+
+    #: section name in metrics.json and key in the run summary
+    name: str = "probe"
+    #: True when `batch` must be called (the trainer skips building views otherwise)
+    wants_batches: bool = False
+
+    def start(self, ctx: ProbeContext) -> None:
+        return None
+
+    def batch(self, view: BatchView) -> None:
+        return None
+
+    def epoch_end(self, epoch: int, model: torch.nn.Module, row: dict[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def finish(self, ctx: ProbeContext, result: "FitResult") -> ProbeOutput | None:
+        return None

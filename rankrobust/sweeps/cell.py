@@ -1,0 +1,59 @@
+"""One sweep cell: run a config into its run folder, with the analysis probes the sweep asks for.
+
+`run_cell` is what every executor calls (in this process, in a worker process,
+in a Ray task), so the guarantees are the same everywhere: a run counts as
+done only when its folder says so with exactly this config, an unfinished,
+failed or outdated attempt is wiped and re-run, and a failure never raises.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import traceback
+from typing import Any
+
+from rankrobust.config import config_from_dict
+from rankrobust.experiment import run_experiment
+from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
+
+
+def is_finished(run_dir: RunDir, config: dict[str, Any]) -> bool:
+    """True when ``run_dir`` holds a finished run of exactly ``config``.
+
+    A run made with another config (the spec was edited since) counts as
+    unfinished, so a resumed sweep re-runs it instead of keeping stale numbers.
+    """
+    if run_dir.status() != STATUS_DONE:
+        return False
+    try:
+        stored = run_dir.config()
+    except (OSError, ValueError):
+        return False
+    return stored == json.loads(json.dumps(config))
+
+
+def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """Run one cell into ``run_dir`` (wiping an unfinished, failed or outdated previous attempt).
+
+    ``options``: the sweep's run options (``fairness``, ``track_variance``)
+    choosing the probes (`analysis.probes.probes_for`).  Never raises for a
+    failing run: the failure is recorded in the run's status (with the
+    traceback) and returned as ``{"status": "failed", "error": last line}``.
+    """
+    from analysis.probes import probes_for  # the sweep layer wires the analysis probes
+
+    folder = RunDir(run_dir)
+    if is_finished(folder, config):
+        return {"status": STATUS_DONE, "skipped": True}
+    if folder.path.exists():
+        shutil.rmtree(folder.path)
+    try:
+        cfg = config_from_dict(config)
+        probes = probes_for(fairness=bool(options.get("fairness")), track_variance=bool(options.get("track_variance")))
+        run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
+        return {"status": STATUS_DONE}
+    except Exception:
+        detail = traceback.format_exc()
+        if folder.status() != STATUS_FAILED:
+            folder.fail(detail)
+        return {"status": STATUS_FAILED, "error": detail.strip().splitlines()[-1]}

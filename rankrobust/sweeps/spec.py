@@ -1,0 +1,166 @@
+"""Sweep specs: a YAML file expanded once into a list of validated cells.
+
+A spec (see ``configs/sweeps/``)::
+
+    name: noisy-positives-lastfm-quick
+    base: {preset: configs/x.yaml, data: {name: lastfm}, train: {epochs: 30}}
+    grid: {loss.name: [sl, bsl], noise.pos_ratio: [0.0, 0.2]}
+    seeds: [0, 1]
+    overrides:                       # optional, applied in order to matching cells
+      - when: {loss.name: bsl}
+        set: {loss.mode: paper, loss.tau1: 0.5}
+    options: {fairness: true, track_variance: false}
+
+Each cell (one grid point × one seed) is one run.  The base, grid and
+overrides are a *template* shared by cells with different entries: an option
+that belongs to another entry than a cell's (``loss.tau`` in a BPR cell,
+``model.layers`` in an MF cell) is left out of that cell's config, so it never
+reaches its ``config.json``; an option that applies to no cell at all is an
+error (it is a typo or a misplaced key).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config_from_dict, prune_inapplicable,
+                               read_config_tree, set_dotted)
+
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "options")
+#: run options of a sweep: which probes its cells get, and Ray resources per task
+OPTION_KEYS = ("fairness", "track_variance", "resources")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: its id, grid values, seed and resolved config."""
+
+    cell_id: str
+    values: dict[str, Any]
+    seed: int
+    config: RunConfig
+
+
+@dataclass
+class SweepSpec:
+    """A parsed sweep spec; ``cells`` are expanded and validated once, at parse time."""
+
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    seeds: list[int]
+    overrides: list[dict[str, dict[str, Any]]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    source: Path | None = None
+    cells: list[Cell] = field(default_factory=list)
+
+    def record(self) -> dict[str, Any]:
+        """The document saved as the sweep folder's spec record."""
+        return {"name": self.name, "grid": self.grid, "seeds": self.seeds, "base": self.base,
+                "overrides": self.overrides, "options": self.options,
+                "source": str(self.source) if self.source else None}
+
+
+def cell_id(values: dict[str, Any], seed: int) -> str:
+    """A readable, filesystem-safe id: ``loss.name=sl__noise.pos_ratio=0.2__seed=0``."""
+    parts = [f"{k}={v}" for k, v in values.items()] + [f"seed={seed}"]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", "__".join(parts))
+
+
+def _base_tree(base: dict[str, Any], spec_path: Path | None) -> dict[str, Any]:
+    """The base template as a sparse nested dict: a ``preset:`` file first, then the rest over it."""
+    base = copy.deepcopy(dict(base or {}))
+    preset = base.pop("preset", None)
+    tree: dict[str, Any] = {}
+    if preset is not None:
+        candidates = [Path(preset)] + ([spec_path.parent / preset] if spec_path else [])
+        path = next((p for p in candidates if p.exists()), None)
+        if path is None:
+            raise ConfigError(f"sweep base preset {preset!r} not found")
+        tree = read_config_tree(path)
+    for section, values in base.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section '{section}'{closest(section, SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"base.{section} must be a mapping")
+        tree.setdefault(section, {}).update(values)
+    return tree
+
+
+def _expand(spec: SweepSpec) -> list[Cell]:
+    """grid × seeds (in spec order) → validated cells; checks every template key applies somewhere."""
+    keys = list(spec.grid)
+    cells: list[Cell] = []
+    dropped_everywhere: set[str] | None = None
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        tree = copy.deepcopy(spec.base)
+        for key, value in values.items():
+            set_dotted(tree, key, value)
+        for rule in spec.overrides:
+            if all(values.get(k) == v for k, v in rule.get("when", {}).items()):
+                for key, value in rule.get("set", {}).items():
+                    set_dotted(tree, key, value)
+        tree, dropped = prune_inapplicable(tree)
+        dropped_everywhere = dropped if dropped_everywhere is None else dropped_everywhere & dropped
+        for seed in spec.seeds:
+            set_dotted(tree, "train.seed", seed)
+            try:
+                cfg = config_from_dict(tree)
+            except ConfigError as err:
+                raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}: {err}") from None
+            cells.append(Cell(cell_id(values, seed), values, seed, cfg))
+    if dropped_everywhere:
+        raise ConfigError(f"sweep {spec.name}: {', '.join(sorted(dropped_everywhere))} applies to no cell "
+                          f"(every cell's entry ignores it); remove it or move it under an override")
+    ids = [c.cell_id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"sweep {spec.name}: grid values give duplicate cell ids")
+    return cells
+
+
+def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
+    """Validate a spec dict and expand its cells (unknown keys → ConfigError naming the closest)."""
+    where = f"{source}: " if source else ""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}a sweep spec must be a mapping")
+    for key in data:
+        if key not in SPEC_KEYS:
+            raise ConfigError(f"{where}unknown sweep key '{key}'{closest(key, SPEC_KEYS)}; valid: {', '.join(SPEC_KEYS)}")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise ConfigError(f"{where}grid must map config keys to non-empty lists")
+    options = data.get("options") or {}
+    for key in options:
+        if key not in OPTION_KEYS:
+            raise ConfigError(f"{where}unknown sweep option '{key}'{closest(key, OPTION_KEYS)}")
+    seeds = data.get("seeds", [0])
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    try:
+        spec = SweepSpec(name=str(data.get("name") or (source.stem if source else "sweep")),
+                         base=_base_tree(data.get("base") or {}, source), grid=grid, seeds=seeds,
+                         overrides=list(data.get("overrides") or []), options=dict(options),
+                         description=str(data.get("description", "")), source=source)
+        spec.cells = _expand(spec)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
+    return spec
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read, validate and expand a sweep spec YAML."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sweep spec {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(data, path)
