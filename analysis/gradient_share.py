@@ -1,16 +1,20 @@
 """In-training gradient accounting on the positive scores (PROTOCOLS.md §9).
 
-For every training batch, g_k = |∂L/∂s⁺_k| is the magnitude of the loss
-gradient on the positive score of pair k.  Summed over an epoch:
+For every training batch of B pairs, g_k = B·|∂L/∂s⁺_k| is the magnitude of
+the loss gradient on the positive score of pair k (scaled by B, since L is the
+batch mean, so that pairs of batches of different sizes weigh the same).
+Summed over an epoch:
 
     pos_grad_share_noisy = Σ_{k noisy} g_k / Σ_k g_k
 
 is the share of the positive-side gradient that went to injected noisy
 positives, *as training applied it* (in-batch groups, the run's batching, its
-temperatures).  For SL every g_k equals 1/(τB), so the share equals the noisy
-pair fraction exactly; for BSL (paper mode) g_k = softmax_{G(k)}(s⁺/τ₁)_k /
-(τ₁ B) within the user's group G(k) in the batch, so noisy positives with low
-scores get less than their share only when groups hold several positives.
+temperatures).  For SL every g_k equals 1/τ, so the share equals the noisy
+pair fraction exactly; for BSL (paper mode) every pair of the user's group
+G(k) in the batch carries the group's log-mean-exp, so
+g_k = |G(k)|·softmax_{G(k)}(s⁺/τ₁)_k / τ₁: the group's total is |G(k)|/τ₁, as
+for SL, but it is shared out by score, and noisy positives with low scores get
+less than their share only when groups hold several positives.
 
 `GradientAccountant` keeps three sums on the device (all, noisy, noisy pairs
 seen) and is read once per epoch; nothing syncs with the host per batch.
@@ -41,7 +45,7 @@ class GradientAccountant:
         noisy = self.noisy[index]
 
         def hook(grad: Tensor) -> None:
-            g = grad.detach().abs().to(torch.float64)
+            g = grad.detach().abs().to(torch.float64) * grad.shape[0]
             self.sums += torch.stack([g.sum(), (g * noisy).sum(), noisy.sum().to(torch.float64)])
 
         pos_scores.register_hook(hook)
@@ -58,8 +62,8 @@ def brute_force_share(pos_scores: np.ndarray, users: np.ndarray, noisy: np.ndarr
                       tau1: float = 1.0) -> float:
     """Reference Σ_noisy g / Σ g for one batch, in float64 with Python loops (for tests).
 
-    ``loss``: ``"sl"`` (every g equal) or ``"bsl"`` (paper mode: g_k ∝ the
-    softmax(s⁺/τ₁) weight of k within its user's group in the batch).
+    ``loss``: ``"sl"`` (every g equal) or ``"bsl"`` (paper mode: g_k ∝ |G|·the
+    softmax(s⁺/τ₁) weight of k within its user's group G in the batch).
     """
     s = np.asarray(pos_scores, dtype=np.float64)
     g = np.ones_like(s)
@@ -67,5 +71,5 @@ def brute_force_share(pos_scores: np.ndarray, users: np.ndarray, noisy: np.ndarr
         for u in np.unique(users):
             rows = np.flatnonzero(users == u)
             w = np.exp(s[rows] / tau1 - np.max(s[rows] / tau1))
-            g[rows] = w / w.sum()
+            g[rows] = len(rows) * w / w.sum()
     return float(g[np.asarray(noisy, dtype=bool)].sum() / g.sum())

@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = summary.metrics
     print(metrics_table({"valid" + (" (= test, leaky)" if m["leaky_validation"] else ""): m["valid"],
                          "test": m["test"]}))
-    pop = m["most_popular"]
+    cutoff = cfg.train.metric.partition("@")[2]
+    pop = {k: v for k, v in m["most_popular"].items() if k.endswith(f"@{cutoff}")}
     print("\nmost-popular baseline (test): " + ", ".join(f"{k} {v:.4f}" for k, v in pop.items()))
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
           f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}; mean same-user group size per pair "

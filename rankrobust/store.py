@@ -72,8 +72,16 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
 
 
 def collect(sweep_dir: str | Path) -> pd.DataFrame:
-    """The store of ``sweep_dir`` built from its run folders (sorted by cell id)."""
-    return pd.DataFrame([run_row(d) for d in SweepDir(sweep_dir).run_dirs()])
+    """The store of ``sweep_dir`` built from its run folders (sorted by cell id).
+
+    ``run_dir`` is stored relative to the sweep folder (``runs/<cell id>``), so
+    a sweep folder can be moved or shipped; `load_store` makes it absolute.
+    """
+    sweep = SweepDir(sweep_dir)
+    rows = [run_row(d) for d in sweep.run_dirs()]
+    for row in rows:
+        row["run_dir"] = str(Path(row["run_dir"]).relative_to(sweep.path))
+    return pd.DataFrame(rows)
 
 
 def write_store(sweep_dir: str | Path) -> pd.DataFrame:
@@ -89,7 +97,10 @@ def load_store(sweep_dir: str | Path) -> pd.DataFrame:
     path = path if path.suffix == ".parquet" else SweepDir(path).store_path
     if not path.exists():
         raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {path.parent}` first")
-    return pd.read_parquet(path)
+    frame = pd.read_parquet(path)
+    if "run_dir" in frame:  # relative to the sweep folder (older stores hold absolute paths)
+        frame["run_dir"] = [str(path.parent / d) for d in frame["run_dir"]]
+    return frame
 
 
 def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[str]:
