@@ -7,14 +7,11 @@ training item popularity, vectorised on the device with ``bincount``/scatter.
 Definitions used here (φ(i) = training interaction count of item i, L_u the
 top-K list of user u without padding, U the evaluated users, G groups):
 
-- **Groups** (``popularity_groups``): items sorted ascending by φ, ties by
-  ascending id. ``mode="interactions"``: item at sorted position p goes to
-  group ``floor(G · C_p / C)`` where C_p is the total φ of the items before it
-  and C the total φ (integer arithmetic), so each group holds ≈ C/G
-  interactions; group 0 = many tail items, group G−1 = few head items; groups
-  can be empty when single items hold more than C/G. ``mode="items"``:
-  group ``floor(G · p / n_items)``, sizes differ by at most one. All-zero
-  popularity falls back to ``"items"``.
+- **Groups** (``popularity_groups``, defined in `analysis.popularity` with
+  every other popularity notion): items sorted ascending by φ, cut into G
+  groups of ≈ equal interactions (``mode="interactions"``, the default: group
+  0 = many tail items, group G−1 = few head items) or equal item counts
+  (``mode="items"``).
 - **Recall@K(g)** = mean_u |L_u ∩ T_u ∩ g| / |T_u|;  **NDCG@K(g)** = mean_u
   (Σ_{r ≤ K, L_r ∈ T_u ∩ g} 1/log2(r+1)) / IDCG_u(K). Both sum over g to the
   evaluator's Recall@K / NDCG@K.
@@ -24,10 +21,9 @@ top-K list of user u without padding, U the evaluated users, G groups):
   Σ_u |L_u ∩ g| / Σ_u |g \\ P_u| with P_u the user's training items (when the
   training matrix is given; otherwise the denominator is |U| · |g|).
 - **ARP** = mean_u mean_{i ∈ L_u} φ(i) (raw counts). **APLT** = mean_u
-  |L_u ∩ tail| / |L_u|, where the *head* is the shortest prefix of the items in
-  descending popularity (the reverse of the group order) whose cumulative φ
-  reaches 80 % of C, and the tail is every other item (zero-count items are
-  always tail). Users with an empty L_u are left out of both means.
+  |L_u ∩ tail| / |L_u|, tail = `analysis.popularity.long_tail_mask` (every
+  item outside the head covering 80 % of the interactions).  Users with an
+  empty L_u are left out of both means.
 - **Gini** of item exposure: c_i = number of top-K lists containing item i,
   for all n_items (unrecommended items count as 0), sorted ascending:
   Gini = Σ_j (2j − n − 1) c_(j) / (n Σ c), j = 1..n. 0 for uniform exposure,
@@ -49,12 +45,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from analysis.popularity import GROUP_MODES, as_counts, long_tail_mask, popularity_groups
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, truth_membership
 
 __all__ = [
-    "popularity_groups",
-    "long_tail_mask",
+    "GROUP_MODES",  # re-exported from analysis.popularity (kept for old imports)
+    "popularity_groups",  # re-exported from analysis.popularity
+    "long_tail_mask",  # re-exported from analysis.popularity
     "group_metrics",
     "popularity_metrics",
     "gini",
@@ -63,78 +61,6 @@ __all__ = [
     "report_to_long",
     "format_group_table",
 ]
-
-GROUP_MODES = ("interactions", "items")
-
-
-def _counts_tensor(item_counts: np.ndarray | Tensor, device: torch.device | str | None = None) -> Tensor:
-    t = torch.as_tensor(item_counts)
-    if device is not None:
-        t = t.to(device)
-    if t.is_floating_point():
-        if not torch.equal(t, t.round()):
-            raise ValueError("item_counts must be integer counts")
-    t = t.to(torch.int64)
-    if t.dim() != 1:
-        raise ValueError(f"item_counts must be 1-D [n_items], got shape {tuple(t.shape)}")
-    if t.numel() and int(t.min()) < 0:
-        raise ValueError("item_counts must be non-negative")
-    return t
-
-
-def popularity_groups(
-    item_counts: np.ndarray | Tensor,
-    n_groups: int = 10,
-    mode: str = "interactions",
-    device: torch.device | str | None = None,
-) -> Tensor:
-    """Popularity group id of every item, LongTensor [n_items] in [0, n_groups).
-
-    Items are sorted ascending by ``item_counts`` (stable: ties by ascending id).
-    ``mode="interactions"``: item at sorted position p gets
-    ``floor(n_groups · C_p / C)`` (C_p = interactions of the items before it,
-    C = all interactions), i.e. groups of ≈ equal total interactions, group 0 =
-    the long tail, group G−1 = the head. ``mode="items"``: ``floor(n_groups ·
-    p / n_items)``, groups of equal item counts (±1). Group ids never decrease
-    with popularity. Returned on ``device`` (default: that of ``item_counts``).
-    """
-    if mode not in GROUP_MODES:
-        raise ValueError(f"mode must be one of {GROUP_MODES}, got {mode!r}")
-    if n_groups < 1:
-        raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    c = _counts_tensor(item_counts, device)
-    n = c.numel()
-    order = torch.argsort(c, stable=True)
-    sc = c[order]
-    total = int(sc.sum()) if n else 0
-    if mode == "interactions" and total > 0:
-        before = torch.cumsum(sc, 0) - sc
-        g_sorted = torch.div(before * n_groups, total, rounding_mode="floor")
-    else:
-        g_sorted = torch.div(torch.arange(n, device=c.device) * n_groups, max(n, 1), rounding_mode="floor")
-    g_sorted = g_sorted.clamp(max=n_groups - 1)
-    groups = torch.empty_like(g_sorted)
-    groups[order] = g_sorted
-    return groups
-
-
-def long_tail_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
-    """BoolTensor [n_items], True for long-tail items.
-
-    The head is the shortest prefix of the items in descending popularity
-    (ties: higher id first, i.e. the reverse of ``popularity_groups``' order)
-    whose cumulative interaction share reaches ``head_share``: an item is head
-    iff the interactions of the items before it are < ``head_share`` · total
-    and it has at least one interaction. Everything else is tail.
-    """
-    c = _counts_tensor(item_counts)
-    order = torch.argsort(c, stable=True).flip(0)
-    sc = c[order].to(torch.float64)
-    before = torch.cumsum(sc, 0) - sc
-    head_sorted = (before < head_share * float(sc.sum())) & (sc > 0)
-    tail = torch.ones(c.numel(), dtype=torch.bool, device=c.device)
-    tail[order] = ~head_sorted
-    return tail
 
 
 def gini(exposure: np.ndarray | Tensor) -> float:
@@ -261,7 +187,7 @@ def group_metrics(
     g_items = torch.bincount(groups, minlength=G)[:G].to(dt)
     if item_counts is None:
         item_counts = train.item_counts() if train is not None else np.zeros(n_items, np.int64)
-    ic = _counts_tensor(item_counts, device)
+    ic = as_counts(item_counts, device)
     n_inter = torch.bincount(groups, weights=ic.to(dt), minlength=G)[:G]
     big = torch.iinfo(torch.int64).max
     pop_min = torch.full((G,), big, dtype=torch.int64, device=device).scatter_reduce(0, groups, ic, "amin")
@@ -325,7 +251,7 @@ def popularity_metrics(
         with the definitions of the module docstring.
     """
     device = topk.device
-    c = _counts_tensor(item_counts, device)
+    c = as_counts(item_counts, device)
     n_items = c.numel()
     groups = torch.as_tensor(groups, device=device).to(torch.int64)
     G = int(n_groups if n_groups is not None else (int(groups.max()) + 1 if groups.numel() else 1))

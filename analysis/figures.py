@@ -1,32 +1,33 @@
-"""The paper's eight figures, regenerated from sweep stores (`rankrobust figures`).
+"""The paper's figures, regenerated from sweep stores (`rankrobust figures`).
 
-Each figure is found by the sweeps it needs (recognised by the sweep name's
-prefix, e.g. ``noisy-positives``), drawn by one function of
-`analysis.plots`, and written as PNG and PDF with a sidecar ``.txt`` naming the
+Every figure is one `Figure` entry of the `FIGURES` registry:
+
+- ``number`` and ``stem`` (the file name without extension),
+- ``needs``: the sweep kinds it reads, each a spec-name prefix
+  (``noisy-positives`` matches ``noisy-positives-lastfm-quick``),
+- ``frame``: a function of the needed sweeps (in ``needs`` order) returning
+  the tidy data (or a tuple of the plot's positional arguments),
+- ``plot``: the `analysis.plots` function that draws that data,
+- ``caption``: what the figure shows.
+
+Everything else is derived from the registry: the sweep kinds `open_sweeps`
+recognises (`sweep_kinds`), what `make_figures` draws or skips, the
+``README.md`` it writes beside the figures (`figures_readme`) and the tests.
+Each figure is written as PNG and PDF with a sidecar ``.txt`` naming the
 command and the store(s) it came from.  A figure whose sweep is missing is
-skipped with a message; nothing is half-written (files go through temp names).
-
-=====  ==========================  ==================================================
- no.    file                        needs (sweep name prefix)
-=====  ==========================  ==================================================
- 1      fig1-loss-comparison        loss-comparison
- 2      fig2-noisy-positives        noisy-positives
- 3      fig3-noisy-negatives        noisy-negatives
- 4      fig4-popularity-groups      loss-comparison (run option fairness)
- 5      fig5-variance-epochs        variance (run option track_variance)
- 6      fig6-tau-ratio              tau-ratio
- 7      fig7-tsne                   noisy-positives (SL, BSL at r = 0, 0.2, 0.4)
- 8      fig8-dro                    noisy-positives (a SL run; gradient shares)
-=====  ==========================  ==================================================
+skipped with a message; nothing is half-written (files go through temp
+names).  Run folders are read only through `rankrobust.runs` (`RunDir`,
+`SweepDir`, `load_run`), never by file name.
 """
 from __future__ import annotations
 
-import json
+import functools
+import os
 import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable, Mapping
 
 import matplotlib
 
@@ -34,10 +35,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import torch  # noqa: E402
+from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
 from analysis import plots  # noqa: E402
+from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
+from rankrobust.runs import RunDir, SweepDir  # noqa: E402
 from rankrobust.store import load_store  # noqa: E402
 
 
@@ -47,7 +50,7 @@ class MissingData(Exception):
 
 @dataclass
 class Sweep:
-    """A sweep folder with its spec name and finished runs."""
+    """A sweep folder with its spec name and results store (one row per run)."""
 
     path: Path
     name: str
@@ -55,24 +58,72 @@ class Sweep:
 
     @property
     def done(self) -> pd.DataFrame:
+        """The store's rows of finished runs."""
         return self.store[self.store["status"] == runs.STATUS_DONE]
 
+    @property
+    def source(self) -> str | None:
+        """The spec file the sweep was run from, as recorded (None when it was built from a dict)."""
+        spec = SweepDir(self.path).spec() or {}
+        return spec.get("source")
 
-def open_sweeps(dirs: list[Path]) -> dict[str, Sweep]:
-    """Sweeps keyed by kind (the part of the spec name before the dataset)."""
+
+@dataclass(frozen=True)
+class Figure:
+    """One figure of the registry: what it needs, how its data is framed and drawn, and its caption.
+
+    ``frame(*sweeps)`` receives the `Sweep` of each kind of ``needs``, in that
+    order, and returns the plot's data: one object, or a tuple of the plot's
+    positional arguments; it raises `MissingData` when a sweep lacks
+    something.  ``plot(data)`` (or ``plot(*data)``) returns a matplotlib figure.
+    """
+
+    number: int
+    stem: str
+    needs: tuple[str, ...]
+    frame: Callable[..., Any]
+    plot: Callable[..., MplFigure]
+    caption: str
+
+    def draw(self, sweeps: Mapping[str, Sweep]) -> tuple[MplFigure, list[Path]]:
+        """The drawn figure and the sweep folders it came from (KeyError if a needed kind is absent)."""
+        chosen = [sweeps[kind] for kind in self.needs]
+        data = self.frame(*chosen)
+        fig = self.plot(*data) if isinstance(data, tuple) else self.plot(data)
+        return fig, [s.path for s in chosen]
+
+
+# ------------------------------------------------------------------ sweeps
+def sweep_kind(name: str, kinds: Iterable[str] | None = None) -> str | None:
+    """The kind of a sweep spec name: the longest of ``kinds`` (default `sweep_kinds`) it starts with, or None."""
+    matches = [k for k in (sweep_kinds() if kinds is None else kinds) if name.startswith(k)]
+    return max(matches, key=len) if matches else None
+
+
+def open_sweeps(dirs: Iterable[str | Path]) -> dict[str, Sweep]:
+    """Sweeps keyed by kind (a prefix of the spec name, from the registry's ``needs``).
+
+    ``dirs``: sweep folders (each holding a results store).  A folder whose
+    spec name matches no kind is reported on stderr and left out; of two
+    folders of one kind the later wins (also reported).
+    """
     found: dict[str, Sweep] = {}
-    for d in dirs:
-        record = d / "sweep.json"
-        name = json.loads(record.read_text())["name"] if record.exists() else d.name
-        for kind in ("loss-comparison", "noisy-positives", "noisy-negatives", "tau-ratio", "variance"):
-            if name.startswith(kind):
-                found[kind] = Sweep(d, name, load_store(d))
+    for d in map(Path, dirs):
+        name = SweepDir(d).name()
+        kind = sweep_kind(name)
+        if kind is None:
+            print(f"ignored {d}: sweep {name!r} is none of the kinds the figures need "
+                  f"({', '.join(sweep_kinds())})", file=sys.stderr)
+            continue
+        if kind in found:
+            print(f"{d} replaces {found[kind].path} as the {kind} sweep", file=sys.stderr)
+        found[kind] = Sweep(d, name, load_store(d))
     return found
 
 
 # ------------------------------------------------------------------ tidy data for each figure
 def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
-    """Long table (model, loss, metric, value) of test Recall@20 and NDCG@20."""
+    """Long table (model, loss, metric, value) of test Recall@20 and NDCG@20, one row per run and metric."""
     df = sweep.done.rename(columns={"model.name": "model", "loss.name": "loss"})
     long = df.melt(id_vars=["model", "loss"], value_vars=["test.recall@20", "test.ndcg@20"],
                    var_name="metric", value_name="value")
@@ -81,7 +132,10 @@ def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
 
 
 def noise_frame(sweep: Sweep, axis: str) -> pd.DataFrame:
-    """Long table (loss, <axis>, metric, value) of test metrics against a noise axis."""
+    """Long table (loss, <axis>, metric, value) of test Recall@20 and NDCG@20 against a noise axis.
+
+    ``axis``: a store column such as ``noise.pos_ratio`` or ``noise.neg_prob``.
+    """
     df = sweep.done.rename(columns={"loss.name": "loss"})
     long = df.melt(id_vars=["loss", axis], value_vars=["test.recall@20", "test.ndcg@20"],
                    var_name="metric", value_name="value")
@@ -90,51 +144,56 @@ def noise_frame(sweep: Sweep, axis: str) -> pd.DataFrame:
 
 
 def group_frame(sweep: Sweep, model: str = "mf", k: int = 20) -> pd.DataFrame:
-    """Per-popularity-group Recall@k (loss, group, recall) from the runs' fairness.parquet."""
+    """Per-popularity-group Recall@k (loss, group, recall), one row per run and group.
+
+    From each run's ``fairness`` table (interactions-mode groups of
+    `analysis.popularity.popularity_groups`, group 0 = tail), runs of backbone
+    ``model`` only.
+    """
     rows = []
     done = sweep.done
     if "model.name" in done:
         done = done[done["model.name"] == model]
     for _, run in done.iterrows():
-        path = Path(run["run_dir"]) / "fairness.parquet"
-        if not path.exists():
+        fair = RunDir(run["run_dir"]).table("fairness", required=False)
+        if fair is None:
             continue
-        fair = pd.read_parquet(path)
         sel = fair[(fair["scope"] == "group") & (fair["metric"] == "recall") & (fair["k"] == k)
                    & (fair["mode"] == "interactions")]
         rows.append(pd.DataFrame({"loss": run["loss.name"], "group": sel["group"].astype(int),
                                   "recall": sel["value"]}))
     if not rows:
-        raise MissingData(f"{sweep.path}: no fairness.parquet in its runs (sweep option fairness: true)")
+        raise MissingData(f"{sweep.path}: its runs have no fairness table (sweep option fairness: true)")
     return pd.concat(rows, ignore_index=True)
 
 
 def variance_frame(sweep: Sweep) -> pd.DataFrame:
-    """(epoch, tau, neg_var, pos_mean) from the runs' variance.csv."""
+    """(epoch, tau, neg_var, pos_mean), one row per run and epoch, from the runs' ``variance`` tables."""
     rows = []
     for _, run in sweep.done.iterrows():
-        path = Path(run["run_dir"]) / "variance.csv"
-        if path.exists():
-            v = pd.read_csv(path)
+        v = RunDir(run["run_dir"]).table("variance", required=False)
+        if v is not None:
             rows.append(pd.DataFrame({"epoch": v["epoch"], "tau": run["loss.tau"], "neg_var": v["neg_var"],
                                       "pos_mean": v["pos_mean"]}))
     if not rows:
-        raise MissingData(f"{sweep.path}: no variance.csv in its runs (sweep option track_variance: true)")
+        raise MissingData(f"{sweep.path}: its runs have no variance table (sweep option track_variance: true)")
     return pd.concat(rows, ignore_index=True)
 
 
 def ratio_frame(sweep: Sweep) -> pd.DataFrame:
-    """(model, r, ndcg@20, recall@20) of the BSL ratio sweep."""
+    """(model, r, ndcg@20, recall@20), one row per run of the BSL ratio sweep."""
     df = sweep.done
     return pd.DataFrame({"model": df["model.name"], "r": df["loss.r"], "ndcg@20": df["test.ndcg@20"],
                          "recall@20": df["test.recall@20"]})
 
 
 def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: int = 0) -> pd.DataFrame:
-    """t-SNE coordinates of item embeddings (loss, ratio, x, y, popularity group) for SL and BSL.
+    """t-SNE coordinates of item embeddings (loss, ratio, x, y, popularity) for SL and BSL (MF runs).
 
-    The same seeded item sample is embedded for every run; items are coloured by
-    popularity tercile (tail / mid / head) of the clean training data.
+    The same seeded sample of ``n_items`` items is embedded for every run;
+    ``popularity`` is the item's tercile (``tail`` / ``mid`` / ``head``, a third
+    of the catalogue each) of the clean training counts,
+    `analysis.popularity.popularity_terciles`.
     """
     from sklearn.manifold import TSNE
 
@@ -142,6 +201,7 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
     if "model.name" in done:
         done = done[done["model.name"] == "mf"]
     rows = []
+    terciles: dict[str, np.ndarray] = {}
     for loss in ("sl", "bsl"):
         for ratio in ratios:
             sel = done[(done["loss.name"] == loss) & np.isclose(done["noise.pos_ratio"], ratio)]
@@ -151,30 +211,89 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
             items = run.tensors()["final_item"].numpy()
             rng = np.random.default_rng(seed)
             pick = np.sort(rng.choice(len(items), size=min(n_items, len(items)), replace=False))
-            xy = TSNE(n_components=2, random_state=seed, init="pca", perplexity=30).fit_transform(items[pick])
-            pop = _item_popularity(run)[pick]
-            tercile = np.digitize(pop, np.quantile(pop, [1 / 3, 2 / 3]))
+            xy = TSNE(n_components=2, random_state=seed, init="pca",
+                      perplexity=min(30.0, len(pick) - 1.0)).fit_transform(items[pick])
+            key = repr(sorted(run.config["data"].items()))
+            if key not in terciles:
+                terciles[key] = popularity_terciles(_item_popularity(run))
             rows.append(pd.DataFrame({"loss": loss.upper(), "ratio": ratio, "x": xy[:, 0], "y": xy[:, 1],
-                                      "popularity": np.array(["tail", "mid", "head"])[tercile]}))
+                                      "popularity": terciles[key][pick]}))
     if not rows:
         raise MissingData(f"{sweep.path}: no SL/BSL runs at noise ratios {ratios}")
     return pd.concat(rows, ignore_index=True)
 
 
 def _item_popularity(run: runs.Run) -> np.ndarray:
+    """Clean training interaction count per item ``[n_items]`` of the run's dataset."""
     from rankrobust.config import config_from_dict
     from rankrobust.experiment import load_data
 
     return load_data(config_from_dict(run.config).data).train.item_counts()
 
 
+#: store columns of the noisy-positive gradient share: in training (PROTOCOLS §9) and counterfactual (§7 d)
+IN_TRAINING_SHARE = "gradient_accounting.pos_grad_share_noisy_best"
+IN_TRAINING_FRACTION = "gradient_accounting.noisy_pair_fraction_best"
+COUNTERFACTUAL_SHARE = {"sl": "gradient_share.sl_noisy_share", "bsl": "gradient_share.bsl_noisy_share"}
+COUNTERFACTUAL_FRACTION = "gradient_share.noisy_fraction"
+
+
+def gradient_share_frame(sweep: Sweep, measures: Iterable[str] = (plots.IN_TRAINING, plots.COUNTERFACTUAL)
+                         ) -> pd.DataFrame:
+    """Share of the positive-side gradient on noisy positives, SL and BSL runs, in long form.
+
+    One row per run and measure with columns ``loss`` (``SL`` | ``BSL``),
+    ``noise_ratio``, ``seed``, ``measure``, ``noisy_share`` and
+    ``noisy_fraction``:
+
+    - `plots.IN_TRAINING`: ``gradient_accounting.pos_grad_share_noisy_best``,
+      what the optimiser applied over the best epoch's batches, next to the
+      noisy pair fraction (``gradient_accounting.noisy_pair_fraction_best``);
+    - `plots.COUNTERFACTUAL`: ``gradient_share.{sl,bsl}_noisy_share`` of the
+      run's own loss, softmax(f/τ₁) over *all* of a user's positives on the
+      final embeddings (never applied in training unless batches group a
+      user's positives), next to ``gradient_share.noisy_fraction``.
+
+    Runs without noisy positives (r = 0) and stores without a measure's
+    columns contribute no rows for it; the frame may be empty.
+    """
+    done = sweep.done
+    done = done[done["loss.name"].isin(list(COUNTERFACTUAL_SHARE))]
+    parts = []
+    for measure in measures:
+        if measure == plots.IN_TRAINING:
+            share = done[IN_TRAINING_SHARE] if IN_TRAINING_SHARE in done else None
+            fraction = done.get(IN_TRAINING_FRACTION)
+        elif measure == plots.COUNTERFACTUAL:
+            cols = [COUNTERFACTUAL_SHARE[x] for x in done["loss.name"]]
+            present = [c in done for c in cols]
+            share = None if not any(present) else pd.Series(
+                [row[c] if ok else np.nan for (_, row), c, ok in zip(done.iterrows(), cols, present)],
+                index=done.index, dtype=float)
+            fraction = done.get(COUNTERFACTUAL_FRACTION)
+        else:
+            raise ValueError(f"unknown measure {measure!r}; use {plots.IN_TRAINING!r} or {plots.COUNTERFACTUAL!r}")
+        if share is None:
+            continue
+        part = pd.DataFrame({"loss": done["loss.name"].str.upper(), "noise_ratio": done["noise.pos_ratio"],
+                             "seed": done.get("train.seed"), "measure": measure, "noisy_share": share,
+                             "noisy_fraction": np.nan if fraction is None else fraction})
+        parts.append(part.dropna(subset=["noisy_share"]))
+    columns = ["loss", "noise_ratio", "seed", "measure", "noisy_share", "noisy_fraction"]
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
+
+
 def dro_frames(sweep: Sweep, n_items: int = 200, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray, np.ndarray,
                                                                          pd.DataFrame]:
-    """Data of figure 8 from a noisy-positives sweep.
+    """Data of the DRO checks from a noisy-positives sweep.
 
-    (primal vs dual over η for one user's scores of a clean SL run; Q* and the
-    autograd gradient of SL's negative term at the run's τ; gradient share on
-    noisy positives of SL and BSL runs across noise ratios).
+    Returns (``primal_dual``: columns eta, primal, dual over η for one seeded
+    user's scores against ``n_items`` sampled items of the cleanest SL run;
+    ``q`` [n_items]: Q* at the run's τ; ``grad`` [n_items]: the autograd
+    gradient of SL's negative term; ``shares``: the *counterfactual*
+    noisy-gradient shares of SL and BSL runs, `gradient_share_frame` with
+    ``measures=(COUNTERFACTUAL,)``).  Figure 8 uses `dro_figure_frames`, which
+    adds the in-training shares.
     """
     from analysis.dro import dro_dual, dro_primal, q_star, radius, sl_negative_grad
 
@@ -193,19 +312,208 @@ def dro_frames(sweep: Sweep, n_items: int = 200, seed: int = 0) -> tuple[pd.Data
     eta_max = 0.95 * np.log(len(f))
     etas = np.unique(np.concatenate([np.geomspace(1e-3, eta_max, 14), [radius(f, p0, tau)]]))
     pd_rows = [{"eta": e, "primal": dro_primal(f, p0, e)[0], "dual": dro_dual(f, p0, e)[0]} for e in etas]
-    share_rows = []
-    for _, r in done.iterrows():
-        key = {"sl": "gradient_share.sl_noisy_share", "bsl": "gradient_share.bsl_noisy_share"}.get(r["loss.name"])
-        if key and key in r and pd.notna(r[key]):
-            share_rows.append({"loss": r["loss.name"].upper(), "noise_ratio": r["noise.pos_ratio"],
-                               "noisy_share": r[key]})
-    return (pd.DataFrame(pd_rows), q_star(f, p0, tau), sl_negative_grad(f, tau).numpy(),
-            pd.DataFrame(share_rows))
+    shares = gradient_share_frame(sweep, measures=(plots.COUNTERFACTUAL,))
+    return pd.DataFrame(pd_rows), q_star(f, p0, tau), sl_negative_grad(f, tau).numpy(), shares
+
+
+def dro_figure_frames(sweep: Sweep) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, pd.DataFrame]:
+    """Figure 8's data: `dro_frames` with the shares of both measures (`gradient_share_frame`).
+
+    Stores recorded before in-training accounting existed give counterfactual rows only.
+    """
+    primal_dual, q, grad, _ = dro_frames(sweep)
+    return primal_dual, q, grad, gradient_share_frame(sweep)
+
+
+def batching_frame(sweep: Sweep, metric: str = "test.ndcg@20") -> pd.DataFrame:
+    """Figure 9's data from a ``bsl-batching`` sweep: one row per finished run.
+
+    Columns: ``loss`` (``SL`` | ``BSL``), ``batching`` (``train.batching``),
+    ``noise_ratio`` (``noise.pos_ratio``), ``seed``, the metric without its
+    ``test.`` prefix (default ``ndcg@20``), ``noisy_share``
+    (``gradient_accounting.pos_grad_share_noisy_best``) and ``noisy_fraction``
+    (``gradient_accounting.noisy_pair_fraction_best``); the last two are NaN
+    for runs without noisy positives (r = 0).
+    """
+    done = sweep.done
+    needed = ["loss.name", "train.batching", "noise.pos_ratio", metric]
+    missing = [c for c in needed if c not in done]
+    if done.empty or missing:
+        raise MissingData(f"{sweep.path}: no finished runs with columns {missing or needed}")
+    if IN_TRAINING_SHARE not in done:
+        raise MissingData(f"{sweep.path}: no in-training gradient accounting ({IN_TRAINING_SHARE}); "
+                          "its runs predate it")
+    nan = pd.Series(np.nan, index=done.index)
+    return pd.DataFrame({"loss": done["loss.name"].str.upper(), "batching": done["train.batching"],
+                         "noise_ratio": done["noise.pos_ratio"], "seed": done.get("train.seed"),
+                         metric.removeprefix("test."): done[metric], "noisy_share": done[IN_TRAINING_SHARE],
+                         "noisy_fraction": done.get(IN_TRAINING_FRACTION, nan)}).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ the registry
+FIGURES: tuple[Figure, ...] = (
+    Figure(1, "fig1-loss-comparison", ("loss-comparison",), accuracy_frame, plots.plot_loss_bars,
+           "Test Recall@20 and NDCG@20 of each loss per backbone (MF, LightGCN)."),
+    Figure(2, "fig2-noisy-positives", ("noisy-positives",),
+           functools.partial(noise_frame, axis="noise.pos_ratio"),
+           functools.partial(plots.plot_metric_panels, x="noise.pos_ratio", xlabel="noisy-positive ratio r"),
+           "Recall@20 and NDCG@20 against the ratio r of injected noisy positives, one line per loss."),
+    Figure(3, "fig3-noisy-negatives", ("noisy-negatives",),
+           functools.partial(noise_frame, axis="noise.neg_prob"),
+           functools.partial(plots.plot_metric_panels, x="noise.neg_prob", xlabel="false-negative probability p"),
+           "Recall@20 and NDCG@20 against the false-negative probability p, one line per loss."),
+    Figure(4, "fig4-popularity-groups", ("loss-comparison",), group_frame, plots.plot_group_recall,
+           "Per-popularity-group Recall@20 by loss, MF backbone: 10 groups of equal training interactions, "
+           "0 = tail (analysis.popularity.popularity_groups); needs the sweep option fairness."),
+    Figure(5, "fig5-variance-epochs", ("variance",), variance_frame, plots.plot_variance_over_epochs,
+           "Sampled-negative score variance and mean positive score over epochs for SL at several temperatures; "
+           "needs the sweep option track_variance."),
+    Figure(6, "fig6-tau-ratio", ("tau-ratio",), ratio_frame, plots.plot_ratio_sensitivity,
+           "NDCG@20 of BSL against the ratio tau1/tau2 (code parameter r, mode reweight; r = 1 is SL), "
+           "per backbone."),
+    Figure(7, "fig7-tsne", ("noisy-positives",), tsne_frame, plots.plot_tsne,
+           "t-SNE of item embeddings (MF) for SL and BSL at 0 / 20% / 40% noisy positives, coloured by "
+           "popularity tercile (a third of the catalogue each by clean training count; "
+           "analysis.popularity.popularity_terciles)."),
+    Figure(8, "fig8-dro", ("noisy-positives",), dro_figure_frames, plots.plot_dro_figure,
+           "DRO equivalence on a trained SL model: primal vs dual over the KL radius; Q* vs the autograd "
+           "gradient of SL's negative term; share of the positive-side gradient on noisy positives for SL "
+           "and BSL across noise ratios r. Solid: in training (what the optimiser applied over the best "
+           "epoch's batches); dashed: counterfactual on the final embeddings (softmax(f/tau1) over all of a "
+           "user's positives at once, which training never applied unless batches grouped a user's "
+           "positives); grey dotted: the noisy fraction uniform weights give. Stores without in-training "
+           "accounting show the counterfactual only, titled so."),
+    Figure(9, "fig9-bsl-batching", ("bsl-batching",), batching_frame, plots.plot_bsl_batching,
+           "BSL's positive side at work, SL vs BSL with shuffled-pair batches (pairs) or user-grouped batches "
+           "(users). Left: test NDCG@20 against the noisy-positive ratio r, mean and sd over seeds. Right: "
+           "in-training share of the positive-side gradient on noisy positives at the best epoch, with the "
+           "noisy pair fraction dashed (SL's share equals it; BSL can only fall below it when a batch holds "
+           "several positives of a user); r = 0 has no noisy pairs and is left out."),
+)
+
+
+def sweep_kinds() -> tuple[str, ...]:
+    """Every sweep kind some figure needs, in registry order (what `open_sweeps` recognises)."""
+    return tuple(dict.fromkeys(kind for fig in FIGURES for kind in fig.needs))
+
+
+def select(only: Iterable[str] | None = None) -> list[Figure]:
+    """Registry entries named in ``only`` (numbers ``"2"`` or stems ``"fig2-noisy-positives"``); all when None.
+
+    ValueError naming the known figures for a name that matches none.
+    """
+    if not only:
+        return list(FIGURES)
+    keys = {str(k) for k in only}
+    known = {str(f.number) for f in FIGURES} | {f.stem for f in FIGURES}
+    unknown = sorted(keys - known)
+    if unknown:
+        raise ValueError(f"unknown figure(s) {unknown}; known: {', '.join(f.stem for f in FIGURES)}")
+    return [f for f in FIGURES if str(f.number) in keys or f.stem in keys]
+
+
+# ------------------------------------------------------------------ README
+#: the quick lastfm sweep folders the project's commands use (kinds not listed: ``results/<kind>-quick``)
+QUICK_FOLDERS = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
+                 "tau-ratio": "tr-quick", "variance": "var-quick"}
+README = "README.md"
+README_BEGIN = ("<!-- BEGIN generated by analysis.figures.figures_readme() from the FIGURES registry; "
+                "edit the registry, not this block -->")
+README_END = "<!-- END generated -->"
+
+
+def _shown(path: str | Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+    return os.path.normpath(str(p))
+
+
+def _quote(path: str | Path) -> str:
+    return shlex.quote(_shown(path))
+
+
+def _sweep_folders(sweeps: Mapping[str, Sweep] | None) -> dict[str, tuple[str, str | None]]:
+    """kind → (folder, spec file or None) for every kind: the opened sweep's, else the quick lastfm default."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for kind in sweep_kinds():
+        if sweeps and kind in sweeps:
+            sw = sweeps[kind]
+            out[kind] = (_shown(sw.path), _shown(sw.source) if sw.source else None)
+        else:
+            out[kind] = (f"results/{QUICK_FOLDERS.get(kind, kind + '-quick')}",
+                         f"configs/sweeps/{kind}-lastfm-quick.yaml")
+    return out
+
+
+def figures_readme_block(sweeps: Mapping[str, Sweep] | None = None, out: str | Path = "figures") -> str:
+    """The generated part of the figures README, between `README_BEGIN` and `README_END`.
+
+    A table of every `FIGURES` entry (number, file stem, sweep kinds needed
+    with their folders, caption, the command that makes it alone) and the
+    commands that make every sweep and every figure.  ``sweeps`` (kind →
+    `Sweep`, from `open_sweeps`) supplies the folders and spec files actually
+    used; kinds not in it get the quick lastfm defaults
+    (``configs/sweeps/<kind>-lastfm-quick.yaml`` into ``results/...``).
+    """
+    folders = _sweep_folders(sweeps)
+    o = _quote(out)
+    lines = [README_BEGIN, "", "## The figures", "",
+             "| no. | file | needs sweeps | what it shows | make it alone |", "|---|---|---|---|---|"]
+    for fig in FIGURES:
+        needs = ", ".join(f"`{kind}` ({folders[kind][0]})" for kind in fig.needs)
+        command = " ".join(["rankrobust figures", *(_quote(folders[k][0]) for k in fig.needs),
+                            "--out", o, "--only", str(fig.number)])
+        caption = fig.caption.replace("|", "\\|")
+        lines.append(f"| {fig.number} | `{fig.stem}` | {needs} | {caption} | `{command}` |")
+    lines += ["", "Each figure is saved as `<file>.png` and `<file>.pdf`; `<file>.txt` beside it names the "
+                  "command and the store(s) it came from.", "",
+              "## How they are made", "", "From the repository root, after `bash scripts/install.sh`:", "",
+              "```bash"]
+    for kind, (folder, spec) in folders.items():
+        lines.append(f"rankrobust sweep {_quote(spec)} --out {_quote(folder)}" if spec else
+                     f"# {kind}: {folder} (its spec file was not recorded)")
+    lines += [" ".join(["rankrobust figures", *(_quote(f) for f, _ in folders.values()), "--out", o]), "```",
+              "", README_END]
+    return "\n".join(lines) + "\n"
+
+
+def figures_readme(sweeps: Mapping[str, Sweep] | None = None, out: str | Path = "figures") -> str:
+    """A complete README.md for a figures folder: a title and `figures_readme_block`.
+
+    `make_figures` writes it, or, where the folder's README.md already has a
+    generated block, replaces only that block (hand-written text around it stays).
+    """
+    return "# Figures\n\n" + figures_readme_block(sweeps, out)
+
+
+def update_readme(path: Path, block: str) -> str:
+    """Write ``block`` into the README at ``path`` atomically and return the new text.
+
+    The text between `README_BEGIN` and `README_END` (markers included) is
+    replaced; a README without the markers gets the block appended; a missing
+    README is created with a title and the block.
+    """
+    if path.exists():
+        text = path.read_text()
+        start, end = text.find(README_BEGIN), text.find(README_END)
+        if start >= 0 and end > start:
+            new = text[:start] + block.rstrip("\n") + text[end + len(README_END):]
+        else:
+            new = text.rstrip("\n") + "\n\n" + block
+    else:
+        new = "# Figures\n\n" + block
+    runs.write_text(path, new.rstrip("\n") + "\n")
+    return new
 
 
 # ------------------------------------------------------------------ drawing and saving
-def save_figure(fig: plt.Figure, out: Path, stem: str, sources: list[Path], what: str) -> list[Path]:
-    """Write ``stem.png``, ``stem.pdf`` and ``stem.txt`` (command and stores) atomically."""
+def save_figure(fig: MplFigure, out: Path, stem: str, sources: list[Path], what: str) -> list[Path]:
+    """Write ``stem.png``, ``stem.pdf`` and ``stem.txt`` (caption, command, stores) atomically; returns the paths."""
     paths = []
     for ext in ("png", "pdf"):
         target = out / f"{stem}.{ext}"
@@ -213,96 +521,43 @@ def save_figure(fig: plt.Figure, out: Path, stem: str, sources: list[Path], what
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
         paths.append(target)
     plt.close(fig)
-    command = "rankrobust figures " + " ".join(shlex.quote(str(s)) for s in sources) + f" --out {shlex.quote(str(out))}"
-    runs.write_text(out / f"{stem}.txt",
-                    f"{what}\n\ncommand: {command}\nstores:\n" + "".join(f"  {s / 'store.parquet'}\n" for s in sources))
+    command = "rankrobust figures " + " ".join(_quote(s) for s in sources) + f" --out {_quote(out)}"
+    stores = "".join(f"  {_shown(SweepDir(s).store_path)}\n" for s in sources)
+    runs.write_text(out / f"{stem}.txt", f"{what}\n\ncommand: {command}\nstores:\n{stores}")
     paths.append(out / f"{stem}.txt")
     return paths
 
 
-def _fig1(s):
-    sw = s["loss-comparison"]
-    return plots.plot_loss_bars(accuracy_frame(sw)), [sw.path], "Test Recall@20 and NDCG@20 of six losses per backbone."
-
-
-def _fig2(s):
-    sw = s["noisy-positives"]
-    return (plots.plot_metric_panels(noise_frame(sw, "noise.pos_ratio"), x="noise.pos_ratio",
-                                     xlabel="noisy-positive ratio r"),
-            [sw.path], "Recall@20 and NDCG@20 against the ratio r of injected noisy positives, one line per loss.")
-
-
-def _fig3(s):
-    sw = s["noisy-negatives"]
-    return (plots.plot_metric_panels(noise_frame(sw, "noise.neg_prob"), x="noise.neg_prob",
-                                     xlabel="false-negative probability p"),
-            [sw.path], "Recall@20 and NDCG@20 against the false-negative probability p, one line per loss.")
-
-
-def _fig4(s):
-    sw = s["loss-comparison"]
-    return (plots.plot_group_recall(group_frame(sw)), [sw.path],
-            "Per-popularity-group Recall@20 (10 groups of equal interactions; 0 = tail) by loss, MF backbone.")
-
-
-def _fig5(s):
-    sw = s["variance"]
-    return (plots.plot_variance_over_epochs(variance_frame(sw)), [sw.path],
-            "Sampled-negative score variance and positive score mean over epochs for SL at several temperatures.")
-
-
-def _fig6(s):
-    sw = s["tau-ratio"]
-    return (plots.plot_ratio_sensitivity(ratio_frame(sw)), [sw.path],
-            "NDCG@20 of BSL against the ratio tau1/tau2 (code parameter r; r = 1 is SL), per backbone.")
-
-
-def _fig7(s):
-    sw = s["noisy-positives"]
-    return (plots.plot_tsne(tsne_frame(sw)), [sw.path],
-            "t-SNE of item embeddings (MF) for SL and BSL at 0 / 20% / 40% noisy positives, by popularity tercile.")
-
-
-def _fig8(s):
-    sw = s["noisy-positives"]
-    primal_dual, q, grad, shares = dro_frames(sw)
-    return (plots.plot_dro_figure(primal_dual, q, grad, shares), [sw.path],
-            "DRO equivalence on a trained SL model: primal vs dual over the KL radius, Q* vs the autograd "
-            "gradient of SL's negative term, and the share of positive-side gradient on noisy positives "
-            "for SL vs BSL across noise ratios.")
-
-
-#: stem → (number, sweep kind it needs, drawing function)
-FIGURES: dict[str, tuple[int, str, Callable]] = {
-    "fig1-loss-comparison": (1, "loss-comparison", _fig1),
-    "fig2-noisy-positives": (2, "noisy-positives", _fig2),
-    "fig3-noisy-negatives": (3, "noisy-negatives", _fig3),
-    "fig4-popularity-groups": (4, "loss-comparison", _fig4),
-    "fig5-variance-epochs": (5, "variance", _fig5),
-    "fig6-tau-ratio": (6, "tau-ratio", _fig6),
-    "fig7-tsne": (7, "noisy-positives", _fig7),
-    "fig8-dro": (8, "noisy-positives", _fig8),
-}
-
-
 def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> list[Path]:
-    """Draw every figure whose sweeps are among ``dirs`` into ``out``; returns the written paths.
+    """Draw every registry figure whose sweeps are among ``dirs`` into ``out``; returns the written paths.
 
     ``only``: figure numbers (``"2"``) or stems (``"fig2-noisy-positives"``).
+    Figures whose sweeps are missing, or whose sweeps lack data
+    (`MissingData`), are skipped with a message on stderr.  ``out/README.md``
+    gets the generated list of every figure (`figures_readme_block`), with the
+    sweep folders used here, keeping any hand-written text around it.
     """
+    chosen = select(only)
     sweeps = open_sweeps(dirs)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for stem, (number, kind, draw) in FIGURES.items():
-        if only and str(number) not in only and stem not in only:
-            continue
-        if kind not in sweeps:
-            print(f"skipped {stem}: needs a {kind} sweep folder", file=sys.stderr)
+    for fig in chosen:
+        absent = [kind for kind in fig.needs if kind not in sweeps]
+        if absent:
+            print(f"skipped {fig.stem}: needs a {' and a '.join(absent)} sweep folder", file=sys.stderr)
             continue
         try:
-            fig, sources, what = draw(sweeps)
+            drawn, sources = fig.draw(sweeps)
         except MissingData as err:
-            print(f"skipped {stem}: {err}", file=sys.stderr)
+            print(f"skipped {fig.stem}: {err}", file=sys.stderr)
             continue
-        written += save_figure(fig, out, stem, sources, what)
+        written += save_figure(drawn, out, fig.stem, sources, fig.caption)
+    update_readme(out / README, figures_readme_block(sweeps, out))
+    written.append(out / README)
     return written
+
+
+if __name__ == "__main__":  # python -m analysis.figures [README]: refresh a README's generated block
+    target = Path(sys.argv[1] if len(sys.argv) > 1 else "figures/README.md")
+    update_readme(target, figures_readme_block())
+    print(f"updated the generated block of {target}")

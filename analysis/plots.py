@@ -34,10 +34,18 @@ __all__ = [
     "plot_ratio_sensitivity",
     "plot_tsne",
     "plot_dro_figure",
+    "plot_bsl_batching",
+    "IN_TRAINING",
+    "COUNTERFACTUAL",
 ]
 
 STYLE = "whitegrid"
 CONTEXT = "notebook"
+
+#: ``measure`` label of the noisy-positive gradient share as training applied it (PROTOCOLS §9)
+IN_TRAINING = "in training"
+#: ``measure`` label of the share softmax(f/τ₁) over all of a user's positives would give (PROTOCOLS §7 d)
+COUNTERFACTUAL = "counterfactual, final embeddings"
 
 
 @contextmanager
@@ -58,6 +66,21 @@ def _require(df: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise ValueError(f"{where}: missing column(s) {missing}; got {list(df.columns)}")
+
+
+def _loss_order(losses: Any) -> list[str]:
+    """Loss labels with SL and BSL first (in that order), the rest as they come."""
+    seen = list(dict.fromkeys(losses))
+    first = [x for x in ("SL", "BSL", "sl", "bsl") if x in seen]
+    return first + [x for x in seen if x not in first]
+
+
+def _ratio_ticks(ax: Axes, values: Any) -> None:
+    """x ticks at the distinct noise ratios (at most 8 labelled), formatted compactly."""
+    ticks = np.unique(np.asarray(values, dtype=float))
+    if 0 < len(ticks) <= 8:
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{t:g}" for t in ticks])
 
 
 def _numpy(x: Any) -> np.ndarray:
@@ -325,11 +348,22 @@ def plot_dro_figure(primal_dual: pd.DataFrame, q_star: Any, grad: Any, shares: p
 
     Left: primal and dual value over the KL radius η (``primal_dual`` columns
     ``eta``, ``primal``, ``dual``); middle: Q* against the autograd gradient of
-    SL's negative term; right: gradient share on noisy positives of SL and BSL
-    across noise ratios (``shares`` columns ``loss``, ``noise_ratio``, ``noisy_share``).
+    SL's negative term (arrays of one size); right: share of the positive-side
+    gradient on noisy positives of each loss across noise ratios.
+
+    ``shares`` columns: ``loss``, ``noise_ratio``, ``noisy_share``; optional
+    ``measure`` — `IN_TRAINING` (drawn solid: what the optimiser applied) or
+    `COUNTERFACTUAL` (drawn dashed: softmax(f/τ₁) over all of a user's
+    positives on the final embeddings); without the column every row counts as
+    `COUNTERFACTUAL`, the only measure older stores hold.  Optional
+    ``noisy_fraction``: the share uniform weights would give, drawn as a grey
+    dotted reference (from the in-training rows when there are any).  Several
+    rows per point (seeds) give the mean with an sd band.
     """
     _require(primal_dual, ["eta", "primal", "dual"], "plot_dro_figure")
     _require(shares, ["loss", "noise_ratio", "noisy_share"], "plot_dro_figure")
+    if "measure" not in shares.columns:
+        shares = shares.assign(measure=COUNTERFACTUAL)
     q, g = _numpy(q_star), _numpy(grad)
     with _style():
         fig, (a, b, c) = _figure(ncols=3, width=4.6)
@@ -347,8 +381,81 @@ def plot_dro_figure(primal_dual: pd.DataFrame, q_star: Any, grad: Any, shares: p
         b.set_ylabel("∂/∂f_j of τ log E exp(f/τ)")
         b.set_title(f"Gradient = Q* (max |Δ| = {np.abs(q - g).max():.1e})")
         b.legend(fontsize="small")
-        sns.lineplot(data=shares, x="noise_ratio", y="noisy_share", hue="loss", marker="o", errorbar="sd", ax=c)
+        _draw_shares(c, shares)
         c.set_xlabel("noisy-positive ratio r")
         c.set_ylabel("gradient share on noisy positives")
-        c.set_title("Where the positive gradient goes")
+        only_cf = set(shares["measure"]) <= {COUNTERFACTUAL}
+        c.set_title("Where the positive gradient goes" + (" (counterfactual only)" if only_cf else ""))
+    return fig
+
+
+def _draw_shares(ax: Axes, shares: pd.DataFrame) -> None:
+    """Noisy-gradient share lines: colour = loss, solid = in training, dashed = counterfactual."""
+    data = shares.dropna(subset=["noisy_share"])
+    if data.empty:
+        ax.text(0.5, 0.5, "no runs with noisy positives", ha="center", va="center", transform=ax.transAxes)
+        return
+    measures = [m for m in (IN_TRAINING, COUNTERFACTUAL) if m in set(data["measure"])]
+    measures += sorted(set(data["measure"]) - set(measures))
+    dashes = {m: ("" if m == IN_TRAINING else (4, 2)) for m in measures}
+    markers = {m: ("o" if m == IN_TRAINING else "X") for m in measures}
+    sns.lineplot(data=data, x="noise_ratio", y="noisy_share", hue="loss", hue_order=_loss_order(data["loss"]),
+                 style="measure", style_order=measures, dashes=dashes, markers=markers, errorbar="sd", ax=ax)
+    if "noisy_fraction" in data.columns and data["noisy_fraction"].notna().any():
+        ref = data[data["measure"] == measures[0]].dropna(subset=["noisy_fraction"])
+        ref = ref.groupby("noise_ratio", as_index=False)["noisy_fraction"].mean()
+        ax.plot(ref["noise_ratio"], ref["noisy_fraction"], ":", color="grey", linewidth=1.5, marker="_",
+                markersize=12, label="noisy fraction (uniform weights)")
+    _ratio_ticks(ax, data["noise_ratio"])
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+
+
+def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
+    """BSL's positive side at work: accuracy and in-training noisy gradient share, loss × batching.
+
+    ``df``: one row per run with columns ``loss`` (e.g. ``SL``, ``BSL``),
+    ``batching`` (``pairs`` | ``users``), ``noise_ratio`` (r), ``metric``
+    (test accuracy, default ``ndcg@20``), ``noisy_share`` (in-training share of
+    the positive-side gradient on noisy positives; NaN at r = 0) and
+    ``noisy_fraction`` (share of noisy training pairs; NaN at r = 0).  Several
+    rows per point (seeds) give the mean with ± sd error bars.
+
+    Left: ``metric`` against r, colour = loss (SL, BSL first), line style and
+    marker = batching.  Right: ``noisy_share`` against r (rows with r = 0 or no
+    share are left out), same encoding, with the noisy pair fraction as a
+    black dashed reference (SL's share equals it exactly; BSL's can fall below
+    it only where a batch holds several positives of one user, which
+    ``users`` batching makes the rule).  One legend, right of the right panel.
+    """
+    _require(df, ["loss", "batching", "noise_ratio", metric, "noisy_share", "noisy_fraction"], "plot_bsl_batching")
+    losses = _loss_order(df["loss"])
+    batchings = [b for b in ("pairs", "users") if b in set(df["batching"])]
+    batchings += sorted(set(df["batching"]) - set(batchings))
+    dashes = {b: ("" if k == 0 else (2, 1.5)) for k, b in enumerate(batchings)}
+    markers = {b: m for b, m in zip(batchings, "osD^v<>")}
+    style = dict(hue="loss", hue_order=losses, style="batching", style_order=batchings, dashes=dashes,
+                 markers=markers, errorbar="sd", err_style="bars", err_kws={"capsize": 3})
+    shares = df[(df["noise_ratio"] > 0) & df["noisy_share"].notna()]
+    with _style():
+        fig, (left, right) = _figure(ncols=2, width=5.4, height=4.3)
+        sns.lineplot(data=df, x="noise_ratio", y=metric, ax=left, legend=shares.empty, **style)
+        left.set_xlabel("noisy-positive ratio r")
+        left.set_ylabel(f"test {metric}")
+        left.set_title("Accuracy (mean ± sd over seeds)")
+        _ratio_ticks(left, df["noise_ratio"])
+        if shares.empty:
+            right.text(0.5, 0.5, "no in-training accounting recorded", ha="center", va="center",
+                       transform=right.transAxes)
+            left.legend(fontsize="small")
+        else:
+            sns.lineplot(data=shares, x="noise_ratio", y="noisy_share", ax=right, **style)
+            ref = shares.dropna(subset=["noisy_fraction"]).groupby("noise_ratio", as_index=False)["noisy_fraction"]
+            ref = ref.mean()
+            right.plot(ref["noise_ratio"], ref["noisy_fraction"], "k--", linewidth=1.2, marker="_", markersize=14,
+                       label="noisy pair fraction")
+            _ratio_ticks(right, shares["noise_ratio"])
+            right.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        right.set_xlabel("noisy-positive ratio r")
+        right.set_ylabel("gradient share on noisy positives")
+        right.set_title("In training: positive-side gradient")
     return fig

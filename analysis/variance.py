@@ -15,7 +15,8 @@ quantities involved:
 - `log_expectation_exp`, `second_order_expansion`, `expansion_error`: the exact
   term, its expansion and the error as a function of τ.
 - `popularity_score_gap`: mean score of head items minus mean score of the
-  other items.
+  other items; the head is `analysis.popularity.head_items` (the 20 % most
+  popular items, see that module for how it differs from the fairness head).
 - `VarianceTracker`: a training callback recording all of the above per epoch
   into ``variance.csv``.
 
@@ -34,6 +35,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from analysis.popularity import head_items
 from rankrobust.data.interactions import Interactions
 from rankrobust.runs import RunDir, write_csv
 
@@ -46,7 +48,7 @@ __all__ = [
     "second_order_expansion",
     "expansion_error",
     "popularity_score_gap",
-    "head_items",
+    "head_items",  # re-exported from analysis.popularity
     "VarianceTracker",
 ]
 
@@ -242,22 +244,6 @@ def expansion_error(f: Tensor | np.ndarray, taus: Iterable[float]) -> pd.DataFra
 
 
 # --------------------------------------------------------------------------- popularity gap
-def head_items(item_counts: Tensor | np.ndarray, head_fraction: float = 0.2) -> Tensor:
-    """Boolean mask ``[n_items]`` of the head: the ⌈head_fraction · n_items⌉ most popular items.
-
-    Items are ranked by descending count, ties by ascending id (a stable sort).
-    """
-    if not 0.0 < head_fraction < 1.0:
-        raise ValueError(f"head_fraction must lie in (0, 1), got {head_fraction}")
-    counts = torch.as_tensor(np.asarray(item_counts) if not isinstance(item_counts, Tensor) else item_counts)
-    n = counts.shape[0]
-    n_head = min(max(1, math.ceil(head_fraction * n - 1e-9)), n - 1) if n > 1 else n
-    order = torch.sort(-counts.to(torch.float64), stable=True).indices
-    mask = torch.zeros(n, dtype=torch.bool, device=counts.device)
-    mask[order[:n_head]] = True
-    return mask
-
-
 @torch.no_grad()
 def popularity_score_gap(user_emb: Tensor, item_emb: Tensor, item_counts: Tensor | np.ndarray,
                          users: Tensor | None = None, head_fraction: float = 0.2) -> float:

@@ -42,9 +42,9 @@ cfg = config_from_dict({"data": {"name": "yelp2018"}, "loss": {"name": "sl", "ta
 data, _ = prepare_data(cfg, load_data(cfg.data))
 tr = Trainer(cfg, data, torch.device("cuda"))
 tr.n_batches = 50
-tr.epoch().item()
+tr.epoch().tolist()
 with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA, torch.profiler.ProfilerActivity.CPU]) as p:
-    tr.epoch().item()
+    tr.epoch().tolist()
 print(p.key_averages().table(sort_by="cuda_time_total", row_limit=20))
 PY
 cp benchmarks/RESULTS.md "$OUT/RESULTS.md"

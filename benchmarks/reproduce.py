@@ -54,7 +54,7 @@ def main() -> None:
     m = summary.metrics
     protocol = "valid = test (leaky)" if m["leaky_validation"] else "valid carved from train (10%)"
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | "
-           f"{cfg.model.name}+{cfg.loss.name}, {protocol}, τ={cfg.loss.tau}, M={cfg.train.num_negatives}, "
+           f"{cfg.model.name}+{cfg.loss.name}, {protocol}, τ={cfg.loss.options.tau}, M={cfg.train.num_negatives}, "
            f"B={cfg.train.batch_size}{', compiled' if cfg.train.compile else ''}"
            f"{', ' + ', '.join(args.set) if args.set else ''} | {m['test']['recall@20']:.4f} | "
            f"{m['test']['ndcg@20']:.4f} | {m['best_epoch']} / {m['epochs_run']} | {m['seconds_per_epoch']:.3f} | "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rankrobust.config import config_from_dict, parse_override
+from rankrobust.config import config_from_dict, parse_override, prune_inapplicable, set_dotted
 from rankrobust.experiment import load_data, prepare_data
 from rankrobust.train import Trainer, resolve_device
 
@@ -77,17 +77,20 @@ def main() -> None:
                  "train.num_negatives": args.negatives, "train.batch_size": args.batch_size,
                  "train.device": args.device, "train.compile": args.compile}
     overrides.update(dict(parse_override(s) for s in args.set))
-    cfg = config_from_dict({}).with_overrides(overrides)
+    tree: dict = {}
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    cfg = config_from_dict(prune_inapplicable(tree)[0])  # --layers and --negatives only where they apply
     device = resolve_device(cfg.train.device)
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, device)
     for _ in range(args.warmup):
-        trainer.epoch().item()
+        trainer.epoch().tolist()
     epoch_times = []
     for _ in range(args.epochs):
         sync(device)
         t0 = time.perf_counter()
-        trainer.epoch().item()
+        trainer.epoch().tolist()
         sync(device)
         epoch_times.append(time.perf_counter() - t0)
     trainer.test()  # warm the evaluator
@@ -99,7 +102,7 @@ def main() -> None:
         sync(device)
         eval_times.append(time.perf_counter() - t0)
     settings = (f"{args.model}+{args.loss}, {args.sampler} M={args.negatives if args.sampler != 'in_batch' else 'batch'}, "
-                f"B={args.batch_size}, d={cfg.model.dim}, {cfg.model.score}"
+                f"B={args.batch_size}, d={cfg.model.options.dim}, {cfg.model.options.score}"
                 + (", compiled" if args.compile else "") + (f", {', '.join(args.set)}" if args.set else ""))
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {args.dataset} | {settings} | "
            f"{statistics.median(epoch_times):.3f} | {statistics.median(eval_times):.3f} | "

@@ -3,6 +3,79 @@
 Train MF and LightGCN with BPR, BCE, MSE, CCL, softmax (SL) and bilateral
 softmax (BSL) losses on real data corrupted at controlled rates, evaluate by
 full ranking, and analyse fairness, prediction variance and DRO equivalence.
+
+The public face (what notebooks and scripts need)::
+
+    from rankrobust import load_config, run_experiment, load_run, load_store, results_dir
+
+    cfg = load_config("configs/mf-ml-bsl.yaml").with_overrides({"train.epochs": 5})
+    summary = run_experiment(cfg, "runs/demo")
+    store = load_store(results_dir() / "np-quick")
+
+Names are imported lazily, so ``import rankrobust`` stays cheap.
 """
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
 
 __version__ = "0.1.0"
+
+#: public name → module that defines it
+_EXPORTS = {
+    "RunConfig": "rankrobust.config",
+    "ConfigError": "rankrobust.config",
+    "load_config": "rankrobust.config",
+    "config_from_dict": "rankrobust.config",
+    "run_experiment": "rankrobust.experiment",
+    "load_data": "rankrobust.experiment",
+    "prepare_data": "rankrobust.experiment",
+    "load_dataset": "rankrobust.data",
+    "list_datasets": "rankrobust.data",
+    "load_run": "rankrobust.runs",
+    "RunDir": "rankrobust.runs",
+    "SweepDir": "rankrobust.runs",
+    "load_store": "rankrobust.store",
+    "summarize": "rankrobust.store",
+    "format_summary": "rankrobust.store",
+    "grid_axes": "rankrobust.store",
+    "compare_runs": "rankrobust.store",
+    "compare_losses": "rankrobust.store",
+    "load_spec": "rankrobust.sweeps",
+    "run_sweep": "rankrobust.sweeps",
+    "Probe": "rankrobust.probes",
+    "LOSSES": "rankrobust.losses",
+    "MODELS": "rankrobust.models",
+    "SAMPLERS": "rankrobust.sampling",
+    "BATCHINGS": "rankrobust.batching",
+}
+
+#: environment variable naming a folder of sweep results (``np-quick/``, ``lc-quick/`` …)
+RESULTS_ENV = "RANKROBUST_RESULTS"
+#: small example results shipped with the package (the quick lastfm sweeps)
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+
+__all__ = sorted(_EXPORTS) + ["__version__", "results_dir", "RESULTS_ENV", "EXAMPLES_DIR"]
+
+
+def results_dir() -> Path:
+    """Where notebooks read sweep results: ``$RANKROBUST_RESULTS`` if set, else the shipped examples.
+
+    The examples (``rankrobust/examples/``) are the quick lastfm sweeps'
+    stores with the per-run files the notebooks need, so a fresh clone can run
+    every notebook before any sweep has been run.
+    """
+    env = os.environ.get(RESULTS_ENV)
+    return Path(env) if env else EXAMPLES_DIR
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rankrobust' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -54,12 +54,17 @@ def _dataset_name(value: Any) -> str | None:
     return None if value in DATASETS else f"one of {list(DATASETS)}{closest(value, DATASETS)}"
 
 
-def _in_range(lo: float, hi: float, *, open_low: bool = False) -> Any:
-    def check(value: Any) -> str | None:
-        ok = (lo < value if open_low else lo <= value) and value <= hi if not open_low else lo < value < hi
-        return None if ok else (f"in ({lo}, {hi})" if open_low else f"in [{lo}, {hi}]")
+_dataset_name.choices = DATASETS  # type: ignore[attr-defined]  # listed in --dataset's help
 
-    return check
+
+def _closed(lo: float, hi: float) -> Any:
+    """A check for lo <= value <= hi."""
+    return lambda value: None if lo <= value <= hi else f"in [{lo}, {hi}]"
+
+
+def _open(lo: float, hi: float) -> Any:
+    """A check for lo < value < hi."""
+    return lambda value: None if lo < value < hi else f"in ({lo}, {hi})"
 
 
 def _device(value: Any) -> str | None:
@@ -106,17 +111,14 @@ class NoiseConfig:
     the user's ``neg_pool`` (``train`` positives, or a ``heldout`` 10%).
     """
 
-    pos_ratio: float = option(0.0, "noisy-positive ratio r", check=_in_range(0.0, 10.0), flag="--noise-pos")
+    pos_ratio: float = option(0.0, "noisy-positive ratio r", check=_closed(0.0, 10.0), flag="--noise-pos")
     pos_rounding: str = option("floor", "floor or ceil of r·|P_u|", check=one_of("floor", "ceil"))
     neg_prob: float = option(0.0, "false-negative probability p", check=probability, flag="--noise-neg")
     neg_pool: str = option("train", "false-negative pool: train or heldout", check=one_of(*FN_POOL_KINDS),
                            flag="--fn-pool")
     heldout_fraction: float = option(0.1, "share of positives held out as the false-negative pool",
-                                     check=_in_range(0.0, 1.0, open_low=True))
+                                     check=_open(0.0, 1.0))
     seed: int | None = option(None, "noise seed (default: train.seed)")
-
-    def validate(self) -> None:
-        pass
 
 
 @dataclass
@@ -127,9 +129,6 @@ class ModelConfig:
     name: str = option("mf", "backbone", flag="--model")
     options: Any = None
 
-    def validate(self) -> None:
-        pass
-
 
 @dataclass
 class LossConfig:
@@ -138,9 +137,6 @@ class LossConfig:
     SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {"name": ("options", LOSSES)}
     name: str = option("sl", "loss", flag="--loss")
     options: Any = None
-
-    def validate(self) -> None:
-        pass
 
     def to_flat(self) -> dict[str, Any]:
         """The chosen loss's options as a plain dict (as they appear in YAML)."""
@@ -231,7 +227,8 @@ class RunConfig:
                     setattr(section, attr, registry.entry(getattr(section, selector)).make_options())
                 check_options(getattr(section, attr), name)
             check_options(section, name)
-            section.validate()
+            if hasattr(section, "validate"):  # cross-field rules of the section
+                section.validate()
         if self.train.sampler == "in_batch" and self.noise.neg_prob > 0:
             raise ConfigError("noise.neg_prob needs a sampled-negative sampler, not train.sampler = 'in_batch'")
         return self
@@ -481,8 +478,9 @@ def config_flags() -> list[Flag]:
             if not f.metadata.get("flag"):
                 continue
             text = f.metadata["doc"]
-            if f.name in selectors:
-                text += f": {', '.join(selectors[f.name][1].names())}"
+            choices = selectors[f.name][1] if f.name in selectors else getattr(f.metadata["check"], "choices", None)
+            if choices is not None:
+                text += f": {', '.join(map(str, choices))}"
             default = field_default(f)
             if default not in (None, False, ""):
                 text += f" (default {default})"

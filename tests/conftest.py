@@ -48,8 +48,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+#: sweep kind → folder of its tiny sweep in `tiny_results` (the first five as results/*-quick)
+TINY_FOLDERS = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
+                "tau-ratio": "tr-quick", "variance": "var-quick", "bsl-batching": "bb-quick"}
+
+
 def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | None = None, base: dict | None = None):
-    """Run a tiny sweep named ``name`` (2 epochs on a 40 x 60 dataset) into ``root/<folder>``."""
+    """Run a tiny sweep named ``name`` (2 epochs on a 40 x 70 dataset) into ``root/<folder>``."""
     from rankrobust.sweeps import parse_spec, run_sweep
 
     tree = {"data": {"train_path": str(data / "train.txt"), "test_path": str(data / "test.txt")},
@@ -59,15 +64,14 @@ def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | N
     for key, value in (base or {}).items():
         tree.setdefault(key, {}).update(value)
     spec = parse_spec({"name": name, "base": tree, "grid": grid, "seeds": [0], "options": options or {}})
-    folder = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
-              "tau-ratio": "tr-quick", "variance": "var-quick"}[name.rsplit("-tiny", 1)[0]]
+    folder = TINY_FOLDERS[name.rsplit("-tiny", 1)[0]]
     report = run_sweep(spec, root / folder, progress=False)
     assert not report.failed, report.failed
 
 
 @pytest.fixture(scope="session")
 def tiny_results(tmp_path_factory) -> Path:
-    """The five quick sweeps in miniature (same names and folders as results/*-quick), built once."""
+    """The quick sweeps in miniature (folders: `TINY_FOLDERS`), built once per test session."""
     from rankrobust.data import split_per_user, write_lightgcn
 
     root = tmp_path_factory.mktemp("results")
@@ -84,4 +88,7 @@ def tiny_results(tmp_path_factory) -> Path:
     _tiny_sweep(root, data, "tau-ratio-tiny", {"model.name": ["mf", "lightgcn"], "loss.r": [0.9, 1.1]},
                 base={"loss": {"name": "bsl", "mode": "reweight"}})
     _tiny_sweep(root, data, "variance-tiny", {"loss.tau": [0.1, 0.5]}, {"track_variance": True})
+    _tiny_sweep(root, data, "bsl-batching-tiny", {"loss.name": ["sl", "bsl"], "train.batching": ["pairs", "users"],
+                                                  "noise.pos_ratio": [0.0, 0.3]},
+                base={"loss": {"tau1": 0.5}, "train": {"positives_per_user": 4}})
     return root

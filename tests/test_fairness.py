@@ -16,10 +16,9 @@ from analysis.fairness import (
     format_group_table,
     gini,
     group_metrics,
-    long_tail_mask,
-    popularity_groups,
     popularity_metrics,
 )
+from analysis.popularity import long_tail_mask, popularity_groups
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import Evaluator
 

@@ -1,20 +1,139 @@
-"""`rankrobust figures` draws all eight figures from sweep stores."""
+"""`rankrobust figures` draws every figure of the `FIGURES` registry from sweep stores."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import figures, plots
+from analysis.figures import FIGURES, figures_readme, figures_readme_block, open_sweeps, sweep_kinds
 from rankrobust.cli import main
+from rankrobust.runs import SweepDir
+from tests.conftest import REPO, TINY_FOLDERS
 
 
-def test_all_eight_figures(tiny_results, tmp_path, capsys):
-    dirs = [str(tiny_results / d) for d in ("np-quick", "nn-quick", "lc-quick", "tr-quick", "var-quick")]
-    assert main(["figures", *dirs, "--out", str(tmp_path / "figs")]) == 0
-    pngs = sorted(p.stem for p in (tmp_path / "figs").glob("*.png"))
-    assert len(pngs) == 8 and pngs[0].startswith("fig1") and pngs[-1].startswith("fig8")
-    for stem in pngs:
-        assert (tmp_path / "figs" / f"{stem}.pdf").stat().st_size > 1000
-        sidecar = (tmp_path / "figs" / f"{stem}.txt").read_text()
-        assert "rankrobust figures" in sidecar and "store.parquet" in sidecar
+def _dirs(root, kinds=None):
+    return [str(root / TINY_FOLDERS[k]) for k in (kinds or sweep_kinds())]
+
+
+def _readme_stems(text: str) -> list[str]:
+    """File stems of the generated figure table, in order."""
+    block = text[text.index(figures.README_BEGIN):text.index(figures.README_END)]
+    return re.findall(r"^\| (?:\d+) \| `([^`]+)` \|", block, flags=re.M)
+
+
+def test_registry_is_consistent():
+    numbers = [f.number for f in FIGURES]
+    assert numbers == list(range(1, len(FIGURES) + 1))
+    assert len({f.stem for f in FIGURES}) == len(FIGURES)
+    for fig in FIGURES:
+        assert fig.stem.startswith(f"fig{fig.number}-")
+        assert isinstance(fig.needs, tuple) and fig.needs and fig.caption.strip()
+    assert set(sweep_kinds()) == {k for f in FIGURES for k in f.needs}
+    assert set(sweep_kinds()) <= set(TINY_FOLDERS), "every sweep kind needs a tiny sweep in tests/conftest.py"
+    with pytest.raises(ValueError, match="unknown figure"):
+        figures.select(["fig99-nothing"])
+
+
+def test_every_registry_figure_is_drawn(tiny_results, tmp_path, capsys):
+    out = tmp_path / "figs"
+    assert main(["figures", *_dirs(tiny_results), "--out", str(out)]) == 0
+    assert "skipped" not in capsys.readouterr().err
+    assert sorted(p.stem for p in out.glob("*.png")) == sorted(f.stem for f in FIGURES)
+    for fig in FIGURES:
+        assert (out / f"{fig.stem}.pdf").stat().st_size > 1000
+        sidecar = (out / f"{fig.stem}.txt").read_text()
+        assert fig.caption in sidecar and "rankrobust figures" in sidecar
+        for kind in fig.needs:
+            assert str(SweepDir(tiny_results / TINY_FOLDERS[kind]).store_path) in sidecar
+    readme = (out / "README.md").read_text()
+    assert _readme_stems(readme) == [f.stem for f in FIGURES]
+    for kind in sweep_kinds():  # the folders actually used are in the commands
+        assert str(tiny_results / TINY_FOLDERS[kind]) in readme
 
 
 def test_missing_sweeps_are_skipped(tiny_results, tmp_path, capsys):
-    assert main(["figures", str(tiny_results / "tr-quick"), "--out", str(tmp_path / "f"), "--only", "6",
-                 "--only", "2"]) == 0
-    assert [p.name for p in (tmp_path / "f").glob("*.png")] == ["fig6-tau-ratio.png"]
-    assert "skipped fig2-noisy-positives" in capsys.readouterr().err
+    made = [f for f in FIGURES if f.needs == ("tau-ratio",)]
+    other = next(f for f in FIGURES if "tau-ratio" not in f.needs)
+    only = [x for f in made + [other] for x in ("--only", str(f.number))]
+    assert main(["figures", str(tiny_results / TINY_FOLDERS["tau-ratio"]), "--out", str(tmp_path / "f"), *only]) == 0
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == sorted(f"{f.stem}.png" for f in made)
+    assert f"skipped {other.stem}" in capsys.readouterr().err
+    assert _readme_stems((tmp_path / "f" / "README.md").read_text()) == [f.stem for f in FIGURES]
+
+
+def test_open_sweeps_takes_kinds_from_the_registry(tiny_results, capsys):
+    sweeps = open_sweeps([*_dirs(tiny_results), tiny_results / "data"])
+    assert set(sweeps) == set(sweep_kinds())
+    for kind, sweep in sweeps.items():
+        assert sweep.name.startswith(kind) and sweep.path == tiny_results / TINY_FOLDERS[kind]
+    assert "ignored" in capsys.readouterr().err  # the data folder is no sweep
+
+
+def test_readme_lists_exactly_the_registry():
+    text = figures_readme()
+    assert _readme_stems(text) == [f.stem for f in FIGURES]
+    for fig in FIGURES:
+        assert f"--only {fig.number}`" in text
+    for kind in sweep_kinds():
+        assert f"configs/sweeps/{kind}-lastfm-quick.yaml" in text
+        assert (REPO / "configs" / "sweeps" / f"{kind}-lastfm-quick.yaml").exists()
+
+
+def test_committed_readme_is_current():
+    """figures/README.md holds the block `figures_readme_block()` generates.
+
+    After changing the registry: ``python -m analysis.figures`` (from the repository root) refreshes it.
+    """
+    text = (REPO / "figures" / "README.md").read_text()
+    block = text[text.index(figures.README_BEGIN):text.index(figures.README_END) + len(figures.README_END)]
+    assert block + "\n" == figures_readme_block(), "stale figures/README.md: run `python -m analysis.figures`"
+
+
+def test_update_readme_keeps_hand_written_text(tmp_path):
+    path = tmp_path / "README.md"
+    figures.update_readme(path, figures_readme_block())
+    path.write_text(path.read_text().replace("# Figures\n", "# Figures\n\nhand-written intro\n") + "\nfindings\n")
+    figures.update_readme(path, figures_readme_block(out="elsewhere"))
+    text = path.read_text()
+    assert "hand-written intro" in text and text.rstrip().endswith("findings")
+    assert text.count(figures.README_BEGIN) == 1 and "--out elsewhere" in text
+
+
+def test_fig8_shares_in_training_and_counterfactual(tiny_results, tmp_path):
+    sweep = open_sweeps(_dirs(tiny_results, ["noisy-positives"]))["noisy-positives"]
+    shares = figures.gradient_share_frame(sweep)
+    assert set(shares["measure"]) == {plots.IN_TRAINING, plots.COUNTERFACTUAL}
+    assert set(shares["loss"]) == {"SL", "BSL"} and (shares["noise_ratio"] > 0).all()
+    sl = shares[(shares["loss"] == "SL") & (shares["measure"] == plots.IN_TRAINING)]
+    np.testing.assert_allclose(sl["noisy_share"], sl["noisy_fraction"], rtol=1e-9)  # PROTOCOLS §9: SL's share
+    _, _, _, old = figures.dro_frames(sweep)
+    assert set(old["measure"]) == {plots.COUNTERFACTUAL}  # what notebooks read: counterfactual only
+
+    # a store from before in-training accounting: counterfactual only, and the panel says so
+    legacy = figures.Sweep(sweep.path, sweep.name,
+                           sweep.store.drop(columns=[c for c in sweep.store if c.startswith("gradient_accounting.")]))
+    pd_, q, grad, cf = figures.dro_figure_frames(legacy)
+    assert set(cf["measure"]) == {plots.COUNTERFACTUAL}
+    fig = plots.plot_dro_figure(pd_, q, grad, cf)
+    assert "counterfactual only" in fig.axes[2].get_title()
+    fig.savefig(tmp_path / "legacy.png", dpi=50)
+
+
+def test_fig9_frame(tiny_results):
+    sweep = open_sweeps(_dirs(tiny_results, ["bsl-batching"]))["bsl-batching"]
+    df = figures.batching_frame(sweep)
+    assert len(df) == len(sweep.done) == 8
+    assert set(zip(df["loss"], df["batching"])) == {(a, b) for a in ("SL", "BSL") for b in ("pairs", "users")}
+    clean = df[df["noise_ratio"] == 0]
+    assert clean["noisy_share"].isna().all() and clean["noisy_fraction"].isna().all()
+    noisy = df[df["noise_ratio"] > 0]
+    assert noisy["noisy_share"].between(0, 1).all() and noisy["noisy_fraction"].gt(0).all()
+    sl = noisy[noisy["loss"] == "SL"]
+    np.testing.assert_allclose(sl["noisy_share"], sl["noisy_fraction"], rtol=1e-9)
+    with pytest.raises(figures.MissingData, match="in-training"):
+        figures.batching_frame(figures.Sweep(sweep.path, sweep.name, sweep.store.drop(
+            columns=[figures.IN_TRAINING_SHARE])))
+    assert isinstance(df, pd.DataFrame)

@@ -107,3 +107,71 @@ def test_no_pyplot_state_leaks():
     plots.plot_group_recall(df)
     assert plt.get_fignums() == before  # the figure is not registered with pyplot
     assert {k: matplotlib.rcParams[k] for k in style} == style  # the seaborn style stays local
+
+
+def _dro_inputs():
+    f = np.random.default_rng(3).uniform(-1, 1, 30)
+    etas = [radius(f, None, t) for t in (0.1, 0.5)]
+    pdual = pd.DataFrame([{"eta": e, "primal": dro_primal(f, None, e)[0], "dual": dro_dual(f, None, e)[0]}
+                          for e in etas])
+    return pdual, q_star(f, None, 0.1), sl_negative_grad(torch.as_tensor(f), 0.1)
+
+
+def test_plot_dro_figure_shows_both_measures(tmp_path):
+    rows = []
+    for r in (0.1, 0.2, 0.4):
+        frac = r / (1 + r)
+        for loss, cf, it in (("SL", frac, frac), ("BSL", 0.5 * frac, 0.9 * frac)):
+            rows += [{"loss": loss, "noise_ratio": r, "measure": plots.IN_TRAINING, "noisy_share": it,
+                      "noisy_fraction": frac},
+                     {"loss": loss, "noise_ratio": r, "measure": plots.COUNTERFACTUAL, "noisy_share": cf,
+                      "noisy_fraction": frac}]
+    shares = pd.DataFrame(rows)
+    fig = plots.plot_dro_figure(*_dro_inputs(), shares)
+    _check(fig, tmp_path, "dro_both")
+    panel = fig.axes[2]
+    labels = [t.get_text() for t in panel.get_legend().get_texts()]
+    assert plots.IN_TRAINING in labels and plots.COUNTERFACTUAL in labels
+    assert "counterfactual only" not in panel.get_title()
+    styles = {line.get_label(): line.get_linestyle() for line in panel.get_legend().get_lines()}
+    assert styles[plots.IN_TRAINING] == "-" and styles[plots.COUNTERFACTUAL] == "--"
+    # stores without in-training accounting: counterfactual only, said in the title and the legend
+    for old in (shares[shares["measure"] == plots.COUNTERFACTUAL], shares.drop(columns="measure").iloc[:6]):
+        fig = plots.plot_dro_figure(*_dro_inputs(), old)
+        _check(fig, tmp_path, "dro_counterfactual")
+        assert "counterfactual only" in fig.axes[2].get_title()
+        assert plots.COUNTERFACTUAL in [t.get_text() for t in fig.axes[2].get_legend().get_texts()]
+
+
+def _batching_runs(seeds: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for loss in ("SL", "BSL"):
+        for batching in ("pairs", "users"):
+            for r in (0.0, 0.1, 0.2, 0.4):
+                frac = r / (1 + r) if r else np.nan
+                keep = 1.0 if loss == "SL" else (0.95 if batching == "pairs" else 0.6)
+                for seed in range(seeds):
+                    rows.append({"loss": loss, "batching": batching, "noise_ratio": r, "seed": seed,
+                                 "ndcg@20": 0.28 - 0.1 * r + 0.003 * rng.standard_normal(),
+                                 "noisy_share": frac * keep, "noisy_fraction": frac})
+    return pd.DataFrame(rows)
+
+
+def test_plot_bsl_batching(tmp_path):
+    df = _batching_runs()
+    fig = plots.plot_bsl_batching(df)
+    assert len(fig.axes) == 2
+    _check(fig, tmp_path, "bsl_batching")
+    left, right = fig.axes
+    assert left.get_ylabel() == "test ndcg@20"
+    xs = np.concatenate([np.asarray(line.get_xdata(), dtype=float) for line in right.get_lines()])
+    assert xs.min() > 0  # r = 0 has no noisy pairs and is left out of the share panel
+    assert {0.1, 0.2, 0.4} <= set(np.round(xs, 6))
+    labels = [t.get_text() for t in right.get_legend().get_texts()]
+    assert {"SL", "BSL", "pairs", "users", "noisy pair fraction"} <= set(labels)
+    ref = next(line for line in right.get_lines() if line.get_label() == "noisy pair fraction")
+    assert ref.get_linestyle() == "--"
+    np.testing.assert_allclose(ref.get_ydata(), [r / (1 + r) for r in (0.1, 0.2, 0.4)])
+    with pytest.raises(ValueError, match="noisy_share"):
+        plots.plot_bsl_batching(df.drop(columns="noisy_share"))

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.variance import (STATS, VarianceTracker, aggregate, expansion_error, head_items, log_expectation_exp,
+from analysis.popularity import head_items
+from analysis.variance import (STATS, VarianceTracker, aggregate, expansion_error, log_expectation_exp,
                                popularity_score_gap, score_statistics, second_order_expansion)
 from rankrobust.data.interactions import Interactions
 from tests.conftest import random_interactions

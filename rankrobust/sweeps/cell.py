@@ -12,7 +12,7 @@ import shutil
 import traceback
 from typing import Any
 
-from rankrobust.config import config_from_dict
+from rankrobust.config import RunConfig
 from rankrobust.experiment import run_experiment
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
 
@@ -32,8 +32,8 @@ def is_finished(run_dir: RunDir, config: dict[str, Any]) -> bool:
     return stored == json.loads(json.dumps(config))
 
 
-def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, Any], device: str | None = None) -> dict[str, Any]:
-    """Run one cell into ``run_dir`` (wiping an unfinished, failed or outdated previous attempt).
+def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str | None = None) -> dict[str, Any]:
+    """Run one cell's validated config into ``run_dir`` (wiping an unfinished, failed or outdated attempt).
 
     ``options``: the sweep's run options (``fairness``, ``track_variance``)
     choosing the probes (`analysis.probes.probes_for`).  Never raises for a
@@ -43,12 +43,11 @@ def run_cell(config: dict[str, Any], run_dir: str, options: dict[str, Any], devi
     from analysis.probes import probes_for  # the sweep layer wires the analysis probes
 
     folder = RunDir(run_dir)
-    if is_finished(folder, config):
+    if is_finished(folder, cfg.to_dict()):
         return {"status": STATUS_DONE, "skipped": True}
     if folder.path.exists():
         shutil.rmtree(folder.path)
     try:
-        cfg = config_from_dict(config)
         probes = probes_for(fairness=bool(options.get("fairness")), track_variance=bool(options.get("track_variance")))
         run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
         return {"status": STATUS_DONE}

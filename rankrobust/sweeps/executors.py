@@ -37,12 +37,12 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int =
     """Run cells in this process (``jobs = 1``) or in ``jobs`` spawned processes (one GPU each when several)."""
     if jobs <= 1:
         for cell in cells:
-            yield cell, run_cell(cell.config.to_dict(), str(out.run(cell.cell_id).path), spec.options)
+            yield cell, run_cell(cell.config, str(out.run(cell.cell_id).path), spec.options)
         return
     devices = _devices(jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_share_cores,
                              initargs=(jobs,)) as pool:
-        futures = {pool.submit(run_cell, c.config.to_dict(), str(out.run(c.cell_id).path), spec.options,
+        futures = {pool.submit(run_cell, c.config, str(out.run(c.cell_id).path), spec.options,
                                devices[n % jobs]): c for n, c in enumerate(cells)}
         for future in as_completed(futures):
             yield futures[future], future.result()
@@ -80,7 +80,7 @@ def execute_ray(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1
     while pending or in_flight:
         while pending and len(in_flight) < limit:
             cell = pending.pop(0)
-            ref = task.remote(cell.config.to_dict(), str(out.run(cell.cell_id).path), spec.options)
+            ref = task.remote(cell.config, str(out.run(cell.cell_id).path), spec.options)
             in_flight[ref] = cell
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         for ref in ready:

@@ -95,21 +95,38 @@ def _base_tree(base: dict[str, Any], spec_path: Path | None) -> dict[str, Any]:
 
 
 def _expand(spec: SweepSpec) -> list[Cell]:
-    """grid × seeds (in spec order) → validated cells; checks every template key applies somewhere."""
+    """grid × seeds (in spec order) → validated cells.
+
+    Every key the template sets (in the base, on a grid axis, or in an
+    override rule) must act in at least one cell where it is set; a key that
+    every such cell drops (its entry does not take it) is an error.
+    """
     keys = list(spec.grid)
     cells: list[Cell] = []
-    dropped_everywhere: set[str] | None = None
+    acted: dict[tuple[str, str], bool] = {}  # (where it was set, dotted key) -> kept in some cell
+
+    def note(where: str, key: str, dropped: set[str]) -> None:
+        acted[(where, key)] = acted.get((where, key), False) or key not in dropped
+
+    base_keys = [f"{section}.{k}" for section, values in spec.base.items() for k in values]
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         tree = copy.deepcopy(spec.base)
         for key, value in values.items():
             set_dotted(tree, key, value)
-        for rule in spec.overrides:
-            if all(values.get(k) == v for k, v in rule.get("when", {}).items()):
-                for key, value in rule.get("set", {}).items():
-                    set_dotted(tree, key, value)
+        rules = [n for n, rule in enumerate(spec.overrides)
+                 if all(values.get(k) == v for k, v in rule.get("when", {}).items())]
+        for n in rules:
+            for key, value in spec.overrides[n].get("set", {}).items():
+                set_dotted(tree, key, value)
         tree, dropped = prune_inapplicable(tree)
-        dropped_everywhere = dropped if dropped_everywhere is None else dropped_everywhere & dropped
+        for key in base_keys:
+            note("base", key, dropped)
+        for key in keys:
+            note("grid", key, dropped)
+        for n in rules:
+            for key in spec.overrides[n].get("set", {}):
+                note(f"overrides[{n}]", key, dropped)
         for seed in spec.seeds:
             set_dotted(tree, "train.seed", seed)
             try:
@@ -117,9 +134,10 @@ def _expand(spec: SweepSpec) -> list[Cell]:
             except ConfigError as err:
                 raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}: {err}") from None
             cells.append(Cell(cell_id(values, seed), values, seed, cfg))
-    if dropped_everywhere:
-        raise ConfigError(f"sweep {spec.name}: {', '.join(sorted(dropped_everywhere))} applies to no cell "
-                          f"(every cell's entry ignores it); remove it or move it under an override")
+    idle = [f"{key} (set in {where})" for (where, key), kept in acted.items() if not kept]
+    if idle:
+        raise ConfigError(f"sweep {spec.name}: {', '.join(idle)} applies to no cell it is set for (the entries "
+                          f"of those cells do not take it); remove it or set it where it acts")
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid values give duplicate cell ids")

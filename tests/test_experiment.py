@@ -1,0 +1,97 @@
+"""One experiment end to end (rankrobust/experiment.py): run folder, noise, failures, group-size warning."""
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from analysis.probes import probes_for
+from rankrobust import train as train_mod
+from rankrobust.config import config_from_dict
+from rankrobust.experiment import group_size_warning, run_experiment
+from rankrobust.train import TrainingDiverged
+from tests.test_train import tiny_config
+
+
+def test_nan_loss_fails_clearly(tmp_path, monkeypatch):
+    cfg = tiny_config(tmp_path)
+    monkeypatch.setattr(train_mod, "get_loss", lambda name: lambda pos, neg, **kw: (pos * float("nan")).mean())
+    with pytest.raises(TrainingDiverged, match="became nan at epoch 1"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    status = (tmp_path / "run" / "status").read_text()
+    assert status.startswith("failed") and "TrainingDiverged" in status
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_noise_is_recorded_and_masked(tmp_path):
+    cfg = tiny_config(tmp_path, noise={"pos_ratio": 0.3})
+    summary = run_experiment(cfg, tmp_path / "run", progress=False)
+    noise = pd.read_parquet(tmp_path / "run" / "noise.parquet")
+    assert len(noise) > 0 and set(noise["kind"]) == {"noisy_positive"}
+    data = summary.data
+    keys = set(zip(noise["user"], noise["item"]))
+    tu, ti = data.test.to_pairs()
+    assert not keys & set(zip(tu.tolist(), ti.tolist()))  # a fake positive is never a held-out true one
+    topk = summary.fit.test.topk
+    users = summary.fit.test.users
+    for row, u in enumerate(users.tolist()):  # masked at test time: no training (noisy or clean) item recommended
+        assert not set(topk[row].tolist()) & set(data.seen.row(u).tolist())
+
+
+def test_run_directory_contents(tmp_path):
+    cfg = tiny_config(tmp_path, loss={"name": "bsl"}, data={"valid_is_test": True})
+    run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for(fairness=True, track_variance=True))
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"config.json", "metrics.json", "epochs.csv", "per_user.parquet", "noise.parquet", "model.pt",
+            "fairness.parquet", "variance.csv", "status"} <= names
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["leaky_validation"] is True and any("valid = test" in w for w in metrics["warnings"])
+    assert {"recall@20", "ndcg@20"} <= set(metrics["test"])
+    weights = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert {"user_emb", "item_emb", "final_user", "final_item"} <= set(weights)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+
+
+# ---------------------------------------------------------------------------- group-size warning (PROTOCOLS §9)
+def loss_config(**loss):
+    return config_from_dict({"loss": loss})
+
+
+@pytest.mark.parametrize("loss", [{"name": "bsl", "mode": "paper"}, {"name": "bsl", "mode": "multi"},
+                                  {"name": "bsl"}, {"name": "bsl", "mode": "paper", "tau1": 0.5}])
+def test_group_size_warning_fires_for_grouped_bsl(loss):
+    cfg = loss_config(**loss)
+    text = group_size_warning(cfg, 1.075)  # yelp2018 at B = 1024 under pairs batching
+    assert text is not None and "1.07" in text and "train.batching=users" in text
+    assert group_size_warning(cfg, 1.999) is not None
+    assert group_size_warning(cfg, 2.0) is None
+    assert group_size_warning(cfg, 8.0) is None
+
+
+@pytest.mark.parametrize("loss", [{"name": "sl"}, {"name": "bsl", "mode": "reweight"}, {"name": "bpr"},
+                                  {"name": "ccl"}])
+@pytest.mark.parametrize("group_size", [1.0, 1.075, 8.0])
+def test_group_size_warning_never_without_grouped_positive_term(loss, group_size):
+    assert group_size_warning(loss_config(**loss), group_size) is None
+
+
+def group_warnings(metrics: dict) -> list[str]:
+    return [w for w in metrics["warnings"] if "group size" in w]
+
+
+def test_group_size_warning_stored_in_metrics(tmp_path):
+    """BSL + pairs batching with small batches (group size < 2) warns in metrics.json; users batching does not."""
+    cfg = tiny_config(tmp_path, loss={"name": "bsl", "tau1": 0.5},
+                      train={"epochs": 1, "batch_size": 16, "batching": "pairs"})
+    pairs = run_experiment(cfg, tmp_path / "pairs", progress=False)
+    stored = json.loads((tmp_path / "pairs" / "metrics.json").read_text())
+    assert pairs.metrics["group_size_mean"] < 2
+    assert stored["group_size_mean"] == pytest.approx(pairs.fit.history["group_size_mean"].mean())
+    assert len(group_warnings(stored)) == 1
+
+    users = run_experiment(cfg.with_overrides({"train.batching": "users", "train.positives_per_user": 8,
+                                               "train.batch_size": 64}), tmp_path / "users", progress=False)
+    stored = json.loads((tmp_path / "users" / "metrics.json").read_text())
+    assert users.metrics["group_size_mean"] >= 2
+    assert group_warnings(stored) == []
