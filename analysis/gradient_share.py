@@ -10,11 +10,17 @@ Summed over an epoch:
 is the share of the positive-side gradient that went to injected noisy
 positives, *as training applied it* (in-batch groups, the run's batching, its
 temperatures).  For SL every g_k equals 1/τ, so the share equals the noisy
-pair fraction exactly; for BSL (paper mode) every pair of the user's group
+pair fraction exactly (``include_pos=False``); for BSL (paper mode) every pair of the user's group
 G(k) in the batch carries the group's log-mean-exp, so
 g_k = |G(k)|·softmax_{G(k)}(s⁺/τ₁)_k / τ₁: the group's total is |G(k)|/τ₁, as
 for SL, but it is shared out by score, and noisy positives with low scores get
 less than their share only when groups hold several positives.
+
+g_k is the gradient through the loss's positive-score argument: with SL's
+``include_pos`` the positive also sits in the normaliser, so g_k = (1 − p_k)/τ
+and the share differs from the noisy fraction; with in-batch negatives a
+pair's own score also appears in its row of negatives, and that part is not
+counted.
 
 `GradientAccountant` keeps three sums on the device (all, noisy, noisy pairs
 seen) and is read once per epoch; nothing syncs with the host per batch.

@@ -102,7 +102,7 @@ def group_size_warning(cfg: RunConfig, group_size: float) -> str | None:
     user in the same batch; with a mean same-user group size below 2 most
     pairs are alone in their group and that term reduces to SL's.
     """
-    if not groups_positives(cfg.loss.name, cfg.loss.options) or not group_size < 2.0:
+    if not groups_positives(cfg.loss.options) or not group_size < 2.0:
         return None
     return (f"{cfg.loss.name} ({cfg.loss.options.mode} mode) averages each user's positives within a batch, but "
             f"the mean same-user group size was {group_size:.2f} (< 2): most pairs are alone in their group, "

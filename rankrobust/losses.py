@@ -252,6 +252,11 @@ class BSLOptions:
         return {"mode": self.mode, "tau": self.tau, "r": self.r}
 
     @property
+    def groups_positives(self) -> bool:
+        """paper and multi modes average a user's positives within the batch (log-mean-exp)."""
+        return self.mode in ("paper", "multi")
+
+    @property
     def positive_temperature(self) -> float:
         """τ of the positive-side softmax: τ₁ in paper mode, τ otherwise."""
         return self.loss_kwargs().get("tau1", self.tau)
@@ -268,14 +273,15 @@ LOSSES.register("bsl", BSLOptions)(bsl)
 LOSS_HYPERS: dict[str, set[str]] = {e.name: set(e.option_names) for e in LOSSES.entries()}
 
 
-def groups_positives(name: str, options) -> bool:
-    """True when loss ``name`` with ``options`` has a per-user grouped positive term.
+def groups_positives(options) -> bool:
+    """True when a loss with these ``options`` has a per-user grouped positive term.
 
-    That term (BSL ``paper`` and ``multi``) is a log-mean-exp over the
+    Such a term (BSL ``paper`` and ``multi``) is a log-mean-exp over the
     positives of the same user in the same batch, so it only acts when
-    batches hold several positives per user (PROTOCOLS.md §9).
+    batches hold several positives per user (PROTOCOLS.md §9).  A loss says so
+    with a ``groups_positives`` attribute on its options class.
     """
-    return name == "bsl" and getattr(options, "mode", None) in ("paper", "multi")
+    return bool(getattr(options, "groups_positives", False))
 
 
 def get_loss(name: str) -> Callable[..., Tensor]:

@@ -132,7 +132,8 @@ def format_summary(table: pd.DataFrame) -> str:
     out = pd.DataFrame(index=table.index)
     for metric in table.columns.get_level_values(0).unique():
         m, s, n = table[(metric, "mean")], table[(metric, "std")].fillna(0.0), table[(metric, "count")]
-        out[metric] = [f"{a:.4f} ± {b:.4f} (n={int(c)})" if c > 1 else f"{a:.4f} (n=1)" for a, b, c in zip(m, s, n)]
+        out[metric] = ["–" if c == 0 else f"{a:.4f} ± {b:.4f} (n={int(c)})" if c > 1 else f"{a:.4f} (n=1)"
+                       for a, b, c in zip(m, s, n)]
     return out.to_string()
 
 
