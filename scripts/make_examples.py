@@ -42,7 +42,6 @@ cite.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import math
 import os
 import shutil
@@ -207,30 +206,13 @@ def _environments(facts: dict) -> list[str]:
         m = RunDir(run_dir).metrics()
         env = m.get("environment", {})
         text = (f"device `{m.get('device', '?')}`; torch {env.get('torch', '?')}, python {env.get('python', '?')}, "
-                f"{env.get('machine', '?')}, {env.get('threads', '?')} threads, CUDA device: "
+                f"{env.get('machine', '?')}, threads: {env.get('threads', '?')}, CUDA device: "
                 f"{env.get('cuda_device') or 'none'}")
         seen[text] = seen.get(text, 0) + 1
     return [f"{text} ({n} runs)" for text, n in seen.items()]
 
 
-def _clock(root: Path, name: str) -> str:
-    """Wall-clock span of a sweep from the ``<name>.start`` / ``<name>.end`` marker files next to it, if any.
-
-    A marker holds seconds since the epoch; an empty one counts by its modification time.
-    """
-    stamps = []
-    for suffix in ("start", "end"):
-        marker = root / f"{name}.{suffix}"
-        try:
-            text = marker.read_text().strip()
-            stamps.append(float(text.split()[0]) if text else marker.stat().st_mtime)
-        except (OSError, ValueError):
-            return ""
-    day = dt.datetime.fromtimestamp(stamps[1], dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"{_minutes(stamps[1] - stamps[0])} wall clock, finished {day}"
-
-
-def readme(all_facts: list[dict], src_root: Path, machine: str | None, total_bytes: int) -> str:
+def readme(all_facts: list[dict], machine: str | None, total_bytes: int) -> str:
     lines = [
         "# Example sweeps (generated, do not edit)",
         "",
@@ -264,17 +246,17 @@ def readme(all_facts: list[dict], src_root: Path, machine: str | None, total_byt
                      f"{len(f['store'])} | {'; '.join(kept) or '-'} | {ex.used_by} |")
     lines += ["", "## Machine and time", ""]
     lines.append(f"Machine: {machine}" if machine else
-                 "Machine: not described beyond the runs' records below (pass `--machine TEXT` to "
-                 "`make_examples.py` to say more).")
+                 "Machine and sweep wall-clock time: _not given (pass `--machine TEXT` to `make_examples.py`)_.")
+    lines.append("")
+    lines.append("Recorded by the runs themselves (`metrics.json`: `device`, `environment`; store columns "
+                 "`train_seconds`, `wall_seconds`):")
     lines.append("")
     for f in all_facts:
         done = f["done"]
         train = float(done["train_seconds"].fillna(0).sum()) if "train_seconds" in done else 0.0
         wall = float(done["wall_seconds"].fillna(0).sum()) if "wall_seconds" in done else 0.0
-        clock = _clock(src_root, f["source"].name)
         lines.append(f"- `{f['example'].folder}` (from `{f['source'].name}`): {len(done)} runs, "
-                     f"{_minutes(train)} training, {_minutes(wall)} per-run wall time in total"
-                     + (f"; sweep {clock}" if clock else "") + ".")
+                     f"{_minutes(train)} training and {_minutes(wall)} run wall time summed over runs.")
         for env in _environments(f):
             lines.append(f"  - {env}")
     lines += ["", f"Size of the example folders: {total_bytes / 1e6:.2f} MB.", ""]
@@ -303,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         for example in EXAMPLES:
             source = find_source(src_root, example)
             facts.append(copy_sweep(source, stage / example.folder, example, args.allow_unfinished))
-        runs.write_text(stage / "README.md", readme(facts, src_root, args.machine, folder_bytes(stage)))
+        runs.write_text(stage / "README.md", readme(facts, args.machine, folder_bytes(stage)))
         size = folder_bytes(stage)
         for path in [stage, *stage.rglob("*")]:  # temp names are private (0600 / 0700); ship them readable
             path.chmod(0o755 if path.is_dir() else 0o644)
