@@ -16,6 +16,7 @@ written last, so a run counts as finished only when its status says ``done``.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -74,8 +75,10 @@ def write_csv(path: str | Path, frame: pd.DataFrame) -> None:
 
 def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
     """Atomically ``torch.save`` a dict of CPU tensors (loadable with weights_only=True)."""
+    buffer = io.BytesIO()  # via a buffer, so the file's bytes do not depend on the temporary name
+    torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def read_status(run_dir: str | Path) -> str | None:

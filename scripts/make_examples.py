@@ -42,6 +42,7 @@ cite.
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import shutil
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -113,6 +115,19 @@ def copy_file(src: Path, dst: Path) -> None:
         shutil.copyfile(src, tmp)
 
 
+def save_tensors(dst: RunDir, tensors: dict[str, torch.Tensor]) -> None:
+    """Write ``dst``'s weights like `RunDir.save_tensors` (``torch.save``, atomic), but byte-reproducibly.
+
+    ``torch.save`` to a path names the archive's inner folder after the file, and the atomic write goes
+    through a random temporary name; saving to memory first gives the fixed inner name ``archive``, so
+    rerunning this script leaves an unchanged ``model.pt`` unchanged.
+    """
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, buffer)
+    with runs.atomic_path(dst.path / RunDir.MODEL) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
 def find_source(root: Path, example: Example) -> Path:
     for name in example.sources:
         if SweepDir(root / name).store_path.exists():
@@ -159,7 +174,7 @@ def copy_run(src: RunDir, dst: RunDir, row: pd.Series, example: Example, tensors
         missing = [k for k in KEEP_TENSORS if k not in weights]
         if missing:
             raise SystemExit(f"{src.path}: model weights lack {missing} (has {sorted(weights)})")
-        dst.save_tensors({k: weights[k] for k in KEEP_TENSORS})
+        save_tensors(dst, {k: weights[k] for k in KEEP_TENSORS})
     status = src.status()
     if status == runs.STATUS_DONE:
         dst.finish()
