@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rankrobust.batching import group_ids
-from rankrobust.registry import ConfigError, NoOptions, Registry, one_of, option, positive, non_negative
+from rankrobust.registry import NoOptions, Registry, one_of, option, positive, non_negative
 
 __all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "LOSS_HYPERS", "BSL_MODES", "get_loss",
            "bsl_temperatures", "groups_positives"]

@@ -6,7 +6,6 @@ from analysis.probes import probes_for
 from rankrobust.cli import main
 from rankrobust.config import config_from_dict
 from rankrobust.experiment import run_experiment
-from tests.conftest import random_interactions
 from tests.test_train import tiny_config
 
 
