@@ -381,10 +381,12 @@ def test_load_files_lightgcn_shape_is_max_over_splits(tmp_path):
     te = write_text(tmp_path / "te.txt.gz", "0 3\n1 7\n")
     va = write_text(tmp_path / "va.txt", "1 2\n5\n")  # user 5 has a line but no items
     ds = load_files(tr, te, valid=va, name="mine")
-    assert ds.name == "mine" and (ds.n_users, ds.n_items) == (6, 8)
+    # user files are remapped jointly (issue 10, item 5): users {0, 1} (5 has no item), items {0, 1, 2, 3, 7}
+    assert ds.name == "mine" and (ds.n_users, ds.n_items) == (2, 5)
+    assert ds.item_ids.tolist() == [0, 1, 2, 3, 7] and ds.user_ids.tolist() == [0, 1]
     assert ds.valid.row(1).tolist() == [2] and ds.train.nnz == 3
     carved = load_files(tr, te, valid_fraction=0.5, seed=1)
-    assert carved.train.nnz + carved.valid.nnz == 3 and (carved.n_users, carved.n_items) == (2, 8)
+    assert carved.train.nnz + carved.valid.nnz == 3 and (carved.n_users, carved.n_items) == (2, 5)
     leaky = load_files(tr, te, valid=va, valid_is_test=True)
     assert leaky.leaky_validation and leaky.train.nnz == 4 and same(leaky.valid, leaky.test)
 
@@ -501,3 +503,40 @@ def test_repo_holds_no_restricted_data():
         for name in ("yelp2018", "gowalla", "ml", "ml-100k"):
             found = list((REPO / top).glob(f"**/{name}/train.txt*"))
             assert not found, f"{name} data must not live in the repository: {found}"
+
+
+def test_same_interactions_however_ids_are_spelled(tmp_path):
+    """LightGCN files with id gaps (items 0, 25, 50, ...) load as the same matrix as contiguous ids."""
+    from tests.conftest import random_interactions
+
+    train, test = random_interactions(12, 40, 0.2, seed=3), random_interactions(12, 40, 0.05, seed=4)
+    test = test.difference(train)
+
+    def write(inter, path, scale_u, scale_i):
+        rows = [f"{u * scale_u} " + " ".join(str(i * scale_i) for i in inter.row(u)) for u in range(inter.n_users)
+                if len(inter.row(u))]
+        return write_text(path, "\n".join(rows) + "\n")
+
+    plain = load_files(write(train, tmp_path / "a.txt", 1, 1), write(test, tmp_path / "b.txt", 1, 1))
+    gapped = load_files(write(train, tmp_path / "c.txt", 7, 25), write(test, tmp_path / "d.txt", 7, 25))
+    assert plain.train.shape == gapped.train.shape
+    for split in ("train", "valid", "test"):
+        assert same(getattr(plain, split), getattr(gapped, split)), split
+    assert gapped.item_ids.tolist() == [25 * i for i in plain.item_ids.tolist()]
+
+
+def test_table_ids_match_by_value_across_files(tmp_path):
+    """A train CSV with ids 3 and a test CSV with ids 3.0 refer to the same user and item."""
+    (tmp_path / "tr.csv").write_text("user,item\n3,1\n3,2\n4,1\n4,5\n")
+    (tmp_path / "te.csv").write_text("user,item\n3.0,5.0\n4.0,2.0\n")
+    ds = load_files(tmp_path / "tr.csv", tmp_path / "te.csv", valid_fraction=0.0)
+    assert (ds.n_users, ds.n_items) == (2, 3) and ds.user_ids.tolist() == [3, 4]
+    assert ds.test.row(0).tolist() == [2] and ds.test.row(1).tolist() == [1]
+
+
+def test_mostly_cold_test_users_are_refused(tmp_path):
+    """Test users absent from train (ids written differently) are an error naming the cause."""
+    (tmp_path / "tr.csv").write_text("user,item\nu1,a\nu2,b\n")
+    (tmp_path / "te.csv").write_text("user,item\nU1,a\nU2,b\n")
+    with pytest.raises(DataFormatError, match="have no training interaction"):
+        load_files(tmp_path / "tr.csv", tmp_path / "te.csv")

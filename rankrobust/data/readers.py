@@ -288,9 +288,20 @@ def _read_table_frame(path, user_col: str, item_col: str, sep: str | None,
 
 
 def _maybe_int(col: pd.Series) -> pd.Series:
-    """Strip string ids; turn them into int64 when every one is a plain integer."""
+    """Canonical ids: stripped strings, numbers spelled alike (``3``, ``3.0``, ``3e0`` → 3).
+
+    Every id that reads as an integral number becomes that integer's decimal
+    text; the column becomes int64 when every id is such an integer.  So the
+    same id matches by value across files however it is spelled; ids that are
+    not integral numbers (``"u17"``, ``"3.5"``) stay text.
+    """
     s = col.astype(str).str.strip()
     if s.str.fullmatch(r"-?[0-9]{1,18}").all():
+        return s.astype(np.int64)
+    numbers = pd.to_numeric(s, errors="coerce")
+    integral = numbers.notna() & np.isfinite(numbers) & (numbers == np.round(numbers)) & (numbers.abs() < 2**53)
+    s = s.where(~integral, numbers.where(integral, 0).astype(np.int64).astype(str))
+    if integral.all():
         return s.astype(np.int64)
     return s
 

@@ -12,6 +12,7 @@ directory holding ``<name>/train.txt.gz`` and ``<name>/test.txt.gz`` (plain
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import os
@@ -25,10 +26,11 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import pandas as pd
 
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
-from rankrobust.data.readers import _read_lightgcn_full, _read_table_frame, _factorize, is_table_path
+from rankrobust.data.readers import _factorize, _maybe_int, _read_lightgcn_full, _read_table_frame, is_table_path
 from rankrobust.data.splits import Dataset, carve_validation
 from rankrobust.registry import Registry
 
@@ -174,6 +176,7 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     overlap = te.nnz - te.difference(tr).nnz
     if overlap:
         warnings.warn(f"{name}: {overlap} test pairs also occur in train", stacklevel=3)
+    _check_cold(name, source, tr, te)
     if valid_is_test:
         if va is not None:  # the shipped validation pairs go back into training
             tr = tr.union(va)
@@ -181,6 +184,30 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     if va is None:
         tr, va = carve_validation(tr, valid_fraction, seed)
     return Dataset(name, tr, va, te, leaky_validation=False, source=source)
+
+
+#: share of test users without any training interaction above which a split is refused
+COLD_TEST_USERS_LIMIT = 0.5
+
+
+def _check_cold(name: str, source: str, train: Interactions, test: Interactions) -> None:
+    """Refuse a test split whose users are mostly absent from train; warn when some are.
+
+    Such users can only get recommendations from untrained embeddings; most
+    often it means the ids of the files do not refer to the same entities.
+    """
+    test_users = test.user_counts() > 0
+    if not test_users.any():
+        return
+    cold = test_users & (train.user_counts() == 0)
+    share = cold.sum() / test_users.sum()
+    if share > COLD_TEST_USERS_LIMIT:
+        raise DataFormatError(source, f"{cold.sum():,} of {test_users.sum():,} test users ({share:.0%}) have no "
+                                      f"training interaction: the files' ids probably do not refer to the same "
+                                      f"users (check how ids are written in each file)")
+    if cold.any():
+        warnings.warn(f"{name}: {cold.sum():,} of {test_users.sum():,} test users have no training interaction "
+                      f"(they are evaluated from untrained embeddings)", stacklevel=3)
 
 
 def _read_split(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], int]:
@@ -260,23 +287,26 @@ def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | o
         raise ValueError(f"mix of table and LightGCN files ({source}); use one format for all splits")
     if all(tables):
         frames = {k: _read_table_frame(p, user_col, item_col, None, None) for k, p in files.items()}
-        import pandas as pd
-
         all_rows = pd.concat(list(frames.values()), ignore_index=True)
-        ucodes, _ = _factorize(all_rows["user"])
-        icodes, _ = _factorize(all_rows["item"])
-        pairs, start = {}, 0
-        for k, f in frames.items():
-            pairs[k] = (ucodes[start:start + len(f)], icodes[start:start + len(f)])
-            start += len(f)
-        seen = 0
+        # ids are matched by value across files: canonicalise them jointly ("3" and "3.0" are one id)
+        all_rows = all_rows.assign(user=_maybe_int(all_rows["user"]), item=_maybe_int(all_rows["item"]))
+        sizes = {k: len(f) for k, f in frames.items()}
     else:
-        pairs, seen = {}, 0
-        for k, p in files.items():
-            pairs[k], s = _read_split(p)
-            seen = max(seen, s)
-    return _assemble(label, source, pairs["train"], pairs["test"], pairs.get("valid"), seen,
-                     valid_fraction, seed, valid_is_test)
+        reads = {k: _read_lightgcn_full(p)[:2] for k, p in files.items()}
+        all_rows = pd.DataFrame({"user": np.concatenate([u for u, _ in reads.values()]),
+                                 "item": np.concatenate([i for _, i in reads.values()])})
+        sizes = {k: len(u) for k, (u, _) in reads.items()}
+    # user files are remapped jointly to contiguous ids (sorted by original id), so the same
+    # interactions give the same numbers however the ids are spelled (gaps, offsets, strings)
+    ucodes, user_ids = _factorize(all_rows["user"])
+    icodes, item_ids = _factorize(all_rows["item"])
+    pairs, start = {}, 0
+    for k, n in sizes.items():
+        pairs[k] = (ucodes[start:start + n], icodes[start:start + n])
+        start += n
+    dataset = _assemble(label, source, pairs["train"], pairs["test"], pairs.get("valid"), 0,
+                        valid_fraction, seed, valid_is_test)
+    return dataclasses.replace(dataset, user_ids=user_ids, item_ids=item_ids)
 
 
 # ------------------------------------------------------------------ download

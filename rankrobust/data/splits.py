@@ -6,7 +6,7 @@ points; there is no per-user Python loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -26,6 +26,9 @@ class Dataset:
         leaky_validation: True when ``valid`` is the test set (the authors'
             protocol): model selection then sees the test data.
         source: where the data came from (paths or "embedded"), for run records.
+        user_ids, item_ids: for user files, which are remapped jointly to
+            contiguous ids in sorted order of the original ids, the original id
+            of every user / item (None for registered datasets).
     """
 
     name: str
@@ -34,6 +37,9 @@ class Dataset:
     test: Interactions
     leaky_validation: bool = False
     source: str = ""
+    #: original ids of user files (``user_ids[u]`` is the id user u had in the files); None for registered data
+    user_ids: np.ndarray | None = field(default=None, compare=False)
+    item_ids: np.ndarray | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         shapes = {s: getattr(self, s).shape for s in ("train", "valid", "test")}
