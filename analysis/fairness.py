@@ -122,7 +122,11 @@ def group_metrics(
             ``truth``), or a top-K LongTensor [n, ≥k] (then ``users`` [n] and
             ``truth`` are required; −1 entries are padding).
         groups: LongTensor [n_items] group id per item (``popularity_groups``).
-        k: cutoff (≤ the width of ``topk``; larger is clipped).
+        k: cutoff.  With an ``EvalResult`` it must be ≤ the largest K evaluated
+            (``result.ks``); with a raw top-K it is clipped to the width of
+            ``topk`` only where that width is ``n_items`` (every item ranked).
+            A cutoff the evaluation did not compute raises ValueError rather
+            than reporting top-K_max numbers under the name @k.
         item_counts: [n_items] training popularity, for the group's
             interaction totals (default: from ``train`` if given, else zeros).
         train: training matrix; makes ``rec_rate`` exclude each user's own
@@ -155,6 +159,12 @@ def group_metrics(
     n_items = truth.n_items
     if groups.numel() != n_items:
         raise ValueError(f"groups has {groups.numel()} entries, expected n_items = {n_items}")
+    if isinstance(result, EvalResult) and int(k) > max(result.ks):
+        raise ValueError(f"cutoff k = {k} was not evaluated (this evaluation has ks = {list(result.ks)}); "
+                         f"use one of them, e.g. the run's train.metric cutoff")
+    if int(k) > topk.shape[1] and topk.shape[1] < n_items:
+        raise ValueError(f"cutoff k = {k} is wider than the top-K matrix ({topk.shape[1]} columns of {n_items} "
+                         f"items)")
     kk = min(int(k), topk.shape[1])
     top = topk[:, :kk]
     valid = top >= 0

@@ -18,9 +18,7 @@ less than their share only when groups hold several positives.
 
 g_k is the gradient through the loss's positive-score argument: with SL's
 ``include_pos`` the positive also sits in the normaliser, so g_k = (1 − p_k)/τ
-and the share differs from the noisy fraction; with in-batch negatives a
-pair's own score also appears in its row of negatives, and that part is not
-counted.
+and the share differs from the noisy fraction.
 
 `GradientAccountant` keeps three sums on the device (all, noisy, noisy pairs
 seen) and is read once per epoch; nothing syncs with the host per batch.

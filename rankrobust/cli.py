@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import os
 import re
 import sys
 from pathlib import Path
@@ -82,10 +83,13 @@ def build_parser() -> Parser:
     p.add_argument("--jobs", type=int, default=1, help="parallel processes (one GPU each where several exist)")
     p.add_argument("--executor", default="local", help="local or ray")
     p.add_argument("--address", help="Ray cluster address (with --executor ray), e.g. auto or HOST:6379")
-    p.add_argument("--dry-run", action="store_true", help="list the cells and what is left to run")
+    p.add_argument("--dry-run", action="store_true", help="list the cells and what is left to run (changes nothing)")
+    p.add_argument("--prune", action="store_true",
+                   help="first delete the stale run folders: cells no longer in the spec (asks nothing; deletes "
+                        "nothing else)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("results", help="summarise a sweep's results store")
+    p = sub.add_parser("results", help="summarise a sweep's results store (the cells of its current spec)")
     p.add_argument("dir", help="sweep folder (holding store.parquet)")
     p.add_argument("--metric", action="append", help="metrics to show (default test.recall@20, test.ndcg@20)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
@@ -194,31 +198,83 @@ def cmd_dro_check(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from rankrobust.sweeps import load_spec, pending_cells, run_sweep
+def _one_line_os_errors(command: str, handler):
+    """Run ``handler``; an OSError (permission denied, a file where a folder should be) becomes one line, exit 2."""
+    try:
+        return handler()
+    except BrokenPipeError:  # `rankrobust results DIR | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        where = f"{err.filename}: " if getattr(err, "filename", None) else ""
+        print(f"rankrobust {command}: error: {where}{err.strerror or err}; check the path and its permissions",
+              file=sys.stderr)
+        return 2
 
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep (or list it with --dry-run); SIGTERM stops it like Ctrl-C, keeping finished runs."""
+    from rankrobust.sweeps import load_spec, pending_cells, run_sweep
+    from rankrobust.sweeps.runner import SweepTerminated, stale_run_names
+
+    if args.jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
     spec = load_spec(args.spec)
-    if args.dry_run:
-        todo, done = pending_cells(spec, Path(args.out))
+    sweep = SweepDir(args.out)
+    if sweep.path.exists() and not sweep.path.is_dir():
+        raise ConfigError(f"--out {sweep.path} is a file, not a folder; choose a folder for the sweep")
+
+    def dry_run() -> int:
+        todo, done = pending_cells(spec, sweep)
         print(f"{spec.name}: {done + len(todo)} runs, {done} done, {len(todo)} to run")
         for cell in todo:
             print(f"  {cell.cell_id}")
+        stale = stale_run_names(spec, sweep)
+        if stale:
+            verb = "--prune would delete" if args.prune else "left out of results; --prune deletes them"
+            print(f"{len(stale)} stale run folder(s) (cells not in the spec), {verb}:")
+            for name in stale:
+                print(f"  {name}")
         return 0
-    report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
-                       progress=not args.quiet)
-    print(report)
-    print(f"store: {SweepDir(args.out).store_path}")
-    return 1 if report.failed else 0
+
+    def run() -> int:
+        try:
+            report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
+                               progress=not args.quiet, prune=args.prune)
+        except SweepTerminated:
+            print(f"rankrobust sweep: stopped by SIGTERM; workers ended, finished runs kept in {sweep.path}; "
+                  f"rerun the same command to resume", file=sys.stderr)
+            return 143
+        print(report)
+        print(f"store: {sweep.store_path}")
+        return 1 if report.failed else 0
+
+    return _one_line_os_errors("sweep", dry_run if args.dry_run else run)
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (MAIN_METRICS, compare_runs, format_summary, grid_axes, load_store, parse_arm,
-                                  summarize)
+    """Summarise the current cells of a sweep folder; stale, outdated and unreadable runs get one line each."""
+    return _one_line_os_errors("results", lambda: _results(args))
 
-    frame = load_store(args.dir)
-    axes = grid_axes(args.dir, frame)
-    counts = frame["status"].value_counts().to_dict() if "status" in frame else {}
+
+def _results(args: argparse.Namespace) -> int:
+    from rankrobust.store import (MAIN_METRICS, compare_runs, format_summary, grid_axes, load_store, parse_arm,
+                                  store_problems, summarize)
+    from rankrobust.sweeps.runner import describe_owner, running_owner
+
+    folder = Path(args.dir).parent if Path(args.dir).suffix == ".parquet" else Path(args.dir)
+    full = load_store(args.dir, include_stale=True)
+    frame = full[~(full["stale"] | full["outdated"])].drop(columns=["stale", "outdated"]).reset_index(drop=True)
+    axes = grid_axes(folder, frame)
+    counts = frame["status"].value_counts().to_dict()
     print(f"{args.dir}: {len(frame)} runs " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    owner = running_owner(SweepDir(folder))
+    if owner:
+        print(f"note: {describe_owner(owner)} is still writing this folder; the numbers may change")
+    for line in store_problems(full, folder):
+        print(f"warning: {line}")
     print(format_summary(summarize(frame, axes, tuple(args.metric or MAIN_METRICS))))
     if "warnings" in frame:
         warned = frame[frame["warnings"].fillna("") != ""]

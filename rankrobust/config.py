@@ -167,7 +167,8 @@ class TrainConfig:
     batching: str = option("pairs", "how pairs are batched: pairs (shuffled) or users (chunks of a user's "
                                     "positives, PROTOCOLS §9)", flag="--batching")
     batching_options: Any = None
-    patience: int = option(20, "early-stopping patience in epochs (0: off)", check=non_negative, flag="--patience")
+    patience: int = option(20, "early-stopping patience in validation rounds (one per train.eval_every epochs; "
+                               "0: off)", check=non_negative, flag="--patience")
     eval_every: int = option(1, "validate every N epochs", check=positive)
     metric: str = option("recall@20", "validation metric for model selection (name@K, K in train.ks)")
     ks: list[int] = option(None, "cutoffs K of the metrics", check=_cutoffs, default_factory=lambda: [5, 10, 20, 50])

@@ -11,7 +11,8 @@ metric for every K from the resulting hit matrix with cumulative sums:
 - Hit@K       = 1 if L ∩ T_u ≠ ∅ else 0
 - MRR@K       = 1 / rank of the first hit within K, 0 without a hit
 
-and averages them over the evaluated users. Nothing loops over users in
+and averages them over the evaluated users (NaN, never 0.0, when there is no
+evaluated user: a mean over nobody is undefined). Nothing loops over users in
 Python: users go through in chunks of ``chunk_size`` rows, everything stays on
 the device, and the results move to the host once at the end.
 
@@ -52,7 +53,8 @@ class EvalResult:
     Attributes:
         metrics: ``{"recall@20": ..., "ndcg@20": ..., "precision@5": ...,
             "hit@10": ..., "mrr@50": ..., "n_users": n_eval}``; means over the
-            evaluated users (those with a non-empty truth set).
+            evaluated users (those with a non-empty truth set); NaN when
+            n_eval = 0 (no mean over zero users is reported as 0.0).
         per_user: DataFrame with one row per evaluated user: column ``user``,
             one column per metric (same keys as ``metrics``) and ``n_truth``.
         users: LongTensor [n_eval], evaluated user ids (ascending), on the device.
@@ -168,6 +170,10 @@ class Evaluator:
             (clipped to n_items).
         chunk_size: users scored per step (memory ≈ chunk_size × n_items scores).
         device: where scoring and all metric computation happen.
+
+    ``n_eval`` is the number of evaluated users, ``n_rankable`` those of them
+    with at least one truth item outside the ``exclude`` matrices (a user whose
+    truth items are all masked can never score a hit).
     """
 
     def __init__(
@@ -200,6 +206,11 @@ class Evaluator:
         self._users_np = users
         self.users = torch.as_tensor(users, device=self.device)
         self.n_truth = torch.as_tensor(counts[users], device=self.device)
+        rankable = truth
+        for ex in exclude:
+            rankable = rankable.difference(ex)
+        #: evaluated users with at least one truth item outside the masked ones (the others can never hit)
+        self.n_rankable = int(np.count_nonzero(rankable.user_counts()))
         tu, ti = truth.to_pairs()
         self._truth_keys = torch.as_tensor(tu * self.n_items + ti, device=self.device)
 
@@ -295,7 +306,8 @@ class Evaluator:
         df = pd.DataFrame(mat, columns=names)
         df.insert(0, "user", self._users_np)
         df["n_truth"] = self.n_truth.cpu().numpy()
-        metrics = {n: (float(df[n].mean()) if len(df) else 0.0) for n in names}
+        # a mean over zero users is undefined: NaN (JSON null in metrics.json), never a 0.0 that reads as a result
+        metrics = {n: (float(df[n].mean()) if len(df) else float("nan")) for n in names}
         metrics["n_users"] = float(self.n_eval)
         return EvalResult(metrics, df, self.users, topk, hits, self.n_truth, self.truth, self.ks)
 

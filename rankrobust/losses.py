@@ -9,7 +9,10 @@ score s⁻_kj of its j-th negative, ``users[k]`` the user id u_k (only the losse
 that group a user's positives, ``bsl`` in modes ``paper`` and ``multi``, read
 it).  ``neg_mask`` [B, M] (bool, optional) marks the entries of ``neg`` that
 are real negatives: the others (with in-batch negatives, a user's own other
-positives in the batch) are left out of every sum, mean and normaliser.  The
+positives in the batch) are left out of every sum, mean and normaliser.  A
+row without any real negative contributes a negative term of 0 (sum over no
+negatives; log Σ over no negatives is taken as 0, not −∞), so such rows keep
+finite values and gradients and only their positive term acts.  The
 result is the mean of the per-pair losses over the B pairs.
 
 All losses are written with ``softplus``/``logsumexp`` (never ``exp`` then
@@ -80,8 +83,20 @@ def _neg_count(neg: Tensor, mask: Tensor | None) -> Tensor:
 
 
 def _masked_logsumexp(x: Tensor, mask: Tensor | None) -> Tensor:
-    """log Σ_j exp(x_kj) over the entries where ``mask`` is True → [B]; a row with none gives −inf."""
-    return torch.logsumexp(x if mask is None else x.masked_fill(~mask, -math.inf), dim=1)
+    """log Σ_j exp(x_kj) over the entries where ``mask`` is True → [B].
+
+    A row with no True entry (no real negative: e.g. an in-batch row whose
+    batch holds only its own user's pairs) gives 0, not log Σ_∅ = −∞, with a
+    zero (finite) gradient: its negative term is dropped, as the sums of
+    ``bce``/``mse`` and the means of ``bpr``/``ccl`` drop it.  Without the guard
+    the value would be −∞ and the backward pass NaN.  No host sync (``where``).
+    """
+    if mask is None:
+        return torch.logsumexp(x, dim=1)
+    has_any = mask.any(dim=1)
+    # empty rows are replaced by zeros before the logsumexp (finite value and gradient), then selected away
+    safe = torch.where(has_any[:, None], x.masked_fill(~mask, -math.inf), torch.zeros_like(x))
+    return torch.where(has_any, torch.logsumexp(safe, dim=1), torch.zeros_like(safe[:, 0]))
 
 
 def _group_logmeanexp(x: Tensor, users: Tensor | None) -> Tensor:
@@ -164,8 +179,11 @@ def sl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tenso
 
     With ``include_pos=True`` the positive joins the normaliser:
     −s⁺/τ + log(exp(s⁺/τ) + Σ_j exp(s⁻_j/τ)) (the usual cross-entropy form).
-    With in-batch negatives (neg [B, B] holding the batch's positives, own one
-    included) this is already the in-batch softmax.
+    With in-batch negatives the trainer masks each row's own positive (the
+    diagonal) and its user's other positives out of ``neg`` (``neg_mask``), so
+    plain SL is the softmax over the B − 1 other users' positives; the in-batch
+    cross-entropy (the positive once in the normaliser) is ``include_pos=True``.
+    A row with no real negative has a negative term of 0 (see the module docstring).
     Shapes: pos [B], neg [B, M] -> scalar.  τ > 0 (default 0.1).  ``users`` is ignored.
     """
     _check_shapes(pos, neg, users)

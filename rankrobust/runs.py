@@ -13,12 +13,18 @@ Layout (see ../shared/DESIGN.md)::
 Every file is written to a temporary name in the same folder and moved into
 place with ``os.replace``, so a reader never sees half a file; ``status`` is
 written last, so a run counts as finished only when its status says ``done``.
+
+Reading never raises a bare parser error: a damaged or unreadable file raises
+`RunFolderError` (a ValueError) naming the file and the fix.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +36,44 @@ import torch
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
+
+
+class RunFolderError(ValueError):
+    """A file of a run or sweep folder that exists but cannot be read (damaged, truncated, unreadable).
+
+    The message names the file and what to do about it.
+    """
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """``path`` parsed as JSON; `RunFolderError` naming the file and ``fix`` when it is damaged or unreadable.
+
+    A missing file raises FileNotFoundError (callers decide what missing means).
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+        raise RunFolderError(f"{path} cannot be read ({reason}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        what = "is empty" if not text.strip() else f"is not valid JSON ({err.msg}: line {err.lineno} column {err.colno})"
+        raise RunFolderError(f"{path} {what}: the file is damaged (truncated?); {fix}") from None
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short fingerprint of a resolved config dict (as stored in ``config.json``): equal configs, equal hash."""
+    text = json.dumps(json.loads(json.dumps(config)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cell_id(values: dict[str, Any], seed: int) -> str:
+    """A sweep cell's run-folder name: ``loss.name=sl__noise.pos_ratio=0.2__seed=0`` (filesystem-safe)."""
+    parts = [f"{k}={v}" for k, v in values.items()] + [f"seed={seed}"]
+    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", "__".join(parts))
 
 
 @contextmanager
@@ -84,9 +128,14 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
 def read_status(run_dir: str | Path) -> str | None:
     """``"done"``, ``"failed"`` or None (missing: never finished or interrupted)."""
     path = Path(run_dir) / RunDir.STATUS
-    if not path.exists():
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
         return None
-    first = path.read_text().split("\n", 1)[0].strip()
+    except OSError as err:
+        raise RunFolderError(f"{path} cannot be read ({err.strerror}); fix its permissions or delete the run "
+                             f"folder and run it again") from None
+    first = text.split("\n", 1)[0].strip()
     return first or None
 
 
@@ -111,7 +160,8 @@ class RunDir:
     ``metrics()``, ``table(name)``, ``tensors()``, ``status()``.  Tables are
     known by name (`TABLES`): ``epochs``, ``per_user``, ``noise``,
     ``fairness``, ``variance``.  Every write is atomic (temp file +
-    ``os.replace``); ``status`` is written last.
+    ``os.replace``); ``status`` is written last.  Reading a damaged file
+    raises `RunFolderError` naming it.
     """
 
     CONFIG = "config.json"
@@ -127,22 +177,64 @@ class RunDir:
         "variance": "variance.csv",
     }
 
+    #: what to do about a damaged file of a run folder
+    FIX = "delete the run folder and run it again (a sweep redoes it on its next `rankrobust sweep`)"
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    @classmethod
+    def file_names(cls) -> tuple[str, ...]:
+        """Every file name a run folder may hold (config, metrics, weights, tables, status)."""
+        return (cls.CONFIG, cls.METRICS, cls.MODEL, *cls.TABLES.values(), cls.STATUS)
+
+    @classmethod
+    def owns(cls, name: str) -> bool:
+        """True for a file name `RunDir` writes: one of `file_names` or the temp file of one (``.NAME.*.tmp``)."""
+        if name in cls.file_names():
+            return True
+        return name.startswith(".") and name.endswith(".tmp") and \
+            any(name.startswith(f".{known}.") for known in cls.file_names())
+
+    def foreign_files(self) -> list[str]:
+        """Names in the folder that are not a run's files (other files, subfolders); [] when none or no folder."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name + ("/" if p.is_dir() else "") for p in self.path.iterdir()
+                      if p.is_dir() or not self.owns(p.name))
+
     def __fspath__(self) -> str:
         return str(self.path)
 
     # ------------------------------------------------------------------ writing
     def prepare(self, overwrite: bool = False) -> None:
-        """Create the folder for a new run; FileExistsError if it holds files and not ``overwrite``."""
-        if self.path.exists() and any(self.path.iterdir()) and not overwrite:
-            raise FileExistsError(f"{self.path} already holds files; pass --overwrite or choose another --out")
+        """Create the folder for a new run, empty of any previous run's files.
+
+        A folder that holds files raises FileExistsError unless ``overwrite``;
+        with ``overwrite`` every file of the previous run (`file_names`, and
+        their temp files) is removed first (``status`` first), so the folder
+        then holds only the new run's files.  A folder holding anything else
+        (a user's files, subfolders) is never emptied: FileExistsError naming
+        them, and nothing is removed.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"{self.path} is a file, not a folder; choose another --out")
+        if self.path.exists() and any(self.path.iterdir()):
+            if not overwrite:
+                raise FileExistsError(f"{self.path} already holds files; pass --overwrite or choose another --out")
+            foreign = self.foreign_files()
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+                raise FileExistsError(f"{self.path} holds files that are not a run's ({shown}); --overwrite only "
+                                      f"replaces a previous run's files, so nothing was removed: choose a new or "
+                                      f"empty --out")
+            clear_status(self.path)  # first: a kill midway leaves an unfinished folder, never a 'done' one
+            for entry in self.path.iterdir():
+                entry.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        clear_status(self.path)
 
     def write_config(self, config_json: str) -> None:
         write_text(self.path / self.CONFIG, config_json.rstrip("\n") + "\n")
@@ -181,20 +273,31 @@ class RunDir:
     def failure(self) -> str:
         """Last line of a failed run's traceback ('' when none)."""
         path = self.path / self.STATUS
-        lines = path.read_text().strip().splitlines() if path.exists() else []
+        try:
+            lines = path.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            lines = []
         return lines[-1] if len(lines) > 1 else ""
 
+    def _read_dict(self, name: str) -> dict[str, Any]:
+        path = self.path / name
+        data = read_json(path, self.FIX)
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{path} holds a JSON {type(data).__name__}, not an object: the file is damaged; "
+                                 f"{self.FIX}")
+        return data
+
     def config(self) -> dict[str, Any]:
-        """``config.json`` as a dict; FileNotFoundError naming the folder when missing."""
-        path = self.path / self.CONFIG
-        if not path.exists():
+        """``config.json`` as a dict; FileNotFoundError naming the folder when missing, RunFolderError when damaged."""
+        if not (self.path / self.CONFIG).exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no {self.CONFIG})")
-        return json.loads(path.read_text())
+        return self._read_dict(self.CONFIG)
 
     def metrics(self) -> dict[str, Any]:
-        """``metrics.json`` as a dict ({} when the run has none yet)."""
-        path = self.path / self.METRICS
-        return json.loads(path.read_text()) if path.exists() else {}
+        """``metrics.json`` as a dict ({} when the run has none yet); RunFolderError naming it when damaged."""
+        if not (self.path / self.METRICS).exists():
+            return {}
+        return self._read_dict(self.METRICS)
 
     def has_table(self, name: str) -> bool:
         return self.table_path(name).exists()
@@ -211,11 +314,25 @@ class RunDir:
             if not required:
                 return None
             raise FileNotFoundError(f"{self.path} has no {path.name}")
-        return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        try:
+            return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+        except (OSError, ValueError, UnicodeDecodeError) as err:  # pyarrow's errors are ValueError/OSError
+            raise RunFolderError(f"{path} cannot be read ({_first_line(err)}); {self.FIX}") from None
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Saved weights (``model.pt``) loaded safely with ``weights_only=True``."""
-        return torch.load(self.path / self.MODEL, map_location="cpu", weights_only=True)
+        path = self.path / self.MODEL
+        if not path.exists():
+            raise FileNotFoundError(f"{self.path} has no {self.MODEL}")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # zip / unpickling errors of a damaged file
+            raise RunFolderError(f"{path} cannot be read ({_first_line(err)}); {self.FIX}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 @dataclass
@@ -259,7 +376,13 @@ def load_run(run_dir: str | Path) -> Run:
 
 
 class SweepDir:
-    """The one owner of a sweep folder's names: ``sweep.json``, ``store.parquet``, ``runs/<cell id>/``."""
+    """The one owner of a sweep folder's names: ``sweep.json``, ``store.parquet``, ``runs/<cell id>/``, the lock.
+
+    ``sweep.json`` records the spec of the last ``rankrobust sweep`` on the
+    folder, including its cells (``cells``: cell id → `config_hash`); run
+    folders of other cell ids are *stale* (a grid value or seed was removed
+    from the spec) and are left out of results (`stale_runs`).
+    """
 
     SPEC = "sweep.json"
     STORE = "store.parquet"
@@ -297,8 +420,69 @@ class SweepDir:
         return [RunDir(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.exists() else []
 
     def spec(self) -> dict[str, Any] | None:
-        """The recorded spec (``sweep.json``) or None."""
-        return json.loads(self.spec_path.read_text()) if self.spec_path.exists() else None
+        """The recorded spec (``sweep.json``) or None; RunFolderError naming it when damaged."""
+        if not self.spec_path.exists():
+            return None
+        fix = (f"delete it and run `rankrobust sweep SPEC --out {self.path}` again to record the spec "
+               f"(finished runs are kept)")
+        data = read_json(self.spec_path, fix)
+        if not isinstance(data, dict):
+            raise RunFolderError(f"{self.spec_path} is not a sweep record (a JSON object); {fix}")
+        return data
+
+    def cells(self) -> dict[str, str | None] | None:
+        """Cell id → config hash of the recorded spec's cells (hash None when not recorded); None: no record.
+
+        Records written before cells were recorded give the ids of their grid ×
+        seeds, with the grid keys in the record's (sorted) order: match run
+        folder names against them with `current_cells`.
+        """
+        found = self._recorded_cells()
+        return None if found is None else found[0]
+
+    def _recorded_cells(self) -> tuple[dict[str, str | None], bool] | None:
+        """(cell id → hash, ids recorded exactly) from ``sweep.json``; None without a usable record."""
+        record = self.spec()
+        if record is None:
+            return None
+        cells = record.get("cells")
+        if isinstance(cells, dict):
+            return {str(k): (v if isinstance(v, str) else None) for k, v in cells.items()}, True
+        if isinstance(cells, list):
+            return {str(k): None for k in cells}, True
+        grid, seeds = record.get("grid"), record.get("seeds")
+        if not isinstance(grid, dict) or not isinstance(seeds, list) or \
+                not all(isinstance(v, list) for v in grid.values()):
+            return None
+        keys = list(grid)
+        return {cell_id(dict(zip(keys, combo)), seed): None
+                for combo in itertools.product(*(grid[k] for k in keys)) for seed in seeds}, False
+
+    def current_cells(self, names: list[str]) -> dict[str, str | None] | None:
+        """Of the run folder ``names``, those that are cells of the recorded spec → their recorded config hash.
+
+        A name left out is *stale* (not a cell of the spec).  None when no spec
+        is recorded (every run counts as current).  Against an old record
+        without ``cells`` the grid keys may be in any order in a name.
+        """
+        found = self._recorded_cells()
+        if found is None:
+            return None
+        cells, exact = found
+        if exact:
+            return {n: cells[n] for n in names if n in cells}
+
+        def canonical(name: str) -> str:
+            return "__".join(sorted(name.split("__")))
+
+        known = {canonical(k) for k in cells}
+        return {n: None for n in names if canonical(n) in known}
+
+    def stale_runs(self) -> list[RunDir]:
+        """Run folders whose cell id is not a cell of the recorded spec ([] when no spec is recorded)."""
+        folders = self.run_dirs()
+        current = self.current_cells([d.path.name for d in folders])
+        return [] if current is None else [d for d in folders if d.path.name not in current]
 
     def write_spec(self, doc: dict[str, Any]) -> None:
         write_json(self.spec_path, doc)

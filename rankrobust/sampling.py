@@ -183,9 +183,13 @@ class InBatchSampler:
     """The batch's positives are every row's negatives: returns ``pos_items`` broadcast to [B, B].
 
     Row k holds all B positives of the batch, its own positive i⁺_k included
-    (at column k), so ``sl`` on these scores is the in-batch softmax
-    (cross-entropy over the batch) rather than SL with M = B − 1 negatives.
-    Other users' positives that the user also likes are not removed.  The
+    (at column k).  The trainer (`rankrobust.train.make_step`) does not treat
+    them all as negatives: for every loss it masks the diagonal (row k's own
+    positive) and the other positives of row k's user, so the negatives of
+    row k are the other users' positives, and ``sl`` is SL over those (at most
+    B − 1); the in-batch cross-entropy, with the positive once in the softmax
+    normaliser, is ``loss.include_pos=true``.  Other users' positives that the
+    user also likes are not removed.  The
     result is a broadcast view (no copy); do not write into it.  No randomness:
     ``generator`` is unused.  ``num_negatives`` is ``None`` (M = B).
     """

@@ -5,6 +5,14 @@ as a column (``loss.name``, ``noise.pos_ratio``, ``train.seed`` …), the run's
 ``status``, its metrics (``test.recall@20``, ``valid.ndcg@20``,
 ``fairness.gini`` …) and timings.  It is rebuilt from the run directories, so
 it can never disagree with them.
+
+Results use exactly the cells of the sweep's recorded spec (``sweep.json``):
+`load_store` leaves out *stale* rows (run folders of cells no longer in the
+spec: a removed seed or grid value) and *outdated* rows (a cell whose run was
+made with another config: the spec was edited and the sweep not rerun yet);
+``include_stale=True`` returns every row with ``stale`` / ``outdated`` columns.
+A run folder whose files cannot be read has status ``corrupt`` and its
+reason in ``error``.
 """
 from __future__ import annotations
 
@@ -18,9 +26,13 @@ from scipy import stats
 
 from rankrobust import runs
 from rankrobust.config import SECTIONS
-from rankrobust.runs import RunDir, SweepDir
+from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 
 MAIN_METRICS = ("test.recall@20", "test.ndcg@20")
+#: status of a run folder whose config.json or metrics.json cannot be read
+STATUS_CORRUPT = "corrupt"
+#: columns every loaded store has, even when empty
+BASE_COLUMNS = ("cell_id", "run_dir", "status")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -47,27 +59,37 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
 
     Every numeric entry of every section of ``metrics.json`` (``valid``,
     ``test``, ``most_popular`` and the probes' sections such as ``fairness``
-    or ``gradient_accounting``) becomes a column ``section.key``.
+    or ``gradient_accounting``) becomes a column ``section.key``;
+    ``config_hash`` fingerprints the run's config.  A folder whose
+    ``config.json``, ``metrics.json`` or ``status`` cannot be read gets status
+    ``corrupt`` and the reason (naming the file) in ``error``; it never raises.
     """
     folder = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    status = folder.status()
-    row: dict[str, Any] = {"cell_id": folder.path.name, "run_dir": str(folder.path), "status": status or "unfinished"}
+    row: dict[str, Any] = {"cell_id": folder.path.name, "run_dir": str(folder.path)}
     try:
-        row.update(flatten(folder.config()))
-    except (FileNotFoundError, ValueError):
-        pass
-    if status == runs.STATUS_DONE:
-        metrics = folder.metrics()
-        for section, values in metrics.items():
-            if isinstance(values, dict) and section != "environment":
-                for key, value in values.items():
-                    if isinstance(value, (int, float)):
-                        row[f"{section}.{key}"] = value
-        for key in RUN_KEYS:
-            row[key] = metrics.get(key)
-        row["warnings"] = " | ".join(metrics.get("warnings") or [])
-    elif status == runs.STATUS_FAILED:
-        row["error"] = folder.failure()
+        status = folder.status()
+        row["status"] = status or "unfinished"
+        try:
+            config = folder.config()
+            row.update(flatten(config))
+            row["config_hash"] = config_hash(config)
+        except FileNotFoundError:
+            pass
+        if status == runs.STATUS_DONE:
+            metrics = folder.metrics()
+            for section, values in metrics.items():
+                if isinstance(values, dict) and section != "environment":
+                    for key, value in values.items():
+                        if isinstance(value, (int, float)):
+                            row[f"{section}.{key}"] = value
+            for key in RUN_KEYS:
+                row[key] = metrics.get(key)
+            warnings = metrics.get("warnings") or []
+            row["warnings"] = " | ".join(map(str, warnings)) if isinstance(warnings, list) else str(warnings)
+        elif status == runs.STATUS_FAILED:
+            row["error"] = folder.failure()
+    except (RunFolderError, OSError) as err:
+        row = {"cell_id": row["cell_id"], "run_dir": row["run_dir"], "status": STATUS_CORRUPT, "error": str(err)}
     return row
 
 
@@ -91,16 +113,83 @@ def write_store(sweep_dir: str | Path) -> pd.DataFrame:
     return frame
 
 
-def load_store(sweep_dir: str | Path) -> pd.DataFrame:
-    """Read the results store of a sweep folder (or a path to the parquet file itself)."""
+def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFrame:
+    """Read the results store of a sweep folder (or a path to the parquet file itself).
+
+    By default only the runs of the sweep's current cells: rows of cells that
+    are not in the recorded spec (``sweep.json``; stale) or whose config differs
+    from the recorded cell's (outdated) are left out.  ``include_stale=True``
+    returns every row, with boolean columns ``stale`` and ``outdated``.  A
+    store without a recorded spec counts every row as current.  A missing
+    store raises FileNotFoundError, a damaged store or ``sweep.json``
+    `RunFolderError`, each naming the file and the fix.
+    """
     path = Path(sweep_dir)
     path = path if path.suffix == ".parquet" else SweepDir(path).store_path
+    folder = path.parent
     if not path.exists():
-        raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {path.parent}` first")
-    frame = pd.read_parquet(path)
-    if "run_dir" in frame:  # relative to the sweep folder (older stores hold absolute paths)
-        frame["run_dir"] = [str(path.parent / d) for d in frame["run_dir"]]
-    return frame
+        raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {folder}` first")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
+        text = str(err).strip().splitlines()
+        raise RunFolderError(f"{path} is not a readable results store ({text[0] if text else type(err).__name__}); "
+                             f"rebuild it from the run folders with `rankrobust sweep SPEC --out {folder}` "
+                             f"(finished runs are not redone)") from None
+    for column in BASE_COLUMNS:
+        if column not in frame:
+            frame[column] = pd.Series(dtype=object)
+    frame["run_dir"] = [str(folder / d) for d in frame["run_dir"]]  # relative to the sweep folder
+    stale, outdated = _not_current(folder, frame)
+    if include_stale:
+        return frame.assign(stale=stale, outdated=outdated)
+    return frame[~(stale | outdated)].reset_index(drop=True)
+
+
+def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(stale, outdated) masks of the store's rows against the cells recorded in ``folder/sweep.json``."""
+    n = len(frame)
+    ids = [str(i) for i in frame["cell_id"]]
+    cells = SweepDir(folder).current_cells(ids)
+    if cells is None:
+        return np.zeros(n, bool), np.zeros(n, bool)
+    stale = np.array([i not in cells for i in ids], dtype=bool)
+    hashes = frame["config_hash"] if "config_hash" in frame else [None] * n
+    outdated = np.array([i in cells and cells[i] is not None and isinstance(h, str) and h != cells[i]
+                         for i, h in zip(ids, hashes)], dtype=bool)
+    return stale, outdated
+
+
+def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:
+    """One line per kind of problem in a store loaded with ``include_stale=True``: stale, outdated, corrupt runs.
+
+    Each line says how many runs, names one run folder and the fix.
+    """
+    folder = Path(sweep_dir)
+    folder = folder.parent if folder.suffix == ".parquet" else folder
+    record = SweepDir(folder).spec() or {}
+    command = f"rankrobust sweep {record.get('source') or 'SPEC'} --out {folder}"
+    lines = []
+
+    def first(mask: np.ndarray) -> str:
+        run = Path(frame.loc[mask, "run_dir"].iloc[0])
+        return str(run.relative_to(folder)) if run.is_relative_to(folder) else str(run)
+
+    if "stale" in frame and frame["stale"].any():
+        mask = frame["stale"].to_numpy(bool)
+        lines.append(f"{mask.sum()} stale run folder(s) left out (cells not in the current spec, sweep.json), "
+                     f"e.g. {first(mask)}; delete them with `{command} --prune`")
+    if "outdated" in frame and frame["outdated"].any():
+        mask = frame["outdated"].to_numpy(bool)
+        lines.append(f"{mask.sum()} outdated run(s) left out (made with another config than the current spec's), "
+                     f"e.g. {first(mask)}; rerun `{command}` to redo them")
+    current = ~(frame.get("stale", pd.Series(False, index=frame.index)).to_numpy(bool)
+                | frame.get("outdated", pd.Series(False, index=frame.index)).to_numpy(bool))
+    corrupt = current & (frame["status"] == STATUS_CORRUPT).to_numpy()
+    if corrupt.any():
+        reason = str(frame.loc[corrupt, "error"].iloc[0]) if "error" in frame else ""
+        lines.append(f"{corrupt.sum()} run(s) unreadable and left out (`{command}` redoes them), e.g. {reason}")
+    return lines
 
 
 def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[str]:
@@ -118,6 +207,7 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=MAIN_METRICS) -> pd.
     """Mean, std and count over seeds of ``metrics`` for each cell of ``axes`` (finished runs only)."""
     done = frame[frame["status"] == runs.STATUS_DONE]
     metrics = [m for m in metrics if m in done.columns]
+    axes = [a for a in axes if a in done.columns]
     if done.empty or not metrics:
         return pd.DataFrame()
     grouped = done.groupby(axes, dropna=False, sort=True)[metrics] if axes else done[metrics].groupby(lambda _: "all")
@@ -198,6 +288,8 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
     (b − a), p and Holm-adjusted p.
     """
     done = frame[frame["status"] == runs.STATUS_DONE]
+    if done.empty:
+        return pd.DataFrame()
     fixed = set(a) | set(b)
     others = [x for x in axes if x not in fixed] + ["train.seed"]
     la, lb = arm_label(a), arm_label(b)

@@ -86,10 +86,17 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
 
     Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``.
-    With ``in_batch`` the negatives are the batch's positives ([B, B] scores,
-    own positive included, computed as one matrix product), and a user's own
-    *other* positives in the batch are masked out of its negatives
-    (`rankrobust.batching.own_positive_mask`): they are not negatives.
+    With ``in_batch`` the scores are the [B, B] matrix of the batch's users
+    against the batch's positives (one matrix product); the positive of row k
+    is its diagonal entry, and the negatives of row k are the *other* users'
+    positives: ``neg_mask`` masks the diagonal (row k's own positive) and the
+    user's own other positives in the batch
+    (`rankrobust.batching.own_positive_mask`), for every loss, since neither
+    is a negative.  So SL on in-batch negatives is the softmax over the (at
+    most B − 1) other users' positives; the in-batch cross-entropy, with the
+    positive once in the normaliser, is ``loss.include_pos=true``.  A row left
+    without negatives (a batch of one user) has a negative term of 0
+    (`rankrobust.losses`).  ``neg`` is ignored then.
     """
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,7 +105,9 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
         if in_batch:
             scores = model.inbatch_scores(U, I, users, pos)
             pos_scores, neg_scores = scores.diagonal(), scores
-            neg_mask = ~own_positive_mask(users)
+            # real negatives: other users' positives (diagonal and own other positives masked)
+            neg_mask = ~(own_positive_mask(users) | torch.eye(users.shape[0], dtype=torch.bool,
+                                                              device=users.device))
             items = pos[:, None]
         else:
             items = torch.cat([pos[:, None], neg], dim=1)
@@ -180,6 +189,8 @@ class Trainer:
         self.n_batches = math.ceil(self.users.shape[0] / tc.batch_size)
         self.validator = Evaluator(data.valid, exclude=[data.seen], ks=tc.ks, chunk_size=tc.eval_chunk,
                                    device=device)
+        exclude = [data.seen] if data.leaky else [data.seen, data.valid]
+        self.tester = Evaluator(data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
 
     def epoch(self) -> torch.Tensor:
         """One pass over the training pairs in the order of ``train.batching``.
@@ -218,18 +229,57 @@ class Trainer:
         ``embeddings`` (U, I) replace the model's, e.g. `most_popular_baseline`.
         """
         self.model.eval()
-        if not hasattr(self, "tester"):
-            exclude = [self.data.seen] if self.data.leaky else [self.data.seen, self.data.valid]
-            tc = self.cfg.train
-            self.tester = Evaluator(self.data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk,
-                                    device=self.device)
         U, I = embeddings if embeddings is not None else self.model.final_embeddings()
         return self.tester.evaluate(U.to(self.device), I.to(self.device))
+
+
+class EmptySplitError(ValueError):
+    """An evaluation split (validation or test) has no user to evaluate."""
+
+
+def check_evaluable(cfg: RunConfig, trainer: Trainer) -> None:
+    """Raise `EmptySplitError` unless validation and test each have a user with a rankable item.
+
+    A user counts when at least one of its ground-truth items is not masked
+    (training items; validation items too when testing).  Metrics over zero
+    users are undefined, and a run on such a split would report every metric
+    as a meaningless number, so this is checked before any training.
+    """
+    dc = cfg.data
+    source = (f"data.test_path ({dc.test_path})" if dc.train_path is not None
+              else f"the dataset {dc.name!r} (data.name)")
+    if dc.valid_is_test:
+        valid_fix = f"valid = test here (data.valid_is_test): check {source}"
+    elif dc.valid_path is not None:
+        valid_fix = f"check data.valid_path ({dc.valid_path})"
+    else:
+        valid_fix = (f"it is carved from train with data.valid_fraction = {dc.valid_fraction}: raise it, give "
+                     f"data.valid_path, or check the training data")
+    for split, evaluator, fix in (("test", trainer.tester, f"check {source}"),
+                                  ("validation", trainer.validator, valid_fix)):
+        if evaluator.n_rankable > 0:
+            continue
+        if evaluator.n_eval == 0:
+            cause = f"no user has a {split} item"
+        else:
+            cause = (f"{evaluator.n_eval} users have {split} items, but every one of them is masked (it is also a "
+                     f"training{' or validation' if split == 'test' and not trainer.data.leaky else ''} item)")
+        raise EmptySplitError(f"{split} split has no user with a {split} item after masking ({cause}); {fix}")
 
 
 def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequence[Probe] = (),
         progress: bool = True) -> FitResult:
     """Train ``cfg.model`` with ``cfg.loss`` on ``data.train``; early-stop on validation.
+
+    Validation (``train.metric`` on the validation split) runs every
+    ``train.eval_every`` epochs and always at the last epoch trained, whether
+    that is ``train.epochs`` or the epoch at which ``train.time_limit`` ran out.
+    ``train.patience`` counts validation rounds: training stops after that many
+    rounds in a row without improving on the best one (never before the first
+    round).  The best validated epoch's weights are restored, so ``best_epoch``
+    is always ≥ 1; `EmptySplitError` (before training) when the validation or
+    test split has no user to evaluate, RuntimeError when no validation round
+    gave a number (a NaN metric).
 
     ``probes`` are told about every batch (those with ``wants_batches``) and
     every epoch; the columns they return join the epoch's row.  (Their
@@ -240,9 +290,11 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     """
     tc = cfg.train
     trainer = Trainer(cfg, data, device)
+    check_evaluable(cfg, trainer)
     trainer.probes = list(probes)
     model = trainer.model
-    best_value, best_epoch, best_state = -math.inf, 0, copy.deepcopy(model.state_dict())
+    best_value, best_epoch, best_state = -math.inf, 0, None
+    rounds = rounds_since_best = 0
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
     stopped_early = False
@@ -259,26 +311,35 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
             )
         row: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "group_size_mean": group_size,
                                "train_seconds": train_seconds}
-        if epoch % tc.eval_every == 0 or epoch == tc.epochs:
+        out_of_time = bool(tc.time_limit) and time.perf_counter() - start >= tc.time_limit
+        if epoch % tc.eval_every == 0 or epoch == tc.epochs or out_of_time:  # the last epoch is always validated
             t1 = time.perf_counter()
             value = trainer.validate().metrics[tc.metric]
             row.update({f"valid_{tc.metric}": value, "eval_seconds": time.perf_counter() - t1})
-            if value > best_value:
-                best_value, best_epoch = value, epoch
+            rounds += 1
+            if value > best_value:  # False for NaN: a NaN round never becomes the best
+                best_value, best_epoch, rounds_since_best = value, epoch, 0
                 best_state = copy.deepcopy(model.state_dict())
+            elif best_state is not None:  # patience runs from the first round that gave a number
+                rounds_since_best += 1
             bar.set_postfix(loss=f"{mean_loss:.4f}", **{tc.metric: f"{value:.4f}"}, best=best_epoch)
         else:
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         for probe in trainer.probes:
             row.update(probe.epoch_end(epoch, model, row) or {})
         rows.append(row)
-        if tc.patience and epoch - best_epoch >= tc.patience:
+        if tc.patience and rounds_since_best >= tc.patience:  # counted in validation rounds
             stopped_early = True
             break
-        if tc.time_limit and time.perf_counter() - start >= tc.time_limit:
+        if out_of_time:
             break
     bar.close()
     seconds = time.perf_counter() - start
+    if best_state is None:
+        raise RuntimeError(
+            f"no validation round gave a value of {tc.metric} ({rounds} rounds in {len(rows)} epochs, all NaN): "
+            f"there is no best epoch to restore"
+        )
     model.load_state_dict(best_state)
     popular = trainer.test(most_popular_baseline(data.seen, dtype=torch.float32))
     return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),

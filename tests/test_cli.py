@@ -64,3 +64,45 @@ def test_train_config_order_config_then_flags_then_set(tmp_path):
     preset.write_text("train: {epochs: 7, lr: 0.5}\nloss: {name: sl, tau: 0.3}\n")
     cfg = parsed("--config", str(preset), "--epochs", "5", "--set", "train.epochs=4", "--tau", "0.2")
     assert cfg.train.epochs == 4 and cfg.train.lr == 0.5 and cfg.loss.options.tau == 0.2
+
+
+def test_cli_train_other_cutoffs(tmp_path, capsys):
+    """ks = [5, 10] with metric recall@10 (a valid config) prints end to end, with every probe on."""
+    train, test = write_tiny_data(tmp_path / "data")
+    code = main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}",
+                 "--set", "train.ks=[5,10]", "--set", "train.metric=recall@10", "--noise-pos", "0.2",
+                 "--epochs", "2", "--negatives", "8", "--batch-size", "64", "--device", "cpu", "--dim", "8",
+                 "--out", str(tmp_path / "run"), "--quiet", "--fairness", "--track-variance"])
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
+    assert "@20" not in out and "@10" in out
+    assert "most-popular baseline (test): recall@10 " in out and ", ndcg@10 " in out
+    assert "best epoch 2 of 2" in out or "best epoch 1 of 2" in out
+    assert "in-training share of positive-side gradient" in out and "per popularity group" in out
+    assert "recall@10=" in out and "run written to" in out
+
+
+def test_cli_empty_test_split_is_a_clear_error(tmp_path, capsys):
+    train, _ = write_tiny_data(tmp_path / "data")
+    test = tmp_path / "data" / "empty_test.txt"
+    test.write_text("".join(f"{u}\n" for u in range(40)))  # user lines without items
+    code = main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}",
+                 "--epochs", "2", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "rankrobust train: error: test split has no user with a test item after masking" in err
+    assert "data.test_path" in err and "empty_test.txt" in err
+
+
+def test_cli_patience_waits_for_validation(tmp_path, capsys):
+    """--patience 2 --set train.eval_every=5 --epochs 10 validates at 5 and 10 (it used to stop at epoch 2)."""
+    train, test = write_tiny_data(tmp_path / "data")
+    code = main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}",
+                 "--patience", "2", "--set", "train.eval_every=5", "--epochs", "10", "--negatives", "8",
+                 "--batch-size", "64", "--device", "cpu", "--dim", "8", "--quiet", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "best epoch 5 of 10" in out or "best epoch 10 of 10" in out
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["best_epoch"] in (5, 10) and metrics["epochs_run"] == 10 and not metrics["stopped_early"]

@@ -278,3 +278,29 @@ def test_most_popular_baseline_ranks_by_popularity():
         seen = set(train.row(u).tolist())
         expect = [i for i in order if i not in seen][:10]
         assert [i for i in res.topk[row].tolist() if i >= 0] == expect
+
+
+# --------------------------------------------------------------- nobody to evaluate
+def test_no_evaluated_user_gives_nan_never_zero():
+    """A mean over zero users is undefined: every metric is NaN (metrics.json: null), not 0.0."""
+    train = Interactions.from_pairs([0, 1, 2], [0, 1, 2], 4, 5)
+    empty = Interactions.empty(4, 5)
+    ev = Evaluator(empty, [train], ks=(2, 3))
+    assert ev.n_eval == 0 and ev.n_rankable == 0
+    res = ev.evaluate(torch.randn(4, 2), torch.randn(5, 2))
+    assert res.metrics["n_users"] == 0.0 and len(res.per_user) == 0
+    assert res.topk.shape == (0, 3)
+    names = [f"{m}@{k}" for k in (2, 3) for m in METRIC_NAMES]
+    assert set(res.metrics) == set(names) | {"n_users"}
+    assert all(math.isnan(res.metrics[n]) for n in names)
+
+
+def test_n_rankable_counts_users_with_an_unmasked_truth_item():
+    train = Interactions.from_pairs([0, 1, 2, 2], [0, 1, 2, 3], 4, 5)
+    valid = Interactions.from_pairs([3], [4], 4, 5)
+    # user 0: its one test item is a training item; user 2: one masked, one not; user 3: masked by valid
+    test = Interactions.from_pairs([0, 2, 2, 3], [0, 3, 4, 4], 4, 5)
+    assert Evaluator(test, [train]).n_eval == 3
+    assert Evaluator(test, [train]).n_rankable == 2
+    assert Evaluator(test, [train, valid]).n_rankable == 1
+    assert Evaluator(test, []).n_rankable == 3

@@ -95,3 +95,44 @@ def test_group_size_warning_stored_in_metrics(tmp_path):
     stored = json.loads((tmp_path / "users" / "metrics.json").read_text())
     assert users.metrics["group_size_mean"] >= 2
     assert group_warnings(stored) == []
+
+
+# ---------------------------------------------------------------------------- evidence the run actually has
+def all_keys(tree):
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield key
+            yield from all_keys(value)
+
+
+def test_cutoffs_other_than_20(tmp_path):
+    """ks = [5, 10], metric recall@10: nothing downstream (most-popular baseline, fairness, gradient accounting,
+    variance) asks for a cutoff the run did not compute."""
+    cfg = tiny_config(tmp_path, noise={"pos_ratio": 0.2},
+                      train={"ks": [5, 10], "metric": "recall@10", "epochs": 2})
+    summary = run_experiment(cfg, tmp_path / "run", progress=False,
+                             probes=probes_for(fairness=True, track_variance=True))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (tmp_path / "run" / "status").read_text().startswith("done")
+    assert not [k for k in all_keys(metrics) if "@20" in k]
+    assert set(metrics["most_popular"]) == {"recall@5", "recall@10", "ndcg@5", "ndcg@10"}
+    assert {"recall@10", "ndcg@10"} <= set(metrics["fairness"])
+    assert "gradient_accounting" in metrics and "valid_recall@10" in summary.fit.history
+    fairness = pd.read_parquet(tmp_path / "run" / "fairness.parquet")
+    assert set(fairness["k"]) == {10}
+    from analysis.fairness import fairness_report
+
+    with pytest.raises(ValueError, match=r"k = 20 was not evaluated \(this evaluation has ks = \[5, 10\]\)"):
+        fairness_report(summary.fit.test, summary.data.seen, k=20)  # was: top-10 numbers labelled @20
+
+
+def test_empty_test_split_fails_the_run_before_training(tmp_path):
+    from tests.test_train import write_files
+
+    train, test = write_files(tmp_path / "data", [str(u) for u in range(40)])
+    cfg = tiny_config(tmp_path).with_overrides({"data.train_path": train, "data.test_path": test})
+    with pytest.raises(ValueError, match=r"test split has no user with a test item.*check data\.test_path"):
+        run_experiment(cfg, tmp_path / "run", progress=False)
+    status = (tmp_path / "run" / "status").read_text()
+    assert status.startswith("failed") and "EmptySplitError" in status
+    assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "epochs.csv").exists()

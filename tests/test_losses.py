@@ -281,3 +281,46 @@ def test_compiles_without_graph_breaks_on_hot_path():
                        backend="eager")
     p, n, u = torch.randn(5), torch.randn(5, 3), torch.tensor([1, 0, 1, 2, 0])
     assert torch.allclose(fn(p, n, u), bsl(p, n, users=u, mode="multi", tau=0.1, r=1.1))
+
+
+# --------------------------------------------------------------------------- rows without any real negative
+# With in-batch negatives a row can lose every negative to the mask (a batch holding one user only).  Its negative
+# term is 0 (sum over no negatives; log Σ over no negatives taken as 0, not −∞): value and gradients stay finite and
+# only the positive term acts.
+POSITIVE_TERM_ONLY = {  # per-row loss of a row with no negative, as a function of s⁺ (hyper-parameters of CASES)
+    "bpr": lambda s, h: 0.0,
+    "bce": lambda s, h: _softplus(-s),
+    "mse": lambda s, h: 0.5 * (s - 1) ** 2,
+    "ccl": lambda s, h: max(0.0, 1 - s),
+    "sl": lambda s, h: 0.0 if h.get("include_pos") else -s / h["tau"],
+    "bsl": lambda s, h: -s / h.get("tau1", h.get("tau", 0.1)),
+}
+
+
+@pytest.mark.parametrize("name,hyper", CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rows_without_negatives_keep_only_the_positive_term(name, hyper, dtype):
+    pos = torch.tensor([0.3, -0.6, 0.8], dtype=dtype, requires_grad=True)
+    neg = torch.tensor([[0.9, -0.2], [0.4, 0.1], [-0.5, 0.7]], dtype=dtype, requires_grad=True)
+    users = torch.tensor([0, 1, 2])
+    mask = torch.tensor([[False, False], [False, False], [True, False]])  # rows 0 and 1: no real negative
+    out = LOSSES[name](pos, neg, users=users, neg_mask=mask, **hyper)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
+    assert (neg.grad[~mask] == 0).all()  # masked entries get no gradient
+    p, n = pos.detach().double().tolist(), neg.detach().double().tolist()
+    last = ORACLES[name]([p[2]], [[n[2][0]]], [2], **hyper)  # the one row with a negative
+    expected = (POSITIVE_TERM_ONLY[name](p[0], hyper) + POSITIVE_TERM_ONLY[name](p[1], hyper) + last) / 3
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert float(out.detach()) == pytest.approx(expected, rel=tol, abs=tol)
+
+
+@pytest.mark.parametrize("name,hyper", CASES)
+def test_all_rows_without_negatives_finite_at_small_tau(name, hyper):
+    hyper = {k: (0.01 if k.startswith("tau") else v) for k, v in hyper.items()}
+    pos = torch.tensor([1.0], requires_grad=True)
+    neg = torch.tensor([[-1.0]], requires_grad=True)
+    out = LOSSES[name](pos, neg, users=torch.tensor([5]), neg_mask=torch.zeros(1, 1, dtype=torch.bool), **hyper)
+    out.backward()
+    assert torch.isfinite(out) and torch.isfinite(pos.grad).all() and torch.isfinite(neg.grad).all()
+    assert float(neg.grad) == 0.0

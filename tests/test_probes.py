@@ -195,8 +195,9 @@ def many_pairs_data(n_users=200, n_items=60, per_user=24, seed=0) -> TrainData:
         n_users, per_user + 2)
     users = np.repeat(np.arange(n_users), per_user)
     train = Interactions.from_pairs(users, items[:, :per_user].ravel(), n_users, n_items)
-    held = Interactions.from_pairs(np.arange(n_users), items[:, per_user], n_users, n_items)
-    return TrainData(train=train, seen=train, valid=held, test=held)
+    valid = Interactions.from_pairs(np.arange(n_users), items[:, per_user], n_users, n_items)
+    test = Interactions.from_pairs(np.arange(n_users), items[:, per_user + 1], n_users, n_items)
+    return TrainData(train=train, seen=train, valid=valid, test=test)
 
 
 class IndexCounter(Probe):
@@ -256,7 +257,7 @@ def test_in_batch_negatives_leave_out_own_other_positives(tmp_path):
         I = torch.nn.functional.normalize(trainer.model.item_emb, dim=1)
         rows, unmasked = [], []
         for k in range(24):
-            keep = [c for c in range(24) if c == k or users[c] != users[k]]  # own positive + other users' positives
+            keep = [c for c in range(24) if users[c] != users[k]]  # other users' positives only (PROTOCOLS §2)
             s_pos = (U[users[k]] * I[pos[k]]).sum()
             s_neg = torch.stack([(U[users[k]] * I[pos[c]]).sum() for c in keep])
             rows.append(sl(s_pos[None], s_neg[None, :], tau=0.2))

@@ -49,3 +49,91 @@ def test_tensors_and_frames_roundtrip(tmp_path):
 def test_load_run_rejects_non_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         runs.load_run(tmp_path)
+
+
+# ---------------------------------------------------------------------------- damaged files name themselves (item 13)
+@pytest.mark.parametrize("text,match", [("{\"test\": {\"ndcg", "is not valid JSON"), ("", "is empty"),
+                                        ("[1, 2]", "holds a JSON list")])
+def test_damaged_json_raises_naming_the_file(tmp_path, text, match):
+    run = runs.RunDir(tmp_path / "run")
+    run.prepare()
+    run.write_config("{}")
+    (run.path / "metrics.json").write_text(text)
+    with pytest.raises(runs.RunFolderError, match=match) as caught:
+        run.metrics()
+    assert not isinstance(caught.value, json.JSONDecodeError)
+    assert str(run.path / "metrics.json") in str(caught.value) and "run it again" in str(caught.value)
+    (run.path / "config.json").write_text("{")
+    with pytest.raises(runs.RunFolderError, match=r"config\.json is not valid JSON"):
+        run.config()
+    with pytest.raises(runs.RunFolderError, match=r"config\.json"):
+        runs.load_run(run.path)
+    sweep = runs.SweepDir(tmp_path)
+    sweep.spec_path.write_text("{\"name\": ")
+    with pytest.raises(runs.RunFolderError, match=r"sweep\.json is not valid JSON.*rankrobust sweep SPEC --out"):
+        sweep.spec()
+
+
+def test_damaged_table_and_weights_name_the_file(tmp_path):
+    run = runs.RunDir(tmp_path)
+    (tmp_path / "per_user.parquet").write_bytes(b"PAR1 not really")
+    (tmp_path / "model.pt").write_bytes(b"\x00\x01")
+    with pytest.raises(runs.RunFolderError, match=r"per_user\.parquet cannot be read"):
+        run.table("per_user")
+    with pytest.raises(runs.RunFolderError, match=r"model\.pt cannot be read"):
+        run.tensors()
+
+
+# ---------------------------------------------------------------------------- --overwrite replaces a run (item 14)
+def old_run(folder) -> runs.RunDir:
+    """A finished run with every kind of file, plus a temp file a killed write left."""
+    run = runs.RunDir(folder)
+    run.prepare()
+    run.write_config('{"old": true}')
+    run.write_metrics({"test": {"ndcg@20": 0.5}})
+    for name in run.TABLES:
+        run.write_table(name, pd.DataFrame({"user": [0]}))
+    run.save_tensors({"user_emb": torch.ones(1)})
+    (run.path / ".metrics.json.abc123.tmp").write_text("half")
+    run.finish()
+    return run
+
+
+def test_overwrite_leaves_only_the_new_runs_files(tmp_path):
+    run = old_run(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        runs.RunDir(run.path).prepare()
+    run.prepare(overwrite=True)  # old: metrics, weights, fairness of the previous run stayed beside the new run
+    assert list(run.path.iterdir()) == [] and run.status() is None and run.metrics() == {}
+    run.write_config('{"new": true}')
+    run.fail("Traceback\nValueError: the new run failed")
+    assert sorted(p.name for p in run.path.iterdir()) == ["config.json", "status"]
+    assert not run.has_table("fairness") and not (run.path / "model.pt").exists()
+
+
+def test_overwrite_refuses_a_folder_with_files_that_are_not_a_runs(tmp_path):
+    run = old_run(tmp_path)  # as with `--out .`
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "data").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(FileExistsError, match=r"not a run's \(data/, notes\.txt\).*nothing was removed"):
+        run.prepare(overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # old: the run files went, silently
+
+
+def test_overwritten_run_without_fairness_has_no_fairness_table(tmp_path):
+    """`train --overwrite` without --fairness over a run with it: no fairness.parquet or section is left over."""
+    from analysis.probes import probes_for
+    from rankrobust.config import config_from_dict
+    from rankrobust.experiment import run_experiment
+    from tests.test_sweep import write_tiny_data
+
+    train, test = write_tiny_data(tmp_path / "data")
+    cfg = config_from_dict({"data": {"train_path": train, "test_path": test}, "model": {"dim": 8},
+                            "train": {"epochs": 1, "batch_size": 64, "num_negatives": 8, "device": "cpu",
+                                      "ks": [5, 20], "patience": 0}})
+    out = tmp_path / "run"
+    run_experiment(cfg, out, progress=False, probes=probes_for(fairness=True))
+    assert runs.RunDir(out).has_table("fairness")
+    run_experiment(cfg, out, progress=False, overwrite=True, probes=())
+    assert not runs.RunDir(out).has_table("fairness") and "fairness" not in runs.RunDir(out).metrics()

@@ -67,3 +67,21 @@ def test_preset_base_and_missing_preset(tmp_path):
 def test_invalid_cell_names_the_cell():
     with pytest.raises(ConfigError, match=r"cell \{'train.lr': -1\.0\} seed 0: .*train.lr must be > 0"):
         parse_spec({"name": "x", "grid": {"train.lr": [0.1, -1.0]}})
+
+
+def test_record_lists_every_cell_with_its_config_hash(tmp_path):
+    """sweep.json records the spec's cells, so results can use exactly these (and tell stale runs apart)."""
+    from rankrobust.runs import config_hash
+
+    spec = load_spec(tiny_spec(tmp_path, seeds=(0, 1)))
+    cells = spec.record()["cells"]
+    assert list(cells) == [c.cell_id for c in spec.cells]
+    assert all(cells[c.cell_id] == config_hash(c.config.to_dict()) for c in spec.cells)
+    assert len(set(cells.values())) == len(cells)  # every cell's config differs (seed at least)
+    assert config_hash(spec.cells[0].config.to_dict()) == config_hash(
+        __import__("json").loads(spec.cells[0].config.to_json()))  # as read back from config.json
+
+
+def test_unreadable_spec_path_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_spec(tmp_path)  # a folder, not a file

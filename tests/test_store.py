@@ -1,4 +1,5 @@
 """The results store (rankrobust/store.py): rows from run folders, summaries, paired comparisons, Holm."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,76 @@ def test_compare_runs_pairs_by_seed_and_matches_scipy(tmp_path):
     assert table["p_holm"].tolist() == pytest.approx(holm(table["p"].to_numpy()).tolist())
     with pytest.raises(ValueError, match="no column 'loss.mode'"):
         compare_runs(load_store(sweep.path), ["loss.name"], {"loss.mode": "paper"}, {"loss.name": "bsl"})
+
+
+# ---------------------------------------------------------------------------- current cells only (item 12)
+def test_load_store_keeps_the_recorded_cells(tmp_path):
+    """Rows of cell ids not recorded in sweep.json are stale; an old record (no cells, sorted grid keys) works too."""
+    sweep = SweepDir(tmp_path / "sw")
+    fake_run(sweep.run("model.name=mf__loss.name=sl__seed=0"), "sl", 0)
+    fake_run(sweep.run("model.name=mf__loss.name=bpr__seed=0"), "bpr", 0)
+    write_store(sweep.path)
+    assert len(load_store(sweep.path)) == 2  # no record: every run counts
+    sweep.write_spec({"name": "x", "grid": {"loss.name": ["sl"], "model.name": ["mf"]}, "seeds": [0]})
+    assert load_store(sweep.path)["cell_id"].tolist() == ["model.name=mf__loss.name=sl__seed=0"]
+    sweep.write_spec({"name": "x", "grid": {}, "seeds": [0], "cells": {"model.name=mf__loss.name=bpr__seed=0": None}})
+    assert load_store(sweep.path / "store.parquet")["cell_id"].tolist() == ["model.name=mf__loss.name=bpr__seed=0"]
+    everything = load_store(sweep.path, include_stale=True)
+    assert everything["stale"].tolist() == [False, True] and [d.path.name for d in sweep.stale_runs()] == [
+        "model.name=mf__loss.name=sl__seed=0"]
+
+
+# ---------------------------------------------------------------------------- bad folders: one line, no traceback
+def test_run_row_of_a_damaged_run_is_corrupt_not_an_error(tmp_path):
+    run = fake_run(tmp_path / "a", "sl", 0)
+    (run.path / "config.json").write_text('{"loss": ')
+    row = run_row(run)
+    assert row["status"] == "corrupt" and "config.json is not valid JSON" in row["error"]
+    frame = pd.DataFrame([row])
+    assert summarize(frame, ["loss.name"]).empty and compare_runs(frame, ["loss.name"], {"loss.name": "a"},
+                                                                  {"loss.name": "b"}).empty
+
+
+@pytest.mark.parametrize("damage,match", [
+    ("store", r"store\.parquet is not a readable results store .*rankrobust sweep SPEC --out"),
+    ("spec", r"sweep\.json is not valid JSON .*delete it and run `rankrobust sweep SPEC --out"),
+    ("missing", r"no results store at .*store\.parquet; run `rankrobust sweep SPEC --out"),
+    ("per_user", r"per_user\.parquet cannot be read"),
+])
+def test_results_on_a_bad_folder_print_one_line(tmp_path, capsys, damage, match):
+    from rankrobust.cli import main
+
+    sweep = SweepDir(tmp_path / "sw")
+    for loss in ("sl", "bsl"):
+        fake_run(sweep.run(loss), loss, 0)
+    sweep.write_spec({"name": "x", "grid": {"loss.name": ["sl", "bsl"]}, "seeds": [0], "cells": {"sl": None,
+                                                                                                "bsl": None}})
+    write_store(sweep.path)
+    if damage == "store":
+        sweep.store_path.write_bytes(sweep.store_path.read_bytes()[:40])
+    elif damage == "spec":
+        sweep.spec_path.write_text('{"name": "x", "gri')
+    elif damage == "missing":
+        sweep.store_path.unlink()
+    else:
+        (sweep.run("bsl").path / "per_user.parquet").write_bytes(b"garbage")
+    argv = ["results", str(sweep.path)] + (["--compare", "sl", "bsl"] if damage == "per_user" else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.search(match, err), err
+
+
+def test_sweep_into_a_folder_with_a_damaged_record_prints_one_line(tmp_path, capsys):
+    from rankrobust.cli import main
+
+    spec = tiny_spec(tmp_path, losses=("sl",), ratios=(0.0,), epochs=1)
+    out = SweepDir(tmp_path / "out")
+    out.path.mkdir()
+    out.spec_path.write_text("{")
+    assert main(["sweep", str(spec), "--out", str(out.path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "sweep.json is not valid JSON" in err and "delete it" in err
+    assert main(["sweep", str(tmp_path), "--out", str(out.path)]) == 2  # a folder given as the spec
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot be read" in err

@@ -21,13 +21,17 @@ def is_finished(run_dir: RunDir, config: dict[str, Any]) -> bool:
     """True when ``run_dir`` holds a finished run of exactly ``config``.
 
     A run made with another config (the spec was edited since) counts as
-    unfinished, so a resumed sweep re-runs it instead of keeping stale numbers.
+    unfinished, so a resumed sweep re-runs it instead of keeping stale numbers;
+    so does a run whose ``config.json`` or ``metrics.json`` cannot be read
+    (damaged, truncated: `RunFolderError`), so a damaged run is redone instead
+    of blocking the sweep.
     """
-    if run_dir.status() != STATUS_DONE:
-        return False
     try:
+        if run_dir.status() != STATUS_DONE:
+            return False
         stored = run_dir.config()
-    except (OSError, ValueError):
+        run_dir.metrics()  # readable, or the run is redone
+    except (OSError, ValueError):  # RunFolderError is a ValueError
         return False
     return stored == json.loads(json.dumps(config))
 
@@ -45,14 +49,17 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
     folder = RunDir(run_dir)
     if is_finished(folder, cfg.to_dict()):
         return {"status": STATUS_DONE, "skipped": True}
-    if folder.path.exists():
-        shutil.rmtree(folder.path)
     try:
+        if folder.path.exists():
+            shutil.rmtree(folder.path)
         probes = probes_for(fairness=bool(options.get("fairness")), track_variance=bool(options.get("track_variance")))
         run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
         return {"status": STATUS_DONE}
     except Exception:
         detail = traceback.format_exc()
-        if folder.status() != STATUS_FAILED:
-            folder.fail(detail)
+        try:
+            if folder.status() != STATUS_FAILED:
+                folder.fail(detail)
+        except (OSError, ValueError):
+            pass  # the folder cannot be written; the failure is still returned
         return {"status": STATUS_FAILED, "error": detail.strip().splitlines()[-1]}

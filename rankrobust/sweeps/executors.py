@@ -3,23 +3,46 @@
 Every executor is a generator ``execute(spec, cells, sweep_dir, ...)`` that
 yields ``(cell, result)`` as cells finish, each cell going through the same
 `rankrobust.sweeps.cell.run_cell`.  ``EXECUTORS`` names them for the CLI.
+
+Worker processes (``--jobs N``) live and die with the sweep:
+
+- each worker asks the kernel to kill it when its parent dies (Linux
+  ``prctl(PR_SET_PDEATHSIG, SIGKILL)``) and also polls ``os.getppid()`` once a
+  second (other systems), so a SIGKILLed sweep leaves no worker running or
+  starting cells (a worker still starting up, importing torch, when the
+  parent dies exits as soon as it is up, before taking a cell);
+- when the generator is closed or interrupted (an exception, Ctrl-C, the
+  SIGTERM handler of `rankrobust.sweeps.runner.run_sweep`) the workers are
+  killed at once; their unfinished cells stay unfinished and a rerun redoes them;
+- a worker that dies while running a cell (killed by the OOM killer, a
+  segfault) fails only that cell: its run folder is marked ``failed`` with the
+  reason (``worker process died (killed by signal 9, SIGKILL: out of
+  memory?)``), a new worker takes its place and the sweep goes on;
+- each worker keeps one device (``cuda:j`` for worker j where GPUs exist), so
+  two cells never share a GPU by accident.
 """
 from __future__ import annotations
 
+import ctypes
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+import signal
+import sys
+import threading
+import time
 from multiprocessing import get_context
+from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable
 
-from rankrobust.runs import SweepDir
+from rankrobust.runs import RunDir, SweepDir
 from rankrobust.sweeps.cell import run_cell
 from rankrobust.sweeps.spec import Cell, SweepSpec
 
 RAY_INSTALL_HINT = 'the Ray executor needs Ray: pip install "rankrobust[ray]"  (or: pip install "ray>=2.9")'
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 def _share_cores(jobs: int) -> None:
-    """Worker initialiser: split the CPU cores between the ``jobs`` processes (no oversubscription)."""
+    """Split the CPU cores between the ``jobs`` worker processes (no oversubscription)."""
     import torch
 
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
@@ -32,20 +55,164 @@ def _devices(jobs: int) -> list[str | None]:
     return [f"cuda:{j % n}" if n else None for j in range(jobs)]
 
 
-def execute_local(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1,
-                  **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
-    """Run cells in this process (``jobs = 1``) or in ``jobs`` spawned processes (one GPU each when several)."""
+def die_with_parent(parent_pid: int, poll_seconds: float = 1.0) -> None:
+    """Make this (worker) process end when process ``parent_pid`` (its parent) ends, however it ends.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG, SIGKILL)``, so the kernel kills it the
+    moment the parent dies (even by SIGKILL).  Everywhere: a daemon thread
+    that kills the process once ``os.getppid()`` is no longer ``parent_pid``
+    (within ``poll_seconds``).  A parent that died before this call is noticed
+    at once.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the polling thread below still ends the worker
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll_seconds)
+            if os.getppid() != parent_pid:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _worker_main(conn, parent_pid: int, jobs: int, device: str | None, target: Callable[..., dict]) -> None:
+    """A worker process: run the cells it is sent (``(config, run_dir, options)``) until it gets None."""
+    die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it ends the workers
+    from tqdm import tqdm
+
+    # a thread lock, not tqdm's default multiprocessing one: a worker killed midway leaks no semaphore
+    tqdm.set_lock(threading.RLock())
+    _share_cores(jobs)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        config, run_dir, options = task
+        try:
+            result = target(config, run_dir, options, device)
+        except BaseException as err:  # run_cell never raises; a custom target might
+            result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+        conn.send(result)
+
+
+def death_reason(exitcode: int | None) -> str:
+    """Why a worker process ended, for the failed cell's status: signal name or exit code."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = "unknown signal"
+        hint = ": out of memory?" if -exitcode == signal.SIGKILL else ""
+        return f"worker process died (killed by signal {-exitcode}, {name}{hint})"
+    return f"worker process died (exit code {exitcode})"
+
+
+class _Worker:
+    """One worker process of `execute_local`, fixed to one device, running one cell at a time."""
+
+    def __init__(self, ctx, jobs: int, device: str | None, target: Callable[..., dict]) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_worker_main, args=(child, os.getpid(), jobs, device, target),
+                                   name="rankrobust-sweep-worker")
+        self.process.start()
+        child.close()
+        self.device = device
+        self.cell: Cell | None = None
+        self.run_dir = ""
+
+    def assign(self, cell: Cell, run_dir: str, options: dict[str, Any]) -> bool:
+        """Send a cell; False when the worker is gone (the caller replaces it)."""
+        try:
+            self.conn.send((cell.config, run_dir, options))
+        except (OSError, ValueError):
+            return False
+        self.cell, self.run_dir = cell, run_dir
+        return True
+
+    def stop(self, kill: bool) -> None:
+        """End the worker: ``kill`` at once (interrupted sweep), else ask it to finish and wait briefly."""
+        if not kill and self.process.is_alive():
+            try:
+                self.conn.send(None)
+            except (OSError, ValueError):
+                pass
+            self.process.join(timeout=10)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+def execute_local(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1, *,
+                  target: Callable[..., dict] = run_cell, **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
+    """Run cells in this process (``jobs = 1``) or in ``jobs`` spawned worker processes (one GPU each when several).
+
+    ``target(config, run_dir, options, device)`` runs one cell (`run_cell`).
+    Workers end with the sweep and a dying worker fails only its cell (module
+    docstring).
+    """
     if jobs <= 1:
         for cell in cells:
-            yield cell, run_cell(cell.config, str(out.run(cell.cell_id).path), spec.options)
+            yield cell, target(cell.config, str(out.run(cell.cell_id).path), spec.options)
         return
+    ctx = get_context("spawn")
     devices = _devices(jobs)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_share_cores,
-                             initargs=(jobs,)) as pool:
-        futures = {pool.submit(run_cell, c.config, str(out.run(c.cell_id).path), spec.options,
-                               devices[n % jobs]): c for n, c in enumerate(cells)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    pending = list(cells)
+    workers: list[_Worker] = []
+    finished = False
+    try:
+        workers = [_Worker(ctx, jobs, devices[j], target) for j in range(min(jobs, len(pending)))]
+        while True:
+            for j, worker in enumerate(workers):
+                while worker.cell is None and pending:
+                    cell = pending[0]
+                    if worker.process.is_alive() and worker.assign(cell, str(out.run(cell.cell_id).path),
+                                                                   spec.options):
+                        pending.pop(0)
+                    else:  # a worker that died (idle or with a cell, below) is replaced: no cell is lost
+                        worker.stop(kill=True)
+                        workers[j] = worker = _Worker(ctx, jobs, worker.device, target)
+            busy = [w for w in workers if w.cell is not None]
+            if not busy:
+                break
+            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for j, worker in enumerate(workers):
+                if worker.cell is None:
+                    continue
+                result = None
+                if worker.conn.poll():
+                    try:
+                        result = worker.conn.recv()
+                    except (EOFError, OSError):
+                        result = None
+                if result is None and worker.process.is_alive():
+                    continue  # not this one
+                cell = worker.cell
+                worker.cell = None
+                if result is None:  # died while running the cell: fail the cell (a new worker takes the next)
+                    worker.process.join()
+                    reason = death_reason(worker.process.exitcode)
+                    try:
+                        RunDir(worker.run_dir).fail(f"{reason} while running cell {cell.cell_id}\n{reason}")
+                    except OSError:
+                        pass
+                    result = {"status": "failed", "error": reason}
+                yield cell, result
+        finished = True
+    finally:
+        for worker in workers:
+            worker.stop(kill=not finished)
 
 
 def import_ray():

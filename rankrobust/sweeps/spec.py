@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,9 @@ import yaml
 
 from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config_from_dict, prune_inapplicable,
                                read_config_tree, set_dotted)
+from rankrobust.runs import cell_id, config_hash
+
+__all__ = ["Cell", "SweepSpec", "cell_id", "load_spec", "parse_spec"]
 
 SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "options")
 #: run options of a sweep: which probes its cells get, and Ray resources per task
@@ -62,16 +64,17 @@ class SweepSpec:
     cells: list[Cell] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
-        """The document saved as the sweep folder's spec record."""
+        """The document saved as the sweep folder's spec record (``sweep.json``).
+
+        ``cells`` maps each cell id to the hash of its resolved config
+        (`rankrobust.runs.config_hash`): results use exactly these cells, and
+        a run folder of another id (stale) or with another config (outdated)
+        is left out of them.
+        """
         return {"name": self.name, "grid": self.grid, "seeds": self.seeds, "base": self.base,
                 "overrides": self.overrides, "options": self.options,
-                "source": str(self.source) if self.source else None}
-
-
-def cell_id(values: dict[str, Any], seed: int) -> str:
-    """A readable, filesystem-safe id: ``loss.name=sl__noise.pos_ratio=0.2__seed=0``."""
-    parts = [f"{k}={v}" for k, v in values.items()] + [f"seed={seed}"]
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "-", "__".join(parts))
+                "source": str(self.source) if self.source else None,
+                "cells": {c.cell_id: config_hash(c.config.to_dict()) for c in self.cells}}
 
 
 def _base_tree(base: dict[str, Any], spec_path: Path | None) -> dict[str, Any]:
@@ -179,6 +182,9 @@ def load_spec(path: str | Path) -> SweepSpec:
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     try:
         data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"sweep spec {path} cannot be read ({getattr(err, 'strerror', None) or err}); "
+                          f"pass a sweep spec YAML file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(data, path)
