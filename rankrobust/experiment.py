@@ -16,12 +16,11 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
-
-from typing import Sequence
 
 from rankrobust.config import DataConfig, RunConfig
 from rankrobust.data import Dataset, load_dataset, load_files
@@ -95,6 +94,18 @@ def environment() -> dict[str, Any]:
     }
 
 
+def id_table(dataset: Dataset) -> pd.DataFrame:
+    """The map from the contiguous ids of a run back to the ids written in the user's files.
+
+    Columns ``kind`` (``user`` / ``item``), ``id`` (as used in the run's
+    tables and weights) and ``original`` (as text, since files may use any ids).
+    """
+    frames = [pd.DataFrame({"kind": kind, "id": np.arange(len(ids), dtype=np.int64),
+                            "original": pd.Series(ids).astype(str)})
+              for kind, ids in (("user", dataset.user_ids), ("item", dataset.item_ids))]
+    return pd.concat(frames, ignore_index=True)
+
+
 def group_size_warning(cfg: RunConfig, group_size: float) -> str | None:
     """The warning for a grouped positive term that barely acts, or None (PROTOCOLS.md §9).
 
@@ -163,7 +174,8 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
         run_dir.prepare(overwrite)
         run_dir.write_config(cfg.to_json())
     try:
-        data, noise = prepare_data(cfg, load_data(cfg.data))
+        dataset = load_data(cfg.data)
+        data, noise = prepare_data(cfg, dataset)
         ctx = ProbeContext(cfg, data, device, run_dir)
         for probe in probes:
             probe.start(ctx)
@@ -186,6 +198,8 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
             run_dir.write_table("epochs", result.history)
             run_dir.write_table("per_user", result.test.per_user)
             run_dir.write_table("noise", noise)
+            if dataset.user_ids is not None:
+                run_dir.write_table("ids", id_table(dataset))
             for name, frame in tables.items():
                 run_dir.write_table(name, frame)
             U, I = result.model.final_embeddings()

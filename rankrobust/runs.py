@@ -159,7 +159,8 @@ class RunDir:
     ``save_tensors``, ``finish``/``fail``; readers call ``config()``,
     ``metrics()``, ``table(name)``, ``tensors()``, ``status()``.  Tables are
     known by name (`TABLES`): ``epochs``, ``per_user``, ``noise``,
-    ``fairness``, ``variance``.  Every write is atomic (temp file +
+    ``fairness``, ``variance``, ``ids`` (for user files: the original id of
+    every remapped user and item; columns ``kind``, ``id``, ``original``).  Every write is atomic (temp file +
     ``os.replace``); ``status`` is written last.  Reading a damaged file
     raises `RunFolderError` naming it.
     """
@@ -174,6 +175,7 @@ class RunDir:
         "per_user": "per_user.parquet",
         "noise": "noise.parquet",
         "fairness": "fairness.parquet",
+        "ids": "ids.parquet",
         "variance": "variance.csv",
     }
 

@@ -136,3 +136,20 @@ def test_empty_test_split_fails_the_run_before_training(tmp_path):
     status = (tmp_path / "run" / "status").read_text()
     assert status.startswith("failed") and "EmptySplitError" in status
     assert not (tmp_path / "run" / "metrics.json").exists() and not (tmp_path / "run" / "epochs.csv").exists()
+
+
+def test_user_files_record_their_original_ids(tmp_path):
+    """Runs on user files keep the map from the run's ids back to the files' ids (table ``ids``)."""
+    from rankrobust.runs import RunDir
+
+    (tmp_path / "tr.csv").write_text("user,item\nu1,a\nu1,b\nu2,b\nu2,c\nu3,a\nu3,c\nu3,d\n")
+    (tmp_path / "te.csv").write_text("user,item\nu1,c\nu2,d\nu3,b\n")
+    cfg = config_from_dict({"data": {"train_path": str(tmp_path / "tr.csv"), "test_path": str(tmp_path / "te.csv"),
+                                     "valid_is_test": True},
+                            "model": {"dim": 4}, "train": {"epochs": 1, "device": "cpu", "ks": [1, 2],
+                                                           "metric": "recall@2", "num_negatives": 2}})
+    run_experiment(cfg, tmp_path / "run", progress=False)
+    ids = RunDir(tmp_path / "run").table("ids")
+    assert ids[ids["kind"] == "user"]["original"].tolist() == ["u1", "u2", "u3"]
+    assert ids[ids["kind"] == "item"]["original"].tolist() == ["a", "b", "c", "d"]
+    assert ids.groupby("kind")["id"].apply(list).to_dict() == {"item": [0, 1, 2, 3], "user": [0, 1, 2]}
