@@ -91,11 +91,12 @@ def build_parser() -> Parser:
 
     p = sub.add_parser("results", help="summarise a sweep's results store (the cells of its current spec)")
     p.add_argument("dir", help="sweep folder (holding store.parquet)")
-    p.add_argument("--metric", action="append", help="metrics to show (default test.recall@20, test.ndcg@20)")
+    p.add_argument("--metric", action="append",
+                   help="metrics to show (default test Recall@K and NDCG@K at the K of train.metric)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
                    help="paired Wilcoxon test across users of two arms per cell, Holm-corrected; an arm is a "
                         "loss name (sl) or key=value[,key=value] (loss.name=bsl,train.batching=users)")
-    p.add_argument("--compare-metric", default="ndcg@20", help="per-user metric for --compare")
+    p.add_argument("--compare-metric", help="per-user metric for --compare (default ndcg@K, K of train.metric)")
 
     p = sub.add_parser("figures", help="regenerate the paper's figures from sweep stores")
     p.add_argument("dirs", nargs="+", help="sweep folders (quick or full results)")
@@ -260,8 +261,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (MAIN_METRICS, compare_runs, format_summary, grid_axes, load_store, parse_arm,
-                                  store_problems, summarize)
+    from rankrobust.store import (compare_runs, format_summary, grid_axes, load_store, main_metrics, parse_arm,
+                                  selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
 
     folder = Path(args.dir).parent if Path(args.dir).suffix == ".parquet" else Path(args.dir)
@@ -275,7 +276,7 @@ def _results(args: argparse.Namespace) -> int:
         print(f"note: {describe_owner(owner)} is still writing this folder; the numbers may change")
     for line in store_problems(full, folder):
         print(f"warning: {line}")
-    print(format_summary(summarize(frame, axes, tuple(args.metric or MAIN_METRICS))))
+    print(format_summary(summarize(frame, axes, tuple(args.metric or main_metrics(frame)))))
     if "warnings" in frame:
         warned = frame[frame["warnings"].fillna("") != ""]
         if len(warned):
@@ -284,6 +285,7 @@ def _results(args: argparse.Namespace) -> int:
                   f"{first}")
     if args.compare:
         a, b = (parse_arm(x) for x in args.compare)
+        args.compare_metric = args.compare_metric or f"ndcg@{selection_cutoff(frame)}"
         table = compare_runs(frame, axes, a, b, metric=args.compare_metric)
         if table.empty:
             print(f"\nno cell has finished runs of both {args.compare[0]!r} and {args.compare[1]!r}")

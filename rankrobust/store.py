@@ -29,6 +29,24 @@ from rankrobust.config import SECTIONS
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 
 MAIN_METRICS = ("test.recall@20", "test.ndcg@20")
+
+
+def selection_cutoff(frame: pd.DataFrame, default: int = 20) -> int:
+    """The cutoff K of the runs' validation metric (``train.metric``, e.g. ``recall@10`` → 10).
+
+    ``default`` when the store has no such column; the most common K when runs differ.
+    """
+    if "train.metric" not in frame or frame["train.metric"].dropna().empty:
+        return default
+    ks = frame["train.metric"].dropna().astype(str).str.partition("@")[2]
+    ks = ks[ks.str.isdigit()]
+    return int(ks.mode().iloc[0]) if len(ks) else default
+
+
+def main_metrics(frame: pd.DataFrame) -> tuple[str, str]:
+    """Test Recall@K and NDCG@K at the runs' selection cutoff (`selection_cutoff`): what `results` shows."""
+    k = selection_cutoff(frame)
+    return (f"test.recall@{k}", f"test.ndcg@{k}")
 #: status of a run folder whose config.json or metrics.json cannot be read
 STATUS_CORRUPT = "corrupt"
 #: columns every loaded store has, even when empty
