@@ -226,7 +226,10 @@ class RunConfig:
             for selector, (attr, registry) in _selectors(type(section)).items():
                 if getattr(section, attr) is None:  # built in code, not parsed: default options
                     setattr(section, attr, registry.entry(getattr(section, selector)).make_options())
-                check_options(getattr(section, attr), name)
+                options = getattr(section, attr)
+                check_options(options, name)
+                if hasattr(options, "validate"):  # rules between an entry's own options
+                    options.validate()
             check_options(section, name)
             if hasattr(section, "validate"):  # cross-field rules of the section
                 section.validate()

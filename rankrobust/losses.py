@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from rankrobust.batching import group_ids
-from rankrobust.registry import NoOptions, Registry, one_of, option, positive, non_negative
+from rankrobust.registry import ConfigError, NoOptions, Registry, non_negative, one_of, option, positive
 
 __all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "LOSS_HYPERS", "BSL_MODES", "get_loss",
            "bsl_temperatures", "groups_positives"]
@@ -261,6 +261,15 @@ class BSLOptions:
     tau2: float | None = option(None, "BSL negative temperature τ₂ (paper mode; default τ)", check=positive,
                                 flag="--tau2")
     r: float = option(1.0, "BSL ratio r of reweight/multi modes (plays τ₁/τ₂)", check=positive, flag="--r")
+
+    def validate(self) -> None:
+        """Refuse an option of another BSL mode (it would be stored but do nothing)."""
+        if self.mode != "paper" and (self.tau1 is not None or self.tau2 is not None):
+            raise ConfigError(f"loss.tau1/loss.tau2 apply to bsl mode 'paper' only, not mode {self.mode!r} "
+                              f"(which uses loss.tau and loss.r); remove them or set loss.mode=paper")
+        if self.mode == "paper" and self.r != 1.0:
+            raise ConfigError("loss.r applies to bsl modes 'reweight' and 'multi' only, not 'paper' (which uses "
+                              "loss.tau1 and loss.tau2); remove it or set loss.mode=reweight or multi")
 
     def loss_kwargs(self) -> dict:
         """The keywords `bsl` uses in this mode (paper: resolved τ₁, τ₂; reweight/multi: τ, r)."""

@@ -35,7 +35,9 @@ def test_invalid_values(section, key, value):
 def test_overrides_and_kwargs():
     cfg = config_from_dict({}).with_overrides({"loss.name": "bsl", "loss.tau": 0.2, "loss.tau1": 0.5})
     assert cfg.loss.kwargs() == {"mode": "paper", "tau1": 0.5, "tau2": 0.2}
-    cfg = cfg.with_overrides({"loss.mode": "multi", "loss.r": 1.1})
+    with pytest.raises(ConfigError, match="tau1.*'paper' only"):  # τ₁ would be stored but do nothing in multi mode
+        cfg.with_overrides({"loss.mode": "multi", "loss.r": 1.1})
+    cfg = cfg.with_overrides({"loss.mode": "multi", "loss.r": 1.1, "loss.tau1": None})
     assert cfg.loss.kwargs() == {"mode": "multi", "tau": 0.2, "r": 1.1}
     assert parse_override("train.ks=[10, 20]") == ("train.ks", [10, 20])
     with pytest.raises(ConfigError, match="section"):

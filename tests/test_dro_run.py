@@ -15,7 +15,7 @@ def test_positive_temperature():
 
     assert positive_temperature(cfg(name="bsl", mode="paper", tau=0.1, tau1=0.5)) == 0.5
     assert positive_temperature(cfg(name="bsl", mode="paper", tau=0.1, tau1=None)) == 0.1
-    assert positive_temperature(cfg(name="bsl", mode="multi", tau=0.2, tau1=0.5)) == 0.2
+    assert positive_temperature(cfg(name="bsl", mode="multi", tau=0.2)) == 0.2  # (τ₁ is refused in multi mode)
     assert positive_temperature(cfg(name="sl", tau=0.3)) == 0.3
 
 

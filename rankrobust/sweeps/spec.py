@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,8 @@ def _expand(spec: SweepSpec) -> list[Cell]:
         acted[(where, key)] = acted.get((where, key), False) or key not in dropped
 
     base_keys = [f"{section}.{k}" for section, values in spec.base.items() for k in values]
+    _check_rules(spec)
+    matched: set[int] = set()
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         tree = copy.deepcopy(spec.base)
@@ -119,6 +122,7 @@ def _expand(spec: SweepSpec) -> list[Cell]:
             set_dotted(tree, key, value)
         rules = [n for n, rule in enumerate(spec.overrides)
                  if all(values.get(k) == v for k, v in rule.get("when", {}).items())]
+        matched.update(rules)
         for n in rules:
             for key, value in spec.overrides[n].get("set", {}).items():
                 set_dotted(tree, key, value)
@@ -137,6 +141,10 @@ def _expand(spec: SweepSpec) -> list[Cell]:
             except ConfigError as err:
                 raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}: {err}") from None
             cells.append(Cell(cell_id(values, seed), values, seed, cfg))
+    for n in range(len(spec.overrides)):
+        if n not in matched:
+            warnings.warn(f"sweep {spec.name}: overrides[{n}] (when {spec.overrides[n].get('when', {})}) matches no "
+                          f"cell of the grid {spec.grid}", stacklevel=3)
     idle = [f"{key} (set in {where})" for (where, key), kept in acted.items() if not kept]
     if idle:
         raise ConfigError(f"sweep {spec.name}: {', '.join(idle)} applies to no cell it is set for (the entries "
@@ -145,6 +153,33 @@ def _expand(spec: SweepSpec) -> list[Cell]:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid values give duplicate cell ids")
     return cells
+
+
+def _check_rules(spec: SweepSpec) -> None:
+    """Each override rule is ``{when: {grid key: value}, set: {config key: value}}``; its keys must be grid axes.
+
+    A ``when`` on a key that is not a grid axis (a typo, or a base key), or with
+    a value no config accepts (``loss.name: bls``), could never match and would
+    silently skip the rule, so it is an error; a valid value that is just not
+    in this grid only warns (one override list may serve several grids).
+    """
+    for n, rule in enumerate(spec.overrides):
+        if not isinstance(rule, dict) or set(rule) - {"when", "set"} or not isinstance(rule.get("set", {}), dict) \
+                or not isinstance(rule.get("when", {}), dict):
+            raise ConfigError(f"sweep {spec.name}: overrides[{n}] must be a mapping with 'when' and 'set' mappings, "
+                              f"got {rule!r}")
+        for key, value in rule.get("when", {}).items():
+            if key not in spec.grid:
+                raise ConfigError(f"sweep {spec.name}: overrides[{n}].when names {key!r}, which is not a grid axis"
+                                  f"{closest(key, spec.grid)}; 'when' can only test grid axes: {list(spec.grid)}")
+            if value not in spec.grid[key]:
+                probe: dict[str, Any] = {}
+                set_dotted(probe, key, value)
+                try:  # a value no config accepts (a typo such as loss.name: bls) can never match
+                    config_from_dict(prune_inapplicable(probe)[0])
+                except ConfigError as err:
+                    raise ConfigError(f"sweep {spec.name}: overrides[{n}].when {key} = {value!r} can never match: "
+                                      f"{err}") from None
 
 
 def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
