@@ -111,7 +111,10 @@ def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
     U, I = weights["final_user"], weights["final_item"]
     tau, tau1 = temperature(cfg), positive_temperature(cfg)
     results = run_checks(n=(5, 20), seeds=(0,), tol=tol) + real_score_checks(U, I, tau, tol=tol)
-    lines = [f"DRO-equivalence checks for {run_dir} ({cfg.model.name} + {cfg.loss.name}, τ = {tau:g})",
+    options = ", ".join(f"{k}={v}" for k, v in cfg.loss.to_flat().items() if v is not None)
+    at = f"τ = {tau:g}" + ("" if hasattr(cfg.loss.options, "tau") else " (SL's default: this loss has no τ)")
+    lines = [f"DRO-equivalence checks for {run_dir} ({cfg.model.name} + {cfg.loss.name}"
+             f"{' ' + options if options else ''}; checks on the run's scores at {at})",
              dro_report(results)]
     data, _ = prepare_data(cfg, load_data(cfg.data))
     if data.noisy is not None and data.noisy.any():

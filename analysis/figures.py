@@ -40,7 +40,7 @@ from matplotlib.figure import Figure as MplFigure  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
-from rankrobust.runs import RunDir, SweepDir  # noqa: E402
+from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
 from rankrobust.store import load_store  # noqa: E402
 
 
@@ -109,11 +109,15 @@ def open_sweeps(dirs: Iterable[str | Path]) -> dict[str, Sweep]:
     """
     found: dict[str, Sweep] = {}
     for d in map(Path, dirs):
+        if not SweepDir(d).store_path.exists():
+            print(f"ignored {d}: no results store there (run `rankrobust sweep SPEC --out {d}` first)",
+                  file=sys.stderr)
+            continue
         name = SweepDir(d).name()
         kind = sweep_kind(name)
         if kind is None:
-            print(f"ignored {d}: sweep {name!r} is none of the kinds the figures need "
-                  f"({', '.join(sweep_kinds())})", file=sys.stderr)
+            print(f"ignored {d}: sweep {name!r} is none of the kinds the figures need (a figure finds its "
+                  f"sweeps by the start of the spec name: {', '.join(sweep_kinds())})", file=sys.stderr)
             continue
         if kind in found:
             print(f"{d} replaces {found[kind].path} as the {kind} sweep", file=sys.stderr)
@@ -533,7 +537,8 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
 
     ``only``: figure numbers (``"2"``) or stems (``"fig2-noisy-positives"``).
     Figures whose sweeps are missing, or whose sweeps lack data
-    (`MissingData`), are skipped with a message on stderr.  ``out/README.md``
+    (`MissingData`, a missing or damaged run file), are skipped with a
+    message on stderr; the others are still drawn.  ``out/README.md``
     gets the generated list of every figure (`figures_readme_block`), with the
     sweep folders used here, keeping any hand-written text around it.
     """
@@ -548,7 +553,7 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
             continue
         try:
             drawn, sources = fig.draw(sweeps)
-        except MissingData as err:
+        except (MissingData, FileNotFoundError, RunFolderError) as err:  # e.g. run files a shipped example omits
             print(f"skipped {fig.stem}: {err}", file=sys.stderr)
             continue
         written += save_figure(drawn, out, fig.stem, sources, fig.caption)

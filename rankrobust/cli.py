@@ -21,7 +21,7 @@ import pandas as pd
 
 from rankrobust.runs import SweepDir
 
-from rankrobust.config import (ConfigError, RunConfig, config_flags, config_from_dict, parse_override,
+from rankrobust.config import (ConfigError, RunConfig, closest, config_flags, config_from_dict, parse_override,
                                read_config_tree, set_dotted)
 
 class Parser(argparse.ArgumentParser):
@@ -276,6 +276,11 @@ def _results(args: argparse.Namespace) -> int:
         print(f"note: {describe_owner(owner)} is still writing this folder; the numbers may change")
     for line in store_problems(full, folder):
         print(f"warning: {line}")
+    for metric in args.metric or ():
+        if metric not in frame.columns:
+            known = sorted(c for c in frame.columns if c.startswith(("test.", "valid.", "fairness.", "gradient_")))
+            raise ConfigError(f"--metric {metric!r} is not a column of the store{closest(metric, known)}; "
+                              f"columns: {', '.join(known[:20])}{' …' if len(known) > 20 else ''}")
     print(format_summary(summarize(frame, axes, tuple(args.metric or main_metrics(frame)))))
     if "warnings" in frame:
         warned = frame[frame["warnings"].fillna("") != ""]
@@ -285,7 +290,12 @@ def _results(args: argparse.Namespace) -> int:
                   f"{first}")
     if args.compare:
         a, b = (parse_arm(x) for x in args.compare)
-        args.compare_metric = args.compare_metric or f"ndcg@{selection_cutoff(frame)}"
+        metric = (args.compare_metric or f"ndcg@{selection_cutoff(frame)}").removeprefix("test.")
+        per_user = sorted(c.removeprefix("test.") for c in frame.columns if c.startswith("test.") and "@" in c)
+        if metric not in per_user:
+            raise ConfigError(f"--compare-metric {metric!r} is not a per-user test metric of these runs"
+                              f"{closest(metric, per_user)}; choose one of {', '.join(per_user)}")
+        args.compare_metric = metric
         table = compare_runs(frame, axes, a, b, metric=args.compare_metric)
         if table.empty:
             print(f"\nno cell has finished runs of both {args.compare[0]!r} and {args.compare[1]!r}")

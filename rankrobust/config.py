@@ -417,6 +417,8 @@ def read_config_tree(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file (a folder?); give the path of a YAML config")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

@@ -186,6 +186,24 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     return Dataset(name, tr, va, te, leaky_validation=False, source=source)
 
 
+def _check_dense_ids(name: str, paths: dict, parts: list) -> None:
+    """Registered datasets use contiguous ids; refuse files where most ids in 0..max never occur.
+
+    Such a file (an id typed with extra digits, say) would silently create
+    millions of items that never occur, or allocate absurd memory.
+    """
+    for axis, kind in ((0, "user"), (1, "item")):
+        ids = np.concatenate([p[axis] for p in parts])
+        if not len(ids):
+            continue
+        top, distinct = int(ids.max()), len(np.unique(ids))
+        if top + 1 > 2 * distinct:
+            where = ", ".join(str(p) for p in paths.values() if p is not None)
+            raise DataFormatError(where, f"{name}: the largest {kind} id is {top:,} but only {distinct:,} distinct "
+                                         f"{kind} ids occur; the ids of a registered dataset are contiguous (0..n-1), "
+                                         f"so a file holds an out-of-range id; restore the original files")
+
+
 #: share of test users without any training interaction above which a split is refused
 COLD_TEST_USERS_LIMIT = 0.5
 
@@ -257,6 +275,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fra
     train, seen_tr = _read_split(paths["train"])
     test, seen_te = _read_split(paths["test"])
     valid, seen_va = _read_split(paths["valid"]) if paths["valid"] is not None else (None, 0)
+    _check_dense_ids(key, paths, [train, test] + ([valid] if valid is not None else []))
     return _assemble(key, source, train, test, valid, max(seen_tr, seen_te, seen_va),
                      valid_fraction, seed, valid_is_test)
 
