@@ -188,7 +188,8 @@ def group_metrics(
     idcg = idcg_cum[ideal_len]
     w_rec = (hf / n_truth_u.to(dt).unsqueeze(1)).flatten()
     w_dcg = (hf * disc / idcg.unsqueeze(1)).flatten()
-    denom = max(n_eval, 1)
+    # contributions are means over the evaluated users: with none they are undefined (NaN, as the totals), never 0
+    denom = n_eval if n_eval else float("nan")
     recall = torch.bincount(g, weights=w_rec, minlength=G)[:G] / denom
     ndcg = torch.bincount(g, weights=w_dcg, minlength=G)[:G] / denom
     n_hits = torch.bincount(g, weights=hf.flatten(), minlength=G)[:G]

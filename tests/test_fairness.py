@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import example, HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis.fairness import (
@@ -107,19 +107,32 @@ def test_long_tail_mask_hand():
     k=st.sampled_from([5, 10, 20]),
     mode=st.sampled_from(["interactions", "items"]),
 )
+@example(seed=902, n_groups=1, k=5, mode="interactions")  # an empty test split: NaN totals and contributions
 def test_group_contributions_sum_to_totals(seed, n_groups, k, mode):
     train, test, res = random_case(seed, 25, 35)
     groups = popularity_groups(train.item_counts(), n_groups, mode)
     df = group_metrics(res, groups, k, train=train, n_groups=n_groups)
     assert len(df) == n_groups
-    assert df["recall"].sum() == pytest.approx(res.metrics[f"recall@{k}"], abs=1e-12)
-    assert df["ndcg"].sum() == pytest.approx(res.metrics[f"ndcg@{k}"], abs=1e-12)
+    # skipna=False: with no evaluated user every contribution and the total are NaN (never 0.0)
+    assert df["recall"].sum(skipna=False) == pytest.approx(res.metrics[f"recall@{k}"], abs=1e-12, nan_ok=True)
+    assert df["ndcg"].sum(skipna=False) == pytest.approx(res.metrics[f"ndcg@{k}"], abs=1e-12, nan_ok=True)
     assert df["n_items"].sum() == 35
     assert df["n_interactions"].sum() == train.nnz
     assert df["n_recs"].sum() == int((res.topk[:, :k] >= 0).sum())
     assert df["rec_share"].sum() == pytest.approx(1.0)
     assert df["n_truth"].sum() == test.nnz
     assert df["n_hits"].sum() == int(res.hits[:, :k].sum())
+
+
+def test_no_evaluated_user_gives_nan_contributions():
+    """An empty test split (the case hypothesis found at seed 902): totals and group contributions are NaN."""
+    train, _, _ = random_case(3, 25, 35)
+    empty = Interactions.empty(*train.shape)
+    g = torch.Generator().manual_seed(0)
+    res = Evaluator(empty, [train], ks=(5,), chunk_size=8).evaluate(torch.randn(25, 6, generator=g),
+                                                                     torch.randn(35, 6, generator=g))
+    df = group_metrics(res, popularity_groups(train.item_counts(), 3, "interactions"), 5, train=train, n_groups=3)
+    assert np.isnan(res.metrics["recall@5"]) and df["recall"].isna().all() and df["ndcg"].isna().all()
 
 
 def test_group_metrics_bruteforce_and_raw_topk_path():
