@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` imp
 
 from analysis.probes import GradientShareProbe  # noqa: E402
 from benchmarks.speed import append_row, machine, sync  # noqa: E402
-from rankrobust.config import config_from_dict, parse_override, prune_inapplicable, set_dotted  # noqa: E402
+from rankrobust.config import config_from_template, parse_override  # noqa: E402
 from rankrobust.experiment import load_data, prepare_data  # noqa: E402
 from rankrobust.probes import ProbeContext  # noqa: E402
 from rankrobust.train import Trainer, resolve_device  # noqa: E402
@@ -42,12 +42,9 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="append the row to benchmarks/RESULTS.md")
     args = p.parse_args()
 
-    tree: dict = {}
-    for key, value in {"data.name": args.dataset, "model.name": args.model, "loss.name": args.loss,
-                       "train.batching": args.batching, "noise.pos_ratio": args.noise_pos,
-                       "train.device": args.device, **dict(parse_override(s) for s in args.set)}.items():
-        set_dotted(tree, key, value)
-    cfg = config_from_dict(prune_inapplicable(tree)[0])
+    cfg = config_from_template({"data.name": args.dataset, "model.name": args.model, "loss.name": args.loss,
+                                "train.batching": args.batching, "noise.pos_ratio": args.noise_pos,
+                                "train.device": args.device, **dict(parse_override(s) for s in args.set)})
     device = resolve_device(cfg.train.device)
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, device)

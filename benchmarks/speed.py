@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from rankrobust.config import config_from_dict, parse_override, prune_inapplicable, set_dotted
+from rankrobust.config import config_from_template, parse_override
 from rankrobust.experiment import load_data, prepare_data
 from rankrobust.train import Trainer, resolve_device
 
@@ -77,10 +77,7 @@ def main() -> None:
                  "train.num_negatives": args.negatives, "train.batch_size": args.batch_size,
                  "train.device": args.device, "train.compile": args.compile}
     overrides.update(dict(parse_override(s) for s in args.set))
-    tree: dict = {}
-    for key, value in overrides.items():
-        set_dotted(tree, key, value)
-    cfg = config_from_dict(prune_inapplicable(tree)[0])  # --layers and --negatives only where they apply
+    cfg = config_from_template(overrides)  # --layers and --negatives only where they apply
     device = resolve_device(cfg.train.device)
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, device)

@@ -46,8 +46,8 @@ from rankrobust.registry import (ConfigError, Registry, check_options, closest, 
 from rankrobust.sampling import SAMPLERS
 
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
-           "RunConfig", "config_from_dict", "load_config", "set_dotted", "parse_override", "prune_inapplicable",
-           "SECTIONS"]
+           "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
+           "prune_inapplicable", "SECTIONS"]
 
 
 def _dataset_name(value: Any) -> str | None:
@@ -405,6 +405,19 @@ def prune_inapplicable(tree: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
                 del section[key]
                 dropped.add(f"{name}.{key}")
     return out, dropped
+
+
+def config_from_template(overrides: dict[str, Any]) -> RunConfig:
+    """A `RunConfig` from dotted keys used as a template (``{"model.name": "mf", "model.layers": 3}``).
+
+    Options that the chosen entries do not take are dropped (`prune_inapplicable`),
+    as in a sweep template, so one set of flags can serve MF and LightGCN, sampled
+    and in-batch negatives; unknown keys and bad values still raise ConfigError.
+    """
+    tree: dict[str, Any] = {}
+    for key, value in overrides.items():
+        set_dotted(tree, key, value)
+    return config_from_dict(prune_inapplicable(tree)[0])
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -56,3 +56,15 @@ def test_presets_load():
     assert presets, "configs/ holds the authors' presets"
     for path in presets:
         load_config(path)
+
+
+def test_config_from_template_drops_options_of_other_entries():
+    from rankrobust.config import config_from_template
+
+    cfg = config_from_template({"model.name": "mf", "model.layers": 3, "train.sampler": "in_batch",
+                                "train.num_negatives": 800, "loss.name": "bpr", "loss.tau": 0.2})
+    tree = cfg.to_dict()
+    assert "layers" not in tree["model"] and "num_negatives" not in tree["train"] and "tau" not in tree["loss"]
+    assert config_from_template({"model.name": "lightgcn", "model.layers": 2}).model.options.layers == 2
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        config_from_template({"train.epoch": 3})
