@@ -43,7 +43,8 @@ from rankrobust.models import MODELS
 from rankrobust.noise import FN_POOL_KINDS
 from rankrobust.registry import (ConfigError, Registry, check_options, closest, field_default, non_negative,
                                  one_of, option, positive, probability, unit_interval)
-from rankrobust.sampling import SAMPLERS
+from rankrobust.sampling import SAMPLERS, negative_kind
+from rankrobust.scoring import SCORERS
 
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
            "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
@@ -176,7 +177,10 @@ class TrainConfig:
     seed: int = option(0, "seed of the run", flag="--seed")
     device: str = option("auto", "auto, cpu or cuda[:N]", check=_device, flag="--device")
     compile: bool = option(False, "torch.compile the training step", flag="--compile")
-    fast: bool = option(True, "custom-autograd gather-dot scorer (rankrobust.kernels)")
+    scorer: str = option("auto", "how sampled-negative scores are computed: gather (the M item rows), dense (one "
+                                 "matrix product against the whole catalog) or auto (a cost model picks; "
+                                 "rankrobust.scoring)", check=one_of(*SCORERS), flag="--scorer")
+    fast: bool = option(True, "custom-autograd gather-dot kernel of the gather scorer (rankrobust.kernels)")
     bf16: bool = option(False, "bfloat16 autocast of the step (CUDA only)")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)", check=non_negative)
 
@@ -233,8 +237,9 @@ class RunConfig:
             check_options(section, name)
             if hasattr(section, "validate"):  # cross-field rules of the section
                 section.validate()
-        if self.train.sampler == "in_batch" and self.noise.neg_prob > 0:
-            raise ConfigError("noise.neg_prob needs a sampled-negative sampler, not train.sampler = 'in_batch'")
+        if negative_kind(self.train.sampler) != "sampled" and self.noise.neg_prob > 0:
+            raise ConfigError(f"noise.neg_prob needs a sampled-negative sampler, not train.sampler = "
+                              f"{self.train.sampler!r} (false negatives are mixed into sampled negatives)")
         return self
 
     def to_dict(self) -> dict[str, Any]:

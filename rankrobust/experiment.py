@@ -139,6 +139,7 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
         "train_seconds": result.seconds,
         "seconds_per_epoch": float(history["train_seconds"].mean()),
         "group_size_mean": group_size,
+        "scorer": result.extra.get("scorer"),
         "device": str(device),
         "environment": environment(),
         "warnings": warnings,

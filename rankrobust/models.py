@@ -87,10 +87,14 @@ class Recommender(nn.Module):
         U, I = self.propagate()
         return U, self._prepare(I)
 
+    def user_rows(self, U: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """The batch's user rows [B, d] as scores use them: ``U[users]``, dropout (training), normalised."""
+        return self._prepare(self.dropout(U[users]))
+
     def pair_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
                     items: torch.Tensor) -> torch.Tensor:
         """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]; (U, I) from `score_tables`."""
-        u = self._prepare(self.dropout(U[users]))
+        u = self.user_rows(U, users)
         if self.fused:
             return gather_dot(u, I, items)
         return torch.bmm(I[items], u[:, :, None])[..., 0]
@@ -102,8 +106,7 @@ class Recommender(nn.Module):
         Row b, column c is f(users[b], pos_items[c]); the diagonal is each row's positive.
         Equals ``pair_scores(U, I, users, pos_items.expand(B, B))`` at B·d instead of B²·d memory.
         """
-        u = self._prepare(self.dropout(U[users]))
-        return u @ I[pos_items].T
+        return self.user_rows(U, users) @ I[pos_items].T
 
     def l2_penalty(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """The authors' L2 term (‖u‖² + Σ‖items‖²)/2/B on the raw embeddings of the batch.

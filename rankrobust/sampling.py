@@ -42,6 +42,8 @@ __all__ = [
     "UniformExcludeSampler",
     "PopularitySampler",
     "InBatchSampler",
+    "AllItemsSampler",
+    "negative_kind",
     "FalseNegativeMixer",
     "SAMPLERS",
     "build_sampler",
@@ -73,6 +75,7 @@ class UniformSampler:
     """
 
     name = "uniform"
+    negatives = "sampled"
 
     def __init__(self, n_items: int, num_negatives: int) -> None:
         if n_items <= 0:
@@ -108,6 +111,7 @@ class UniformExcludeSampler:
     """
 
     name = "uniform_exclude"
+    negatives = "sampled"
 
     def __init__(self, train: Interactions, num_negatives: int, device: torch.device | str = "cpu") -> None:
         self.num_negatives = _check_m(num_negatives)
@@ -149,6 +153,7 @@ class PopularitySampler:
     """
 
     name = "popularity"
+    negatives = "sampled"
 
     def __init__(self, item_counts, num_negatives: int, alpha: float = 1.0,
                  device: torch.device | str = "cpu") -> None:
@@ -195,6 +200,7 @@ class InBatchSampler:
     """
 
     name = "in_batch"
+    negatives = "in_batch"
     num_negatives = None
 
     def __call__(self, users: Tensor, pos_items: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -204,6 +210,34 @@ class InBatchSampler:
 
     def __repr__(self) -> str:
         return "InBatchSampler()"
+
+
+class AllItemsSampler:
+    """Every item is a negative of every pair: the exact (full) softmax setting.
+
+    Draws nothing: returns an empty [B, 0] tensor, and the trainer scores the
+    batch against the whole catalog (`rankrobust.scoring.score_batch` with
+    ``negatives='all'``), leaving out each row's positive and, with
+    ``mask_positives``, the user's other training positives.  With it, SL is
+    the exact softmax over the catalog (the P_n of the DRO reading, PROTOCOLS.md
+    §7) and BSL's negative term its exact log-sum-exp; BPR, BCE, MSE and CCL
+    average or sum over all items instead of a sample.  ``num_negatives`` is
+    ``None`` (M = n_items).
+    """
+
+    name = "full"
+    negatives = "all"
+    num_negatives = None
+
+    def __init__(self, mask_positives: bool = True) -> None:
+        self.mask_positives = bool(mask_positives)
+
+    def __call__(self, users: Tensor, pos_items: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """An empty LongTensor [B, 0] (the negatives are implicit: every item)."""
+        return torch.empty((users.shape[0], 0), dtype=torch.long, device=users.device)
+
+    def __repr__(self) -> str:
+        return f"AllItemsSampler(mask_positives={self.mask_positives})"
 
 
 class FalseNegativeMixer:
@@ -221,11 +255,12 @@ class FalseNegativeMixer:
     def __init__(self, base, pool: Interactions, p: float, device: torch.device | str = "cpu") -> None:
         if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
             raise ValueError(f"false-negative probability must be in [0, 1], got {p!r}")
-        if isinstance(base, InBatchSampler):
-            raise ValueError("false negatives need a sampled-negative sampler, not 'in_batch'")
+        if getattr(base, "negatives", "sampled") != "sampled":
+            raise ValueError(f"false negatives need a sampled-negative sampler, not {base.name!r}")
         self.base = base
         self.p = float(p)
         self.name = f"{base.name}+fn"
+        self.negatives = "sampled"
         self.num_negatives = base.num_negatives
         self.device = torch.device(device)
         indptr, indices = pool.to_torch(self.device)
@@ -293,6 +328,23 @@ def _make_popularity(train: Interactions, options: PopularityOptions, device) ->
 def _make_in_batch(train: Interactions, options: NoOptions, device) -> InBatchSampler:
     """The other rows' positives of the batch are each row's negatives."""
     return InBatchSampler()
+
+
+@dataclass
+class FullOptions:
+    mask_positives: bool = option(True, "full sampler: leave the user's other training positives out of the "
+                                        "negatives (the row's own positive always is)")
+
+
+@SAMPLERS.register("full", FullOptions)
+def _make_full(train: Interactions, options: FullOptions, device) -> AllItemsSampler:
+    """Every item except the positive is a negative: the exact softmax over the catalog."""
+    return AllItemsSampler(options.mask_positives)
+
+
+def negative_kind(name: str) -> str:
+    """What the negatives of sampler ``name`` are: ``sampled`` ids, ``in_batch`` or ``all`` items."""
+    return {cls.name: cls.negatives for cls in (InBatchSampler, AllItemsSampler)}.get(name, "sampled")
 
 
 def build_sampler(name: str, *, train: Interactions, options=None, device: torch.device | str = "cpu",

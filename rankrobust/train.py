@@ -20,14 +20,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from rankrobust.batching import BATCHINGS, group_size_mean, own_positive_mask
+from rankrobust.batching import BATCHINGS, group_size_mean
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
+from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
 from rankrobust.probes import BatchView, Probe
 from rankrobust.sampling import build_sampler
+from rankrobust.scoring import PositivesBitmap, choose_scorer, score_batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,46 +82,38 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float,
-              in_batch: bool) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
-                                          tuple[torch.Tensor, torch.Tensor]]:
+def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
+              negatives: str = "sampled", dense: bool = False, positives: PositivesBitmap | None = None,
+              loss_state: LossState | None = None,
+              ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
 
     Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``.
-    With ``in_batch`` the scores are the [B, B] matrix of the batch's users
-    against the batch's positives (one matrix product); the positive of row k
-    is its diagonal entry, and the negatives of row k are the *other* users'
-    positives: ``neg_mask`` masks the diagonal (row k's own positive) and the
-    user's own other positives in the batch
-    (`rankrobust.batching.own_positive_mask`), for every loss, since neither
-    is a negative.  So SL on in-batch negatives is the softmax over the (at
-    most B − 1) other users' positives; the in-batch cross-entropy, with the
-    positive once in the normaliser, is ``loss.include_pos=true``.  A row left
-    without negatives (a batch of one user) has a negative term of 0
-    (`rankrobust.losses`).  ``neg`` is ignored then.
+    The scores come from `rankrobust.scoring.score_batch`: ``negatives`` is
+    ``sampled`` (the ids ``neg``; ``dense`` picks the one-matrix-product
+    path), ``in_batch`` (the other users' positives of the batch: the [B, B]
+    matrix, its diagonal and each user's own other positives masked for every
+    loss, since neither is a negative; so SL on in-batch negatives is the
+    softmax over the at most B − 1 other users' positives, and the in-batch
+    cross-entropy is ``loss.include_pos=true``) or ``all`` (every item but the
+    positive, and but the user's other training positives when ``positives``
+    is given).  A row left without negatives has a negative term of 0
+    (`rankrobust.losses`).  ``loss_state`` (`rankrobust.loss_state`) adds its
+    per-batch keyword tensors to the loss's.
     """
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         U, I = model.score_tables()
-        neg_mask = None
-        if in_batch:
-            scores = model.inbatch_scores(U, I, users, pos)
-            pos_scores, neg_scores = scores.diagonal(), scores
-            # real negatives: other users' positives (diagonal and own other positives masked)
-            neg_mask = ~(own_positive_mask(users) | torch.eye(users.shape[0], dtype=torch.bool,
-                                                              device=users.device))
-            items = pos[:, None]
-        else:
-            items = torch.cat([pos[:, None], neg], dim=1)
-            scores = model.pair_scores(U, I, users, items)
-            pos_scores, neg_scores = scores[:, 0], scores[:, 1:]
-        loss = loss_fn(pos_scores, neg_scores, users=users, neg_mask=neg_mask, **loss_kwargs)
+        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, dense=dense, positives=positives)
+        kwargs = loss_kwargs if loss_state is None else {**loss_kwargs,
+                                                         **loss_state.batch_kwargs(users, pos, s.neg_items)}
+        loss = loss_fn(s.pos, s.neg, users=users, neg_mask=s.neg_mask, **kwargs)
         if l2 > 0:
-            loss = loss + l2 * model.l2_penalty(users, items)
-        extra = model.extra_loss(users, items)
+            loss = loss + l2 * model.l2_penalty(users, s.items)
+        extra = model.extra_loss(users, s.items)
         if extra is not None:
             loss = loss + extra
-        return loss, pos_scores
+        return loss, s.pos
 
     return step
 
@@ -174,13 +168,26 @@ class Trainer:
         torch.manual_seed(tc.seed)  # dropout draws from the global generator
         self.model = build_model(cfg.model.name, data.train, cfg.model.options, seed=tc.seed, device=device,
                                  fused=tc.fast)
-        self.optimizer = make_adam(self.model.parameters(), tc.lr)
         self.sampler = build_sampler(tc.sampler, train=data.train, options=tc.sampler_options, device=device,
                                      fn_pool=data.fn_pool, fn_prob=cfg.noise.neg_prob)
+        self.loss_state = make_loss_state(cfg.loss.options, data.train, device)
+        groups = [{"params": list(self.model.parameters()), "lr": tc.lr}]
+        if self.loss_state is not None:
+            groups += self.loss_state.param_groups(tc.lr)
+        self.optimizer = make_adam(groups, tc.lr)
         self.order = BATCHINGS.entry(tc.batching).target
         self.batching_options = tc.batching_options
         self.probes: list[Probe] = []
-        step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, tc.sampler == "in_batch")
+        negatives = getattr(self.sampler, "negatives", "sampled")  # optional for a registered sampler
+        #: ``train.scorer`` resolved for this run (sampled negatives only; recorded in metrics.json)
+        self.scorer = choose_scorer(tc.scorer, n_items=data.train.n_items, num_negatives=self.sampler.num_negatives or 0,
+                                    dim=self.model.dim, batch_size=tc.batch_size,
+                                    device=device) if negatives == "sampled" else None
+        positives = (PositivesBitmap(data.train, device) if negatives == "all" and self.sampler.mask_positives
+                     else None)
+        step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, negatives=negatives,
+                         dense=self.scorer is not None and self.scorer.scorer == "dense", positives=positives,
+                         loss_state=self.loss_state)
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")
@@ -325,6 +332,8 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
             bar.set_postfix(loss=f"{mean_loss:.4f}", **{tc.metric: f"{value:.4f}"}, best=best_epoch)
         else:
             bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if trainer.loss_state is not None:
+            row.update(trainer.loss_state.epoch_end(epoch, model) or {})
         for probe in trainer.probes:
             row.update(probe.epoch_end(epoch, model, row) or {})
         rows.append(row)
@@ -343,4 +352,6 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     model.load_state_dict(best_state)
     popular = trainer.test(most_popular_baseline(data.seen, dtype=torch.float32))
     return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),
-                     seconds, stopped_early, extra={"most_popular": popular.metrics})
+                     seconds, stopped_early,
+                     extra={"most_popular": popular.metrics,
+                            "scorer": trainer.scorer.to_dict() if trainer.scorer is not None else None})

@@ -31,7 +31,7 @@ def test_fast_and_plain_steps_agree(model_name, loss, kw):
     results = []
     for fused in (True, False):
         model = build_model(model_name, train, dim=6, seed=0, fused=fused).double()
-        step = make_step(model, get_loss(loss), kw, l2=1e-3, in_batch=False)
+        step = make_step(model, get_loss(loss), kw, l2=1e-3)
         value, _ = step(users, pos, neg)
         value.backward()
         results.append((value.detach(), model.user_emb.grad.clone(), model.item_emb.grad.clone()))

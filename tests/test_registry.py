@@ -78,7 +78,7 @@ def test_option_owners():
     assert "lightgcn" in MODELS.owners("layers") and "mf" not in MODELS.owners("layers")
     assert set(MODELS.owners("dim")) == set(MODELS)  # every backbone has a size
     assert "in_batch" not in SAMPLERS.owners("num_negatives")
-    assert set(SAMPLERS.owners("num_negatives")) == set(SAMPLERS) - {"in_batch"}
+    assert set(SAMPLERS.owners("num_negatives")) == set(SAMPLERS) - {"in_batch", "full"}
     assert SAMPLERS.owners("pop_alpha") == ["popularity"]
     assert BATCHINGS.owners("positives_per_user") == ["users"]
 

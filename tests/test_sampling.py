@@ -11,6 +11,7 @@ from scipy import stats
 from rankrobust.data.interactions import Interactions
 from rankrobust.sampling import (
     SAMPLERS,
+    negative_kind,
     FalseNegativeMixer,
     InBatchSampler,
     PopularitySampler,
@@ -41,9 +42,12 @@ TRAIN = random_interactions(40, 25, 0.2, seed=1)
 
 
 # --------------------------------------------------------------------------- shapes, devices
+SAMPLED = [name for name in SAMPLERS if negative_kind(name) == "sampled"]
+
+
 def _m(name: str, m: int) -> dict:
-    """num_negatives for the samplers that take it (in_batch has M = B)."""
-    return {} if name == "in_batch" else {"num_negatives": m}
+    """num_negatives for the samplers that take it (in_batch has M = B, full M = n_items)."""
+    return {"num_negatives": m} if name in SAMPLED else {}
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
@@ -51,17 +55,19 @@ def test_shapes_dtypes_devices(name):
     s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, device="cpu", **_m(name, 7))
     users, pos = batch(TRAIN, b=16)
     out = s(users, pos, gen())
-    m = 16 if name == "in_batch" else 7
+    m = {"in_batch": 16, "full": 0}.get(name, 7)
     assert out.shape == (16, m) and out.dtype == torch.long and out.device == users.device
-    assert int(out.min()) >= 0 and int(out.max()) < TRAIN.n_items
-    assert s.name == name and s.num_negatives == (None if name == "in_batch" else 7)
+    if m:
+        assert int(out.min()) >= 0 and int(out.max()) < TRAIN.n_items
+    assert s.name == name and s.num_negatives == (7 if name in SAMPLED else None)
+    assert s.negatives == negative_kind(name)
 
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_on_cuda(name):
     s = build_sampler(name, train=TRAIN, n_items=TRAIN.n_items, device="cuda", **_m(name, 7),
-                      fn_pool=None if name == "in_batch" else TRAIN, fn_prob=0.0 if name == "in_batch" else 0.3)
+                      fn_pool=TRAIN if name in SAMPLED else None, fn_prob=0.3 if name in SAMPLED else 0.0)
     users, pos = batch(TRAIN, b=16, device="cuda")
     out = s(users, pos, gen(device="cuda"))
     assert out.device.type == "cuda" and out.dtype == torch.long

@@ -313,7 +313,7 @@ def inbatch_step(loss, hyper, S, users):
     from rankrobust.losses import get_loss
     from rankrobust.train import make_step
 
-    step = make_step(ScoreMatrixModel(S), get_loss(loss), hyper, l2=0.0, in_batch=True)
+    step = make_step(ScoreMatrixModel(S), get_loss(loss), hyper, l2=0.0, negatives="in_batch")
     empty = torch.zeros(len(users), 0, dtype=torch.long)
     return step(torch.tensor(users), torch.arange(len(users)), empty)
 

@@ -1,0 +1,201 @@
+"""From a batch of pairs to the scores a loss reads: gather, dense, in-batch, or all items.
+
+A training step needs, for each pair k = (u_k, i⁺_k) of the batch, the
+positive score s⁺_k [B] and the scores of its negatives s⁻_k [B, M].  There
+are two ways to compute sampled scores, with the same numbers (tested):
+
+* ``gather``: gather the M negative rows of the item table into a [B, M, d]
+  block and take B·M dot products.  Cost ∝ B·M·d of *memory traffic*
+  (index + element-wise work on the block, forward and backward).
+* ``dense``: score the batch's users against the whole (normalised) item table
+  with one matrix product ``u [B, d] @ I.T [d, n_items]`` and pick the
+  positive and negative columns with ``gather`` on the [B, n_items] matrix.
+  Its backward is two matrix products plus a scatter-add into [B, n_items]
+  (duplicated negatives accumulate as they should).  Cost ∝ B·n_items·d of
+  *arithmetic* (matrix-product speed) plus B·n_items element-wise.
+
+``dense`` wins unless the catalog is much larger than M; `choose_scorer`
+(``train.scorer = auto``) picks from a cost model of both.  Two more kinds of
+negatives share the code:
+
+* in-batch (``train.sampler = in_batch``): the [B, B] matrix of the batch's
+  users against its positives; the negatives of row k are the other users'
+  positives (``neg_mask`` hides the diagonal and the user's own positives).
+* all items (``train.sampler = full``): the [B, n_items] matrix *is* the
+  negative block; ``neg_mask`` hides each row's positive, and with
+  ``mask_positives`` the user's other training positives too.  SL on it is the
+  exact softmax over the catalog (PROTOCOLS.md §1, §7: the distribution in
+  which SL is DRO over the negatives), not its sampled estimate.
+
+Nothing here syncs with the host.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rankrobust.batching import own_positive_mask
+from rankrobust.data.interactions import Interactions
+
+__all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
+           "score_batch", "dense_bytes"]
+
+SCORERS = ("auto", "gather", "dense")
+#: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
+NEGATIVE_KINDS = ("sampled", "in_batch", "all")
+
+
+@dataclass
+class BatchScores:
+    """Scores of one batch: ``pos [B]``, ``neg [B, M]``, ``neg_mask [B, M]`` (True = a real negative, or
+    None = all), ``neg_items [B, M]`` (item id of each ``neg`` column) and ``items [B, 1 + M']`` (the item
+    ids whose raw embeddings the L2 term and auxiliary losses see: positive first)."""
+
+    pos: Tensor
+    neg: Tensor
+    neg_mask: Tensor | None
+    neg_items: Tensor
+    items: Tensor
+
+
+class PositivesBitmap:
+    """Each user's training items as a packed bit matrix on the device: ``rows(users)`` → bool [B, n_items].
+
+    Memory n_users · ⌈n_items / 8⌉ bytes (yelp2018: 150 MB); one gather and a
+    bit unpack per batch, no host sync.  Used to keep a user's other training
+    positives out of the all-items negatives.
+    """
+
+    def __init__(self, train: Interactions, device: torch.device | str = "cpu") -> None:
+        n_users, n_items = train.shape
+        dense = np.zeros((n_users, n_items), dtype=bool)
+        users, items = train.to_pairs()
+        dense[users, items] = True
+        self.n_items = n_items
+        self.packed = torch.as_tensor(np.packbits(dense, axis=1, bitorder="little"), device=device)
+        self._bits = (1 << torch.arange(8, dtype=torch.uint8, device=device))
+
+    def rows(self, users: Tensor) -> Tensor:
+        """bool [B, n_items]: entry (k, i) is True when item i is a training item of ``users[k]``."""
+        bits = (self.packed[users][:, :, None] & self._bits) != 0
+        return bits.reshape(users.shape[0], -1)[:, : self.n_items]
+
+
+@dataclass(frozen=True)
+class ScorerChoice:
+    """What ``train.scorer = auto`` chose and why (recorded in ``metrics.json``).
+
+    ``estimate_*_ms``: the cost model's time of one batch's scoring (forward +
+    backward) by each path; ``dense_mib``: memory of the dense path's
+    [B, n_items] blocks.
+    """
+
+    scorer: str
+    requested: str
+    estimate_gather_ms: float
+    estimate_dense_ms: float
+    dense_mib: float
+    reason: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# Cost-model constants, seconds per unit of work (forward + backward), per device type.
+# CPU: fitted to `benchmarks/speed.py --scorers` on the development machine (2 cores of a cloud VM,
+# torch 2.13 CPU build, float32): gather ≈ 1.2 ns per gathered (pair · negative · dim) element,
+# dense ≈ 0.045 ns per (pair · item · dim) multiply-add of the products plus ≈ 1.6 ns per [B, n_items]
+# element of the element-wise work (gather backward = scatter-add, normalisation, mask).  The crossover
+# sits near n_items ≈ 100 · M at d = 64 (measured: dense 20× faster at n = 1,000, M = 256; slower at
+# n = 38,048, M = 64).  CUDA: not measured yet (`benchmarks/gpu_check.sh` measures it); the constants
+# assume ~30× faster matrix products relative to gathers, which favours dense a little more.
+_COST = {
+    "cpu": {"gather": 1.2e-9, "gemm": 0.045e-9, "elementwise": 1.6e-9},
+    "cuda": {"gather": 0.02e-9, "gemm": 0.00025e-9, "elementwise": 0.02e-9},
+}
+#: the dense path's [B, n_items] float blocks alive at once in forward + backward (scores, their gradient,
+#: the loss's element-wise intermediates); used for its memory estimate
+_DENSE_BLOCKS = 4
+
+
+def dense_bytes(batch_size: int, n_items: int, element_size: int = 4) -> int:
+    """Estimated bytes of the dense path's [B, n_items] blocks for one batch."""
+    return _DENSE_BLOCKS * batch_size * n_items * element_size
+
+
+def _memory_budget(device: torch.device) -> int:
+    """Bytes the dense blocks may use: a quarter of the device's memory (CPU: physical RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 4 GiB
+        return 1 << 32
+
+
+def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int, batch_size: int,
+                  device: torch.device | str = "cpu") -> ScorerChoice:
+    """Resolve ``train.scorer`` (``auto | gather | dense``) for sampled negatives → `ScorerChoice`.
+
+    ``auto`` takes the path with the smaller estimated time (constants above),
+    and ``gather`` whenever the dense blocks would exceed a quarter of the
+    device's memory.  An explicit choice is kept (its estimates are still
+    recorded).  Raises ValueError for an unknown ``requested``.
+    """
+    if requested not in SCORERS:
+        raise ValueError(f"train.scorer must be one of {list(SCORERS)}, got {requested!r}")
+    device = torch.device(device)
+    cost = _COST["cuda" if device.type == "cuda" else "cpu"]
+    pairs = batch_size
+    gather_s = cost["gather"] * pairs * (num_negatives + 1) * dim
+    dense_s = cost["gemm"] * pairs * n_items * dim * 3 + cost["elementwise"] * pairs * n_items
+    need = dense_bytes(batch_size, n_items)
+    fits = need <= _memory_budget(device)
+    if requested != "auto":
+        scorer, reason = requested, "set by train.scorer"
+    elif not fits:
+        scorer, reason = "gather", f"dense blocks ({need / 2**20:.0f} MiB) exceed a quarter of device memory"
+    else:
+        scorer = "dense" if dense_s <= gather_s else "gather"
+        reason = f"estimated {min(gather_s, dense_s) * 1e3:.3g} ms vs {max(gather_s, dense_s) * 1e3:.3g} ms per batch"
+    return ScorerChoice(scorer, requested, round(gather_s * 1e3, 4), round(dense_s * 1e3, 4),
+                        round(need / 2**20, 1), reason)
+
+
+def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
+                dense: bool, positives: PositivesBitmap | None = None) -> BatchScores:
+    """Scores of the batch ``users [B]``, ``pos [B]`` against their negatives → `BatchScores`.
+
+    ``(U, I)`` come from ``model.score_tables()`` (the item table already
+    normalised for cosine); ``neg [B, M]`` are the sampled ids (ignored unless
+    ``negatives == 'sampled'``).  ``dense`` selects the one-matrix-product path
+    for sampled negatives; ``positives`` (all-items negatives only) masks each
+    user's other training positives.
+    """
+    b = users.shape[0]
+    if negatives == "in_batch":
+        scores = model.inbatch_scores(U, I, users, pos)  # [B, B]: users against the batch's positives
+        eye = torch.eye(b, dtype=torch.bool, device=users.device)
+        neg_mask = ~(own_positive_mask(users) | eye)  # other users' positives only
+        return BatchScores(scores.diagonal(), scores, neg_mask, pos[None, :].expand(b, b), pos[:, None])
+    if negatives == "all":
+        scores = model.user_rows(U, users) @ I.T  # [B, n_items]
+        pos_scores = scores.gather(1, pos[:, None])[:, 0]
+        own = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, pos[:, None], True)
+        if positives is not None:
+            own = own | positives.rows(users)
+        all_items = torch.arange(scores.shape[1], device=users.device)[None, :].expand(b, -1)
+        return BatchScores(pos_scores, scores, ~own, all_items, pos[:, None])
+    if negatives != "sampled":
+        raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
+    items = torch.cat([pos[:, None], neg], dim=1)
+    if dense:
+        scores = (model.user_rows(U, users) @ I.T).gather(1, items)
+    else:
+        scores = model.pair_scores(U, I, users, items)
+    return BatchScores(scores[:, 0], scores[:, 1:], None, neg, items)
