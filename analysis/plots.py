@@ -35,6 +35,7 @@ __all__ = [
     "plot_tsne",
     "plot_dro_figure",
     "plot_bsl_batching",
+    "plot_iid_vs_ood",
     "IN_TRAINING",
     "COUNTERFACTUAL",
 ]
@@ -458,4 +459,41 @@ def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
         right.set_xlabel("noisy-positive ratio r")
         right.set_ylabel("gradient share on noisy positives")
         right.set_title("In training: positive-side gradient")
+    return fig
+
+
+def plot_iid_vs_ood(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
+    """IID vs popularity-shift (OOD) test accuracy per loss and backbone.
+
+    ``df``: one row per run with columns ``model``, ``loss``, ``split``
+    (``IID`` | ``OOD``) and ``metric`` (default ``ndcg@20``); several rows per
+    bar (seeds) give the mean with ± sd error bars.  Left: one panel per
+    backbone, bars per loss, IID and OOD side by side.  Right: the OOD/IID
+    ratio of the means per loss (one colour per backbone): how much of its
+    accuracy a loss keeps when the test items are close to uniform in popularity.
+    """
+    _require(df, ["model", "loss", "split", metric], "plot_iid_vs_ood")
+    models = list(dict.fromkeys(df["model"]))
+    losses = _loss_order(df["loss"])
+    splits = [s for s in ("IID", "OOD") if s in set(df["split"])]
+    means = df.groupby(["model", "loss", "split"])[metric].mean().unstack("split")
+    ratio = (means["OOD"] / means["IID"]).rename("ratio").reset_index() if {"IID", "OOD"} <= set(means) else None
+    with _style():
+        fig, axes = _figure(ncols=len(models) + 1, width=3.6, height=3.8)
+        for ax, model in zip(axes, models):
+            sns.barplot(data=df[df["model"] == model], x="loss", y=metric, hue="split", order=losses,
+                        hue_order=splits, errorbar="sd", ax=ax, legend=ax is axes[0])
+            ax.set_title(model)
+            ax.set_xlabel("loss")
+            ax.set_ylabel(f"test {metric}" if ax is axes[0] else "")
+        last = axes[-1]
+        if ratio is not None:
+            sns.barplot(data=ratio, x="loss", y="ratio", hue="model", order=losses, hue_order=models, ax=last)
+            last.axhline(1.0, color="k", linewidth=0.8)
+            last.legend(fontsize="small")
+        else:
+            last.text(0.5, 0.5, "needs IID and OOD runs", ha="center", va="center", transform=last.transAxes)
+        last.set_title("OOD / IID")
+        last.set_xlabel("loss")
+        last.set_ylabel(f"{metric} ratio")
     return fig

@@ -7,6 +7,15 @@ Times ``--epochs`` training epochs after ``--warmup`` untimed ones (compilation
 and caches) and ``--evals`` full-ranking evaluations of all test users; prints
 a table row and, with ``--append``, adds it to benchmarks/RESULTS.md with the
 machine, torch version and date.
+
+``--scorers`` instead compares the two scoring paths of `rankrobust.scoring`
+in one run (``python benchmarks/speed.py --scorers --dataset ml-100k
+--negatives 256``): a ``gather`` trainer and an ``auto`` trainer, same seed,
+their epochs interleaved (so both see the same machine load), and beside them
+the compute floor: a bare forward + backward of the dense path's matrix
+products ([B, d] × [d, n_items] and its two gradient products) for the same
+number of batches.  The row gives both epoch times, the speed-up, and how far
+the ``auto`` epoch is from the floor.
 """
 from __future__ import annotations
 
@@ -70,6 +79,7 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--append", action="store_true", help="append the row to benchmarks/RESULTS.md")
     p.add_argument("--note", default="", help="free text for the RESULTS.md row")
+    p.add_argument("--scorers", action="store_true", help="compare train.scorer gather vs auto, and the floor")
     args = p.parse_args()
 
     overrides = {"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": args.model,
@@ -80,6 +90,9 @@ def main() -> None:
     cfg = config_from_template(overrides)  # --layers and --negatives only where they apply
     device = resolve_device(cfg.train.device)
     data, _ = prepare_data(cfg, load_data(cfg.data))
+    if args.scorers:
+        compare_scorers(cfg, data, device, args)
+        return
     trainer = Trainer(cfg, data, device)
     for _ in range(args.warmup):
         trainer.epoch().tolist()
@@ -108,6 +121,60 @@ def main() -> None:
     print(row)
     if args.append:
         append_row("Speed", row)
+
+
+def timed(fn, device: torch.device) -> float:
+    """Seconds of one call of ``fn`` (device work included)."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device: torch.device) -> float:
+    """Seconds of the dense path's bare matrix products for one epoch: per batch the forward
+    [B, d] × [d, n_items] and the backward's two products (∂/∂users, ∂/∂items), nothing else."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    users = torch.randn(batch_size, dim, device=device, generator=gen, requires_grad=True)
+    items = torch.randn(n_items, dim, device=device, generator=gen, requires_grad=True)
+    grad = torch.randn(batch_size, n_items, device=device, generator=gen)
+
+    def epoch() -> None:
+        for _ in range(n_batches):
+            (users @ items.T).backward(grad)
+
+    epoch()  # warm
+    return timed(epoch, device)
+
+
+def compare_scorers(cfg, data, device: torch.device, args) -> None:
+    """Interleaved epochs of a ``gather`` and an ``auto`` trainer, and the floor; prints (and appends) a row."""
+    trainers = {name: Trainer(cfg.with_overrides({"train.scorer": name}), data, device) for name in ("gather", "auto")}
+    for trainer in trainers.values():
+        for _ in range(args.warmup):
+            trainer.epoch().tolist()
+    times: dict[str, list[float]] = {name: [] for name in trainers}
+    floors = []
+    auto = trainers["auto"]
+    for _ in range(args.epochs):
+        for name, trainer in trainers.items():
+            times[name].append(timed(lambda: trainer.epoch().tolist(), device))
+        floors.append(floor_epoch(auto.n_batches, cfg.train.batch_size, data.train.n_items,
+                                  cfg.model.options.dim, device))
+    gather_s, auto_s, floor_s = (statistics.median(t) for t in (times["gather"], times["auto"], floors))
+    choice = auto.scorer
+    settings = (f"{cfg.model.name}+{cfg.loss.name}, {cfg.train.sampler} M={cfg.train.num_negatives}, "
+                f"B={cfg.train.batch_size}, d={cfg.model.options.dim}, n_items={data.train.n_items:,}")
+    row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {settings} | "
+           f"{gather_s:.3f} | {auto_s:.3f} ({choice.scorer}) | {gather_s / auto_s:.1f}× | {floor_s:.3f} | "
+           f"{auto_s / floor_s:.1f}× | {auto.n_batches} batches, median of {args.epochs} interleaved epochs; "
+           f"{args.note} |")
+    print("| date | machine | torch | dataset | settings | s/epoch gather | s/epoch auto (choice) | speed-up | "
+          "s/epoch floor | auto / floor | notes |")
+    print(row)
+    if args.append:
+        append_row("Scorers", row)
 
 
 if __name__ == "__main__":

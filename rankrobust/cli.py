@@ -1,4 +1,4 @@
-"""The ``rankrobust`` command: datasets, train, dro-check, sweep, results, figures.
+"""The ``rankrobust`` command: datasets, download, train, dro-check, sweep, results, figures.
 
 Each subcommand is a small function taking parsed arguments; the heavy lifting
 lives in the library modules so that notebooks can call the same code.  The
@@ -57,6 +57,13 @@ def build_parser() -> Parser:
     p = sub.add_parser("datasets", help="list datasets and their statistics")
     p.add_argument("--data-dir", help="folder holding the external datasets")
     p.add_argument("--no-stats", action="store_true", help="only names and locations (do not load the data)")
+
+    p = sub.add_parser("download", help="fetch an external dataset from its public source (resumable, sha256-verified)")
+    p.add_argument("name", help="dataset: yelp2018, gowalla, ml, ml-100k (lastfm is embedded: nothing to fetch)")
+    p.add_argument("--dest", help="data folder to fill (NAME/ goes inside; default $RANKROBUST_DATA, else ./data)")
+    p.add_argument("--mirror", help="base URL of a mirror holding NAME/<upstream file name> (e.g. file:///srv/mirror)")
+    p.add_argument("--source", action="store_true",
+                   help="lastfm only: fetch the upstream LightGCN++ split that scripts/build_lastfm.py builds it from")
 
     p = sub.add_parser("train", help="train and evaluate one configuration")
     p.add_argument("--config", help="YAML config (see configs/); flags override it")
@@ -152,6 +159,36 @@ def cmd_datasets(args: argparse.Namespace) -> int:
                        density=f"{s['density']:.2e}")
         rows.append(row)
     print(pd.DataFrame(rows).to_string(index=False))
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """Fetch a dataset from its built-in public source into DEST/NAME (`rankrobust.data.download`)."""
+    from rankrobust.data.download import SOURCES, DownloadError, download_dataset
+    from rankrobust.data.registry import ENV_VAR, resolve_data_dir
+
+    name = args.name.strip().lower()
+    if name not in SOURCES:
+        raise ConfigError(f"no download source for dataset {args.name!r}{closest(name, SOURCES)}; datasets with one: "
+                          f"{', '.join(SOURCES)}")
+    source = SOURCES[name]
+    if source.embedded and not args.source:
+        print(f"{name} is embedded in rankrobust (rankrobust/data/embedded/{name}): --dataset {name} needs no "
+              f"download. (--source fetches the upstream split it is built from: {source.origin}.)")
+        return 0
+    dest = Path(args.dest or os.environ.get(ENV_VAR) or "data")
+    print(f"{name}: {source.origin}")
+    print(f"terms: {source.terms}")
+    try:
+        download_dataset(name, dest, mirror=args.mirror, log=print)
+    except DownloadError as err:
+        print(f"rankrobust download: error: {err}", file=sys.stderr)
+        return 2
+    folder = dest / name
+    print(f"{name} is ready in {folder} ({', '.join(o.name for o in source.outputs)}, sha256 verified)")
+    searched = resolve_data_dir()
+    if not source.embedded and (searched is None or searched.resolve() != dest.resolve()):
+        print(f"use it with --data-dir {dest} (or export {ENV_VAR}={dest})")
     return 0
 
 
@@ -315,7 +352,7 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"datasets": cmd_datasets, "train": cmd_train, "dro-check": cmd_dro_check, "sweep": cmd_sweep,
+HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_train, "dro-check": cmd_dro_check, "sweep": cmd_sweep,
             "results": cmd_results, "figures": cmd_figures}
 
 

@@ -37,6 +37,7 @@ import yaml
 
 from rankrobust.batching import BATCHINGS
 from rankrobust.data.registry import DATASETS
+from rankrobust.data.splits import OOD_TEST_FRACTION, SPLITS
 from rankrobust.evaluate import METRIC_NAMES
 from rankrobust.losses import LOSSES
 from rankrobust.models import MODELS
@@ -96,7 +97,12 @@ class DataConfig:
     valid_fraction: float = option(0.1, "share of each user's training items carved out for validation",
                                    check=unit_interval)
     valid_is_test: bool = option(False, "authors' leaky protocol: validate on test", flag="--valid-is-test")
-    split_seed: int = option(0, "seed of the validation split")
+    split_seed: int = option(0, "seed of the validation split (and of the popularity-shift test draw)")
+    split: str = option("given", "test split: given (the dataset's own) or popularity (PSL's out-of-distribution "
+                                 "test, drawn with probability ∝ 1/pop(i) per interaction; PROTOCOLS.md §11)",
+                        check=one_of(*SPLITS), flag="--split")
+    ood_test_fraction: float = option(OOD_TEST_FRACTION, "share of all interactions drawn into the popularity-shift "
+                                                         "test (data.split = popularity)", check=_open(0.0, 1.0))
 
     def validate(self) -> None:
         if self.train_path is not None and self.test_path is None:
@@ -174,6 +180,11 @@ class TrainConfig:
     metric: str = option("recall@20", "validation metric for model selection (name@K, K in train.ks)")
     ks: list[int] = option(None, "cutoffs K of the metrics", check=_cutoffs, default_factory=lambda: [5, 10, 20, 50])
     eval_chunk: int = option(4096, "users per evaluation chunk", check=positive)
+    ips_gamma: float | None = option(None, "also report IPS-weighted Recall/NDCG on test (test.ips_recall@K, "
+                                           "test.ips_ndcg@K), propensity ∝ pop(i)^γ with pop the training count "
+                                           "(rankrobust.evaluate.ips_metrics); γ = 0 gives the plain metrics, "
+                                           "1 weights each test pair by 1/pop(i); unset: off",
+                                     check=non_negative, flag="--ips-gamma")
     seed: int = option(0, "seed of the run", flag="--seed")
     device: str = option("auto", "auto, cpu or cuda[:N]", check=_device, flag="--device")
     compile: bool = option(False, "torch.compile the training step", flag="--compile")
@@ -181,8 +192,12 @@ class TrainConfig:
                                  "matrix product against the whole catalog) or auto (a cost model picks; "
                                  "rankrobust.scoring)", check=one_of(*SCORERS), flag="--scorer")
     fast: bool = option(True, "custom-autograd gather-dot kernel of the gather scorer (rankrobust.kernels)")
-    bf16: bool = option(False, "bfloat16 autocast of the step (CUDA only)")
+    bf16: bool = option(False, "bfloat16: on CUDA autocast of the step; on CPU the matrix products of the dense "
+                               "and all-items scorers (fast with AMX / AVX512-bf16), scores and loss in float32")
     time_limit: float = option(0.0, "stop training after this many seconds (0: no limit)", check=non_negative)
+    deterministic: bool = option(False, "deterministic algorithms for the run where the device has them "
+                                        "(torch.use_deterministic_algorithms, cuDNN, CUBLAS_WORKSPACE_CONFIG on CUDA); "
+                                        "ops without one are named in metrics.json (rankrobust.determinism)")
 
     def validate(self) -> None:
         name, _, k = self.metric.partition("@")

@@ -15,6 +15,8 @@ and averages them over the evaluated users (NaN, never 0.0, when there is no
 evaluated user: a mean over nobody is undefined). Nothing loops over users in
 Python: users go through in chunks of ``chunk_size`` rows, everything stays on
 the device, and the results move to the host once at the end.
+`ips_metrics` adds inverse-propensity-weighted Recall/NDCG (propensity ∝ pop(i)^γ)
+from the same top-K and hits.
 
 Ties between equal scores are broken by ``torch.topk`` (deterministic for a
 given device and input). When a user has fewer than K_max unmasked items the
@@ -37,6 +39,8 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "METRIC_NAMES",
+    "ips_metrics",
+    "ips_weights",
     "metrics_from_hits",
     "most_popular_baseline",
     "truth_membership",
@@ -310,6 +314,71 @@ class Evaluator:
         metrics = {n: (float(df[n].mean()) if len(df) else float("nan")) for n in names}
         metrics["n_users"] = float(self.n_eval)
         return EvalResult(metrics, df, self.users, topk, hits, self.n_truth, self.truth, self.ks)
+
+
+def ips_weights(popularity: np.ndarray, gamma: float) -> np.ndarray:
+    """Inverse-propensity weights [n_items] in float64: w_i = 1 / p_i with p_i = max(pop_i, 1)^γ.
+
+    ``popularity`` is each item's training interaction count (floored at 1, so an
+    item absent from training is weighted like one seen once).  Only ratios matter:
+    `ips_metrics` normalises per user.
+    """
+    if gamma < 0 or not np.isfinite(gamma):
+        raise ValueError(f"gamma must be finite and >= 0, got {gamma}")
+    return np.maximum(np.asarray(popularity, dtype=np.float64), 1.0) ** (-float(gamma))
+
+
+def ips_metrics(result: EvalResult, popularity: np.ndarray, gamma: float,
+                ks: Sequence[int] | None = None) -> dict[str, float]:
+    """Inverse-propensity-weighted Recall@K and NDCG@K of an evaluation → ``{"ips_recall@K", "ips_ndcg@K"}``.
+
+    Propensity p_i ∝ pop(i)^γ (PROTOCOLS.md §11), weight w_i = 1/p_i (`ips_weights`).
+    For user u with truth T_u and top-K list L (the evaluation's own ``topk``/``hits``):
+
+    - IPS-Recall@K(u) = Σ_{i ∈ L ∩ T_u} w_i / Σ_{i ∈ T_u} w_i
+    - IPS-NDCG@K(u)   = Σ_{r ≤ K, L_r ∈ T_u} w_{L_r} / log₂(r+1) ÷ IDCG_w@K(u), the
+      ideal placing T_u's largest weights first: Σ_{r ≤ min(K, |T_u|)} w_(r) / log₂(r+1)
+
+    (per-user self-normalised, so the scale of p does not matter and γ = 0 gives
+    exactly Recall@K and NDCG@K); averaged over the evaluated users like the plain
+    metrics.  Vectorised: the hit part on the evaluation's device, the per-user
+    denominators with one sort and ``bincount`` over the truth pairs on the host.
+    ``ks`` defaults to the evaluation's cutoffs.
+    """
+    ks = tuple(result.ks if ks is None else ks)
+    users = result.users.cpu().numpy()
+    n = len(users)
+    if n == 0 or result.truth is None:
+        return {f"ips_{m}@{k}": float("nan") for k in ks for m in ("recall", "ndcg")}
+    w = ips_weights(popularity, gamma)
+    device = result.topk.device
+    dt = _real_dtype(device)
+    k_max = result.k_max
+    # numerators: weights of the hits, by rank
+    w_dev = torch.as_tensor(w, dtype=dt, device=device)
+    hit_w = torch.where(result.hits, w_dev[result.topk.clamp_min(0)], torch.zeros((), dtype=dt, device=device))
+    disc = 1.0 / torch.log2(torch.arange(2, k_max + 2, device=device, dtype=dt))
+    cum_w = hit_w.cumsum(1).cpu().numpy().astype(np.float64) if k_max else np.zeros((n, 0))
+    cum_dcg = (hit_w * disc).cumsum(1).cpu().numpy().astype(np.float64) if k_max else np.zeros((n, 0))
+    # denominators: each user's truth weights, sorted descending within the user
+    rows, items = _flat_rows(result.truth.indptr, result.truth.indices, users)
+    tw = w[items]
+    order = np.lexsort((-tw, rows))
+    rows, tw = rows[order], tw[order]
+    starts = np.searchsorted(rows, np.arange(n))
+    rank = np.arange(len(rows)) - starts[rows]
+    total = np.bincount(rows, weights=tw, minlength=n)
+    disc_np = 1.0 / np.log2(np.arange(2, max(k_max, 1) + 2, dtype=np.float64))
+    out: dict[str, float] = {}
+    for k in ks:
+        kk = min(int(k), k_max)
+        inside = rank < kk
+        idcg = np.bincount(rows[inside], weights=tw[inside] * disc_np[rank[inside]], minlength=n)
+        hit_sum = cum_w[:, kk - 1] if kk else np.zeros(n)
+        dcg = cum_dcg[:, kk - 1] if kk else np.zeros(n)
+        out[f"ips_recall@{k}"] = float(np.mean(hit_sum / total))
+        out[f"ips_ndcg@{k}"] = float(np.mean(np.divide(dcg, idcg, out=np.zeros(n), where=idcg > 0)))
+    return out
 
 
 def most_popular_baseline(train: Interactions, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:

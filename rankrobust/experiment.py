@@ -9,11 +9,11 @@ this module never imports the analysis layer.
 """
 from __future__ import annotations
 
-import functools
 import math
 import platform
 import time
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +24,11 @@ import torch
 
 from rankrobust.config import DataConfig, RunConfig
 from rankrobust.data import Dataset, load_dataset, load_files
+from rankrobust.data.identity import FileFingerprint, data_identity
+from rankrobust.determinism import Determinism
+from rankrobust.memory import check_memory
+from rankrobust.data.splits import apply_split
+from rankrobust.evaluate import ips_metrics
 from rankrobust.losses import groups_positives
 from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
@@ -31,14 +36,58 @@ from rankrobust.runs import RunDir
 from rankrobust.train import FitResult, TrainData, fit, resolve_device
 
 
-@functools.lru_cache(maxsize=8)
+#: datasets kept loaded in this process, least recently used first (see `load_data_identified`)
+DATA_CACHE_SIZE = 8
+_DATA_CACHE: "OrderedDict[tuple, Dataset]" = OrderedDict()
+
+
+def load_data_identified(dc: DataConfig) -> tuple[Dataset, dict[str, FileFingerprint]]:
+    """The dataset ``dc`` names and the fingerprint (size + sha256) of every file it was read from.
+
+    Cached in the process by (``dc``, the files' sizes and sha256), so a file
+    rewritten at the same path is read again, never served from the cache
+    (`rankrobust.data.identity`: each file is hashed once per stat signature).
+    The files are fingerprinted before they are read and checked unchanged
+    after, so the fingerprints are those of the bytes read.  Raises as
+    `load_dataset` / `load_files`, and DataNotFoundError naming the key of a
+    missing user file.
+    """
+    for _ in range(3):
+        identity = data_identity(dc)
+        key = (dc, tuple(sorted((split, f.size, f.sha256) for split, f in identity.items())))
+        if key in _DATA_CACHE:
+            _DATA_CACHE.move_to_end(key)
+            return _DATA_CACHE[key], identity
+        dataset = _read_data(dc)
+        if all(f.unchanged() for f in identity.values()):
+            for old in [k for k in _DATA_CACHE if k[0] == dc]:  # an older version of the same files
+                del _DATA_CACHE[old]
+            _DATA_CACHE[key] = dataset
+            while len(_DATA_CACHE) > DATA_CACHE_SIZE:
+                _DATA_CACHE.popitem(last=False)
+            return dataset, identity
+    raise OSError(f"the data files of {dc} kept changing while they were read; wait until whatever writes them "
+                  f"has finished")
+
+
 def load_data(dc: DataConfig) -> Dataset:
-    """Load (once per process, cached by the frozen `DataConfig`) the dataset it names."""
+    """The dataset ``dc`` names (cached per process by its files' content: `load_data_identified`)."""
+    return load_data_identified(dc)[0]
+
+
+load_data.cache_clear = _DATA_CACHE.clear  # type: ignore[attr-defined]  # as with functools.lru_cache
+
+
+def _read_data(dc: DataConfig) -> Dataset:
+    """Read (uncached) the dataset ``dc`` names, under ``data.split``; `load_data` caches it."""
     if dc.train_path is not None:
-        return load_files(dc.train_path, dc.test_path, valid=dc.valid_path, valid_fraction=dc.valid_fraction,
-                          seed=dc.split_seed, valid_is_test=dc.valid_is_test)
-    return load_dataset(dc.name, data_dir=dc.data_dir, valid_fraction=dc.valid_fraction, seed=dc.split_seed,
-                        valid_is_test=dc.valid_is_test)
+        dataset = load_files(dc.train_path, dc.test_path, valid=dc.valid_path, valid_fraction=dc.valid_fraction,
+                             seed=dc.split_seed, valid_is_test=dc.valid_is_test)
+    else:
+        dataset = load_dataset(dc.name, data_dir=dc.data_dir, valid_fraction=dc.valid_fraction, seed=dc.split_seed,
+                               valid_is_test=dc.valid_is_test)
+    return apply_split(dataset, dc.split, test_fraction=dc.ood_test_fraction, valid_fraction=dc.valid_fraction,
+                       seed=dc.split_seed)
 
 
 def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFrame]:
@@ -174,9 +223,12 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
     if run_dir is not None:
         run_dir.prepare(overwrite)
         run_dir.write_config(cfg.to_json())
+    determinism = Determinism(False)
     try:
-        dataset = load_data(cfg.data)
+        dataset, data_files = load_data_identified(cfg.data)
         data, noise = prepare_data(cfg, dataset)
+        check_memory(cfg, *data.train.shape, data.train.nnz, device)  # before the model is built
+        determinism = Determinism.start(cfg.train.deterministic, device)  # before training
         ctx = ProbeContext(cfg, data, device, run_dir)
         for probe in probes:
             probe.start(ctx)
@@ -184,6 +236,12 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
         result = fit(cfg, data, device, probes=probes, progress=progress)
         metrics = metrics_document(cfg, result, data, device)
         metrics["wall_seconds"] = time.perf_counter() - t0
+        metrics["data_files"] = {split: f.record() for split, f in data_files.items()}  # what the run read
+        if cfg.train.ips_gamma is not None:  # IPS-weighted Recall/NDCG on test, propensity ∝ (clean) train pop^γ
+            metrics["test"] = {**metrics["test"],
+                               **ips_metrics(result.test, dataset.train.item_counts(), cfg.train.ips_gamma)}
+        if dataset.split is not None:  # the re-drawn split (data.split), e.g. the popularity-shift test
+            metrics["split"] = dataset.split
         tables: dict[str, pd.DataFrame] = {}
         extra: dict[str, Any] = {}
         for probe in probes:
@@ -194,6 +252,8 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
                 metrics[probe.name] = output.metrics
             tables.update(output.tables)
             extra.update(output.extra)
+        metrics.update(determinism.record())
+        metrics["warnings"] = metrics.get("warnings", []) + determinism.warnings()
         metrics = finite_or_none(metrics)
         if run_dir is not None:
             run_dir.write_table("epochs", result.history)
@@ -213,3 +273,5 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
         if run_dir is not None:
             run_dir.fail("".join(traceback.format_exception(err)))
         raise
+    finally:
+        determinism.stop()

@@ -1,4 +1,4 @@
-"""Recommender backbones: matrix factorisation and LightGCN.
+"""Recommender backbones: matrix factorisation, LightGCN and XSimGCL.
 
 Both hold raw embeddings ``user_emb [n_users, d]`` and ``item_emb [n_items, d]``
 (xavier-initialised) and expose the same three calls:
@@ -10,7 +10,7 @@ Both hold raw embeddings ``user_emb [n_users, d]`` and ``item_emb [n_items, d]``
 * ``final_embeddings()`` → (U, I) such that ``U @ I.T`` are the evaluation
   scores (rows normalised for cosine);
 * ``extra_loss(users, items)`` → an auxiliary loss added to the training loss
-  (None for MF and LightGCN; the hook a contrastive backbone uses).
+  (None for MF and LightGCN; XSimGCL's cross-layer InfoNCE).
 
 Each backbone is registered once in ``MODELS`` with its options dataclass
 (``dim``, ``score``, ``dropout`` for all; ``layers`` for LightGCN);
@@ -28,7 +28,7 @@ from torch import nn
 
 from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import gather_dot
-from rankrobust.registry import Registry, non_negative, one_of, option, positive, unit_interval
+from rankrobust.registry import ConfigError, Registry, non_negative, one_of, option, positive, unit_interval
 
 SCORES = ("cosine", "dot")
 
@@ -158,6 +158,115 @@ class LightGCN(Recommender):
         return mean[: self.n_users], mean[self.n_users:]
 
 
+def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
+    """Bool [B]: True where ``ids[k]`` did not occur at an earlier position (a mask, no host sync)."""
+    same = ids[:, None] == ids[None, :]
+    earlier = torch.ones_like(same).tril(-1)
+    return ~(same & earlier).any(dim=1)
+
+
+def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, tau: float) -> torch.Tensor:
+    """InfoNCE between two views of the *distinct* ``ids`` of a batch → scalar.
+
+    ``view1``, ``view2``: [n, d] tables; ``ids``: [B] row ids (repeats allowed).
+    Over the set S of distinct ids, with a = normalize(view1[s]), b = normalize(view2[s]):
+    ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
+    the unique users / items of the batch).  Duplicates are masked rather than removed
+    (``torch.unique`` would sync with the host): a repeated id is left out as a row and as
+    a column, so the value equals the loss over the unique ids.
+    """
+    first = _first_occurrence(ids)
+    a = F.normalize(view1[ids], dim=1) / tau                   # 1/τ on [B, d] rather than on [B, B]
+    b = F.normalize(view2[ids], dim=1)
+    logits = a @ b.T                                           # [B, B]
+    logits = logits.masked_fill(~first[None, :], float("-inf"))
+    row = logits.diagonal() - torch.logsumexp(logits, dim=1)   # log-softmax of each row's own column
+    row = torch.where(first, row, torch.zeros_like(row))
+    return -row.sum() / first.sum().clamp_min(1).to(row.dtype)
+
+
+class XSimGCL(Recommender):
+    """XSimGCL (Yu et al., TKDE 2023; PROTOCOLS.md §11): noisy LightGCN propagation + cross-layer InfoNCE.
+
+    Propagation: e⁽⁰⁾ = [users; items], e⁽ˡ⁾ = Â e⁽ˡ⁻¹⁾ for l = 1..L, and while
+    *training* e⁽ˡ⁾ ← e⁽ˡ⁾ + ε · sign(e⁽ˡ⁾) ⊙ normalize(Δ), Δ ~ U(0, 1) row-wise; the
+    table is the mean of layers 1..L (no layer-0 term, unlike LightGCN).  The
+    auxiliary loss (`extra_loss`) is λ · [InfoNCE_τcl(final, layer l*) over the
+    batch's distinct users + the same over its distinct positive items], both
+    views from the *same* noisy propagation the batch's scores came from.  In
+    ``eval()`` (and in `final_embeddings` always) there is neither noise nor
+    auxiliary loss.  The noise is drawn from a generator owned by the model,
+    seeded from the run's seed (through the init generator), created on the
+    embeddings' device at first use: same seed and device → same draws.
+    """
+
+    def __init__(self, train: Interactions, dim: int = 64, layers: int = 2, eps: float = 0.1, cl_layer: int = 1,
+                 cl_tau: float = 0.1, cl_weight: float = 0.2, score: str = "cosine", dropout: float = 0.0,
+                 generator: torch.Generator | None = None, fused: bool = True) -> None:
+        super().__init__(train.n_users, train.n_items, dim, score, dropout, generator, fused)
+        if layers < 1 or not 1 <= cl_layer <= layers:
+            raise ValueError(f"XSimGCL needs layers >= 1 and 1 <= cl_layer <= layers, got layers={layers}, "
+                             f"cl_layer={cl_layer}")
+        self.layers, self.eps, self.cl_layer = layers, float(eps), cl_layer
+        self.cl_tau, self.cl_weight = float(cl_tau), float(cl_weight)
+        self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
+        # drawn after the xavier init, so the init is that of the other backbones with the same seed
+        self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
+        self._noise_generator: torch.Generator | None = None
+        self._cl_views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def noise_generator(self, device: torch.device) -> torch.Generator:
+        """The model's noise generator on ``device`` (created and seeded with ``noise_seed`` at first use)."""
+        gen = self._noise_generator
+        if gen is None or gen.device != device:
+            gen = self._noise_generator = torch.Generator(device=device).manual_seed(self.noise_seed)
+        return gen
+
+    def layer_embeddings(self, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean of layers 1..L, layer l*) as [n_users + n_items, d] tables; ``noisy`` adds the perturbation."""
+        x = torch.cat([self.user_emb, self.item_emb])
+        gen = self.noise_generator(x.device) if noisy else None
+        total, contrast = None, x
+        for layer in range(1, self.layers + 1):
+            x = self.adjacency @ x
+            if noisy:
+                delta = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+                x = x + self.eps * torch.sign(x) * F.normalize(delta, dim=-1)
+            total = x if total is None else total + x
+            if layer == self.cl_layer:
+                contrast = x
+        return total / self.layers, contrast
+
+    def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: the noisy layer mean (keeping the views for `extra_loss`); eval: the clean layer mean."""
+        noisy = self.training and self.eps > 0
+        mean, contrast = self.layer_embeddings(noisy)
+        self._cl_views = (mean, contrast) if self.training and self.cl_weight > 0 else None
+        return mean[: self.n_users], mean[self.n_users:]
+
+    def extra_loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
+        """λ · (InfoNCE over the batch's distinct users + over its distinct positives ``items[:, 0]``).
+
+        The views are those of the last training `propagate` (the batch's own
+        scores); None in eval mode, with λ = 0, or before any training propagate.
+        """
+        views, self._cl_views = self._cl_views, None  # used once: the graph is not kept past the step
+        if not self.training or views is None:
+            return None
+        final, contrast = views
+        n = self.n_users
+        loss_u = unique_infonce(final[:n], contrast[:n], users, self.cl_tau)
+        loss_i = unique_infonce(final[n:], contrast[n:], items[:, 0], self.cl_tau)
+        return self.cl_weight * (loss_u + loss_i)
+
+    @torch.no_grad()
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Evaluation tables: the clean (noise-free) layer mean, whatever the module's mode."""
+        mean, _ = self.layer_embeddings(noisy=False)
+        U, I = mean[: self.n_users], mean[self.n_users:]
+        return self._prepare(U).detach(), self._prepare(I).detach()
+
+
 # --------------------------------------------------------------------------- registry
 MODELS: Registry = Registry("model")
 
@@ -186,6 +295,32 @@ def _make_lightgcn(train: Interactions, options: LightGCNOptions, generator: tor
                    fused: bool) -> Recommender:
     """LightGCN: mean of layers + 1 propagations over the normalised user–item graph."""
     return LightGCN(train, options.dim, options.layers, options.score, options.dropout, generator, fused)
+
+
+@dataclass
+class XSimGCLOptions(ModelOptions):
+    layers: int = option(2, "propagation layers L (XSimGCL: mean of layers 1..L, no layer-0 term)",
+                         check=positive, flag="--layers")
+    eps: float = option(0.1, "XSimGCL noise magnitude ε added at every layer in training", check=non_negative,
+                        flag="--eps")
+    cl_layer: int = option(1, "XSimGCL layer l* contrasted with the final embeddings (1..layers)", check=positive,
+                           flag="--cl-layer")
+    cl_tau: float = option(0.1, "temperature τ_cl of XSimGCL's cross-layer InfoNCE", check=positive,
+                           flag="--cl-tau")
+    cl_weight: float = option(0.2, "weight λ of XSimGCL's cross-layer InfoNCE", check=non_negative,
+                              flag="--cl-weight")
+
+    def validate(self) -> None:
+        if self.cl_layer > self.layers:
+            raise ConfigError(f"model.cl_layer = {self.cl_layer} must be at most model.layers = {self.layers}")
+
+
+@MODELS.register("xsimgcl", XSimGCLOptions)
+def _make_xsimgcl(train: Interactions, options: XSimGCLOptions, generator: torch.Generator,
+                  fused: bool) -> Recommender:
+    """XSimGCL: noisy LightGCN propagation without layer 0, plus a cross-layer InfoNCE (PSL's third backbone)."""
+    return XSimGCL(train, options.dim, options.layers, options.eps, options.cl_layer, options.cl_tau,
+                   options.cl_weight, options.score, options.dropout, generator, fused)
 
 
 def build_model(name: str, train: Interactions, options=None, *, seed: int = 0,

@@ -381,9 +381,12 @@ class SweepDir:
     """The one owner of a sweep folder's names: ``sweep.json``, ``store.parquet``, ``runs/<cell id>/``, the lock.
 
     ``sweep.json`` records the spec of the last ``rankrobust sweep`` on the
-    folder, including its cells (``cells``: cell id → `config_hash`); run
-    folders of other cell ids are *stale* (a grid value or seed was removed
-    from the spec) and are left out of results (`stale_runs`).
+    folder, including its cells (``cells``: cell id → `config_hash`) and the
+    identity of each cell's data files when the sweep started (``data``: cell
+    id → `rankrobust.data.identity.identity_digest`, None where the files
+    could not be read); run folders of other cell ids are *stale* (a grid
+    value or seed was removed from the spec) and are left out of results
+    (`stale_runs`).
     """
 
     SPEC = "sweep.json"
@@ -459,6 +462,14 @@ class SweepDir:
         keys = list(grid)
         return {cell_id(dict(zip(keys, combo)), seed): None
                 for combo in itertools.product(*(grid[k] for k in keys)) for seed in seeds}, False
+
+    def recorded_data(self) -> dict[str, str | None]:
+        """Cell id → identity digest of its data files as recorded in ``sweep.json`` ({} when none recorded)."""
+        record = self.spec()
+        data = record.get("data") if record else None
+        if not isinstance(data, dict):
+            return {}
+        return {str(k): (v if isinstance(v, str) else None) for k, v in data.items()}
 
     def current_cells(self, names: list[str]) -> dict[str, str | None] | None:
         """Of the run folder ``names``, those that are cells of the recorded spec → their recorded config hash.

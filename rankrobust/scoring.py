@@ -43,7 +43,7 @@ from rankrobust.batching import own_positive_mask
 from rankrobust.data.interactions import Interactions
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "score_batch", "dense_bytes"]
+           "catalog_scores", "score_batch", "dense_bytes"]
 
 SCORERS = ("auto", "gather", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
@@ -106,18 +106,28 @@ class ScorerChoice:
         return asdict(self)
 
 
-# Cost-model constants, seconds per unit of work (forward + backward), per device type.
-# CPU: fitted to `benchmarks/speed.py --scorers` on the development machine (2 cores of a cloud VM,
-# torch 2.13 CPU build, float32): gather ≈ 1.2 ns per gathered (pair · negative · dim) element,
-# dense ≈ 0.045 ns per (pair · item · dim) multiply-add of the products plus ≈ 1.6 ns per [B, n_items]
-# element of the element-wise work (gather backward = scatter-add, normalisation, mask).  The crossover
-# sits near n_items ≈ 100 · M at d = 64 (measured: dense 20× faster at n = 1,000, M = 256; slower at
-# n = 38,048, M = 64).  CUDA: not measured yet (`benchmarks/gpu_check.sh` measures it); the constants
-# assume ~30× faster matrix products relative to gathers, which favours dense a little more.
+# Cost-model constants: seconds per unit of work (forward + backward of one batch's scoring), per device type.
+# CPU: fitted to per-batch times of MF + SL training steps (`Trainer.epoch`, uniform negatives, d = 64,
+# float32) on the development machine (2 cores of a cloud x86_64 VM with AVX512 and AMX, torch 2.13 CPU
+# build, one thread) for ml-100k (n = 1,016, M = 256), lastfm (n = 2,762, M = 16 and 64), ml (n = 3,043,
+# M = 800, B = 2048) and yelp2018 (n = 38,048, M = 64 and 800, B = 2048):
+#   gather ≈ 7 ns per gathered (pair · negative · dim) element while the item table fits in cache
+#            (≤ 4 MiB), ≈ 12 ns beyond;
+#   dense  ≈ 0.041 ns per multiply-add of the three [B, d] × [d, n_items] products in float32
+#            (0.0066 ns in bfloat16 with AMX), plus ≈ 5 ns per [B, n_items] element for the element-wise
+#            work (gather → scatter-add backward, masks, the loss).
+# Measured crossovers: dense 8.7× faster on ml-100k (M = 256), 8× on ml (M = 800), 1.5× on yelp2018
+# (M = 800), about even on lastfm (M = 64), gather faster on lastfm with M = 16 (2.7×) and on yelp2018
+# with M = 64 (4.7×).  CUDA: not measured (`benchmarks/gpu_check.sh` measures it); the constants assume
+# HBM-bound gathers and element-wise work and tensor-core products.
 _COST = {
-    "cpu": {"gather": 1.2e-9, "gemm": 0.045e-9, "elementwise": 1.6e-9},
-    "cuda": {"gather": 0.02e-9, "gemm": 0.00025e-9, "elementwise": 0.02e-9},
+    "cpu": {"gather": 7e-9, "gather_big_table": 12e-9, "gemm": 0.041e-9, "gemm_bf16": 0.0066e-9,
+            "elementwise": 5e-9},
+    "cuda": {"gather": 0.02e-9, "gather_big_table": 0.03e-9, "gemm": 0.00003e-9, "gemm_bf16": 0.00001e-9,
+             "elementwise": 0.01e-9},
 }
+#: item tables larger than this (bytes) make the gathers miss the cache
+_CACHED_TABLE_BYTES = 4 << 20
 #: the dense path's [B, n_items] float blocks alive at once in forward + backward (scores, their gradient,
 #: the loss's element-wise intermediates); used for its memory estimate
 _DENSE_BLOCKS = 4
@@ -139,12 +149,12 @@ def _memory_budget(device: torch.device) -> int:
 
 
 def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int, batch_size: int,
-                  device: torch.device | str = "cpu") -> ScorerChoice:
+                  device: torch.device | str = "cpu", bf16: bool = False) -> ScorerChoice:
     """Resolve ``train.scorer`` (``auto | gather | dense``) for sampled negatives → `ScorerChoice`.
 
-    ``auto`` takes the path with the smaller estimated time (constants above),
-    and ``gather`` whenever the dense blocks would exceed a quarter of the
-    device's memory.  An explicit choice is kept (its estimates are still
+    ``auto`` takes the path with the smaller estimated time (constants above;
+    ``bf16``: the products run in bfloat16), and ``gather`` whenever the dense
+    blocks would exceed a quarter of the device's memory.  An explicit choice is kept (its estimates are still
     recorded).  Raises ValueError for an unknown ``requested``.
     """
     if requested not in SCORERS:
@@ -152,8 +162,10 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
     device = torch.device(device)
     cost = _COST["cuda" if device.type == "cuda" else "cpu"]
     pairs = batch_size
-    gather_s = cost["gather"] * pairs * (num_negatives + 1) * dim
-    dense_s = cost["gemm"] * pairs * n_items * dim * 3 + cost["elementwise"] * pairs * n_items
+    per_gather = cost["gather"] if n_items * dim * 4 <= _CACHED_TABLE_BYTES else cost["gather_big_table"]
+    gather_s = per_gather * pairs * (num_negatives + 1) * dim
+    gemm = cost["gemm_bf16"] if bf16 else cost["gemm"]
+    dense_s = gemm * pairs * n_items * dim * 3 + cost["elementwise"] * pairs * n_items
     need = dense_bytes(batch_size, n_items)
     fits = need <= _memory_budget(device)
     if requested != "auto":
@@ -167,15 +179,30 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
                         round(need / 2**20, 1), reason)
 
 
+def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = None) -> Tensor:
+    """Scores of user rows ``u [B, d]`` against the whole item table ``I [n_items, d]`` → [B, n_items].
+
+    One matrix product.  With ``product_dtype`` (``torch.bfloat16``) the product,
+    and the two products of its backward pass, run in that precision and the
+    scores come back in ``u``'s dtype (float32 accumulation; on CPUs with AMX or
+    AVX512-bf16 about 6× faster than float32 at d = 64).
+    """
+    if product_dtype is None or product_dtype == u.dtype:
+        return u @ I.T
+    return (u.to(product_dtype) @ I.to(product_dtype).T).to(u.dtype)
+
+
 def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
-                dense: bool, positives: PositivesBitmap | None = None) -> BatchScores:
+                dense: bool, positives: PositivesBitmap | None = None,
+                product_dtype: torch.dtype | None = None) -> BatchScores:
     """Scores of the batch ``users [B]``, ``pos [B]`` against their negatives → `BatchScores`.
 
     ``(U, I)`` come from ``model.score_tables()`` (the item table already
     normalised for cosine); ``neg [B, M]`` are the sampled ids (ignored unless
     ``negatives == 'sampled'``).  ``dense`` selects the one-matrix-product path
     for sampled negatives; ``positives`` (all-items negatives only) masks each
-    user's other training positives.
+    user's other training positives.  ``product_dtype`` is the precision of the
+    [B, d] × [d, n_items] products (`catalog_scores`; None = the tables' own).
     """
     b = users.shape[0]
     if negatives == "in_batch":
@@ -184,7 +211,7 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
         neg_mask = ~(own_positive_mask(users) | eye)  # other users' positives only
         return BatchScores(scores.diagonal(), scores, neg_mask, pos[None, :].expand(b, b), pos[:, None])
     if negatives == "all":
-        scores = model.user_rows(U, users) @ I.T  # [B, n_items]
+        scores = catalog_scores(model.user_rows(U, users), I, product_dtype)  # [B, n_items]
         pos_scores = scores.gather(1, pos[:, None])[:, 0]
         own = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, pos[:, None], True)
         if positives is not None:
@@ -195,7 +222,7 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
         raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
     items = torch.cat([pos[:, None], neg], dim=1)
     if dense:
-        scores = (model.user_rows(U, users) @ I.T).gather(1, items)
+        scores = catalog_scores(model.user_rows(U, users), I, product_dtype).gather(1, items)
     else:
         scores = model.pair_scores(U, I, users, items)
     return BatchScores(scores[:, 0], scores[:, 1:], None, neg, items)

@@ -9,7 +9,9 @@ it can never disagree with them.
 Results use exactly the cells of the sweep's recorded spec (``sweep.json``):
 `load_store` leaves out *stale* rows (run folders of cells no longer in the
 spec: a removed seed or grid value) and *outdated* rows (a cell whose run was
-made with another config: the spec was edited and the sweep not rerun yet);
+made with another config, or from data files whose content differs from what
+the last ``rankrobust sweep`` found: the spec or the data changed and the
+sweep has not redone the cell yet);
 ``include_stale=True`` returns every row with ``stale`` / ``outdated`` columns.
 A run folder whose files cannot be read has status ``corrupt`` and its
 reason in ``error``.
@@ -26,6 +28,8 @@ from scipy import stats
 
 from rankrobust import runs
 from rankrobust.config import SECTIONS
+from rankrobust.data.identity import recorded_digest
+from rankrobust.data.registry import files_label
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 
 MAIN_METRICS = ("test.recall@20", "test.ndcg@20")
@@ -78,7 +82,11 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     Every numeric entry of every section of ``metrics.json`` (``valid``,
     ``test``, ``most_popular`` and the probes' sections such as ``fairness``
     or ``gradient_accounting``) becomes a column ``section.key``;
-    ``config_hash`` fingerprints the run's config.  A folder whose
+    ``config_hash`` fingerprints the run's config and ``data_hash`` the
+    content of the data files it read (`rankrobust.data.identity`; missing
+    for runs that recorded none).  Runs on user files (``data.train_path``)
+    get ``data.name`` = `files_label` of the train file instead of the unused
+    default dataset name.  A folder whose
     ``config.json``, ``metrics.json`` or ``status`` cannot be read gets status
     ``corrupt`` and the reason (naming the file) in ``error``; it never raises.
     """
@@ -91,6 +99,8 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
             config = folder.config()
             row.update(flatten(config))
             row["config_hash"] = config_hash(config)
+            if row.get("data.train_path"):  # user files: label the run by them, not by the unused data.name
+                row["data.name"] = files_label(row["data.train_path"])
         except FileNotFoundError:
             pass
         if status == runs.STATUS_DONE:
@@ -102,6 +112,7 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
                             row[f"{section}.{key}"] = value
             for key in RUN_KEYS:
                 row[key] = metrics.get(key)
+            row["data_hash"] = recorded_digest(metrics)
             warnings = metrics.get("warnings") or []
             row["warnings"] = " | ".join(map(str, warnings)) if isinstance(warnings, list) else str(warnings)
         elif status == runs.STATUS_FAILED:
@@ -175,7 +186,11 @@ def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     hashes = frame["config_hash"] if "config_hash" in frame else [None] * n
     outdated = np.array([i in cells and cells[i] is not None and isinstance(h, str) and h != cells[i]
                          for i, h in zip(ids, hashes)], dtype=bool)
-    return stale, outdated
+    data = SweepDir(folder).recorded_data()  # the data's identity when the last sweep started
+    digests = frame["data_hash"] if "data_hash" in frame else [None] * n
+    other_data = np.array([isinstance(data.get(i), str) and isinstance(d, str) and d != data[i]
+                           for i, d in zip(ids, digests)], dtype=bool)
+    return stale, outdated | other_data
 
 
 def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:
@@ -199,8 +214,8 @@ def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:
                      f"e.g. {first(mask)}; delete them with `{command} --prune`")
     if "outdated" in frame and frame["outdated"].any():
         mask = frame["outdated"].to_numpy(bool)
-        lines.append(f"{mask.sum()} outdated run(s) left out (made with another config than the current spec's), "
-                     f"e.g. {first(mask)}; rerun `{command}` to redo them")
+        lines.append(f"{mask.sum()} outdated run(s) left out (made with another config than the current spec's, or "
+                     f"from data files that have changed since), e.g. {first(mask)}; rerun `{command}` to redo them")
     current = ~(frame.get("stale", pd.Series(False, index=frame.index)).to_numpy(bool)
                 | frame.get("outdated", pd.Series(False, index=frame.index)).to_numpy(bool))
     corrupt = current & (frame["status"] == STATUS_CORRUPT).to_numpy()

@@ -84,7 +84,7 @@ class FitResult:
 
 def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
               negatives: str = "sampled", dense: bool = False, positives: PositivesBitmap | None = None,
-              loss_state: LossState | None = None,
+              loss_state: LossState | None = None, product_dtype: torch.dtype | None = None,
               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
 
@@ -99,12 +99,14 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     positive, and but the user's other training positives when ``positives``
     is given).  A row left without negatives has a negative term of 0
     (`rankrobust.losses`).  ``loss_state`` (`rankrobust.loss_state`) adds its
-    per-batch keyword tensors to the loss's.
+    per-batch keyword tensors to the loss's.  ``product_dtype`` (bfloat16 with
+    ``train.bf16`` on CPU) is the precision of the dense and all-items matrix products.
     """
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         U, I = model.score_tables()
-        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, dense=dense, positives=positives)
+        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, dense=dense, positives=positives,
+                        product_dtype=product_dtype)
         kwargs = loss_kwargs if loss_state is None else {**loss_kwargs,
                                                          **loss_state.batch_kwargs(users, pos, s.neg_items)}
         loss = loss_fn(s.pos, s.neg, users=users, neg_mask=s.neg_mask, **kwargs)
@@ -181,13 +183,14 @@ class Trainer:
         negatives = getattr(self.sampler, "negatives", "sampled")  # optional for a registered sampler
         #: ``train.scorer`` resolved for this run (sampled negatives only; recorded in metrics.json)
         self.scorer = choose_scorer(tc.scorer, n_items=data.train.n_items, num_negatives=self.sampler.num_negatives or 0,
-                                    dim=self.model.dim, batch_size=tc.batch_size,
-                                    device=device) if negatives == "sampled" else None
+                                    dim=self.model.dim, batch_size=tc.batch_size, device=device,
+                                    bf16=tc.bf16) if negatives == "sampled" else None
         positives = (PositivesBitmap(data.train, device) if negatives == "all" and self.sampler.mask_positives
                      else None)
         step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, negatives=negatives,
                          dense=self.scorer is not None and self.scorer.scorer == "dense", positives=positives,
-                         loss_state=self.loss_state)
+                         loss_state=self.loss_state,
+                         product_dtype=torch.bfloat16 if tc.bf16 and device.type == "cpu" else None)
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")

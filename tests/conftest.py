@@ -50,7 +50,8 @@ def pytest_collection_modifyitems(config, items):
 
 #: sweep kind → folder of its tiny sweep in `tiny_results` (the first five as results/*-quick)
 TINY_FOLDERS = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
-                "tau-ratio": "tr-quick", "variance": "var-quick", "bsl-batching": "bb-quick"}
+                "tau-ratio": "tr-quick", "variance": "var-quick", "bsl-batching": "bb-quick",
+                "loss-comparison-ood": "ood-quick"}
 
 
 def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | None = None, base: dict | None = None):
@@ -91,4 +92,7 @@ def tiny_results(tmp_path_factory) -> Path:
     _tiny_sweep(root, data, "bsl-batching-tiny", {"loss.name": ["sl", "bsl"], "train.batching": ["pairs", "users"],
                                                   "noise.pos_ratio": [0.0, 0.3]},
                 base={"loss": {"tau1": 0.5}, "train": {"positives_per_user": 4}})
+    _tiny_sweep(root, data, "loss-comparison-ood-tiny", {"data.split": ["given", "popularity"],
+                                                         "model.name": ["mf", "xsimgcl"], "loss.name": ["sl"]},
+                base={"model": {"layers": 2}, "train": {"ips_gamma": 1.0}})
     return root

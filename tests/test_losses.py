@@ -244,7 +244,8 @@ def test_bad_shapes():
 
 
 def test_registry():
-    assert set(LOSSES) == {"bpr", "bce", "mse", "ccl", "sl", "bsl"}
+    assert set(LOSSES) == {"bpr", "bce", "mse", "ccl", "sl", "bsl", "psl", "slatk", "advinfonce", "llpauc", "drrl",
+                           "tce", "rce", "dcl", "rince"}
     assert set(LOSS_HYPERS) == set(LOSSES)
     for name in LOSSES:
         assert get_loss(name) is LOSSES[name]
@@ -256,12 +257,38 @@ def test_registry():
 
 
 def test_loss_hypers_match_signatures():
+    """The function's keywords are its options' loss keywords plus the keywords its state hands it, nothing else."""
     import inspect
+
+    from rankrobust.config import LossConfig
 
     for name, fn in LOSSES.items():
         params = inspect.signature(fn).parameters
         kwonly = {p for p, v in params.items() if v.kind is v.KEYWORD_ONLY} - {"users", "neg_mask"}
-        assert kwonly == LOSS_HYPERS[name], name
+        entry = LOSSES.entry(name)
+        state = set(losses.state_keywords(entry.options))
+        modes = losses.BSL_MODES if name == "bsl" else (None,)
+        used = set()
+        for mode in modes:
+            cfg = LossConfig(name=name, options=entry.make_options(**({"mode": mode} if mode else {})))
+            used |= set(cfg.kwargs())
+        assert kwonly == used | state, name
+        assert used <= LOSS_HYPERS[name] and not state & LOSS_HYPERS[name], name
+        if not state and not hasattr(entry.options, "loss_kwargs"):
+            assert kwonly == LOSS_HYPERS[name], name
+
+
+def _state_kwargs(name, options, b=2, m=3):
+    """The state's keyword tensors for a batch of ``b`` pairs of user 0 (a tiny 2-user, 4-item training set)."""
+    from rankrobust.data.interactions import Interactions
+    from rankrobust.loss_state import make_loss_state
+
+    train = Interactions.from_pairs([0, 0, 1], [0, 1, 2], n_users=2, n_items=4)
+    state = make_loss_state(options, train, "cpu")
+    if state is None:
+        return {}
+    users = torch.zeros(b, dtype=torch.long)
+    return state.batch_kwargs(users, torch.zeros(b, dtype=torch.long), torch.zeros(b, m, dtype=torch.long))
 
 
 def test_config_kwargs_are_accepted():
@@ -272,7 +299,8 @@ def test_config_kwargs_are_accepted():
             entry = LOSSES.entry(name)
             cfg = LossConfig(name=name, options=entry.make_options(**({"mode": mode} if name == "bsl" else {})))
             assert set(cfg.kwargs()) <= LOSS_HYPERS[name]
-            LOSSES[name](torch.zeros(2), torch.zeros(2, 3), users=torch.tensor([0, 0]), **cfg.kwargs())
+            LOSSES[name](torch.zeros(2), torch.zeros(2, 3), users=torch.tensor([0, 0]), **cfg.kwargs(),
+                         **_state_kwargs(name, cfg.options))
 
 
 def test_compiles_without_graph_breaks_on_hot_path():

@@ -9,7 +9,8 @@ Typical use::
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import TableData, read_lightgcn, read_table, write_lightgcn
-from rankrobust.data.registry import DatasetInfo, download, list_datasets, load_dataset, load_files
+from rankrobust.data.download import download_dataset
+from rankrobust.data.registry import DatasetInfo, dataset_files, download, list_datasets, load_dataset, load_files
 from rankrobust.data.splits import Dataset, carve_validation, dataset_stats, split_per_user
 
 __all__ = [
@@ -29,4 +30,6 @@ __all__ = [
     "carve_validation",
     "split_per_user",
     "download",
+    "download_dataset",
+    "dataset_files",
 ]

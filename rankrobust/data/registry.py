@@ -9,33 +9,31 @@ directory holding ``<name>/train.txt.gz`` and ``<name>/test.txt.gz`` (plain
 2. the environment variable ``RANKROBUST_DATA``;
 3. ``../shared/data`` relative to the current directory, or to the repository
    root when rankrobust runs from a source checkout.
+
+``rankrobust download NAME --dest DIR`` fetches an external dataset from its
+public source into ``DIR/NAME`` (`rankrobust.data.download`).
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import os
-import re
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import pandas as pd
 
+from rankrobust.data.download import KNOWN_SHA256, download
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import _factorize, _maybe_int, _read_lightgcn_full, _read_table_frame, is_table_path
 from rankrobust.data.splits import Dataset, carve_validation
 from rankrobust.registry import Registry
 
-__all__ = ["DatasetInfo", "list_datasets", "load_dataset", "load_files", "download", "KNOWN_SHA256",
-           "EMBEDDED_DIR", "resolve_data_dir"]
+__all__ = ["DatasetInfo", "list_datasets", "load_dataset", "load_files", "dataset_files", "files_label", "download",
+           "KNOWN_SHA256", "EMBEDDED_DIR", "resolve_data_dir"]
 
 ENV_VAR = "RANKROBUST_DATA"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
@@ -56,33 +54,6 @@ DATASETS.register('yelp2018')(_Spec("Yelp2018, LightGCN split (31,668 users, 38,
 DATASETS.register('gowalla')(_Spec("Gowalla check-ins, LightGCN split (29,858 users, 40,981 items, 1.03M pairs)"))
 DATASETS.register('ml')(_Spec("MovieLens-1M subset used by BSL / Adap-tau (6,022 users, 3,043 items, 0.9M pairs)"))
 DATASETS.register('ml-100k')(_Spec("MovieLens-100K, IR-Benchmark 10-core 80/20 split (939 users, 1,016 items)"))
-
-# sha256 of the gzip files as distributed (see ../shared/data/README.md)
-KNOWN_SHA256: dict[str, dict[str, str]] = {
-    "yelp2018": {
-        "train.txt.gz": "9b69e51c511d3552ba88a05023f6fcfdf7c1a2d4ab64d3b67cea126d6d398572",
-        "test.txt.gz": "d5eb19d4311a3d48f49534bfbd9f5cfefc4d4c684bff7754648478f3aef69b41",
-    },
-    "gowalla": {
-        "train.txt.gz": "61fb99c1e8bcbd8c4a0ec56a079d033a18985317589e52cc952767b49b2506a7",
-        "test.txt.gz": "23368b745faf7cf0201859230872db6ccf13e23cbaf0c844de53c94b6f8888ea",
-    },
-    "ml": {
-        "train.txt.gz": "037dd2ed77415037cbb1f0d9db24143bf1fd67c75d95be0723e3305d05800baf",
-        "test.txt.gz": "dc0517b0a36b7e7f676f7397b035cb4071f6f85f1b33dcd917231481a91802e9",
-    },
-    "ml-100k": {
-        "train.txt.gz": "dee3590448bd3348b1a00111b5e4dbbdf0be241e9730cfba4e9f59267e938713",
-        "test.txt.gz": "96621cd740ce796043ee9336888d09e30c6c8e3e133ba609cc89512d62f7c3bf",
-    },
-    # the unfiltered LightGCN++ split the embedded lastfm is built from
-    "lastfm": {
-        "train.txt.gz": "b749680a88365264255a2c91e858480fe89bc503ee942039e2c112331184236c",
-        "valid.txt.gz": "d33dab5f618592d9bb404bad943e6ae87ff5d5dbc2e52b5d601335623d1f4148",
-        "test.txt.gz": "f159d7022d12d034ef3914dbe91d4696db9336297a38d3ce3db3e2412a49ffe8",
-    },
-}
-
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -233,25 +204,13 @@ def _read_split(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], int]:
     return (u, i), seen
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fraction: float = 0.1,
-                 seed: int = 0, valid_is_test: bool = False) -> Dataset:
-    """Load a registered dataset as train / valid / test `Interactions`.
-
-    ``n_users`` / ``n_items`` are the largest ids over all splits plus one.
-    For external datasets (``yelp2018``, ``gowalla``, ``ml``, ``ml-100k``) the
-    validation split is carved from train with ``carve_validation(train,
-    valid_fraction, seed)``.  The embedded ``lastfm`` ships its own validation
-    split (``valid_fraction`` and ``seed`` are then unused).
-
-    ``valid_is_test=True`` reproduces the authors' protocol: valid is the test
-    set, ``leaky_validation`` is True, nothing is carved from train, and for
-    ``lastfm`` the shipped validation pairs are added back to train.
+def dataset_files(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The files `load_dataset` reads for ``name``: split → path (``train``, ``test``, and ``valid`` for lastfm).
 
     Raises:
         ValueError: unknown name (the message suggests the closest one).
         DataNotFoundError: the files are missing; the message says where it
-            looked and how to point rankrobust at the data.
-        DataFormatError: a file is malformed.
+            looked and how to get the data (``rankrobust download NAME``).
     """
     key = _canonical(name)
     if DATASETS[key].embedded:
@@ -260,20 +219,57 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fra
         if not all(paths.values()):
             raise DataNotFoundError(f"embedded dataset {key!r} is missing from {folder}; reinstall rankrobust "
                                     f"or rebuild it with scripts/build_lastfm.py")
-        source = "embedded:" + str(folder)
-    else:
-        folder, cands, origin = _external_folder(key, data_dir)
-        if folder is None:
-            looked = ", ".join(str(c / key) for c in cands)
-            raise DataNotFoundError(
-                f"dataset {key!r} not found: looked for {key}/train.txt.gz and {key}/test.txt.gz in {looked} "
-                f"(from {origin}). Pass --data-dir DIR (data_dir=DIR) or set {ENV_VAR}=DIR to a folder "
-                f"holding {key}/, or fetch it with rankrobust.data.download({key!r}, DIR, BASE_URL).")
-        paths = {s: _split_file(folder, s) for s in ("train", "test")}
-        paths["valid"] = None
-        source = str(folder)
-    train, seen_tr = _read_split(paths["train"])
-    test, seen_te = _read_split(paths["test"])
+        return {s: p for s, p in paths.items() if p is not None}
+    folder, cands, origin = _external_folder(key, data_dir)
+    if folder is None:
+        looked = ", ".join(str(c / key) for c in cands)
+        raise DataNotFoundError(
+            f"dataset {key!r} not found: looked for {key}/train.txt(.gz) and {key}/test.txt(.gz) in {looked} "
+            f"(from {origin}). Download it with `rankrobust download {key} --dest DIR` and pass --data-dir DIR "
+            f"(or set {ENV_VAR}=DIR), or point --data-dir at a folder holding {key}/.")
+    return {s: _split_file(folder, s) for s in ("train", "test")}  # type: ignore[misc]
+
+
+def files_label(train_path: str | os.PathLike) -> str:
+    """How runs on user files are labelled (``Dataset.name``, the store's ``data.name``): ``<folder>/<file stem>``.
+
+    ``data/myset/train.txt.gz`` → ``myset/train``; never a registered
+    dataset's name, so such runs are not mistaken for the default dataset.
+    """
+    path = Path(train_path)
+    stem = path.name.split(".")[0] or path.name
+    folder = path.resolve().parent.name
+    return f"{folder}/{stem}" if folder else stem
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fraction: float = 0.1,
+                 seed: int = 0, valid_is_test: bool = False) -> Dataset:
+    """Load a registered dataset as train / valid / test `Interactions`.
+
+    ``n_users`` / ``n_items`` are the largest ids over all splits plus one.
+    For external datasets (``yelp2018``, ``gowalla``, ``ml``, ``ml-100k``) the
+    validation split is carved from train with ``carve_validation(train,
+    valid_fraction, seed)``.  The embedded ``lastfm`` ships its own validation
+    split (``valid_fraction`` and ``seed`` are then unused).  The files read
+    are `dataset_files` ``(name, data_dir)``.
+
+    ``valid_is_test=True`` reproduces the authors' protocol: valid is the test
+    set, ``leaky_validation`` is True, nothing is carved from train, and for
+    ``lastfm`` the shipped validation pairs are added back to train.
+
+    Raises:
+        ValueError: unknown name (the message suggests the closest one).
+        DataNotFoundError: the files are missing; the message says where it
+            looked and how to get the data (``rankrobust download NAME``).
+        DataFormatError: a file is malformed.
+    """
+    key = _canonical(name)
+    paths: dict[str, Path | None] = dict(dataset_files(key, data_dir))
+    paths.setdefault("valid", None)
+    folder = paths["train"].parent  # type: ignore[union-attr]
+    source = ("embedded:" if DATASETS[key].embedded else "") + str(folder)
+    train, seen_tr = _read_split(paths["train"])  # type: ignore[arg-type]
+    test, seen_te = _read_split(paths["test"])  # type: ignore[arg-type]
     valid, seen_va = _read_split(paths["valid"]) if paths["valid"] is not None else (None, 0)
     _check_dense_ids(key, paths, [train, test] + ([valid] if valid is not None else []))
     return _assemble(key, source, train, test, valid, max(seen_tr, seen_te, seen_va),
@@ -299,7 +295,7 @@ def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | o
     files = {"train": Path(train), "test": Path(test)}
     if valid is not None:
         files["valid"] = Path(valid)
-    label = name or files["train"].resolve().parent.name or "files"
+    label = name or files_label(files["train"])
     source = ", ".join(f"{k}={v}" for k, v in files.items())
     tables = [is_table_path(p) for p in files.values()]
     if any(tables) and not all(tables):
@@ -326,72 +322,3 @@ def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | o
     dataset = _assemble(label, source, pairs["train"], pairs["test"], pairs.get("valid"), 0,
                         valid_fraction, seed, valid_is_test)
     return dataclasses.replace(dataset, user_ids=user_ids, item_ids=item_ids)
-
-
-# ------------------------------------------------------------------ download
-_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-
-
-def download(name: str, dest_dir: str | os.PathLike, base_url: str,
-             sha256: Mapping[str, str] | None = None, timeout: float = 60.0) -> Path:
-    """Fetch ``<base_url>/<name>/{train,test}.txt.gz`` into ``<dest_dir>/<name>/``.
-
-    Any URL scheme urllib understands works (``https://``, ``file://``).
-    Each file is streamed to a temporary file next to its destination while
-    its sha256 is computed; only when every file matches are they moved into
-    place with ``os.replace``.  ``sha256`` maps file name → hex digest and
-    defaults to the known digests in `KNOWN_SHA256`; file names in it beyond
-    train/test (e.g. ``valid.txt.gz``) are fetched as well.  A file without a
-    known digest is fetched unverified, with a warning.
-
-    Returns:
-        The folder ``<dest_dir>/<name>``, usable as ``data_dir=dest_dir``.
-
-    Raises:
-        DataFormatError: a digest does not match; nothing is left behind.
-        DataNotFoundError / OSError: a file could not be fetched; nothing is
-            left behind.
-    """
-    if not _SAFE_NAME.fullmatch(name):
-        raise ValueError(f"invalid dataset name {name!r}")
-    expected = dict(KNOWN_SHA256.get(name, {}) if sha256 is None else sha256)
-    fnames = ["train.txt.gz", "test.txt.gz"] + sorted(set(expected) - {"train.txt.gz", "test.txt.gz"})
-    for f in fnames:
-        if not _SAFE_NAME.fullmatch(f):
-            raise ValueError(f"invalid file name {f!r} in sha256")
-    folder = Path(dest_dir) / name
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    temps: list[tuple[Path, Path]] = []
-    try:
-        for fname in fnames:
-            url = f"{base_url.rstrip('/')}/{name}/{fname}"
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
-            tmp = Path(tmp_name)
-            temps.append((tmp, folder / fname))
-            digest = hashlib.sha256()
-            try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-                    while chunk := resp.read(1 << 20):
-                        digest.update(chunk)
-                        out.write(chunk)
-            except urllib.error.URLError as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, FileNotFoundError) or getattr(exc, "code", None) == 404:
-                    raise DataNotFoundError(f"{url}: not found ({reason})") from None
-                raise OSError(f"{url}: download failed ({reason})") from None
-            want = expected.get(fname)
-            got = digest.hexdigest()
-            if want is None:
-                warnings.warn(f"{url}: no known sha256, file not verified (sha256 {got})", stacklevel=2)
-            elif got.lower() != want.lower():
-                raise DataFormatError(url, f"sha256 mismatch: expected {want}, got {got}; file discarded")
-        for tmp, final in temps:
-            os.replace(tmp, final)
-        temps.clear()
-    finally:
-        for tmp, _ in temps:
-            tmp.unlink(missing_ok=True)
-        if created and not any(folder.iterdir()):
-            folder.rmdir()
-    return folder

@@ -6,14 +6,16 @@ points; there is no per-user Python loop.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+import hashlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
 
 import numpy as np
 
 from rankrobust.data.interactions import Interactions
 
-__all__ = ["Dataset", "split_per_user", "carve_validation", "dataset_stats"]
+__all__ = ["Dataset", "split_per_user", "carve_validation", "dataset_stats", "popularity_shift_split", "apply_split",
+           "gini", "SPLITS", "OOD_TEST_FRACTION"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,8 @@ class Dataset:
         user_ids, item_ids: for user files, which are remapped jointly to
             contiguous ids in sorted order of the original ids, the original id
             of every user / item (None for registered datasets).
+        split: the record of `apply_split` when the splits were re-drawn
+            (``data.split = popularity``), else None.
     """
 
     name: str
@@ -40,6 +44,8 @@ class Dataset:
     #: original ids of user files (``user_ids[u]`` is the id user u had in the files); None for registered data
     user_ids: np.ndarray | None = field(default=None, compare=False)
     item_ids: np.ndarray | None = field(default=None, compare=False)
+    #: how the splits were re-drawn (`apply_split`, e.g. the popularity-shift test); None for the given split
+    split: dict[str, Any] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         shapes = {s: getattr(self, s).shape for s in ("train", "valid", "test")}
@@ -192,3 +198,112 @@ def dataset_stats(inter: Interactions) -> dict:
         "max_per_item": int(ai.max()) if len(ai) else 0,
         "item_gini": gini,
     }
+
+
+# ----------------------------------------------------------------- popularity shift (OOD)
+#: ``data.split`` values: the dataset's own split, or PSL's popularity-shift test (PROTOCOLS.md §11)
+SPLITS = ("given", "popularity")
+#: PSL's OOD sets (IR-Benchmark ``data_ood/*-popularity``) hold out 20% of all interactions as test
+OOD_TEST_FRACTION = 0.2
+
+
+def gini(counts: np.ndarray) -> float:
+    """Gini coefficient of non-negative counts (0 = all equal, → 1 = all mass on one entry); 0.0 when empty."""
+    c = np.sort(np.asarray(counts, dtype=np.float64))
+    n = len(c)
+    if n == 0 or c.sum() <= 0:
+        return 0.0
+    return float((2 * np.arange(1, n + 1) - n - 1) @ c / (n * c.sum()))
+
+
+def _keep_covered(users: np.ndarray, items: np.ndarray, keys: np.ndarray, test: np.ndarray, n: int,
+                  ids: np.ndarray) -> None:
+    """Move back to train, for every id of ``ids`` (users or items) with no training interaction left,
+    its test interaction of the smallest key (the last one the weighted draw took); in place on ``test``."""
+    train_count = np.bincount(ids[~test], minlength=n)
+    orphan = test & (train_count[ids] == 0)
+    if not orphan.any():
+        return
+    cand = np.flatnonzero(orphan)
+    order = cand[np.lexsort((keys[cand], ids[cand]))]           # by id, then key ascending
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = ids[order][1:] != ids[order][:-1]
+    test[order[first]] = False
+
+
+def popularity_shift_split(inter: Interactions, test_fraction: float = OOD_TEST_FRACTION,
+                           seed: int = 0) -> tuple[Interactions, Interactions]:
+    """Split ``inter`` into (rest, test) with test drawn ∝ 1/pop(i) per interaction (PSL's OOD test).
+
+    pop(i) is the item's number of interactions in ``inter``.  ``round(test_fraction · nnz)``
+    interactions are drawn *without replacement* with probability ∝ 1/pop(i) at every
+    draw (vectorised Efraimidis–Spirakis: key = pop(i) · log U, U ~ U(0, 1], the largest
+    keys win); in expectation an item's share of the test is then close to uniform rather
+    than to its popularity (IR-Benchmark draws an item uniformly, then one of its users,
+    which is the same per-draw probability).  Every user and item keeps at least one
+    interaction in ``rest``: for an id left without one, its last-drawn test interaction
+    goes back (IR-Benchmark discards such test pairs instead), so the test share can end
+    slightly below ``test_fraction``.  Seeded numpy generator: same input and seed, same split.
+
+    Returns ``(rest, test)``, disjoint, union = ``inter``, both of its shape.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    users, items = inter.to_pairs()
+    nnz = len(users)
+    rng = np.random.default_rng(seed)
+    pop = inter.item_counts().astype(np.float64)
+    keys = pop[items] * np.log1p(-rng.random(nnz))               # log U with U = 1 − random ∈ (0, 1]
+    n_test = int(round(test_fraction * nnz))
+    test = np.zeros(nnz, dtype=bool)
+    if n_test > 0:
+        test[np.argsort(-keys, kind="stable")[:n_test]] = True
+    _keep_covered(users, items, keys, test, inter.n_items, items)
+    _keep_covered(users, items, keys, test, inter.n_users, users)
+    shape = inter.shape
+    return (Interactions.from_pairs(users[~test], items[~test], *shape),
+            Interactions.from_pairs(users[test], items[test], *shape))
+
+
+def pairs_digest(inter: Interactions) -> str:
+    """sha256 (first 16 hex digits) of the interaction pairs, to identify a split in run records."""
+    users, items = inter.to_pairs()
+    h = hashlib.sha256(np.ascontiguousarray(users, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(items, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def apply_split(dataset: Dataset, kind: str = "given", *, test_fraction: float = OOD_TEST_FRACTION,
+                valid_fraction: float = 0.1, seed: int = 0) -> Dataset:
+    """The dataset under split ``kind`` (``data.split``): ``given`` returns it unchanged.
+
+    ``popularity``: all its interactions (train ∪ valid ∪ test) are re-split by
+    `popularity_shift_split` (``seed``) into rest and an OOD test; validation is then
+    carved from the rest per user (`carve_validation`, ``valid_fraction``, ``seed``), or
+    is the test itself when the dataset was loaded with leaky validation.  The new
+    dataset's ``split`` records the kind, seed, sizes, the Gini of the test's item
+    counts before (the given test) and after, and a digest of the test pairs.
+    """
+    if kind == "given":
+        return dataset
+    if kind != "popularity":
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {kind!r}")
+    full = dataset.train.union(dataset.valid).union(dataset.test)
+    rest, test = popularity_shift_split(full, test_fraction, seed)
+    if dataset.leaky_validation:
+        train, valid = rest, test
+    else:
+        train, valid = carve_validation(rest, valid_fraction, seed)
+    record = {
+        "kind": kind,
+        "seed": int(seed),
+        "test_fraction_target": float(test_fraction),
+        "test_fraction": test.nnz / full.nnz if full.nnz else 0.0,
+        "train": train.nnz, "valid": valid.nnz, "test": test.nnz,
+        "test_item_gini": gini(test.item_counts()),
+        "given_test_item_gini": gini(dataset.test.item_counts()),
+        "test_items": int(np.count_nonzero(test.item_counts())),
+        "test_digest": pairs_digest(test),
+    }
+    return replace(dataset, train=train, valid=valid, test=test, source=f"{dataset.source} [{kind} split]",
+                   split=record)

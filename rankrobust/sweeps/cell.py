@@ -2,8 +2,9 @@
 
 `run_cell` is what every executor calls (in this process, in a worker process,
 in a Ray task), so the guarantees are the same everywhere: a run counts as
-done only when its folder says so with exactly this config, an unfinished,
-failed or outdated attempt is wiped and re-run, and a failure never raises.
+done only when its folder says so with exactly this config and data files of
+the same content as now, an unfinished, failed or outdated attempt is wiped
+and re-run, and a failure never raises.
 """
 from __future__ import annotations
 
@@ -13,27 +14,35 @@ import traceback
 from typing import Any
 
 from rankrobust.config import RunConfig
+from rankrobust.data.identity import current_digest, recorded_digest
 from rankrobust.experiment import run_experiment
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
 
 
-def is_finished(run_dir: RunDir, config: dict[str, Any]) -> bool:
-    """True when ``run_dir`` holds a finished run of exactly ``config``.
+def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None = None) -> bool:
+    """True when ``run_dir`` holds a finished run of exactly ``config`` (and of the data ``data_digest``).
 
     A run made with another config (the spec was edited since) counts as
     unfinished, so a resumed sweep re-runs it instead of keeping stale numbers;
     so does a run whose ``config.json`` or ``metrics.json`` cannot be read
     (damaged, truncated: `RunFolderError`), so a damaged run is redone instead
-    of blocking the sweep.
+    of blocking the sweep.  ``data_digest``: the identity of the data files as
+    they are now (`rankrobust.data.identity.current_digest`); a run that
+    recorded other data files (rewritten since at the same path) is
+    unfinished too.  None, or a run that recorded no data files (made before
+    rankrobust recorded them), skips that check.
     """
     try:
         if run_dir.status() != STATUS_DONE:
             return False
         stored = run_dir.config()
-        run_dir.metrics()  # readable, or the run is redone
+        metrics = run_dir.metrics()  # readable, or the run is redone
     except (OSError, ValueError):  # RunFolderError is a ValueError
         return False
-    return stored == json.loads(json.dumps(config))
+    if stored != json.loads(json.dumps(config)):
+        return False
+    recorded = recorded_digest(metrics)
+    return data_digest is None or recorded is None or recorded == data_digest
 
 
 def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str | None = None) -> dict[str, Any]:
@@ -47,7 +56,7 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
     from analysis.probes import probes_for  # the sweep layer wires the analysis probes
 
     folder = RunDir(run_dir)
-    if is_finished(folder, cfg.to_dict()):
+    if is_finished(folder, cfg.to_dict(), current_digest(cfg.data)):
         return {"status": STATUS_DONE, "skipped": True}
     try:
         if folder.path.exists():

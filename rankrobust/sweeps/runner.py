@@ -31,6 +31,7 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from rankrobust.config import ConfigError, closest
+from rankrobust.data.identity import current_digest
 from rankrobust.runs import STATUS_DONE, RunDir, SweepDir
 from rankrobust.store import write_store
 from rankrobust.sweeps.cell import is_finished
@@ -70,10 +71,30 @@ class SweepReport:
         return text
 
 
-def pending_cells(spec: SweepSpec, out: str | Path | SweepDir) -> tuple[list[Cell], int]:
-    """(cells still to run, number already done) for a sweep folder."""
+def data_digests(spec: SweepSpec) -> dict[str, str | None]:
+    """Cell id → identity digest of the data files the cell reads now (None where they cannot be read).
+
+    Each distinct data config is fingerprinted once (and each file hashed once
+    per process, `rankrobust.data.identity`).
+    """
+    by_data: dict[Any, str | None] = {}
+    for cell in spec.cells:
+        if cell.config.data not in by_data:
+            by_data[cell.config.data] = current_digest(cell.config.data)
+    return {c.cell_id: by_data[c.config.data] for c in spec.cells}
+
+
+def pending_cells(spec: SweepSpec, out: str | Path | SweepDir,
+                  digests: dict[str, str | None] | None = None) -> tuple[list[Cell], int]:
+    """(cells still to run, number already done) for a sweep folder.
+
+    A cell is done when its run finished with the cell's config and data files
+    of the content they have now (``digests``, default `data_digests`): a data
+    file rewritten since makes its cells pending again.
+    """
     sweep = out if isinstance(out, SweepDir) else SweepDir(out)
-    todo = [c for c in spec.cells if not is_finished(sweep.run(c.cell_id), c.config.to_dict())]
+    digests = data_digests(spec) if digests is None else digests
+    todo = [c for c in spec.cells if not is_finished(sweep.run(c.cell_id), c.config.to_dict(), digests.get(c.cell_id))]
     return todo, len(spec.cells) - len(todo)
 
 
@@ -186,14 +207,17 @@ def sigterm_stops() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def prepare_out(spec: SweepSpec, sweep: SweepDir) -> None:
-    """Record the spec in the sweep folder (refusing a folder of another sweep); clean stale temp files."""
+def prepare_out(spec: SweepSpec, sweep: SweepDir, digests: dict[str, str | None] | None = None) -> None:
+    """Record the spec and its cells' data identity (``digests``) in the sweep folder; clean stale temp files.
+
+    Refuses a folder of another sweep.  ``digests`` default to `data_digests`.
+    """
     for stale in sweep.path.glob(".*.tmp"):  # temp files of a store write that was killed midway
         stale.unlink(missing_ok=True)
     old = sweep.spec()
     if old is not None and old.get("name") != spec.name:
         raise ConfigError(f"{sweep.path} holds sweep {old.get('name')!r}, not {spec.name!r}; choose another --out")
-    sweep.write_spec(spec.record())
+    sweep.write_spec({**spec.record(), "data": data_digests(spec) if digests is None else digests})
 
 
 def prune_stale(spec: SweepSpec, sweep: SweepDir) -> tuple[list[str], list[str]]:
@@ -230,11 +254,12 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
         raise ConfigError(f"unknown executor {executor!r}{closest(executor, EXECUTORS)}; choose one of {list(EXECUTORS)}")
     sweep = SweepDir(out)
     with locked(sweep), sigterm_stops():
-        prepare_out(spec, sweep)
+        digests = data_digests(spec)
+        prepare_out(spec, sweep, digests)
         pruned: list[str] = []
         if prune:
             pruned, _ = prune_stale(spec, sweep)
-        todo, done_before = pending_cells(spec, sweep)
+        todo, done_before = pending_cells(spec, sweep, digests)
         report = SweepReport(total=done_before + len(todo), skipped=done_before, pruned=pruned)
         stream = EXECUTORS[executor](spec, todo, sweep, jobs, address=address)
         bar = tqdm(total=report.total, initial=done_before, desc=spec.name, unit="run", disable=not progress,

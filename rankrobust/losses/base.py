@@ -1,8 +1,14 @@
-"""Recommendation losses as small pure functions (PROTOCOLS.md §1).
+"""Today's six losses, the helpers every loss shares, and the `LOSSES` registry (PROTOCOLS.md §1).
+
+The package `rankrobust.losses` re-exports everything here; the successor
+losses (`rankrobust.losses.successors`) and the denoising baselines
+(`rankrobust.losses.denoising`) import their helpers and the registry from
+this module only (no import cycles).
 
 Every loss has the signature::
 
-    fn(pos: Tensor[B], neg: Tensor[B, M], *, users: Tensor[B] | None = None, **hyper) -> Tensor[]
+    fn(pos: Tensor[B], neg: Tensor[B, M], *, users: Tensor[B] | None = None,
+       neg_mask: Tensor[B, M] | None = None, **hyper) -> Tensor[]
 
 ``pos[k]`` is the score s⁺_k of training pair k = (u_k, i⁺_k), ``neg[k, j]`` the
 score s⁻_kj of its j-th negative, ``users[k]`` the user id u_k (only the losses
@@ -27,8 +33,11 @@ together with an options dataclass holding its typed hyper-parameters
 (defaults, checks, docs, CLI flags); configs and the command line read names
 and options from there.  ``LOSSES[name]`` is the function, ``LOSSES.entry(name)``
 the whole entry, ``get_loss(name)`` looks a loss up and suggests the closest
-valid name on a typo.  Adding a loss is one function, one options class and
-one ``register`` call in this file (see docs/EXTENDING.md).
+valid name on a typo.  A loss with state between batches (a quantile, a
+margin, an adversary, a schedule) declares it on its options class
+(``make_state``, ``STATE_KEYWORDS``; `rankrobust.loss_state`).  Adding a loss
+is one function, one options class and one ``register`` call (see
+docs/EXTENDING.md; the formulas and sources of all losses are in docs/LOSSES.md).
 """
 from __future__ import annotations
 
@@ -43,8 +52,8 @@ from torch import Tensor
 from rankrobust.batching import group_ids
 from rankrobust.registry import ConfigError, NoOptions, Registry, non_negative, one_of, option, positive
 
-__all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "LOSS_HYPERS", "BSL_MODES", "get_loss",
-           "bsl_temperatures", "groups_positives"]
+__all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "BSL_MODES", "get_loss", "bsl_temperatures",
+           "groups_positives", "state_keywords", "SLOptions", "CCLOptions", "BSLOptions", "TAU"]
 
 BSL_MODES = ("paper", "reweight", "multi")
 
@@ -97,6 +106,32 @@ def _masked_logsumexp(x: Tensor, mask: Tensor | None) -> Tensor:
     # empty rows are replaced by zeros before the logsumexp (finite value and gradient), then selected away
     safe = torch.where(has_any[:, None], x.masked_fill(~mask, -math.inf), torch.zeros_like(x))
     return torch.where(has_any, torch.logsumexp(safe, dim=1), torch.zeros_like(safe[:, 0]))
+
+
+def _masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Row means of ``x`` [B, M] over the real entries (0 for a row without any) → [B]."""
+    return _masked_sum(x, mask) / _neg_count(x, mask)
+
+
+def _has_negative(neg: Tensor, mask: Tensor | None) -> Tensor:
+    """Bool [B]: the row has at least one real negative (all True when ``mask`` is None)."""
+    if mask is None:
+        return torch.ones(neg.shape[0], dtype=torch.bool, device=neg.device)
+    return mask.any(dim=1)
+
+
+def _check_number(name: str, value, *, low: float | None = None, high: float | None = None,
+                  low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float, or ValueError unless it is a finite number in the given (half-)open range."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    bad_low = low is not None and (value <= low if low_open else value < low)
+    bad_high = high is not None and (value >= high if high_open else value > high)
+    if bad_low or bad_high:
+        lo = "" if low is None else f"{'(' if low_open else '['}{low}"
+        hi = "" if high is None else f"{high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {lo or '(-inf'}, {hi or 'inf)'}, got {value!r}")
+    return float(value)
 
 
 def _group_logmeanexp(x: Tensor, users: Tensor | None) -> Tensor:
@@ -296,8 +331,13 @@ LOSSES.register("ccl", CCLOptions)(ccl)
 LOSSES.register("sl", SLOptions)(sl)
 LOSSES.register("bsl", BSLOptions)(bsl)
 
-#: keyword hyper-parameters each loss accepts (derived from the registry)
-LOSS_HYPERS: dict[str, set[str]] = {e.name: set(e.option_names) for e in LOSSES.entries()}
+def state_keywords(options) -> tuple[str, ...]:
+    """Names of the keyword tensors a stateful loss receives from its state every batch (() for most).
+
+    ``options`` is an options class or instance; a stateful loss lists them in
+    a ``STATE_KEYWORDS`` class attribute (`rankrobust.loss_state`).
+    """
+    return tuple(getattr(options, "STATE_KEYWORDS", ()))
 
 
 def groups_positives(options) -> bool:

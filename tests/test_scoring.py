@@ -1,0 +1,143 @@
+"""Scoring paths (rankrobust.scoring): dense = gather, all-items negatives = brute-force softmax, auto's choice."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rankrobust.experiment import load_data, prepare_data
+from rankrobust.loss_state import make_loss_state
+from rankrobust.losses import LOSSES
+from rankrobust.models import build_model
+from rankrobust.sampling import FalseNegativeMixer, UniformSampler
+from rankrobust.scoring import PositivesBitmap, choose_scorer
+from rankrobust.train import Trainer, fit, make_step
+from tests.conftest import random_interactions
+from tests.test_train import tiny_config
+
+TRAIN = random_interactions(30, 50, 0.1, seed=1)
+
+
+def _batch(seed: int = 3, b: int = 16, m: int = 9):
+    """A batch whose negatives repeat items (within and across rows), some of them false negatives."""
+    g = torch.Generator().manual_seed(seed)
+    users = torch.randint(0, TRAIN.n_users, (b,), generator=g)
+    users[1] = users[0]  # a user twice: the grouped losses see a group
+    pos = torch.randint(0, TRAIN.n_items, (b,), generator=g)
+    mixer = FalseNegativeMixer(UniformSampler(TRAIN.n_items, m), TRAIN, 0.3)
+    neg = mixer(users, pos, g)
+    neg[:, -1] = neg[:, 0]  # a duplicate in every row
+    return users, pos, neg
+
+
+def _step_outputs(model_name: str, loss: str, dense: bool):
+    entry = LOSSES.entry(loss)
+    options = entry.make_options()
+    kwargs = options.loss_kwargs() if hasattr(options, "loss_kwargs") else {
+        k: getattr(options, k) for k in entry.option_names}
+    model = build_model(model_name, TRAIN, dim=6, seed=0).double()
+    state = make_loss_state(options, TRAIN, "cpu")
+    if state is not None:
+        state = state.double()
+    step = make_step(model, entry.target, kwargs, l2=1e-3, dense=dense, loss_state=state)
+    value, pos_scores = step(*_batch())
+    value.backward()
+    return value.detach(), pos_scores.detach(), model.user_emb.grad.clone(), model.item_emb.grad.clone()
+
+
+@pytest.mark.parametrize("model_name", ["mf", "lightgcn"])
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_dense_and_gather_give_the_same_loss_and_gradients(model_name, loss):
+    """float64, duplicated negatives and false negatives mixed in: the two paths agree to rounding."""
+    dense = _step_outputs(model_name, loss, dense=True)
+    gather = _step_outputs(model_name, loss, dense=False)
+    for a, b in zip(dense, gather):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def _brute_full_softmax(model, users, pos, tau: float, train=None) -> float:
+    """mean_k [−s(u_k, i⁺_k)/τ + log Σ_{i ≠ i⁺_k (, i ∉ train row)} exp(s(u_k, i)/τ)], cosine, loops in float64."""
+    U = model.user_emb.detach().double().numpy()
+    V = model.item_emb.detach().double().numpy()
+    rows = train.to_scipy().tolil().rows if train is not None else None
+    total = 0.0
+    for u, p in zip(users.tolist(), pos.tolist()):
+        cos = [float(U[u] @ V[i] / (np.linalg.norm(U[u]) * np.linalg.norm(V[i]))) for i in range(V.shape[0])]
+        negatives = [cos[i] for i in range(V.shape[0]) if i != p and (rows is None or i not in rows[u])]
+        top = max(negatives)
+        total += -cos[p] / tau + top / tau + math.log(sum(math.exp((c - top) / tau) for c in negatives))
+    return total / len(users)
+
+
+@pytest.mark.parametrize("mask_positives", [False, True])
+def test_all_items_negatives_are_the_exact_softmax(mask_positives):
+    model = build_model("mf", TRAIN, dim=5, seed=2).double()
+    users, pos, _ = _batch(seed=5, b=6)
+    positives = PositivesBitmap(TRAIN) if mask_positives else None
+    step = make_step(model, LOSSES["sl"], {"tau": 0.2, "include_pos": False}, l2=0.0, negatives="all",
+                     positives=positives)
+    value, _ = step(users, pos, torch.empty(6, 0, dtype=torch.long))
+    expected = _brute_full_softmax(model, users, pos, 0.2, TRAIN if mask_positives else None)
+    assert value.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_positives_bitmap_rows_are_the_training_rows():
+    bitmap = PositivesBitmap(TRAIN)
+    users = torch.tensor([0, 7, 7, 29])
+    dense = torch.as_tensor(TRAIN.to_scipy().toarray() > 0)
+    assert torch.equal(bitmap.rows(users), dense[users])
+
+
+def test_auto_picks_dense_for_a_small_catalog_and_gather_for_a_huge_one_with_few_negatives():
+    small = choose_scorer("auto", n_items=1_000, num_negatives=256, dim=64, batch_size=1024)
+    huge = choose_scorer("auto", n_items=5_000_000, num_negatives=16, dim=64, batch_size=1024)
+    assert small.scorer == "dense" and small.estimate_dense_ms < small.estimate_gather_ms
+    assert huge.scorer == "gather" and huge.estimate_gather_ms < huge.estimate_dense_ms
+    assert choose_scorer("gather", n_items=1_000, num_negatives=256, dim=64, batch_size=1024).scorer == "gather"
+    with pytest.raises(ValueError, match="train.scorer must be one of"):
+        choose_scorer("fast", n_items=10, num_negatives=2, dim=4, batch_size=8)
+
+
+def test_auto_never_picks_dense_blocks_beyond_the_memory_budget():
+    """A catalog whose [B, n_items] blocks would not fit in a quarter of memory is scored by gathering."""
+    choice = choose_scorer("auto", n_items=10**10, num_negatives=4096, dim=8, batch_size=4096)
+    assert choice.scorer == "gather" and "exceed" in choice.reason
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "full"])
+def test_runs_record_the_scorer_and_train_with_all_items(tmp_path, sampler):
+    from rankrobust.experiment import run_experiment
+
+    cfg = tiny_config(tmp_path, loss={"name": "sl"}, train={"sampler": sampler, "epochs": 2})
+    summary = run_experiment(cfg, tmp_path / "run", device="cpu", progress=False)
+    scorer = summary.metrics["scorer"]
+    if sampler == "full":
+        assert scorer is None  # all-items negatives have one path
+    else:
+        assert scorer["scorer"] in ("dense", "gather") and scorer["requested"] == "auto"
+    assert summary.metrics["test"]["recall@20"] > 0
+
+
+def test_full_sampler_refuses_false_negative_noise(tmp_path):
+    from rankrobust.config import ConfigError
+
+    with pytest.raises(ConfigError, match="noise.neg_prob needs a sampled-negative sampler, not train.sampler = 'full'"):
+        tiny_config(tmp_path, train={"sampler": "full"}, noise={"neg_prob": 0.1})
+
+
+def test_dense_and_gather_training_give_the_same_run(tmp_path):
+    """Same seed: an epoch by either path gives the same losses (float32 rounding aside)."""
+    cfg = tiny_config(tmp_path, loss={"name": "bsl"}, train={"epochs": 2})
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    runs = [fit(cfg.with_overrides({"train.scorer": s}), data, torch.device("cpu"), progress=False) for s in
+            ("dense", "gather")]
+    np.testing.assert_allclose(runs[0].history["loss"], runs[1].history["loss"], rtol=1e-4)
+
+
+def test_trainer_resolves_auto_per_run(tmp_path):
+    cfg = tiny_config(tmp_path, train={"scorer": "auto"})
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    trainer = Trainer(cfg, data, torch.device("cpu"))
+    assert trainer.scorer.requested == "auto" and trainer.scorer.scorer == "dense"  # 8 negatives, tiny catalog
