@@ -41,7 +41,7 @@ from analysis import plots  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
 from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
-from rankrobust.store import load_store  # noqa: E402
+from rankrobust.store import load_store, missing_cutoff, selection_cutoff  # noqa: E402
 
 
 class MissingData(Exception):
@@ -126,34 +126,57 @@ def open_sweeps(dirs: Iterable[str | Path]) -> dict[str, Sweep]:
 
 
 # ------------------------------------------------------------------ tidy data for each figure
-def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
-    """Long table (model, loss, metric, value) of test Recall@20 and NDCG@20, one row per run and metric."""
-    df = sweep.done.rename(columns={"model.name": "model", "loss.name": "loss"})
-    long = df.melt(id_vars=["model", "loss"], value_vars=["test.recall@20", "test.ndcg@20"],
-                   var_name="metric", value_name="value")
-    long["metric"] = long["metric"].str.replace("test.", "", regex=False)
-    return long
+def figure_cutoff(sweep: Sweep, metrics: tuple[str, ...] = ("recall", "ndcg")) -> int:
+    """The cutoff K a figure shows: the runs' selection cutoff (``train.metric``; 20 in the shipped specs).
 
-
-def noise_frame(sweep: Sweep, axis: str) -> pd.DataFrame:
-    """Long table (loss, <axis>, metric, value) of test Recall@20 and NDCG@20 against a noise axis.
-
-    ``axis``: a store column such as ``noise.pos_ratio`` or ``noise.neg_prob``.
+    Raises `MissingData` naming the runs that did not compute
+    ``test.<metric>@K`` for each of ``metrics`` and the cutoffs every run did
+    compute (`rankrobust.store.missing_cutoff`): a figure never shows, or
+    silently drops, a cutoff the runs did not compute.
     """
-    df = sweep.done.rename(columns={"loss.name": "loss"})
-    long = df.melt(id_vars=["loss", axis], value_vars=["test.recall@20", "test.ndcg@20"],
+    k = selection_cutoff(sweep.done)
+    problem = missing_cutoff(sweep.done, k, metrics)
+    if problem:
+        raise MissingData(f"{sweep.path}: {problem}")
+    return k
+
+
+def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
+    """Long table (model, loss, metric, value) of test Recall@K and NDCG@K (K: `figure_cutoff`), one row per run
+    and metric."""
+    k = figure_cutoff(sweep)
+    df = sweep.done.rename(columns={"model.name": "model", "loss.name": "loss"})
+    long = df.melt(id_vars=["model", "loss"], value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
                    var_name="metric", value_name="value")
     long["metric"] = long["metric"].str.replace("test.", "", regex=False)
     return long
 
 
-def group_frame(sweep: Sweep, model: str = "mf", k: int = 20) -> pd.DataFrame:
-    """Per-popularity-group Recall@k (loss, group, recall), one row per run and group.
+def noise_frame(sweep: Sweep, axis: str, split: str | None = None) -> pd.DataFrame:
+    """Long table (loss, <axis>, metric, value) of test Recall@K and NDCG@K (`figure_cutoff`) against a noise axis.
+
+    ``axis``: a store column such as ``noise.pos_ratio`` or ``noise.neg_prob``;
+    ``split``: a further store column kept as is (``noise.neg_pool``), when the store has it.
+    """
+    k = figure_cutoff(sweep)
+    df = sweep.done.rename(columns={"loss.name": "loss"})
+    ids = ["loss", axis] + ([split] if split and split in df else [])
+    long = df.melt(id_vars=ids, value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
+                   var_name="metric", value_name="value")
+    long["metric"] = long["metric"].str.replace("test.", "", regex=False)
+    return long
+
+
+def group_frame(sweep: Sweep, model: str = "mf", k: int | None = None) -> pd.DataFrame:
+    """Per-popularity-group Recall@k (loss, group, recall, k), one row per run and group.
 
     From each run's ``fairness`` table (interactions-mode groups of
     `analysis.popularity.popularity_groups`, group 0 = tail), runs of backbone
-    ``model`` only.
+    ``model`` only.  ``k`` defaults to the runs' selection cutoff (the one the
+    fairness probe measures, `figure_cutoff`); a run whose table lacks it
+    raises `MissingData` naming the cutoffs it has.
     """
+    k = figure_cutoff(sweep, ("recall",)) if k is None else int(k)
     rows = []
     done = sweep.done
     if "model.name" in done:
@@ -164,8 +187,11 @@ def group_frame(sweep: Sweep, model: str = "mf", k: int = 20) -> pd.DataFrame:
             continue
         sel = fair[(fair["scope"] == "group") & (fair["metric"] == "recall") & (fair["k"] == k)
                    & (fair["mode"] == "interactions")]
+        if sel.empty:
+            raise MissingData(f"{run['run_dir']}: its fairness table has no per-group recall at k = {k} (it has "
+                              f"k = {sorted(set(fair['k'].astype(int)))})")
         rows.append(pd.DataFrame({"loss": run["loss.name"], "group": sel["group"].astype(int),
-                                  "recall": sel["value"]}))
+                                  "recall": sel["value"], "k": k}))
     if not rows:
         raise MissingData(f"{sweep.path}: its runs have no fairness table (sweep option fairness: true)")
     return pd.concat(rows, ignore_index=True)
@@ -185,10 +211,11 @@ def variance_frame(sweep: Sweep) -> pd.DataFrame:
 
 
 def ratio_frame(sweep: Sweep) -> pd.DataFrame:
-    """(model, r, ndcg@20, recall@20), one row per run of the BSL ratio sweep."""
+    """(model, r, ndcg@K, recall@K), one row per run of the BSL ratio sweep (K: `figure_cutoff`)."""
+    k = figure_cutoff(sweep)
     df = sweep.done
-    return pd.DataFrame({"model": df["model.name"], "r": df["loss.r"], "ndcg@20": df["test.ndcg@20"],
-                         "recall@20": df["test.recall@20"]})
+    return pd.DataFrame({"model": df["model.name"], "r": df["loss.r"], f"ndcg@{k}": df[f"test.ndcg@{k}"],
+                         f"recall@{k}": df[f"test.recall@{k}"]})
 
 
 def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: int = 0) -> pd.DataFrame:
@@ -329,18 +356,19 @@ def dro_figure_frames(sweep: Sweep) -> tuple[pd.DataFrame, np.ndarray, np.ndarra
     return primal_dual, q, grad, gradient_share_frame(sweep)
 
 
-def batching_frame(sweep: Sweep, metric: str = "test.ndcg@20") -> pd.DataFrame:
+def batching_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     """Figure 9's data from a ``bsl-batching`` sweep: one row per finished run.
 
     Columns: ``loss`` (``SL`` | ``BSL``), ``batching`` (``train.batching``),
     ``noise_ratio`` (``noise.pos_ratio``), ``seed``, the metric without its
-    ``test.`` prefix (default ``ndcg@20``), ``noisy_share``
+    ``test.`` prefix (default ``ndcg@K``, K: `figure_cutoff`), ``noisy_share``
     (``gradient_accounting.pos_grad_share_noisy_best``) and ``noisy_fraction``
     (``gradient_accounting.noisy_pair_fraction_best``); the last two are NaN
     for runs without noisy positives (r = 0).
     """
     done = sweep.done
-    needed = ["loss.name", "train.batching", "noise.pos_ratio", metric]
+    metric = f"test.ndcg@{figure_cutoff(sweep, ('ndcg',))}" if metric is None and not done.empty else metric
+    needed = ["loss.name", "train.batching", "noise.pos_ratio", metric or "test.ndcg@K"]
     missing = [c for c in needed if c not in done]
     if done.empty or missing:
         raise MissingData(f"{sweep.path}: no finished runs with columns {missing or needed}")
@@ -376,27 +404,140 @@ def ood_frame(sweep: Sweep, metric: str = "test.ndcg@20") -> pd.DataFrame:
                          metric.removeprefix("test."): done[metric]}).reset_index(drop=True)
 
 
+def _column_at(df: pd.DataFrame, name: str) -> str:
+    """The ``name@K`` column of a figure frame (the frames carry the cutoff they were made at)."""
+    return next(c for c in df.columns if str(c).startswith(f"{name}@"))
+
+
+def plot_groups(df: pd.DataFrame):
+    """`plots.plot_group_recall` labelled with the frame's cutoff (`group_frame`'s ``k`` column)."""
+    return plots.plot_group_recall(df, metric_label=f"Recall@{int(df['k'].iloc[0])}" if len(df) else "Recall@K")
+
+
+def plot_ratio(df: pd.DataFrame):
+    """`plots.plot_ratio_sensitivity` of the frame's ``ndcg@K`` column (`ratio_frame`)."""
+    return plots.plot_ratio_sensitivity(df, metric=_column_at(df, "ndcg"))
+
+
+def plot_batching(df: pd.DataFrame):
+    """`plots.plot_bsl_batching` of the frame's ``ndcg@K`` (or other ``name@K``) column (`batching_frame`)."""
+    known = {"loss", "batching", "noise_ratio", "seed", "noisy_share", "noisy_fraction"}
+    return plots.plot_bsl_batching(df, metric=next(c for c in df.columns if c not in known))
+
+
+# ------------------------------------------------------------------ figures 1–3: losses grouped by family
+def _families(losses: Iterable[str]) -> list[tuple[str, list[str]]]:
+    """(family, losses present) in `rankrobust.losses.LOSS_FAMILIES` order; unknown losses go to ``other``."""
+    from rankrobust.losses import LOSS_FAMILIES, loss_family
+
+    present = list(dict.fromkeys(losses))
+    out = [(fam, [x for x in names if x in present]) for fam, names in LOSS_FAMILIES.items()]
+    other = [x for x in present if loss_family(x) == "other"]
+    return [(fam, xs) for fam, xs in out + [("other", other)] if xs]
+
+
+def plot_loss_families(df: pd.DataFrame):
+    """Figure 1 with any number of losses: one panel per metric, the losses on the x axis grouped by family
+    (family names under the axis, thin lines between families), one bar colour per backbone, sd over seeds.
+
+    ``df``: `accuracy_frame` (model, loss, metric, value).
+    """
+    import seaborn as sns
+
+    order = [x for _, xs in _families(df["loss"]) for x in xs]
+    groups = _families(df["loss"])
+    metrics = list(dict.fromkeys(df["metric"]))
+    with sns.axes_style(plots.STYLE), sns.plotting_context(plots.CONTEXT):
+        fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.7 * len(order) + 2), 3.6 * len(metrics)),
+                                 squeeze=False)
+        for ax, metric in zip(axes[:, 0], metrics):
+            sns.barplot(data=df[df["metric"] == metric], x="loss", y="value", hue="model", order=order,
+                        errorbar="sd", ax=ax)
+            start = 0
+            for fam, xs in groups:
+                if start:
+                    ax.axvline(start - 0.5, color="grey", linewidth=0.8)
+                ax.text(start + (len(xs) - 1) / 2, -0.3, fam, transform=ax.get_xaxis_transform(), ha="center",
+                        va="top", fontsize="small", style="italic")
+                start += len(xs)
+            ax.tick_params(axis="x", labelrotation=35)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+            ax.set_xlabel("")
+            ax.set_ylabel(f"test {metric}")
+            ax.set_title(metric)
+            ax.legend(title="backbone", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+    return fig
+
+
+def plot_noise_families(df: pd.DataFrame, x: str, *, xlabel: str | None = None, split: str | None = None):
+    """Figures 2–3 with any number of losses: one column per loss family (SL, dashed grey, repeated in every
+    family's panel as the reference), one row per metric and, when the frame has a ``split`` column with
+    several values (figure 3: ``noise.neg_pool`` train | heldout), per value of it, side by side.
+
+    ``df``: `noise_frame` (loss, ``x``, metric, value[, ``split``]); mean and sd band over seeds.
+    """
+    import seaborn as sns
+
+    groups = _families(df["loss"])
+    metrics = list(dict.fromkeys(df["metric"]))
+    splits = list(dict.fromkeys(df[split])) if split and split in df and df[split].nunique() > 1 else [None]
+    rows = [(m, sp) for sp in splits for m in metrics]
+    with sns.axes_style(plots.STYLE), sns.plotting_context(plots.CONTEXT):
+        fig, axes = plt.subplots(len(rows), len(groups), figsize=(3.6 * len(groups), 2.9 * len(rows)),
+                                 squeeze=False, sharex=True)
+        for r, (metric, sp) in enumerate(rows):
+            part = df[df["metric"] == metric]
+            if sp is not None:
+                part = part[part[split] == sp]
+            for c, (fam, names) in enumerate(groups):
+                ax = axes[r, c]
+                ref = part[part["loss"] == "sl"] if "sl" not in names else part.iloc[0:0]
+                if not ref.empty:
+                    sns.lineplot(data=ref, x=x, y="value", color="grey", linestyle="--", errorbar=None, ax=ax,
+                                 label="sl (ref.)")
+                sns.lineplot(data=part[part["loss"].isin(names)], x=x, y="value", hue="loss", hue_order=names,
+                             style="loss", style_order=names, markers=True, dashes=False, errorbar="sd", ax=ax)
+                where = f"{split.split('.')[-1]} = {sp}" if sp is not None else ""
+                ax.set_title(f"{fam}{' · ' + where if where else ''}", fontsize="medium")
+                ax.set_xlabel(xlabel or x)
+                ax.set_ylabel(f"test {metric}" if c == 0 else "")
+                ax.legend(fontsize="x-small", loc="best")
+        fig.tight_layout()
+    return fig
+
+
 # ------------------------------------------------------------------ the registry
+#: how the captions name the cutoff: the figures use the runs' selection cutoff K (`figure_cutoff`)
+K_NOTE = "K: the runs' selection cutoff, train.metric (20 in the shipped specs)"
+
 FIGURES: tuple[Figure, ...] = (
-    Figure(1, "fig1-loss-comparison", ("loss-comparison",), accuracy_frame, plots.plot_loss_bars,
-           "Test Recall@20 and NDCG@20 of each loss per backbone (MF, LightGCN)."),
+    Figure(1, "fig1-loss-comparison", ("loss-comparison",), accuracy_frame, plot_loss_families,
+           f"Test Recall@K and NDCG@K of each loss per backbone (MF, LightGCN), losses grouped by family "
+           f"(rankrobust.losses.LOSS_FAMILIES); {K_NOTE}."),
     Figure(2, "fig2-noisy-positives", ("noisy-positives",),
            functools.partial(noise_frame, axis="noise.pos_ratio"),
-           functools.partial(plots.plot_metric_panels, x="noise.pos_ratio", xlabel="noisy-positive ratio r"),
-           "Recall@20 and NDCG@20 against the ratio r of injected noisy positives, one line per loss."),
+           functools.partial(plot_noise_families, x="noise.pos_ratio", xlabel="noisy-positive ratio r"),
+           f"Recall@K and NDCG@K against the ratio r of injected noisy positives, one line per loss, one panel "
+           f"per loss family (SL dashed grey as the reference in every panel); {K_NOTE}."),
     Figure(3, "fig3-noisy-negatives", ("noisy-negatives",),
-           functools.partial(noise_frame, axis="noise.neg_prob"),
-           functools.partial(plots.plot_metric_panels, x="noise.neg_prob", xlabel="false-negative probability p"),
-           "Recall@20 and NDCG@20 against the false-negative probability p, one line per loss."),
-    Figure(4, "fig4-popularity-groups", ("loss-comparison",), group_frame, plots.plot_group_recall,
-           "Per-popularity-group Recall@20 by loss, MF backbone: 10 groups of equal training interactions, "
-           "0 = tail (analysis.popularity.popularity_groups); needs the sweep option fairness."),
+           functools.partial(noise_frame, axis="noise.neg_prob", split="noise.neg_pool"),
+           functools.partial(plot_noise_families, x="noise.neg_prob", xlabel="false-negative probability p",
+                             split="noise.neg_pool"),
+           "Recall@K and NDCG@K against the false-negative probability p, one line per loss, one panel per loss "
+           "family (SL dashed grey as the reference); with both false-negative pools swept, the train pool (a "
+           "user's own training positives) and the heldout pool (10% of them held out of training) side by side, "
+           f"one row each; {K_NOTE}."),
+    Figure(4, "fig4-popularity-groups", ("loss-comparison",), group_frame, plot_groups,
+           "Per-popularity-group Recall@K by loss, MF backbone: 10 groups of equal training interactions, "
+           f"0 = tail (analysis.popularity.popularity_groups); needs the sweep option fairness; {K_NOTE}."),
     Figure(5, "fig5-variance-epochs", ("variance",), variance_frame, plots.plot_variance_over_epochs,
            "Sampled-negative score variance and mean positive score over epochs for SL at several temperatures; "
            "needs the sweep option track_variance."),
-    Figure(6, "fig6-tau-ratio", ("tau-ratio",), ratio_frame, plots.plot_ratio_sensitivity,
-           "NDCG@20 of BSL against the ratio tau1/tau2 (code parameter r, mode reweight; r = 1 is SL), "
-           "per backbone."),
+    Figure(6, "fig6-tau-ratio", ("tau-ratio",), ratio_frame, plot_ratio,
+           "NDCG@K of BSL against the ratio tau1/tau2 (code parameter r, mode reweight; r = 1 is SL), "
+           f"per backbone; {K_NOTE}."),
     Figure(7, "fig7-tsne", ("noisy-positives",), tsne_frame, plots.plot_tsne,
            "t-SNE of item embeddings (MF) for SL and BSL at 0 / 20% / 40% noisy positives, coloured by "
            "popularity tercile (a third of the catalogue each by clean training count; "
@@ -409,12 +550,12 @@ FIGURES: tuple[Figure, ...] = (
            "user's positives at once, which training never applied unless batches grouped a user's "
            "positives); grey dotted: the noisy fraction uniform weights give. Stores without in-training "
            "accounting show the counterfactual only, titled so."),
-    Figure(9, "fig9-bsl-batching", ("bsl-batching",), batching_frame, plots.plot_bsl_batching,
+    Figure(9, "fig9-bsl-batching", ("bsl-batching",), batching_frame, plot_batching,
            "BSL's positive side at work, SL vs BSL with shuffled-pair batches (pairs) or user-grouped batches "
-           "(users). Left: test NDCG@20 against the noisy-positive ratio r, mean and sd over seeds. Right: "
+           "(users). Left: test NDCG@K against the noisy-positive ratio r, mean and sd over seeds. Right: "
            "in-training share of the positive-side gradient on noisy positives at the best epoch, with the "
            "noisy pair fraction dashed (SL's share equals it; BSL can only fall below it when a batch holds "
-           "several positives of a user); r = 0 has no noisy pairs and is left out."),
+           f"several positives of a user); r = 0 has no noisy pairs and is left out; {K_NOTE}."),
     Figure(10, "fig10-iid-vs-ood", ("loss-comparison-ood",), ood_frame, plots.plot_iid_vs_ood,
            "Test NDCG@20 per loss and backbone (MF, LightGCN, XSimGCL) on the given split (IID) and on the "
            "popularity-shift split (OOD: test interactions drawn with probability proportional to 1/pop(i), "

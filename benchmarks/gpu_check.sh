@@ -27,6 +27,16 @@ $S $MF --compile --set train.bf16=true --note "fast path + compile + bf16 autoca
 $S --model lightgcn --layers 3 --sampler in_batch --loss sl --set loss.tau=0.15 --note "LightGCN 3 hops, in-batch"
 $S --model lightgcn --layers 3 --sampler in_batch --loss sl --set loss.tau=0.15 --compile --note "LightGCN, compiled"
 
+# 2b. Scoring paths (rankrobust.scoring): gather vs auto in the same run, beside the matrix-product floor
+SC="python3 benchmarks/speed.py --scorers --append --device cuda --dataset yelp2018 --epochs 2 --warmup 1 --set loss.tau=0.11"
+$SC --negatives 800 --batch-size 1024 --note "authors' M"
+$SC --negatives 64 --batch-size 1024 --note "few negatives"
+$SC --negatives 800 --batch-size 1024 --set train.bf16=true --note "bf16"
+$SC --model lightgcn --layers 3 --negatives 800 --batch-size 1024 --note "LightGCN 3 hops"
+# the exact softmax over the whole catalog (every item but the positive and the user's training items)
+$S --model mf --loss sl --sampler full --batch-size 1024 --set loss.tau=0.11 --note "full softmax (sampler full)"
+$S --model lightgcn --layers 3 --loss sl --sampler full --batch-size 1024 --set loss.tau=0.15 --note "LightGCN, full softmax"
+
 # 3. Convergence within 150 s of training, leaky protocol (authors) and proper validation
 python3 benchmarks/reproduce.py --device cuda --time-limit 150 --valid-is-test --compile --append
 python3 benchmarks/reproduce.py --device cuda --time-limit 150 --compile --append

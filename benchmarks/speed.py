@@ -111,7 +111,9 @@ def main() -> None:
         trainer.test()
         sync(device)
         eval_times.append(time.perf_counter() - t0)
-    settings = (f"{args.model}+{args.loss}, {args.sampler} M={args.negatives if args.sampler != 'in_batch' else 'batch'}, "
+    m = {"in_batch": "batch", "full": "all items"}.get(args.sampler, args.negatives)
+    scorer = f", scorer {trainer.scorer.scorer}" if trainer.scorer is not None else ""
+    settings = (f"{args.model}+{args.loss}, {args.sampler} M={m}{scorer}, "
                 f"B={args.batch_size}, d={cfg.model.options.dim}, {cfg.model.options.score}"
                 + (", compiled" if args.compile else "") + (f", {', '.join(args.set)}" if args.set else ""))
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {args.dataset} | {settings} | "

@@ -40,6 +40,8 @@ _EXPORTS = {
     "summarize": "rankrobust.store",
     "format_summary": "rankrobust.store",
     "grid_axes": "rankrobust.store",
+    "main_metrics": "rankrobust.store",
+    "selection_cutoff": "rankrobust.store",
     "compare_runs": "rankrobust.store",
     "compare_losses": "rankrobust.store",
     "load_spec": "rankrobust.sweeps",

@@ -163,8 +163,8 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    """Fetch a dataset from its built-in public source into DEST/NAME (`rankrobust.data.download`)."""
-    from rankrobust.data.download import SOURCES, DownloadError, download_dataset
+    """Fetch a dataset from its built-in public source into DEST/NAME (`rankrobust.data.downloads`)."""
+    from rankrobust.data.downloads import SOURCES, DownloadError, download_dataset
     from rankrobust.data.registry import ENV_VAR, resolve_data_dir
 
     name = args.name.strip().lower()
@@ -208,6 +208,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
           f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}; mean same-user group size per pair "
           f"{m['group_size_mean']:.2f} ({cfg.train.batching} batching)")
+    split = m.get("split")
+    if split:  # data.split = popularity (PROTOCOLS.md §11)
+        print(f"{split['kind']} split (seed {split['seed']}): test holds {split['test']:,} interactions "
+              f"({split['test_fraction']:.3f} of all), Gini of its item counts {split['test_item_gini']:.3f} "
+              f"(the given test: {split['given_test_item_gini']:.3f})")
     acc = m.get("gradient_accounting")
     if acc:
         print(f"in-training share of positive-side gradient on noisy positives: "
@@ -298,8 +303,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (compare_runs, format_summary, grid_axes, load_store, main_metrics, parse_arm,
-                                  selection_cutoff, store_problems, summarize)
+    from rankrobust.store import (compare_runs, format_summary, grid_axes, load_store, main_metrics, missing_cutoff,
+                                  parse_arm, selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
 
     folder = Path(args.dir).parent if Path(args.dir).suffix == ".parquet" else Path(args.dir)
@@ -313,6 +318,9 @@ def _results(args: argparse.Namespace) -> int:
         print(f"note: {describe_owner(owner)} is still writing this folder; the numbers may change")
     for line in store_problems(full, folder):
         print(f"warning: {line}")
+    lacking = None if args.metric else missing_cutoff(frame, selection_cutoff(frame))
+    if lacking:
+        print(f"warning: {lacking}; pass --metric test.recall@K with one of those")
     for metric in args.metric or ():
         if metric not in frame.columns:
             known = sorted(c for c in frame.columns if c.startswith(("test.", "valid.", "fairness.", "gradient_")))
@@ -352,8 +360,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     return 0
 
 
-HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_train, "dro-check": cmd_dro_check, "sweep": cmd_sweep,
-            "results": cmd_results, "figures": cmd_figures}
+HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_train, "dro-check": cmd_dro_check,
+            "sweep": cmd_sweep, "results": cmd_results, "figures": cmd_figures}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

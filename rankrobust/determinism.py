@@ -18,10 +18,10 @@ one line naming them for the run's warnings.  `stop` restores the previous
 global settings, so one run's choice never leaks into the next run of the
 same process (a sweep runs many).
 
-On CPU, torch 2.x has no op in rankrobust's path without a deterministic
-implementation, so the list is empty there; on CUDA the usual ones are the
-scatter/index-add backward kernels (``scatter_add_cuda_kernel``,
-``index_add_cuda_``, ``embedding_dense_backward_cuda``).
+On CPU (torch 2.13) a run reports no such op: torch's determinism alerts
+are raised by CUDA kernels.  On CUDA, expect the scatter / index-add
+backward kernels (gather's backward, ``scatter_add_cuda_kernel`` and the
+like); this was not measured here (no GPU in the session that wrote it).
 """
 from __future__ import annotations
 

@@ -25,11 +25,11 @@ import torch
 from rankrobust.config import DataConfig, RunConfig
 from rankrobust.data import Dataset, load_dataset, load_files
 from rankrobust.data.identity import FileFingerprint, data_identity
-from rankrobust.determinism import Determinism
-from rankrobust.memory import check_memory
 from rankrobust.data.splits import apply_split
+from rankrobust.determinism import Determinism
 from rankrobust.evaluate import ips_metrics
 from rankrobust.losses import groups_positives
+from rankrobust.memory import check_memory
 from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir

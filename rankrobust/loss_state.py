@@ -8,7 +8,10 @@ drop rate that grows with the step count.  They all go through this one
 mechanism, never through a special case in the trainer:
 
 1. The loss's options class defines ``make_state(train, device) -> LossState``
-   (`make_loss_state` calls it; losses without it have no state).
+   (`make_loss_state` calls it; losses without it have no state) and lists in
+   a ``STATE_KEYWORDS`` class attribute the keywords its state passes to the
+   loss function (`rankrobust.losses.state_keywords`; they are keyword-only
+   arguments of the function without a default, never config options).
 2. The trainer adds the state's parameters to the one Adam optimiser, with
    the learning rates of `LossState.param_groups`.  A parameter to be
    *maximised* (an adversary) goes through `reverse_gradient` inside
@@ -23,6 +26,19 @@ mechanism, never through a special case in the trainer:
 
 The loss function itself stays a pure function of its inputs, so its tests
 compare it with a brute-force oracle given the same keyword tensors.
+
+The states in use (`rankrobust.losses`, docs/LOSSES.md):
+
+- ``slatk``: a buffer β_u (no parameters), refreshed in ``epoch_end`` every T
+  epochs from ``model.final_embeddings()``;
+- ``advinfonce``: an adversary's embeddings, at their own learning rate,
+  through `reverse_gradient` in its adversarial epochs and detached (so not
+  stepped at all: Adam skips a parameter without a gradient) in the others;
+- ``llpauc``: five scalar thresholds, two of them ascending through
+  `reverse_gradient`, kept in range by clamping where they are read;
+- ``drrl``: a per-user margin, trained on detached scores;
+- ``tce``: a step counter buffer advanced in place in ``batch_kwargs``
+  (a device op, no host sync), from which the drop rate grows.
 """
 from __future__ import annotations
 

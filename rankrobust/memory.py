@@ -48,7 +48,7 @@ FIXES = {"model.dim": "lower model.dim (--dim)", "train.batch_size": "lower trai
 
 @dataclass(frozen=True)
 class MemoryBlock:
-    """One large allocation of a run: the config ``keys`` (and their ``values``) that size it, what it is, bytes, fix."""
+    """One large allocation of a run: the config ``keys`` (and ``values``) that size it, what it is, bytes, fix."""
 
     keys: tuple[str, ...]
     values: tuple[int, ...]
@@ -108,8 +108,8 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
                                   dense_bytes(b, n_items) + bitmap, "lower train.batch_size (--batch-size)"))
     else:
         m = int(tc.num_negatives or 1)
-        scorer = choose_scorer(tc.scorer, n_items=n_items, num_negatives=m, dim=dim, batch_size=b,
-                               device=device).scorer
+        scorer = choose_scorer(tc.scorer, n_items=n_items, num_negatives=m, dim=dim, batch_size=int(tc.batch_size),
+                               device=device).scorer  # as the trainer resolves it
         if scorer == "dense":
             blocks.append(MemoryBlock(("train.batch_size",), (int(tc.batch_size),),
                                       f"one batch's [{b:,} × {n_items:,}] dense score blocks (train.scorer = dense)",
@@ -125,7 +125,7 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
     chunk = max(1, min(int(tc.eval_chunk), int(n_users)))
     blocks.append(MemoryBlock(("train.eval_chunk",), (int(tc.eval_chunk),),
                               f"one evaluation chunk's [{chunk:,} × {n_items:,}] score blocks",
-                              EVAL_BLOCKS * chunk * n_items * FLOAT, "lower train.eval_chunk (--set train.eval_chunk=N)"))
+                              EVAL_BLOCKS * chunk * n_items * FLOAT, FIXES["train.eval_chunk"]))
     return blocks
 
 

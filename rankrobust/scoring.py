@@ -179,17 +179,23 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
                         round(need / 2**20, 1), reason)
 
 
-def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = None) -> Tensor:
+def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = None,
+                   columns: Tensor | None = None) -> Tensor:
     """Scores of user rows ``u [B, d]`` against the whole item table ``I [n_items, d]`` → [B, n_items].
 
-    One matrix product.  With ``product_dtype`` (``torch.bfloat16``) the product,
-    and the two products of its backward pass, run in that precision and the
-    scores come back in ``u``'s dtype (float32 accumulation; on CPUs with AMX or
-    AVX512-bf16 about 6× faster than float32 at d = 64).
+    One matrix product; with ``columns [B, M]`` only those columns are
+    returned ([B, M], picked by ``gather``, whose backward scatter-adds, so
+    repeated columns accumulate).  With ``product_dtype`` (``torch.bfloat16``)
+    the product and the two products of its backward pass run in that
+    precision (float32 accumulation; on CPUs with AMX or AVX512-bf16 about 6×
+    faster than float32 at d = 64), the columns are picked before the scores
+    are cast back to ``u``'s dtype, and only the [B, M] block is converted.
     """
-    if product_dtype is None or product_dtype == u.dtype:
-        return u @ I.T
-    return (u.to(product_dtype) @ I.to(product_dtype).T).to(u.dtype)
+    low = product_dtype is not None and product_dtype != u.dtype
+    scores = u.to(product_dtype) @ I.to(product_dtype).T if low else u @ I.T
+    if columns is not None:
+        scores = scores.gather(1, columns)
+    return scores.to(u.dtype) if low else scores
 
 
 def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
@@ -222,7 +228,7 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
         raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
     items = torch.cat([pos[:, None], neg], dim=1)
     if dense:
-        scores = catalog_scores(model.user_rows(U, users), I, product_dtype).gather(1, items)
+        scores = catalog_scores(model.user_rows(U, users), I, product_dtype, columns=items)
     else:
         scores = model.pair_scores(U, I, users, items)
     return BatchScores(scores[:, 0], scores[:, 1:], None, neg, items)

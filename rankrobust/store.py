@@ -32,8 +32,6 @@ from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 
-MAIN_METRICS = ("test.recall@20", "test.ndcg@20")
-
 
 def selection_cutoff(frame: pd.DataFrame, default: int = 20) -> int:
     """The cutoff K of the runs' validation metric (``train.metric``, e.g. ``recall@10`` → 10).
@@ -51,6 +49,40 @@ def main_metrics(frame: pd.DataFrame) -> tuple[str, str]:
     """Test Recall@K and NDCG@K at the runs' selection cutoff (`selection_cutoff`): what `results` shows."""
     k = selection_cutoff(frame)
     return (f"test.recall@{k}", f"test.ndcg@{k}")
+
+
+def computed_cutoffs(frame: pd.DataFrame, metrics: tuple[str, ...] = ("recall", "ndcg"),
+                     split: str = "test") -> list[int]:
+    """The cutoffs K at which every finished run of ``frame`` has ``split.<metric>@K`` for each of ``metrics``."""
+    done = frame[frame["status"] == runs.STATUS_DONE] if "status" in frame else frame
+    found = {int(c.rsplit("@", 1)[1]) for c in frame.columns
+             if c.startswith(f"{split}.") and "@" in c and c.rsplit("@", 1)[1].isdigit()}
+    return sorted(k for k in found if all(f"{split}.{m}@{k}" in done and done[f"{split}.{m}@{k}"].notna().all()
+                                          for m in metrics))
+
+
+def missing_cutoff(frame: pd.DataFrame, k: int, metrics: tuple[str, ...] = ("recall", "ndcg"),
+                   split: str = "test") -> str | None:
+    """None when every finished run has ``split.<metric>@k`` for each of ``metrics``; else what is missing.
+
+    The text names the columns, how many runs lack them, one of those runs,
+    and the cutoffs every run did compute (`computed_cutoffs`), so a figure
+    or table never shows a cutoff the runs did not compute (``train.ks``).
+    """
+    done = frame[frame["status"] == runs.STATUS_DONE] if "status" in frame else frame
+    cols = [f"{split}.{m}@{k}" for m in metrics]
+    lacking = pd.Series(False, index=done.index)
+    for col in cols:
+        lacking |= done[col].isna() if col in done else True
+    if done.empty or not lacking.any():
+        return None
+    example = done.loc[lacking, "cell_id"].iloc[0] if "cell_id" in done else "?"
+    ks = computed_cutoffs(frame, metrics, split)
+    return (f"{int(lacking.sum())} of {len(done)} finished runs did not compute {' and '.join(cols)} (e.g. "
+            f"{example}; K = {k} is not in their train.ks); cutoffs every run computed: "
+            f"{', '.join(map(str, ks)) if ks else 'none'}")
+
+
 #: status of a run folder whose config.json or metrics.json cannot be read
 STATUS_CORRUPT = "corrupt"
 #: columns every loaded store has, even when empty
@@ -236,8 +268,13 @@ def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[
     return [c for c in config_cols if c != "train.seed" and frame[c].nunique(dropna=False) > 1]
 
 
-def summarize(frame: pd.DataFrame, axes: list[str], metrics=MAIN_METRICS) -> pd.DataFrame:
-    """Mean, std and count over seeds of ``metrics`` for each cell of ``axes`` (finished runs only)."""
+def summarize(frame: pd.DataFrame, axes: list[str], metrics=None) -> pd.DataFrame:
+    """Mean, std and count over seeds of ``metrics`` for each cell of ``axes`` (finished runs only).
+
+    ``metrics`` default to `main_metrics` (test Recall@K and NDCG@K at the
+    runs' selection cutoff).
+    """
+    metrics = main_metrics(frame) if metrics is None else metrics
     done = frame[frame["status"] == runs.STATUS_DONE]
     metrics = [m for m in metrics if m in done.columns]
     axes = [a for a in axes if a in done.columns]
@@ -310,16 +347,18 @@ def _select(frame: pd.DataFrame, arm: dict[str, Any]) -> pd.Series:
 
 
 def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
-                 metric: str = "ndcg@20") -> pd.DataFrame:
+                 metric: str | None = None) -> pd.DataFrame:
     """Paired test of arm ``a`` vs arm ``b`` across users, per cell and seed, Holm-corrected across cells.
 
     An arm fixes some config keys (``{"loss.name": "bsl", "train.batching": "users"}``).
     Runs of the two arms are paired when they agree on every other grid axis
     and on the seed (same data, same users); their per-user ``metric`` values
-    are compared with the two-sided Wilcoxon signed-rank test.  Returns one
-    row per pair: the other axes, users, both means, the mean difference
-    (b − a), p and Holm-adjusted p.
+    are compared with the two-sided Wilcoxon signed-rank test (``metric``
+    defaults to ``ndcg@K``, K the runs' selection cutoff).  Returns one row
+    per pair: the other axes, users, both means, the mean difference (b − a),
+    p and Holm-adjusted p.
     """
+    metric = f"ndcg@{selection_cutoff(frame)}" if metric is None else metric
     done = frame[frame["status"] == runs.STATUS_DONE]
     if done.empty:
         return pd.DataFrame()
@@ -349,7 +388,7 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
     return table
 
 
-def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str = "ndcg@20",
+def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str | None = None,
                    loss_key: str = "loss.name") -> pd.DataFrame:
     """Paired test of loss ``a`` vs ``b`` across users, per cell and seed (see `compare_runs`)."""
     return compare_runs(frame, axes, {loss_key: a}, {loss_key: b}, metric=metric)

@@ -141,3 +141,20 @@ def test_trainer_resolves_auto_per_run(tmp_path):
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, torch.device("cpu"))
     assert trainer.scorer.requested == "auto" and trainer.scorer.scorer == "dense"  # 8 negatives, tiny catalog
+
+
+def test_bf16_products_stay_close_to_float32():
+    """train.bf16 on CPU: the catalog products in bfloat16 give scores within bfloat16 rounding of float32."""
+    from rankrobust.scoring import catalog_scores
+
+    g = torch.Generator().manual_seed(0)
+    u = torch.nn.functional.normalize(torch.randn(32, 16, generator=g), dim=1).requires_grad_()
+    items = torch.nn.functional.normalize(torch.randn(100, 16, generator=g), dim=1)
+    cols = torch.randint(0, 100, (32, 7), generator=g)
+    exact = catalog_scores(u, items, columns=cols)
+    low = catalog_scores(u, items, torch.bfloat16, columns=cols)
+    assert low.dtype == torch.float32 and low.shape == (32, 7)
+    torch.testing.assert_close(low, exact, atol=2e-2, rtol=0)  # cosines, 8-bit mantissa
+    low.sum().backward()
+    torch.testing.assert_close(u.grad, torch.zeros(32, 100).scatter_add_(1, cols, torch.ones(32, 7)) @ items,
+                               atol=5e-2, rtol=2e-2)

@@ -9,7 +9,7 @@ Typical use::
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import TableData, read_lightgcn, read_table, write_lightgcn
-from rankrobust.data.download import download_dataset
+from rankrobust.data.downloads import download_dataset
 from rankrobust.data.registry import DatasetInfo, dataset_files, download, list_datasets, load_dataset, load_files
 from rankrobust.data.splits import Dataset, carve_validation, dataset_stats, split_per_user
 

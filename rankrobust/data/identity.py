@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
+from rankrobust.data.hashing import sha256_file
 
 __all__ = ["FileFingerprint", "sha256_file", "fingerprint", "data_files", "data_identity", "identity_digest",
            "recorded_digest", "current_digest"]
@@ -41,15 +42,6 @@ def stat_signature(path: str | os.PathLike) -> tuple:
     p = Path(path).resolve()
     st = os.stat(p)
     return (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks (no cache)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

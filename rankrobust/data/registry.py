@@ -11,7 +11,7 @@ directory holding ``<name>/train.txt.gz`` and ``<name>/test.txt.gz`` (plain
    root when rankrobust runs from a source checkout.
 
 ``rankrobust download NAME --dest DIR`` fetches an external dataset from its
-public source into ``DIR/NAME`` (`rankrobust.data.download`).
+public source into ``DIR/NAME`` (`rankrobust.data.downloads`).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rankrobust.data.download import KNOWN_SHA256, download
+from rankrobust.data.downloads import KNOWN_SHA256, download
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import _factorize, _maybe_int, _read_lightgcn_full, _read_table_frame, is_table_path

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rankrobust.loss_state import LossState
-from rankrobust.registry import ConfigError, non_negative, option, positive, probability, unit_interval
+from rankrobust.registry import ConfigError, non_negative, option, positive, unit_interval
 
 from .base import (LOSSES, _check_number, _check_positive, _check_shapes, _has_negative, _masked_logsumexp,
                    _masked_sum, _neg_count)

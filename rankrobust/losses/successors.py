@@ -232,7 +232,8 @@ class AdvInfoNCEState(LossState):
 
     Embeddings of size ``dim`` (xavier-normal init, as in the authors' code).
     Adversarial epochs are the epochs e (1-based) with (e + 2) % ``interval``
-    = 0, after ``warmup`` epochs, at most ``max_epochs`` of them (the
+    = 0 and e > ``warmup`` + 1 (the authors' test on their 0-based epoch
+    counter), at most ``max_epochs`` of them (the
     authors' η budget: their count of adversarial epochs bounds the KL radius).
     In an adversarial epoch ``batch_kwargs`` passes the logits through
     `reverse_gradient`, so the one Adam step moves the adversary *up* the loss
@@ -257,7 +258,8 @@ class AdvInfoNCEState(LossState):
         self.active = self._is_adversarial(1)
 
     def _is_adversarial(self, epoch: int) -> bool:
-        return (epoch + 2) % self.interval == 0 and epoch > self.warmup and self.adversarial_epochs < self.max_epochs
+        return ((epoch + 2) % self.interval == 0 and epoch - 1 > self.warmup
+                and self.adversarial_epochs < self.max_epochs)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         return [{"params": [self.user, self.item], "lr": self.lr}]

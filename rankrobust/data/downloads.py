@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
-from rankrobust.data.identity import sha256_file
+from rankrobust.data.hashing import sha256_file
 
 __all__ = ["Remote", "Output", "DatasetSource", "SOURCES", "download_dataset", "download", "KNOWN_SHA256",
            "DownloadError"]
