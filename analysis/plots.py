@@ -473,7 +473,9 @@ def plot_iid_vs_ood(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
     accuracy a loss keeps when the test items are close to uniform in popularity.
     """
     _require(df, ["model", "loss", "split", metric], "plot_iid_vs_ood")
-    models = list(dict.fromkeys(df["model"]))
+    seen = list(dict.fromkeys(df["model"]))
+    models = [m for m in ("mf", "lightgcn", "xsimgcl") if m in seen] + [m for m in seen if m not in
+                                                                     ("mf", "lightgcn", "xsimgcl")]
     losses = _loss_order(df["loss"])
     splits = [s for s in ("IID", "OOD") if s in set(df["split"])]
     means = df.groupby(["model", "loss", "split"])[metric].mean().unstack("split")
@@ -486,11 +488,17 @@ def plot_iid_vs_ood(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
             ax.set_title(model)
             ax.set_xlabel("loss")
             ax.set_ylabel(f"test {metric}" if ax is axes[0] else "")
+        top = max(ax.get_ylim()[1] for ax in axes[:len(models)]) * 1.2  # headroom for the legend
+        for ax in axes[:len(models)]:  # one scale for the backbones' panels
+            ax.set_ylim(0.0, top)
+        if axes[0].get_legend() is not None:
+            axes[0].legend(loc="upper center", ncol=len(splits), fontsize="small", title=None)
         last = axes[-1]
         if ratio is not None:
             sns.barplot(data=ratio, x="loss", y="ratio", hue="model", order=losses, hue_order=models, ax=last)
             last.axhline(1.0, color="k", linewidth=0.8)
-            last.legend(fontsize="small")
+            last.set_ylim(0.0, 1.25)
+            last.legend(loc="upper center", ncol=len(models), fontsize="small", title=None)
         else:
             last.text(0.5, 0.5, "needs IID and OOD runs", ha="center", va="center", transform=last.transAxes)
         last.set_title("OOD / IID")

@@ -109,7 +109,7 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
     else:
         m = int(tc.num_negatives or 1)
         scorer = choose_scorer(tc.scorer, n_items=n_items, num_negatives=m, dim=dim, batch_size=int(tc.batch_size),
-                               device=device).scorer  # as the trainer resolves it
+                               device=device, bf16=tc.bf16).scorer  # as the trainer resolves it
         if scorer == "dense":
             blocks.append(MemoryBlock(("train.batch_size",), (int(tc.batch_size),),
                                       f"one batch's [{b:,} × {n_items:,}] dense score blocks (train.scorer = dense)",

@@ -13,7 +13,8 @@ Both hold raw embeddings ``user_emb [n_users, d]`` and ``item_emb [n_items, d]``
   (None for MF and LightGCN; XSimGCL's cross-layer InfoNCE).
 
 Each backbone is registered once in ``MODELS`` with its options dataclass
-(``dim``, ``score``, ``dropout`` for all; ``layers`` for LightGCN);
+(``dim``, ``score``, ``dropout`` for all; ``layers`` for LightGCN; ``layers``, ``eps``,
+``cl_layer``, ``cl_tau``, ``cl_weight`` for XSimGCL);
 `build_model` makes one from a name and options.
 """
 from __future__ import annotations

@@ -6,7 +6,12 @@ import pytest
 
 from rankrobust.config import ConfigError, config_from_dict
 from rankrobust.data import Interactions, load_dataset, split_per_user
-from rankrobust.data.splits import OOD_TEST_FRACTION, apply_split, gini, popularity_shift_split
+from rankrobust.data.splits import (
+    OOD_TEST_FRACTION,
+    apply_split,
+    gini,
+    popularity_shift_split,
+)
 from rankrobust.experiment import load_data
 
 
@@ -52,7 +57,7 @@ def test_split_is_seeded_disjoint_covering_and_flatter():
     # popular items are under-represented relative to their share of the data, tail items over-represented
     pop = inter.item_counts()
     head, tail = pop >= np.quantile(pop, 0.9), pop <= np.quantile(pop, 0.5)
-    share = lambda x, m: x.item_counts()[m].sum() / x.nnz  # noqa: E731
+    share = lambda x, m: x.item_counts()[m].sum() / x.nnz
     assert share(test, head) < share(inter, head) and share(test, tail) > share(inter, tail)
 
 

@@ -1,7 +1,7 @@
 """Figure 10 (IID vs OOD) and the OOD/IPS columns of the results store, on the miniature sweep."""
 from __future__ import annotations
 
-from analysis.figures import open_sweeps, ood_frame
+from analysis.figures import ood_frame, open_sweeps
 from analysis.plots import plot_iid_vs_ood
 from rankrobust.store import load_store
 from tests.conftest import TINY_FOLDERS

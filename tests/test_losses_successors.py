@@ -515,6 +515,46 @@ def test_tce_drop_rate_grows_linearly_then_stays():
     assert state.epoch_end(1, None) == {"tce_drop_rate": pytest.approx(0.2), "tce_steps": 7.0}
 
 
+@pytest.mark.parametrize("name", ["tce", "advinfonce", "slatk", "drrl", "llpauc"])
+def test_state_works_inside_torch_compile(name):
+    """The trainer may compile the step (``train.compile``), state calls included: compiled = eager, and T-CE's
+    counter advances (AOT autograd would drop an in-place buffer update inside the graph; ``aot_eager`` shows it
+    without a C++ compiler)."""
+    torch._dynamo.reset()
+    users = torch.tensor([0, 1, 0, 3])
+    gen = torch.Generator().manual_seed(0)
+    pos, neg = torch.rand(4, generator=gen) * 2 - 1, torch.rand(4, 6, generator=gen) * 2 - 1
+    results = []
+    for compiled in (False, True):
+        from rankrobust.data.interactions import Interactions
+
+        train = Interactions.from_pairs([0, 1, 2, 3], [0, 1, 2, 3], n_users=4, n_items=8)
+        opts = LOSSES.entry(name).make_options(**({"num_gradual": 2} if name == "tce" else {}))
+        torch.manual_seed(0)
+        state = make_loss_state(opts, train, "cpu")
+        if name == "advinfonce":
+            state.active = True
+        items = torch.arange(6).repeat(4, 1)
+
+        def step(p, n, state=state):
+            return LOSSES[name](p, n, users=users, **opts.loss_kwargs() if hasattr(opts, "loss_kwargs") else {},
+                                **state.batch_kwargs(users, users, items))
+
+        fn = torch.compile(step, backend="aot_eager") if compiled else step
+        values = []
+        for _ in range(3):
+            p = pos.clone().requires_grad_(True)
+            out = fn(p, neg)
+            out.backward()
+            values.append((float(out.detach()), p.grad.clone()))
+        results.append((values, float(state.step) if name == "tce" else None))
+    (eager, eager_steps), (comp, comp_steps) = results
+    for (a, ga), (b, gb) in zip(eager, comp):
+        assert a == pytest.approx(b, rel=1e-5) and torch.allclose(ga, gb, atol=1e-6)
+    if name == "tce":
+        assert eager_steps == comp_steps == 3.0
+
+
 # --------------------------------------------------------------------------- the trainer's wiring, end to end
 @pytest.mark.parametrize("name,options,column", [
     ("slatk", {"refresh_every": 1, "quantile_negatives": 30, "k": 5}, "slatk_quantile_mean"),

@@ -58,7 +58,10 @@ class TCEState(LossState):
     """T-CE's schedule: ρ(t) = ρ_max · min(t / T, 1) at optimiser step t = 0, 1, … (a device counter).
 
     ``batch_kwargs`` returns the current ρ and advances the counter in place on
-    the device (no host sync, safe under ``torch.compile``).
+    the device (no host sync).  It runs outside ``torch.compile``
+    (``torch.compiler.disable``: a graph break, not a sync), because dynamo
+    drops an in-place update of a buffer of a module it does not trace as
+    the compiled function's own (tested in tests/test_losses_successors.py).
     """
 
     def __init__(self, max_rate: float, num_gradual: int) -> None:
@@ -69,6 +72,7 @@ class TCEState(LossState):
     def rate(self) -> Tensor:
         return self.max_rate * torch.clamp(self.step / self.num_gradual, max=1.0)
 
+    @torch.compiler.disable
     def batch_kwargs(self, users: Tensor, pos_items: Tensor, neg_items: Tensor) -> dict[str, Tensor]:
         rho = self.rate()
         self.step.add_(1.0)

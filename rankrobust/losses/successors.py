@@ -175,7 +175,10 @@ class SLatKState(LossState):
     def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]:
         if epoch % self.refresh_every:
             return {}
+        was_training = model.training
+        model.eval()  # the evaluation scores (no dropout, no training-time noise of a backbone)
         U, I = model.final_embeddings()
+        model.train(was_training)
         gen = torch.Generator(device=U.device).manual_seed(self.seed + epoch)
         self.quantile.copy_(self.estimate(U, I, gen).to(self.quantile.dtype))
         self.refreshes += 1
