@@ -386,14 +386,17 @@ def batching_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
 SPLIT_LABELS = {"given": "IID", "popularity": "OOD"}
 
 
-def ood_frame(sweep: Sweep, metric: str = "test.ndcg@20") -> pd.DataFrame:
+def ood_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     """Figure 10's data from a ``loss-comparison-ood`` sweep: one row per finished run.
 
     Columns ``model``, ``loss`` (upper case), ``split`` (``IID`` for the given
     split, ``OOD`` for ``data.split = popularity``), ``seed`` and the metric
-    without its ``test.`` prefix (default ``ndcg@20``).
+    without its ``test.`` prefix (default NDCG at the runs' cutoff, `figure_cutoff`).
     """
     done = sweep.done
+    if metric is None and not done.empty:
+        metric = f"test.ndcg@{figure_cutoff(sweep, ('ndcg',))}"
+    metric = metric or "test.ndcg@20"
     needed = ["model.name", "loss.name", "data.split", metric]
     missing = [c for c in needed if c not in done]
     if done.empty or missing:

@@ -462,16 +462,17 @@ def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
     return fig
 
 
-def plot_iid_vs_ood(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
+def plot_iid_vs_ood(df: pd.DataFrame, metric: str | None = None) -> Figure:
     """IID vs popularity-shift (OOD) test accuracy per loss and backbone.
 
     ``df``: one row per run with columns ``model``, ``loss``, ``split``
-    (``IID`` | ``OOD``) and ``metric`` (default ``ndcg@20``); several rows per
+    (``IID`` | ``OOD``) and ``metric`` (default: the frame's ``ndcg@K`` column); several rows per
     bar (seeds) give the mean with ± sd error bars.  Left: one panel per
     backbone, bars per loss, IID and OOD side by side.  Right: the OOD/IID
     ratio of the means per loss (one colour per backbone): how much of its
     accuracy a loss keeps when the test items are close to uniform in popularity.
     """
+    metric = metric or next((c for c in df.columns if str(c).startswith("ndcg@")), "ndcg@20")
     _require(df, ["model", "loss", "split", metric], "plot_iid_vs_ood")
     seen = list(dict.fromkeys(df["model"]))
     models = [m for m in ("mf", "lightgcn", "xsimgcl") if m in seen] + [m for m in seen if m not in

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import platform
 import statistics
 import time
@@ -80,6 +81,8 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="append the row to benchmarks/RESULTS.md")
     p.add_argument("--note", default="", help="free text for the RESULTS.md row")
     p.add_argument("--scorers", action="store_true", help="compare train.scorer gather vs auto, and the floor")
+    p.add_argument("--batches", type=int, default=0,
+                   help="with --scorers: time only the first N batches of each epoch (0: whole epochs)")
     args = p.parse_args()
 
     overrides = {"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": args.model,
@@ -159,21 +162,27 @@ def compare_scorers(cfg, data, device: torch.device, args) -> None:
     times: dict[str, list[float]] = {name: [] for name in trainers}
     floors = []
     auto = trainers["auto"]
+    if args.batches:
+        for trainer in trainers.values():
+            trainer.n_batches = min(trainer.n_batches, args.batches)
     for _ in range(args.epochs):
         for name, trainer in trainers.items():
             times[name].append(timed(lambda: trainer.epoch().tolist(), device))
         floors.append(floor_epoch(auto.n_batches, cfg.train.batch_size, data.train.n_items,
                                   cfg.model.options.dim, device))
-    gather_s, auto_s, floor_s = (statistics.median(t) for t in (times["gather"], times["auto"], floors))
+    n = auto.n_batches
+    gather_ms, auto_ms, floor_ms = (statistics.median(t) / n * 1e3 for t in (times["gather"], times["auto"], floors))
     choice = auto.scorer
     settings = (f"{cfg.model.name}+{cfg.loss.name}, {cfg.train.sampler} M={cfg.train.num_negatives}, "
-                f"B={cfg.train.batch_size}, d={cfg.model.options.dim}, n_items={data.train.n_items:,}")
+                f"B={cfg.train.batch_size}, d={cfg.model.options.dim}, n_items={data.train.n_items:,}"
+                + (", bf16 products" if cfg.train.bf16 else ""))
+    span = f"{n} batches (whole epochs)" if n == math.ceil(data.train.nnz / cfg.train.batch_size) else \
+        f"first {n} batches of each epoch"
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {settings} | "
-           f"{gather_s:.3f} | {auto_s:.3f} ({choice.scorer}) | {gather_s / auto_s:.1f}× | {floor_s:.3f} | "
-           f"{auto_s / floor_s:.1f}× | {auto.n_batches} batches, median of {args.epochs} interleaved epochs; "
-           f"{args.note} |")
-    print("| date | machine | torch | dataset | settings | s/epoch gather | s/epoch auto (choice) | speed-up | "
-          "s/epoch floor | auto / floor | notes |")
+           f"{gather_ms:.1f} | {auto_ms:.1f} ({choice.scorer}) | {gather_ms / auto_ms:.1f}× | {floor_ms:.1f} | "
+           f"{auto_ms / floor_ms:.1f}× | {span}, median of {args.epochs} interleaved rounds; {args.note} |")
+    print("| date | machine | torch | dataset | settings | ms/batch gather | ms/batch auto (choice) | speed-up | "
+          "ms/batch floor | auto / floor | notes |")
     print(row)
     if args.append:
         append_row("Scorers", row)
