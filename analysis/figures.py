@@ -485,7 +485,9 @@ def plot_noise_families(df: pd.DataFrame, x: str, *, xlabel: str | None = None, 
 
     groups = _families(df["loss"])
     metrics = list(dict.fromkeys(df["metric"]))
-    splits = list(dict.fromkeys(df[split])) if split and split in df and df[split].nunique() > 1 else [None]
+    splits = [None]
+    if split and split in df and df[split].nunique() > 1:  # the train pool first, then heldout, then any other
+        splits = sorted(dict.fromkeys(df[split]), key=lambda v: ({"train": 0, "heldout": 1}.get(v, 2), str(v)))
     rows = [(m, sp) for sp in splits for m in metrics]
     with sns.axes_style(plots.STYLE), sns.plotting_context(plots.CONTEXT):
         fig, axes = plt.subplots(len(rows), len(groups), figsize=(3.6 * len(groups), 2.9 * len(rows)),

@@ -137,13 +137,14 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - t0
 
 
-def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device: torch.device) -> float:
+def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device: torch.device,
+                dtype: torch.dtype = torch.float32) -> float:
     """Seconds of the dense path's bare matrix products for one epoch: per batch the forward
-    [B, d] × [d, n_items] and the backward's two products (∂/∂users, ∂/∂items), nothing else."""
+    [B, d] × [d, n_items] and the backward's two products (∂/∂users, ∂/∂items), in ``dtype``, nothing else."""
     gen = torch.Generator(device=device).manual_seed(0)
-    users = torch.randn(batch_size, dim, device=device, generator=gen, requires_grad=True)
-    items = torch.randn(n_items, dim, device=device, generator=gen, requires_grad=True)
-    grad = torch.randn(batch_size, n_items, device=device, generator=gen)
+    users = torch.randn(batch_size, dim, device=device, generator=gen).to(dtype).requires_grad_()
+    items = torch.randn(n_items, dim, device=device, generator=gen).to(dtype).requires_grad_()
+    grad = torch.randn(batch_size, n_items, device=device, generator=gen).to(dtype)
 
     def epoch() -> None:
         for _ in range(n_batches):
@@ -156,20 +157,21 @@ def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device:
 def compare_scorers(cfg, data, device: torch.device, args) -> None:
     """Interleaved epochs of a ``gather`` and an ``auto`` trainer, and the floor; prints (and appends) a row."""
     trainers = {name: Trainer(cfg.with_overrides({"train.scorer": name}), data, device) for name in ("gather", "auto")}
+    if args.batches:
+        for trainer in trainers.values():
+            trainer.n_batches = min(trainer.n_batches, args.batches)
     for trainer in trainers.values():
         for _ in range(args.warmup):
             trainer.epoch().tolist()
     times: dict[str, list[float]] = {name: [] for name in trainers}
     floors = []
     auto = trainers["auto"]
-    if args.batches:
-        for trainer in trainers.values():
-            trainer.n_batches = min(trainer.n_batches, args.batches)
     for _ in range(args.epochs):
         for name, trainer in trainers.items():
             times[name].append(timed(lambda: trainer.epoch().tolist(), device))
         floors.append(floor_epoch(auto.n_batches, cfg.train.batch_size, data.train.n_items,
-                                  cfg.model.options.dim, device))
+                                  cfg.model.options.dim, device,
+                                  torch.bfloat16 if cfg.train.bf16 and device.type == "cpu" else torch.float32))
     n = auto.n_batches
     gather_ms, auto_ms, floor_ms = (statistics.median(t) / n * 1e3 for t in (times["gather"], times["auto"], floors))
     choice = auto.scorer

@@ -25,8 +25,8 @@ def o_bpr(pos, neg, users=None):
     return np.mean([np.mean([_softplus(-(p - n)) for n in row]) for p, row in zip(pos, neg)])
 
 
-def o_bce(pos, neg, users=None):
-    return np.mean([_softplus(-p) + sum(_softplus(n) for n in row) for p, row in zip(pos, neg)])
+def o_bce(pos, neg, users=None, tau=0.1):
+    return np.mean([_softplus(-p / tau) + sum(_softplus(n / tau) for n in row) for p, row in zip(pos, neg)])
 
 
 def o_mse(pos, neg, users=None):
@@ -90,7 +90,8 @@ def _run(name, pos, neg, users, **hyper):
 
 CASES = [
     ("bpr", {}),
-    ("bce", {}),
+    ("bce", {"tau": 1.0}),
+    ("bce", {"tau": 0.1}),
     ("mse", {}),
     ("ccl", {}),
     ("ccl", {"margin": 0.3, "neg_weight": 2.5}),
@@ -317,7 +318,7 @@ def test_compiles_without_graph_breaks_on_hot_path():
 # only the positive term acts.
 POSITIVE_TERM_ONLY = {  # per-row loss of a row with no negative, as a function of s⁺ (hyper-parameters of CASES)
     "bpr": lambda s, h: 0.0,
-    "bce": lambda s, h: _softplus(-s),
+    "bce": lambda s, h: _softplus(-s / h["tau"]),
     "mse": lambda s, h: 0.5 * (s - 1) ** 2,
     "ccl": lambda s, h: max(0.0, 1 - s),
     "sl": lambda s, h: 0.0 if h.get("include_pos") else -s / h["tau"],

@@ -331,8 +331,8 @@ def test_special_cases_reduce_to_known_losses():
     neg = torch.rand(9, 7, generator=gen, dtype=torch.float64) * 2 - 1
     # T-CE at ρ = 0 and R-CE at β = 0 are BCE on s/τ
     assert float(LOSSES["tce"](pos, neg, tau=0.2, drop_rate=torch.tensor(0.0))) == pytest.approx(
-        float(bce(pos / 0.2, neg / 0.2)), rel=1e-12)
-    assert float(LOSSES["rce"](pos, neg, tau=0.2, beta=0.0)) == pytest.approx(float(bce(pos / 0.2, neg / 0.2)),
+        float(bce(pos, neg, tau=0.2)), rel=1e-12)
+    assert float(LOSSES["rce"](pos, neg, tau=0.2, beta=0.0)) == pytest.approx(float(bce(pos, neg, tau=0.2)),
                                                                                rel=1e-12)
     # AdvInfoNCE with uniform hardness and w = 1 is the cross-entropy form of SL
     assert float(LOSSES["advinfonce"](pos, neg, tau=0.1, neg_weight=1.0, hardness=torch.zeros_like(neg))) == \
@@ -502,7 +502,7 @@ def test_llpauc_thresholds_descend_and_ascend_as_the_min_max_says():
         state.a.fill_(1.7)
         state.gamma.fill_(-3.0)
         state.b.fill_(0.4)
-    v = state.values()
+    v = {k: x.detach() for k, x in state.values().items()}
     assert float(v["a"]) == 1.0 and float(v["gamma"]) == pytest.approx(-0.6)
 
 

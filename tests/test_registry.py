@@ -73,7 +73,7 @@ def test_registry_mapping_entries_and_checks():
 
 
 def test_option_owners():
-    assert LOSSES.owners("tau")[:2] == ["sl", "bsl"] and "bpr" not in LOSSES.owners("tau")  # in registration order
+    assert LOSSES.owners("tau")[:3] == ["bce", "sl", "bsl"] and "bpr" not in LOSSES.owners("tau")  # registration order
     assert "bsl" in LOSSES.owners("tau1") and "sl" not in LOSSES.owners("tau1") and "ccl" in LOSSES.owners("margin")
     assert "lightgcn" in MODELS.owners("layers") and "mf" not in MODELS.owners("layers")
     assert set(MODELS.owners("dim")) == set(MODELS)  # every backbone has a size
@@ -190,7 +190,7 @@ def test_sweep_template_drops_inapplicable_options_per_cell():
 
 
 @pytest.mark.parametrize("doc,key", [
-    (spec_doc(base={"loss": {"tau": 0.2}}, grid={"loss.name": ["bpr", "bce"]}), "loss.tau"),
+    (spec_doc(base={"loss": {"tau": 0.2}}, grid={"loss.name": ["bpr", "mse"]}), "loss.tau"),
     (spec_doc(base={"model": {"layers": 2}}), "model.layers"),
     (spec_doc(grid={"loss.name": ["bpr", "mse"], "loss.tau": [0.1, 0.2]}), "loss.tau"),
     (spec_doc(base={"train": {"positives_per_user": 4}}, grid={"train.sampler": ["uniform", "in_batch"]}),

@@ -302,7 +302,7 @@ def hand_gradient(loss, hyper):
 
 
 INBATCH_CASES = [
-    ("bpr", {}), ("bce", {}), ("mse", {}), ("ccl", {"margin": 0.3, "neg_weight": 2.0}),
+    ("bpr", {}), ("bce", {"tau": 1.0}), ("mse", {}), ("ccl", {"margin": 0.3, "neg_weight": 2.0}),
     ("sl", {"tau": 0.2}), ("sl", {"tau": 0.2, "include_pos": True}),
     ("bsl", {"mode": "paper", "tau1": 0.5, "tau2": 0.2}),
     ("bsl", {"mode": "reweight", "tau": 0.2, "r": 1.3}), ("bsl", {"mode": "multi", "tau": 0.2, "r": 1.3}),
@@ -349,7 +349,7 @@ def test_in_batch_bce_on_a_real_batch_matches_brute_force(tmp_path):
 
     from rankrobust.train import Trainer
 
-    cfg = tiny_config(tmp_path, loss={"name": "bce"}, model={"score": "cosine"},
+    cfg = tiny_config(tmp_path, loss={"name": "bce", "tau": 1.0}, model={"score": "cosine"},
                       train={"sampler": "in_batch", "batching": "users", "positives_per_user": 4, "batch_size": 24})
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, torch.device("cpu"))

@@ -175,13 +175,18 @@ def bpr(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
     return (_masked_sum(F.softplus(neg - pos[:, None]), neg_mask) / _neg_count(neg, neg_mask)).mean()
 
 
-def bce(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None) -> Tensor:
-    """Binary cross-entropy on logits: mean_k [softplus(−s⁺_k) + Σ_j softplus(s⁻_kj)].
+def bce(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None,
+        tau: float = 0.1) -> Tensor:
+    """Binary cross-entropy on the logits s/τ: mean_k [softplus(−s⁺_k/τ) + Σ_j softplus(s⁻_kj/τ)].
 
-    Shapes: pos [B], neg [B, M] -> scalar.  ``users`` is ignored.
+    τ > 0 (default 0.1) scales cosine scores in [−1, 1] to logits that can
+    reach a confident 0/1 (σ(±1) = 0.73/0.27 could not); τ = 1 is the usual
+    BCE on dot-product logits.  Shapes: pos [B], neg [B, M] -> scalar.
+    ``users`` is ignored.
     """
     _check_shapes(pos, neg, users)
-    return (F.softplus(-pos) + _masked_sum(F.softplus(neg), neg_mask)).mean()
+    t = _check_positive("tau", tau)
+    return (F.softplus(-pos / t) + _masked_sum(F.softplus(neg / t), neg_mask)).mean()
 
 
 def mse(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None) -> Tensor:
@@ -275,6 +280,12 @@ TAU = "temperature τ (SL; BSL reweight/multi; the default of BSL's τ₁, τ₂
 
 
 @dataclass
+class BCEOptions:
+    tau: float = option(0.1, "BCE logit temperature: BCE on s/τ (τ = 1 on dot scores, the usual BCE)",
+                        check=positive, flag="--tau")
+
+
+@dataclass
 class SLOptions:
     tau: float = option(0.1, TAU, check=positive, flag="--tau")
     include_pos: bool = option(False, "SL: the positive joins the softmax normaliser (cross-entropy form)")
@@ -325,7 +336,7 @@ class BSLOptions:
 
 
 LOSSES.register("bpr", NoOptions)(bpr)
-LOSSES.register("bce", NoOptions)(bce)
+LOSSES.register("bce", BCEOptions)(bce)
 LOSSES.register("mse", NoOptions)(mse)
 LOSSES.register("ccl", CCLOptions)(ccl)
 LOSSES.register("sl", SLOptions)(sl)

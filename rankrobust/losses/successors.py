@@ -371,7 +371,7 @@ class LLPAUCState(LossState):
         return v
 
     def epoch_end(self, epoch: int, model: nn.Module) -> dict[str, float]:
-        return {f"llpauc_{k}": float(v) for k, v in self.values().items()}
+        return {f"llpauc_{k}": float(v.detach()) for k, v in self.values().items()}
 
 
 @dataclass
