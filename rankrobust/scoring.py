@@ -41,6 +41,7 @@ from torch import Tensor
 
 from rankrobust.batching import own_positive_mask
 from rankrobust.data.interactions import Interactions
+from rankrobust.kernels import CatalogColumns
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
            "catalog_scores", "score_batch", "dense_bytes"]
@@ -199,14 +200,15 @@ def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = Non
 
 
 def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
-                dense: bool, positives: PositivesBitmap | None = None,
+                dense: bool | CatalogColumns, positives: PositivesBitmap | None = None,
                 product_dtype: torch.dtype | None = None) -> BatchScores:
     """Scores of the batch ``users [B]``, ``pos [B]`` against their negatives → `BatchScores`.
 
     ``(U, I)`` come from ``model.score_tables()`` (the item table already
     normalised for cosine); ``neg [B, M]`` are the sampled ids (ignored unless
     ``negatives == 'sampled'``).  ``dense`` selects the one-matrix-product path
-    for sampled negatives; ``positives`` (all-items negatives only) masks each
+    for sampled negatives (a `rankrobust.kernels.CatalogColumns`: the same
+    product in a workspace reused across batches); ``positives`` (all-items negatives only) masks each
     user's other training positives.  ``product_dtype`` is the precision of the
     [B, d] × [d, n_items] products (`catalog_scores`; None = the tables' own).
     """
@@ -227,7 +229,9 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
     if negatives != "sampled":
         raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
     items = torch.cat([pos[:, None], neg], dim=1)
-    if dense:
+    if isinstance(dense, CatalogColumns):
+        scores = dense(model.user_rows(U, users), I, items)
+    elif dense:
         scores = catalog_scores(model.user_rows(U, users), I, product_dtype, columns=items)
     else:
         scores = model.pair_scores(U, I, users, items)

@@ -24,6 +24,7 @@ from rankrobust.batching import BATCHINGS, group_size_mean
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
+from rankrobust.kernels import CatalogColumns
 from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
@@ -83,7 +84,8 @@ class FitResult:
 
 
 def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
-              negatives: str = "sampled", dense: bool = False, positives: PositivesBitmap | None = None,
+              negatives: str = "sampled", dense: bool | CatalogColumns = False,
+              positives: PositivesBitmap | None = None,
               loss_state: LossState | None = None, product_dtype: torch.dtype | None = None,
               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
@@ -187,10 +189,11 @@ class Trainer:
                                     bf16=tc.bf16) if negatives == "sampled" else None
         positives = (PositivesBitmap(data.train, device) if negatives == "all" and self.sampler.mask_positives
                      else None)
+        product_dtype = torch.bfloat16 if tc.bf16 and device.type == "cpu" else None
         step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, negatives=negatives,
-                         dense=self.scorer is not None and self.scorer.scorer == "dense", positives=positives,
-                         loss_state=self.loss_state,
-                         product_dtype=torch.bfloat16 if tc.bf16 and device.type == "cpu" else None)
+                         dense=(CatalogColumns(product_dtype) if self.scorer is not None
+                                and self.scorer.scorer == "dense" else False), positives=positives,
+                         loss_state=self.loss_state, product_dtype=product_dtype)
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rankrobust.experiment import load_data, prepare_data
+from rankrobust.kernels import CatalogColumns
 from rankrobust.loss_state import make_loss_state
 from rankrobust.losses import LOSSES
 from rankrobust.models import build_model
@@ -32,7 +33,7 @@ def _batch(seed: int = 3, b: int = 16, m: int = 9):
     return users, pos, neg
 
 
-def _step_outputs(model_name: str, loss: str, dense: bool):
+def _step_outputs(model_name: str, loss: str, dense):
     entry = LOSSES.entry(loss)
     options = entry.make_options()
     kwargs = options.loss_kwargs() if hasattr(options, "loss_kwargs") else {
@@ -51,10 +52,10 @@ def _step_outputs(model_name: str, loss: str, dense: bool):
 @pytest.mark.parametrize("loss", list(LOSSES))
 def test_dense_and_gather_give_the_same_loss_and_gradients(model_name, loss):
     """float64, duplicated negatives and false negatives mixed in: the two paths agree to rounding."""
-    dense = _step_outputs(model_name, loss, dense=True)
     gather = _step_outputs(model_name, loss, dense=False)
-    for a, b in zip(dense, gather):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for dense in (True, CatalogColumns()):  # plain autograd, and the reused-workspace kernel of the trainer
+        for a, b in zip(_step_outputs(model_name, loss, dense=dense), gather):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
 def _brute_full_softmax(model, users, pos, tau: float, train=None) -> float:
@@ -158,3 +159,23 @@ def test_bf16_products_stay_close_to_float32():
     low.sum().backward()
     torch.testing.assert_close(u.grad, torch.zeros(32, 100).scatter_add_(1, cols, torch.ones(32, 7)) @ items,
                                atol=5e-2, rtol=2e-2)
+
+
+def test_catalog_columns_gradcheck_and_workspace_reuse():
+    """The reused-workspace kernel: gradcheck in float64 with repeated columns, a smaller last batch, and a
+    second forward before the first backward (the workspace is scratch only)."""
+    g = torch.Generator().manual_seed(1)
+    cols = CatalogColumns()
+    table = torch.randn(11, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    for b in (6, 6, 3):
+        u = torch.randn(b, 4, dtype=torch.float64, generator=g, requires_grad=True)
+        idx = torch.randint(0, 11, (b, 5), generator=g)
+        idx[:, 1] = idx[:, 0]
+        assert torch.autograd.gradcheck(lambda x, t: cols(x, t, idx), (u, table))
+    u1, u2 = (torch.randn(6, 4, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    idx = torch.randint(0, 11, (6, 5), generator=g)
+    first, second = cols(u1, table, idx), cols(u2, table, idx)
+    first.sum().backward()
+    torch.testing.assert_close(u1.grad, torch.zeros(6, 11, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(6, 5, dtype=torch.float64)) @ table.detach())
+    torch.testing.assert_close(second, (u2 @ table.T).gather(1, idx))
