@@ -252,6 +252,9 @@ class RunConfig:
             check_options(section, name)
             if hasattr(section, "validate"):  # cross-field rules of the section
                 section.validate()
+        if negative_kind(self.train.sampler) != "sampled" and self.train.scorer != "auto":
+            raise ConfigError(f"train.scorer = {self.train.scorer!r} applies to sampled negatives only; "
+                              f"train.sampler = {self.train.sampler!r} has one scoring path: remove train.scorer")
         if negative_kind(self.train.sampler) != "sampled" and self.noise.neg_prob > 0:
             raise ConfigError(f"noise.neg_prob needs a sampled-negative sampler, not train.sampler = "
                               f"{self.train.sampler!r} (false negatives are mixed into sampled negatives)")

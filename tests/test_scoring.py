@@ -179,3 +179,12 @@ def test_catalog_columns_gradcheck_and_workspace_reuse():
     torch.testing.assert_close(u1.grad, torch.zeros(6, 11, dtype=torch.float64).scatter_add_(
         1, idx, torch.ones(6, 5, dtype=torch.float64)) @ table.detach())
     torch.testing.assert_close(second, (u2 @ table.T).gather(1, idx))
+
+
+@pytest.mark.parametrize("sampler", ["full", "in_batch"])
+def test_scorer_is_refused_where_it_cannot_act(tmp_path, sampler):
+    from rankrobust.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"train.scorer = 'dense' applies to sampled negatives only; "
+                                          f"train.sampler = '{sampler}' has one scoring path"):
+        tiny_config(tmp_path, train={"sampler": sampler, "scorer": "dense"})

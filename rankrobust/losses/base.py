@@ -276,13 +276,13 @@ def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
 # --------------------------------------------------------------------------- registry
 LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 
-TAU = "temperature τ (SL; BSL reweight/multi; the default of BSL's τ₁, τ₂)"
+TAU = ("temperature τ: the loss reads scores / τ (SL and the softmax family; BCE-type logits, τ = 1 on dot "
+       "scores; BSL reweight/multi; the default of BSL's τ₁, τ₂)")
 
 
 @dataclass
 class BCEOptions:
-    tau: float = option(0.1, "BCE logit temperature: BCE on s/τ (τ = 1 on dot scores, the usual BCE)",
-                        check=positive, flag="--tau")
+    tau: float = option(0.1, TAU, check=positive, flag="--tau")
 
 
 @dataclass
