@@ -39,6 +39,17 @@ def random_interactions(n_users: int, n_items: int, density: float, seed: int) -
     return Interactions.from_pairs(u, i, n_users, n_items)
 
 
+def epoch_without_host_sync(trainer):
+    """One `Trainer.epoch` on CUDA after a warm-up epoch, failing on any host sync inside it → its [2] result."""
+    trainer.epoch()  # warm-up (lazy initialisation may sync once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        return trainer.epoch()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -6,7 +6,7 @@ from rankrobust.config import config_from_dict
 from rankrobust.evaluate import Evaluator
 from rankrobust.experiment import load_data, prepare_data
 from rankrobust.train import Trainer
-from tests.conftest import random_interactions
+from tests.conftest import epoch_without_host_sync, random_interactions
 
 pytestmark = pytest.mark.cuda
 
@@ -22,14 +22,7 @@ def lastfm_config(**overrides):
 def test_epoch_has_no_host_sync(sampler, loss, noise):
     cfg = lastfm_config(**{"train.sampler": sampler, "loss.name": loss, "noise.neg_prob": noise})
     data, _ = prepare_data(cfg, load_data(cfg.data))
-    trainer = Trainer(cfg, data, torch.device("cuda"))
-    trainer.epoch()  # warm-up (lazy initialisation may sync once)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        mean = trainer.epoch()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    mean = epoch_without_host_sync(Trainer(cfg, data, torch.device("cuda")))
     assert torch.isfinite(mean).all().item()
 
 

@@ -10,7 +10,7 @@ import torch
 from rankrobust.config import ConfigError, config_from_dict
 from rankrobust.data import Interactions
 from rankrobust.models import MODELS, LightGCN, XSimGCL, build_model, unique_infonce
-from tests.conftest import random_interactions
+from tests.conftest import epoch_without_host_sync, random_interactions
 
 
 def _graph() -> Interactions:
@@ -219,15 +219,7 @@ def test_cuda_epoch_has_no_host_sync_and_is_seeded(sampler):
     data, _ = prepare_data(cfg, load_data(cfg.data))
     means = []
     for _ in range(2):
-        trainer = Trainer(cfg, data, torch.device("cuda"))
-        trainer.epoch()  # warm-up (lazy initialisation, the noise generator, may sync once)
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            mean = trainer.epoch()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        means.append(mean.cpu())
+        means.append(epoch_without_host_sync(Trainer(cfg, data, torch.device("cuda"))).cpu())
     assert torch.isfinite(means[0]).all()
     # same seed, same noise draws: equal up to the non-deterministic sparse-product reductions of CUDA
     assert means[0].tolist() == pytest.approx(means[1].tolist(), rel=1e-5)

@@ -132,31 +132,33 @@ _ML_ARCHIVE = Remote(_raw(*_ADAP_TAU, "data/ml_dataset.tar.gz"),
 _ML100K_ARCHIVE = Remote(_raw(*_IRBENCH, "data_iid/movielens-100k/proc.zip"),
                          "4ab66c074eb9b253368b5a488974ac89a1fc59adbf0aa3e59bece5cefcd87028", 202_110)
 
+def _lightgcn_source(name: str, train: tuple[str, int], test: tuple[str, int], train_blob: str, *, terms: str,
+                     local: str) -> DatasetSource:
+    """A dataset served as ``Data/<name>/{train,test}.txt`` by the LightGCN authors' repository at the pinned
+    commit; ``train`` / ``test``: (sha256, size) of each file."""
+    return DatasetSource(
+        name,
+        (_direct("train.txt", _LIGHTGCN, f"Data/{name}/train.txt", *train),
+         _direct("test.txt", _LIGHTGCN, f"Data/{name}/test.txt", *test)),
+        origin=f"kuandeng/LightGCN (the LightGCN authors) Data/{name} at commit b067ec05",
+        terms=terms,
+        checked=f"test.txt: sha256 of the git object at the pinned commit. train.txt (absent from the snapshot, "
+                f"> 4 MiB): its git blob id {train_blob} at the pinned commit equals that of the local copy "
+                f"{local}, whose sha256 is built in. Not fetched over the network.")
+
+
 #: dataset name → its built-in source (see the module docstring for how the hashes were checked)
 SOURCES: dict[str, DatasetSource] = {
-    "yelp2018": DatasetSource(
-        "yelp2018",
-        (_direct("train.txt", _LIGHTGCN, "Data/yelp2018/train.txt",
-                 "1e9568725a9e833d0ac3bae01c94cd95367f73b3bb6104fd26b5f65ea5054093", 6_904_880),
-         _direct("test.txt", _LIGHTGCN, "Data/yelp2018/test.txt",
-                 "9cd9b37926cd1447a06625ffa7914527573fb097c10cb0bbdb1d1b8ded3742fe", 1_986_152)),
-        origin="kuandeng/LightGCN (the LightGCN authors) Data/yelp2018 at commit b067ec05",
+    "yelp2018": _lightgcn_source(
+        "yelp2018", ("1e9568725a9e833d0ac3bae01c94cd95367f73b3bb6104fd26b5f65ea5054093", 6_904_880),
+        ("9cd9b37926cd1447a06625ffa7914527573fb097c10cb0bbdb1d1b8ded3742fe", 1_986_152), "cda12361…",
         terms="Yelp Dataset Challenge data: academic, non-commercial use only; do not redistribute",
-        checked="test.txt: sha256 of the git object at the pinned commit. train.txt (absent from the snapshot, "
-                "> 4 MiB): its git blob id cda12361… at the pinned commit equals that of the local copy "
-                "../shared/data/yelp2018 (byte-identical to BSL's yelp2018.tar.gz), whose sha256 is built in. "
-                "Not fetched over the network."),
-    "gowalla": DatasetSource(
-        "gowalla",
-        (_direct("train.txt", _LIGHTGCN, "Data/gowalla/train.txt",
-                 "7244696fdeb23911319cf7b689f2e15a3c4c92549c873a5677b44e3f13cc3e62", 4_633_414),
-         _direct("test.txt", _LIGHTGCN, "Data/gowalla/test.txt",
-                 "099a2a73924e4b754dc6efd730d764f492321b53c38eb93298850c83acf57be3", 1_372_559)),
-        origin="kuandeng/LightGCN (the LightGCN authors) Data/gowalla at commit b067ec05",
+        local="../shared/data/yelp2018 (byte-identical to BSL's yelp2018.tar.gz)"),
+    "gowalla": _lightgcn_source(
+        "gowalla", ("7244696fdeb23911319cf7b689f2e15a3c4c92549c873a5677b44e3f13cc3e62", 4_633_414),
+        ("099a2a73924e4b754dc6efd730d764f492321b53c38eb93298850c83acf57be3", 1_372_559), "a27782bd…",
         terms="SNAP loc-Gowalla (Cho, Myers, Leskovec, KDD 2011): research use, cite the paper",
-        checked="test.txt: sha256 of the git object at the pinned commit. train.txt (absent from the snapshot, "
-                "> 4 MiB): its git blob id a27782bd… at the pinned commit equals that of the local copy "
-                "../shared/data/gowalla, whose sha256 is built in. Not fetched over the network."),
+        local="../shared/data/gowalla"),
     "ml": DatasetSource(
         "ml",
         (Output("train.txt", _ML_ARCHIVE, "31fe589506162c76c90e87ddd017642f73655a3f959bd70deec8dda142608f4e",
