@@ -188,9 +188,10 @@ class TrainConfig:
     seed: int = option(0, "seed of the run", flag="--seed")
     device: str = option("auto", "auto, cpu or cuda[:N]", check=_device, flag="--device")
     compile: bool = option(False, "torch.compile the training step", flag="--compile")
-    scorer: str = option("auto", "how sampled-negative scores are computed: gather (the M item rows), dense (one "
-                                 "matrix product against the whole catalog) or auto (a cost model picks; "
-                                 "rankrobust.scoring)", check=one_of(*SCORERS), flag="--scorer")
+    scorer: str = option("auto", "how sampled-negative scores are computed: gather (the M item rows), sparse "
+                                 "(a sampled matrix product on the batch's columns), dense (one matrix product "
+                                 "against the whole catalog) or auto (a cost model picks; rankrobust.scoring)",
+                         check=one_of(*SCORERS), flag="--scorer")
     fast: bool = option(True, "custom-autograd gather-dot kernel of the gather scorer (rankrobust.kernels)")
     bf16: bool = option(False, "bfloat16: on CUDA autocast of the step; on CPU the matrix products of the dense "
                                "and all-items scorers (fast with AMX / AVX512-bf16), scores and loss in float32")

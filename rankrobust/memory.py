@@ -114,7 +114,12 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
             blocks.append(MemoryBlock(("train.batch_size",), (int(tc.batch_size),),
                                       f"one batch's [{b:,} × {n_items:,}] dense score blocks (train.scorer = dense)",
                                       dense_bytes(b, n_items) + b * m * INDEX,
-                                      "lower train.batch_size (--batch-size) or set train.scorer=gather"))
+                                      "lower train.batch_size (--batch-size) or set train.scorer=sparse"))
+        elif scorer == "sparse":  # CSR pattern: column ids, COO row ids, scores and their gradient
+            blocks.append(MemoryBlock(("train.batch_size", "train.num_negatives"), (int(tc.batch_size), m),
+                                      f"one batch's [{b:,} × {m + 1:,}] sparse score pattern (train.scorer = sparse)",
+                                      b * (m + 1) * (2 * INDEX + 2 * FLOAT),
+                                      "lower train.batch_size (--batch-size) or train.num_negatives (--negatives)"))
         else:
             blocks.append(MemoryBlock(("train.batch_size", "train.num_negatives", "model.dim"),
                                       (int(tc.batch_size), m, dim),

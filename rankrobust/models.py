@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import gather_dot
+from rankrobust.kernels import gather_dot, normalize_rows
 from rankrobust.registry import ConfigError, Registry, non_negative, one_of, option, positive, unit_interval
 
 SCORES = ("cosine", "dot")
@@ -76,7 +76,7 @@ class Recommender(nn.Module):
         return self.user_emb, self.item_emb
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=-1) if self.score == "cosine" else x
+        return normalize_rows(x) if self.score == "cosine" else x
 
     def score_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, I) from `propagate`, with the item table normalised once for cosine.

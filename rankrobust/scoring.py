@@ -1,12 +1,18 @@
-"""From a batch of pairs to the scores a loss reads: gather, dense, in-batch, or all items.
+"""From a batch of pairs to the scores a loss reads: gather, sparse, dense, in-batch, or all items.
 
 A training step needs, for each pair k = (u_k, i⁺_k) of the batch, the
 positive score s⁺_k [B] and the scores of its negatives s⁻_k [B, M].  There
-are two ways to compute sampled scores, with the same numbers (tested):
+are three ways to compute sampled scores, with the same numbers (tested):
 
 * ``gather``: gather the M negative rows of the item table into a [B, M, d]
-  block and take B·M dot products.  Cost ∝ B·M·d of *memory traffic*
-  (index + element-wise work on the block, forward and backward).
+  block and take B·M dot products (`rankrobust.kernels.gather_dot`).  Cost ∝
+  B·M·d of *memory traffic* (index + element-wise work on the block, forward
+  and backward).
+* ``sparse``: the batch's columns are the pattern of a sparse [B, n_items]
+  matrix; the scores are the product ``u @ I.T`` sampled on that pattern
+  (SDDMM) and the backward pass two sparse × dense products
+  (`rankrobust.kernels.sampled_dot`).  Cost ∝ B·M·d of arithmetic on operands
+  that stay in cache, plus the [n_items, d] table gradient; no [B, M, d] block.
 * ``dense``: score the batch's users against the whole (normalised) item table
   with one matrix product ``u [B, d] @ I.T [d, n_items]`` and pick the
   positive and negative columns with ``gather`` on the [B, n_items] matrix.
@@ -14,9 +20,9 @@ are two ways to compute sampled scores, with the same numbers (tested):
   (duplicated negatives accumulate as they should).  Cost ∝ B·n_items·d of
   *arithmetic* (matrix-product speed) plus B·n_items element-wise.
 
-``dense`` wins unless the catalog is much larger than M; `choose_scorer`
-(``train.scorer = auto``) picks from a cost model of both.  Two more kinds of
-negatives share the code:
+``dense`` wins when M is a large fraction of the catalog, ``sparse`` otherwise;
+`choose_scorer` (``train.scorer = auto``) picks from a cost model of the three.
+Two more kinds of negatives share the code:
 
 * in-batch (``train.sampler = in_batch``): the [B, B] matrix of the batch's
   users against its positives; the negatives of row k are the other users'
@@ -33,6 +39,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -41,12 +48,12 @@ from torch import Tensor
 
 from rankrobust.batching import own_positive_mask
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import CatalogColumns
+from rankrobust.kernels import CatalogColumns, gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "catalog_scores", "score_batch", "dense_bytes"]
+           "column_scorer", "catalog_scores", "score_batch", "dense_bytes"]
 
-SCORERS = ("auto", "gather", "dense")
+SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
 NEGATIVE_KINDS = ("sampled", "in_batch", "all")
 
@@ -92,13 +99,14 @@ class ScorerChoice:
     """What ``train.scorer = auto`` chose and why (recorded in ``metrics.json``).
 
     ``estimate_*_ms``: the cost model's time of one batch's scoring (forward +
-    backward) by each path; ``dense_mib``: memory of the dense path's
-    [B, n_items] blocks.
+    backward) by each path (None: not a candidate on this device);
+    ``dense_mib``: memory of the dense path's [B, n_items] blocks.
     """
 
     scorer: str
     requested: str
     estimate_gather_ms: float
+    estimate_sparse_ms: float | None
     estimate_dense_ms: float
     dense_mib: float
     reason: str
@@ -107,25 +115,31 @@ class ScorerChoice:
         return asdict(self)
 
 
-# Cost-model constants: seconds per unit of work (forward + backward of one batch's scoring), per device type.
-# CPU: fitted to per-batch times of MF + SL training steps (`Trainer.epoch`, uniform negatives, d = 64,
-# float32) on the development machine (2 cores of a cloud x86_64 VM with AVX512 and AMX, torch 2.13 CPU
-# build, one thread) for ml-100k (n = 1,016, M = 256), lastfm (n = 2,762, M = 16 and 64), ml (n = 3,043,
-# M = 800, B = 2048) and yelp2018 (n = 38,048, M = 64 and 800, B = 2048):
-#   gather ≈ 7 ns per gathered (pair · negative · dim) element while the item table fits in cache
-#            (≤ 4 MiB), ≈ 12 ns beyond;
-#   dense  ≈ 0.041 ns per multiply-add of the three [B, d] × [d, n_items] products in float32
-#            (0.0066 ns in bfloat16 with AMX), plus ≈ 5 ns per [B, n_items] element for the element-wise
-#            work (gather → scatter-add backward, masks, the loss).
-# Measured crossovers: dense 8.7× faster on ml-100k (M = 256), 8× on ml (M = 800), 1.5× on yelp2018
-# (M = 800), about even on lastfm (M = 64), gather faster on lastfm with M = 16 (2.7×) and on yelp2018
-# with M = 64 (4.7×).  CUDA: not measured (`benchmarks/gpu_check.sh` measures it); the constants assume
-# HBM-bound gathers and element-wise work and tensor-core products.
+# Cost-model constants: seconds per unit of work of one batch's scoring (forward + backward of the scores
+# alone; the rest of a step is the same for every path), per device type, at one thread.
+# CPU: fitted on the development machine (2 cores of a cloud x86_64 VM with AVX512 and AMX, torch 2.13 CPU
+# build), d = 64, float32, for lastfm (n = 2,762, M = 16 and 64, B = 1024), ml-100k (n = 1,016, M = 256,
+# B = 1024 and 2048), ml (n = 3,043, M = 800, B = 2048), yelp2018 (n = 38,048, M = 64 and 800) and a
+# synthetic n = 200,000 (M = 64); per-path times at one thread, in ms:
+#                 lastfm M=64   ml-100k M=256   ml M=800   yelp M=64   yelp M=800   n=200k M=64
+#   gather            19.3          229            701        38.9        1082          109
+#   sparse             4.6           26.7           83.4      17.8         187           73.5
+#   dense             11.4           12.0           55.8       253          564         1269
+#   gather ≈ 6.8 ns per gathered (pair · column · dim) element while the item table fits in cache
+#            (≤ 4 MiB), ≈ 10 ns beyond, + 5 ns per element of the [n_items, d] table gradient;
+#   sparse ≈ 0.8 ns per (pair · column · dim) multiply-add while the table fits in cache, 1.8 ns beyond,
+#            + 5 ns per table-gradient element;
+#   dense  ≈ 0.02 ns per multiply-add of the three [B, d] × [d, n_items] products in float32
+#            (0.0032 ns in bfloat16 with AMX), + 2.5 ns per [B, n_items] element (gather, scatter-add).
+# Threads: the products and gathers scale with torch.get_num_threads() (2 threads: dense 1.8-2.8x, gather
+# 1.3-1.8x faster); the sparse kernels of this build run on one thread (1.0-1.5x), so their cost is not
+# divided.  CUDA: not measured (`benchmarks/gpu_check.sh` measures it); the constants assume HBM-bound
+# gathers and element-wise work and tensor-core products, and `auto` does not pick `sparse` there.
 _COST = {
-    "cpu": {"gather": 7e-9, "gather_big_table": 12e-9, "gemm": 0.041e-9, "gemm_bf16": 0.0066e-9,
-            "elementwise": 5e-9},
-    "cuda": {"gather": 0.02e-9, "gather_big_table": 0.03e-9, "gemm": 0.00003e-9, "gemm_bf16": 0.00001e-9,
-             "elementwise": 0.01e-9},
+    "cpu": {"gather": 6.8e-9, "gather_big_table": 10e-9, "sparse": 0.8e-9, "sparse_big_table": 1.8e-9,
+            "table_grad": 5e-9, "gemm": 0.02e-9, "gemm_bf16": 0.0032e-9, "elementwise": 2.5e-9},
+    "cuda": {"gather": 0.02e-9, "gather_big_table": 0.03e-9, "sparse": None, "sparse_big_table": None,
+             "table_grad": 0.01e-9, "gemm": 0.00003e-9, "gemm_bf16": 0.00001e-9, "elementwise": 0.01e-9},
 }
 #: item tables larger than this (bytes) make the gathers miss the cache
 _CACHED_TABLE_BYTES = 4 << 20
@@ -150,34 +164,67 @@ def _memory_budget(device: torch.device) -> int:
 
 
 def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int, batch_size: int,
-                  device: torch.device | str = "cpu", bf16: bool = False) -> ScorerChoice:
-    """Resolve ``train.scorer`` (``auto | gather | dense``) for sampled negatives → `ScorerChoice`.
+                  device: torch.device | str = "cpu", bf16: bool = False,
+                  threads: int | None = None) -> ScorerChoice:
+    """Resolve ``train.scorer`` (``auto | gather | sparse | dense``) for sampled negatives → `ScorerChoice`.
 
-    ``auto`` takes the path with the smaller estimated time (constants above;
-    ``bf16``: the products run in bfloat16), and ``gather`` whenever the dense
-    blocks would exceed a quarter of the device's memory.  An explicit choice is kept (its estimates are still
-    recorded).  Raises ValueError for an unknown ``requested``.
+    ``auto`` takes the path with the smallest estimated time (constants above;
+    ``bf16``: the dense products run in bfloat16; ``threads``: CPU threads,
+    default ``torch.get_num_threads()``), never ``dense`` when its blocks would
+    exceed a quarter of the device's memory.  An explicit choice is kept (its
+    estimates are still recorded).  Raises ValueError for an unknown ``requested``.
     """
     if requested not in SCORERS:
         raise ValueError(f"train.scorer must be one of {list(SCORERS)}, got {requested!r}")
     device = torch.device(device)
-    cost = _COST["cuda" if device.type == "cuda" else "cpu"]
-    pairs = batch_size
-    per_gather = cost["gather"] if n_items * dim * 4 <= _CACHED_TABLE_BYTES else cost["gather_big_table"]
-    gather_s = per_gather * pairs * (num_negatives + 1) * dim
+    on_cpu = device.type != "cuda"
+    cost = _COST["cpu" if on_cpu else "cuda"]
+    parallel = max(1, threads or torch.get_num_threads()) if on_cpu else 1
+    columns = batch_size * (num_negatives + 1) * dim
+    cached = n_items * dim * 4 <= _CACHED_TABLE_BYTES
+    table_grad = cost["table_grad"] * n_items * dim
+    estimates = {"gather": ((cost["gather"] if cached else cost["gather_big_table"]) * columns + table_grad) / parallel}
+    if cost["sparse"] is not None:
+        estimates["sparse"] = (cost["sparse"] if cached else cost["sparse_big_table"]) * columns + table_grad
     gemm = cost["gemm_bf16"] if bf16 else cost["gemm"]
-    dense_s = gemm * pairs * n_items * dim * 3 + cost["elementwise"] * pairs * n_items
+    estimates["dense"] = (gemm * batch_size * n_items * dim * 3 + cost["elementwise"] * batch_size * n_items) / parallel
     need = dense_bytes(batch_size, n_items)
-    fits = need <= _memory_budget(device)
+    candidates = dict(estimates)
     if requested != "auto":
         scorer, reason = requested, "set by train.scorer"
-    elif not fits:
-        scorer, reason = "gather", f"dense blocks ({need / 2**20:.0f} MiB) exceed a quarter of device memory"
     else:
-        scorer = "dense" if dense_s <= gather_s else "gather"
-        reason = f"estimated {min(gather_s, dense_s) * 1e3:.3g} ms vs {max(gather_s, dense_s) * 1e3:.3g} ms per batch"
-    return ScorerChoice(scorer, requested, round(gather_s * 1e3, 4), round(dense_s * 1e3, 4),
-                        round(need / 2**20, 1), reason)
+        if need > _memory_budget(device):
+            del candidates["dense"]
+        scorer = min(candidates, key=candidates.get)
+        others = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in estimates.items() if k != scorer)
+        reason = f"estimated {estimates[scorer] * 1e3:.3g} ms per batch vs {others}"
+        if "dense" not in candidates:
+            reason += f"; dense blocks ({need / 2**20:.0f} MiB) exceed a quarter of device memory"
+    ms = {k: round(v * 1e3, 4) for k, v in estimates.items()}
+    return ScorerChoice(scorer, requested, ms["gather"], ms.get("sparse"), ms["dense"], round(need / 2**20, 1), reason)
+
+
+def column_scorer(scorer: str, product_dtype: torch.dtype | None = None,
+                  fused: bool = True) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
+    """The kernel of a resolved sampled-negative scorer: ``f(u [B, d], I [n_items, d], items [B, K]) → [B, K]``.
+
+    ``gather``: `rankrobust.kernels.gather_dot` (``fused=False``: plain
+    autograd on the gathered block); ``sparse``: `rankrobust.kernels.sampled_dot`;
+    ``dense``: a `rankrobust.kernels.CatalogColumns` whose products run in
+    ``product_dtype`` (None: the tables' own).  Raises ValueError for any other name.
+    """
+    if scorer == "gather":
+        return gather_dot if fused else _plain_gather_dot
+    if scorer == "sparse":
+        return sampled_dot
+    if scorer == "dense":
+        return CatalogColumns(product_dtype)
+    raise ValueError(f"scorer must be one of {list(SCORERS[1:])}, got {scorer!r}")
+
+
+def _plain_gather_dot(u: Tensor, I: Tensor, items: Tensor) -> Tensor:
+    """``gather_dot`` by plain autograd (``train.fast = false``): the [B, K, d] block is saved for backward."""
+    return torch.bmm(I[items], u[:, :, None])[..., 0]
 
 
 def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = None,
@@ -200,17 +247,18 @@ def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = Non
 
 
 def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
-                dense: bool | CatalogColumns, positives: PositivesBitmap | None = None,
+                columns: Callable[[Tensor, Tensor, Tensor], Tensor] = gather_dot,
+                positives: PositivesBitmap | None = None,
                 product_dtype: torch.dtype | None = None) -> BatchScores:
     """Scores of the batch ``users [B]``, ``pos [B]`` against their negatives → `BatchScores`.
 
     ``(U, I)`` come from ``model.score_tables()`` (the item table already
     normalised for cosine); ``neg [B, M]`` are the sampled ids (ignored unless
-    ``negatives == 'sampled'``).  ``dense`` selects the one-matrix-product path
-    for sampled negatives (a `rankrobust.kernels.CatalogColumns`: the same
-    product in a workspace reused across batches); ``positives`` (all-items negatives only) masks each
-    user's other training positives.  ``product_dtype`` is the precision of the
-    [B, d] × [d, n_items] products (`catalog_scores`; None = the tables' own).
+    ``negatives == 'sampled'``).  ``columns`` is the sampled-negative kernel
+    (`column_scorer`: gather, sparse or dense); ``positives`` (all-items
+    negatives only) masks each user's other training positives.
+    ``product_dtype`` is the precision of the all-items [B, d] × [d, n_items]
+    product (`catalog_scores`; None = the tables' own).
     """
     b = users.shape[0]
     if negatives == "in_batch":
@@ -229,10 +277,5 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
     if negatives != "sampled":
         raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
     items = torch.cat([pos[:, None], neg], dim=1)
-    if isinstance(dense, CatalogColumns):
-        scores = dense(model.user_rows(U, users), I, items)
-    elif dense:
-        scores = catalog_scores(model.user_rows(U, users), I, product_dtype, columns=items)
-    else:
-        scores = model.pair_scores(U, I, users, items)
+    scores = columns(model.user_rows(U, users), I, items)
     return BatchScores(scores[:, 0], scores[:, 1:], None, neg, items)

@@ -24,13 +24,12 @@ from rankrobust.batching import BATCHINGS, group_size_mean
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
-from rankrobust.kernels import CatalogColumns
 from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
 from rankrobust.probes import BatchView, Probe
 from rankrobust.sampling import build_sampler
-from rankrobust.scoring import PositivesBitmap, choose_scorer, score_batch
+from rankrobust.scoring import PositivesBitmap, choose_scorer, column_scorer, score_batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -84,7 +83,7 @@ class FitResult:
 
 
 def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
-              negatives: str = "sampled", dense: bool | CatalogColumns = False,
+              negatives: str = "sampled", scorer: str = "gather", fused: bool = True,
               positives: PositivesBitmap | None = None,
               loss_state: LossState | None = None, product_dtype: torch.dtype | None = None,
               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
@@ -92,8 +91,9 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
 
     Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``.
     The scores come from `rankrobust.scoring.score_batch`: ``negatives`` is
-    ``sampled`` (the ids ``neg``; ``dense`` picks the one-matrix-product
-    path), ``in_batch`` (the other users' positives of the batch: the [B, B]
+    ``sampled`` (the ids ``neg``, scored by the resolved ``scorer``: gather,
+    sparse or dense, `rankrobust.scoring.column_scorer`; ``fused=False``: the
+    gather path by plain autograd), ``in_batch`` (the other users' positives of the batch: the [B, B]
     matrix, its diagonal and each user's own other positives masked for every
     loss, since neither is a negative; so SL on in-batch negatives is the
     softmax over the at most B − 1 other users' positives, and the in-batch
@@ -104,10 +104,11 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     per-batch keyword tensors to the loss's.  ``product_dtype`` (bfloat16 with
     ``train.bf16`` on CPU) is the precision of the dense and all-items matrix products.
     """
+    columns = column_scorer(scorer, product_dtype, fused)  # read for sampled negatives only
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         U, I = model.score_tables()
-        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, dense=dense, positives=positives,
+        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, columns=columns, positives=positives,
                         product_dtype=product_dtype)
         kwargs = loss_kwargs if loss_state is None else {**loss_kwargs,
                                                          **loss_state.batch_kwargs(users, pos, s.neg_items)}
@@ -191,8 +192,8 @@ class Trainer:
                      else None)
         product_dtype = torch.bfloat16 if tc.bf16 and device.type == "cpu" else None
         step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, negatives=negatives,
-                         dense=(CatalogColumns(product_dtype) if self.scorer is not None
-                                and self.scorer.scorer == "dense" else False), positives=positives,
+                         scorer=self.scorer.scorer if self.scorer is not None else "gather", fused=tc.fast,
+                         positives=positives,
                          loss_state=self.loss_state, product_dtype=product_dtype)
         self.step = maybe_compile(step, tc.compile, device)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from rankrobust.kernels import gather_dot
+from rankrobust.kernels import gather_dot, normalize_rows, sampled_dot
 from rankrobust.losses import get_loss
 from rankrobust.models import build_model
 from rankrobust.train import make_step
@@ -17,6 +17,54 @@ def test_gather_dot_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b: gather_dot(a, b, items), (u, table))
     brute = torch.stack([torch.stack([u[b] @ table[items[b, m]] for m in range(5)]) for b in range(4)])
     torch.testing.assert_close(gather_dot(u, table, items), brute)
+
+
+def test_normalize_rows_equals_f_normalize_with_gradients():
+    """Value and gradient vs F.normalize in float64, a zero row and a row below eps included."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    x[2] = 0.0
+    x[4] = 1e-14
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    weights = torch.randn(6, 5, dtype=torch.float64, generator=g)
+    (normalize_rows(a) * weights).sum().backward()
+    (torch.nn.functional.normalize(b, dim=-1) * weights).sum().backward()
+    torch.testing.assert_close(normalize_rows(x), torch.nn.functional.normalize(x, dim=-1))
+    torch.testing.assert_close(a.grad, b.grad)
+    y = torch.randn(4, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(normalize_rows, (y,))
+
+
+@pytest.mark.parametrize("b,m", [(4, 5), (1, 1), (6, 30)])
+def test_sampled_dot_gradcheck_and_brute_force(b, m):
+    """The CSR kernel: gradcheck in float64, and a loop of dot products; repeated ids within and across rows
+    (30 columns from 7 items repeat) accumulate their gradients."""
+    g = torch.Generator().manual_seed(b * 100 + m)
+    u = torch.randn(b, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    table = torch.randn(7, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    items = torch.randint(0, 7, (b, m), generator=g)
+    assert torch.autograd.gradcheck(lambda a, t: sampled_dot(a, t, items), (u, table))
+    brute = torch.stack([torch.stack([u[r] @ table[items[r, k]] for k in range(m)]) for r in range(b)])
+    torch.testing.assert_close(sampled_dot(u, table, items), brute)
+    weights = torch.randn(b, m, dtype=torch.float64, generator=g)
+    (sampled_dot(u, table, items) * weights).sum().backward()
+    grad_table = torch.zeros(7, 3, dtype=torch.float64)
+    for r in range(b):
+        for k in range(m):
+            grad_table[items[r, k]] += weights[r, k] * u[r].detach()
+    torch.testing.assert_close(table.grad, grad_table)
+
+
+def test_sampled_dot_float32_matches_gather_dot_and_only_asks_for_needed_gradients():
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(64, 16, generator=g, requires_grad=True)
+    table = torch.randn(500, 16, generator=g)  # frozen table: no table gradient is built
+    items = torch.randint(0, 500, (64, 33), generator=g)
+    torch.testing.assert_close(sampled_dot(u, table, items), gather_dot(u, table, items), rtol=1e-5, atol=1e-5)
+    sampled_dot(u, table, items).sum().backward()
+    torch.testing.assert_close(u.grad, table[items].sum(1), rtol=1e-5, atol=1e-5)
+    assert table.grad is None
 
 
 @pytest.mark.parametrize("model_name", ["mf", "lightgcn"])

@@ -36,7 +36,7 @@ def test_cli_absurd_dim_is_one_line_before_the_model_is_built(tmp_path, monkeypa
     ({"train.scorer": "dense", "train.batch_size": 10**6}, (1_000, 10**6, 10**7),
      "train.batch_size = 1,000,000 needs about 14.6 TiB for one batch's [1,000,000 × 1,000,000] dense score blocks "
      "(train.scorer = dense), more than the 16.0 GiB of memory of cpu; lower train.batch_size (--batch-size) or set "
-     "train.scorer=gather"),
+     "train.scorer=sparse"),
     ({"train.eval_chunk": 10**6}, (10**6, 10**6, 10**7),
      "train.eval_chunk = 1,000,000 needs about 10.9 TiB for one evaluation chunk's [1,000,000 × 1,000,000] score "
      "blocks, more than the 16.0 GiB of memory of cpu; lower train.eval_chunk (--set train.eval_chunk=N)"),
