@@ -151,6 +151,29 @@ class _CatalogColumns(torch.autograd.Function):
         return grad_u, grad_table, None, None
 
 
+class Workspace:
+    """A [rows, cols] block allocated once per shape and handed out again for every batch.
+
+    ``take(rows, cols, dtype, device)`` returns the first ``rows`` rows of a
+    buffer with at least that many rows (a smaller last batch reuses it).  A
+    fresh large block per batch costs a page fault per 4 KiB page on
+    allocators that return large blocks to the system (glibc does).  The
+    block is overwritten by the next ``take``: use it for tensors that die with
+    the training step; autograd refuses a backward pass through a saved block
+    that was overwritten (version counter), so misuse fails loudly.
+    """
+
+    def __init__(self) -> None:
+        self._block: Tensor | None = None
+
+    def take(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+        block = self._block
+        if (block is None or block.shape[0] < rows or block.shape[1] != cols or block.dtype != dtype
+                or block.device != device):
+            block = self._block = torch.empty((rows, cols), dtype=dtype, device=device)
+        return block[:rows]
+
+
 class CatalogColumns:
     """``s[b, m] = <u[b], table[columns[b, m]]>`` through the full product ``u @ table.T``, in a reused buffer.
 
@@ -167,15 +190,9 @@ class CatalogColumns:
 
     def __init__(self, dtype: torch.dtype | None = None) -> None:
         self.dtype = dtype
-        self._workspace: Tensor | None = None
-
-    def _buffer(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        ws = self._workspace
-        if ws is None or ws.shape[0] < rows or ws.shape[1] != cols or ws.dtype != dtype or ws.device != device:
-            ws = self._workspace = torch.empty((rows, cols), dtype=dtype, device=device)
-        return ws[:rows]
+        self._workspace = Workspace()
 
     def __call__(self, u: Tensor, table: Tensor, columns: Tensor) -> Tensor:
         dtype = self.dtype or u.dtype
-        ws = self._buffer(u.shape[0], table.shape[0], dtype, u.device)
+        ws = self._workspace.take(u.shape[0], table.shape[0], dtype, u.device)
         return _CatalogColumns.apply(u, table, columns, ws)

@@ -113,10 +113,20 @@ class Recommender(nn.Module):
         """The authors' L2 term (‖u‖² + Σ‖items‖²)/2/B on the raw embeddings of the batch.
 
         ``users [B]``, ``items [B, 1 + M]`` (positive first, then negatives).
+        Σ‖items‖² counts a repeated item once per occurrence.  When the batch
+        names more item slots than the table has rows, each row's squared norm
+        is weighted by its count in the batch (`torch.bincount`) instead of
+        gathering the [B, 1 + M, d] embedding block (same value and gradient;
+        ml with 800 negatives: 2048 × 801 × 64 floats against 3,043 × 64).
         """
         u = self.user_emb[users]
-        v = self.item_emb[items]
-        return (u.pow(2).sum() + v.pow(2).sum()) / 2 / users.shape[0]
+        n_items = self.item_emb.shape[0]
+        if items.numel() > n_items:
+            counts = torch.bincount(items.reshape(-1), minlength=n_items).to(self.item_emb.dtype)
+            item_sq = (counts @ self.item_emb.pow(2).sum(1))
+        else:
+            item_sq = self.item_emb[items].pow(2).sum()
+        return (u.pow(2).sum() + item_sq) / 2 / users.shape[0]
 
     def extra_loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """Auxiliary training loss of the backbone for this batch (added to the main loss), or None.

@@ -80,6 +80,21 @@ def test_l2_penalty_matches_formula():
     assert abs(model.l2_penalty(users, items).item() - expect) < 1e-12
 
 
+def test_l2_penalty_by_table_rows_equals_the_gathered_block():
+    """More item slots than table rows (the squared-row-norm route): same value and gradients, repeats counted."""
+    train = random_interactions(5, 8, 0.3, seed=3)
+    users = torch.tensor([0, 4, 4])
+    items = torch.tensor([[1, 2, 3, 3, 0], [4, 4, 7, 1, 1], [6, 5, 5, 5, 2]])  # 15 slots, 8 items
+    fast, brute = (build_model("mf", train, dim=3, seed=0).double() for _ in range(2))
+    fast.l2_penalty(users, items).backward()
+    u, v = brute.user_emb[users], brute.item_emb[items.reshape(-1)]
+    expect = (u.pow(2).sum() + v.pow(2).sum()) / 2 / 3  # the gathered block, by plain autograd
+    expect.backward()
+    torch.testing.assert_close(fast.l2_penalty(users, items), expect.detach())
+    torch.testing.assert_close(fast.item_emb.grad, brute.item_emb.grad)
+    torch.testing.assert_close(fast.user_emb.grad, brute.user_emb.grad)
+
+
 def test_seeded_init_is_deterministic():
     train = random_interactions(5, 8, 0.3, seed=3)
     a = build_model("mf", train, seed=7)
