@@ -12,7 +12,8 @@ numbers as the plain path (tested), less memory traffic on every device.
 sparsity pattern of a CSR matrix [B, n_items], the scores are the sampled
 dense-dense product ``(u @ table.T)`` on that pattern (SDDMM,
 ``torch.sparse.sampled_addmm``), and the backward pass is two sparse × dense
-products (``G @ table`` and ``G.T @ u``).  Work ∝ B·M·d, all of it on
+products (``G @ table`` and ``G.T @ u``, the transpose built by one stable
+sort of the batch's item ids).  Work ∝ B·M·d, all of it on
 operands that stay in cache (`rankrobust.scoring`, ``train.scorer = sparse``).
 
 `normalize_rows(x)` is ``F.normalize(x, dim=-1)`` with a hand-written
@@ -105,11 +106,13 @@ class _SampledDot(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # ∂L/∂u = G [B, n_items] @ table, G the CSR of the score gradients
             g = torch.sparse_csr_tensor(crow, items.reshape(-1), values, (b, table.shape[0]), check_invariants=False)
             grad_u = g @ table
-        if ctx.needs_input_grad[1]:  # ∂L/∂table = G.T @ u: COO (item, row) pairs; repeated items accumulate
-            rows = torch.arange(b, device=items.device).repeat_interleave(m)
-            g_t = torch.sparse_coo_tensor(torch.stack([items.reshape(-1), rows]), values, (table.shape[0], b),
+        if ctx.needs_input_grad[1]:  # ∂L/∂table = G.T @ u, G.T as CSR: the batch's slots sorted by item id
+            item_ids, slots = torch.sort(items.reshape(-1).to(torch.int32), stable=True)  # stable: fixed sum order
+            bounds = torch.arange(table.shape[0] + 1, dtype=torch.int32, device=items.device)
+            crow_t = torch.searchsorted(item_ids, bounds, out_int32=True)  # row i: slots of item i
+            g_t = torch.sparse_csr_tensor(crow_t, (slots // m).to(torch.int32), values[slots], (table.shape[0], b),
                                           check_invariants=False)
-            grad_table = torch.sparse.mm(g_t, u)
+            grad_table = g_t @ u
         return grad_u, grad_table, None
 
 

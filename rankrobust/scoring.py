@@ -122,9 +122,9 @@ class ScorerChoice:
 # B = 1024 and 2048), ml (n = 3,043, M = 800, B = 2048), yelp2018 (n = 38,048, M = 64 and 800) and a
 # synthetic n = 200,000 (M = 64); per-path times at one thread, in ms:
 #                 lastfm M=64   ml-100k M=256   ml M=800   yelp M=64   yelp M=800   n=200k M=64
-#   gather            19.3          229            701        38.9        1082          109
-#   sparse             4.6           26.7           83.4      17.8         187           73.5
-#   dense             11.4           12.0           55.8       253          564         1269
+#   gather            18.2          229            751        42.2        1173          113
+#   sparse             4.3           32.6          117        14.5         191           66.0
+#   dense             11.3           12.3           62.7       272          619         1396
 #   gather ≈ 6.8 ns per gathered (pair · column · dim) element while the item table fits in cache
 #            (≤ 4 MiB), ≈ 10 ns beyond, + 5 ns per element of the [n_items, d] table gradient;
 #   sparse ≈ 0.8 ns per (pair · column · dim) multiply-add while the table fits in cache, 1.8 ns beyond,
