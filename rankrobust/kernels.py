@@ -46,8 +46,8 @@ class _NormalizeRows(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         y, norm, unclamped = ctx.saved_tensors
-        radial = (grad * y).sum(-1, keepdim=True) * unclamped  # a clamped norm is a constant: no projection
-        return (grad - y * radial) / norm, None
+        radial = torch.linalg.vecdot(grad, y).unsqueeze(-1) * unclamped  # a clamped norm is a constant
+        return grad.addcmul(y, radial, value=-1).div_(norm), None  # (grad − y·radial) / norm in two passes
 
 
 def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -107,8 +107,9 @@ class _SampledDot(torch.autograd.Function):
             g = torch.sparse_csr_tensor(crow, items.reshape(-1), values, (b, table.shape[0]), check_invariants=False)
             grad_u = g @ table
         if ctx.needs_input_grad[1]:  # ∂L/∂table = G.T @ u, G.T as CSR: the batch's slots sorted by item id
-            item_ids, slots = torch.sort(items.reshape(-1).to(torch.int32), stable=True)  # stable: fixed sum order
-            bounds = torch.arange(table.shape[0] + 1, dtype=torch.int32, device=items.device)
+            key = torch.int16 if table.shape[0] < 2**15 else torch.int32  # narrower keys sort faster
+            item_ids, slots = torch.sort(items.reshape(-1).to(key), stable=True)  # stable: fixed sum order
+            bounds = torch.arange(table.shape[0] + 1, dtype=key, device=items.device)
             crow_t = torch.searchsorted(item_ids, bounds, out_int32=True)  # row i: slots of item i
             g_t = torch.sparse_csr_tensor(crow_t, (slots // m).to(torch.int32), values[slots], (table.shape[0], b),
                                           check_invariants=False)

@@ -56,11 +56,19 @@ def test_sampled_dot_gradcheck_and_brute_force(b, m):
     torch.testing.assert_close(table.grad, grad_table)
 
 
-def test_sampled_dot_float32_matches_gather_dot_and_only_asks_for_needed_gradients():
+@pytest.mark.parametrize("n_items", [500, 40_000])  # int16 and int32 sort keys of the table gradient
+def test_sampled_dot_matches_gather_dot_and_only_asks_for_needed_gradients(n_items):
     g = torch.Generator().manual_seed(5)
     u = torch.randn(64, 16, generator=g, requires_grad=True)
-    table = torch.randn(500, 16, generator=g)  # frozen table: no table gradient is built
-    items = torch.randint(0, 500, (64, 33), generator=g)
+    full = torch.randn(n_items, 16, dtype=torch.float64, generator=g, requires_grad=True)
+    items = torch.randint(0, n_items, (64, 33), generator=g)
+    items[:, 1] = items[:, 0]  # repeats
+    weights = torch.randn(64, 33, dtype=torch.float64, generator=g)
+    (sampled_dot(u.detach().double(), full, items) * weights).sum().backward()
+    brute = torch.zeros_like(full).index_add_(0, items.reshape(-1),
+                                              (weights[:, :, None] * u.detach().double()[:, None, :]).reshape(-1, 16))
+    torch.testing.assert_close(full.grad, brute)
+    table = full.detach().float()  # frozen table: no table gradient is built
     torch.testing.assert_close(sampled_dot(u, table, items), gather_dot(u, table, items), rtol=1e-5, atol=1e-5)
     sampled_dot(u, table, items).sum().backward()
     torch.testing.assert_close(u.grad, table[items].sum(1), rtol=1e-5, atol=1e-5)
