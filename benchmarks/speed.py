@@ -40,16 +40,18 @@ def machine(device: torch.device) -> str:
     """A short name of the machine the numbers come from."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU {platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''}"
 
 
 def append_row(section: str, row: str, path: Path = RESULTS) -> None:
-    """Insert ``row`` at the end of the table under the ``## {section}`` heading of RESULTS.md."""
+    """Insert ``row`` at the end of the first table under the ``## {section}`` heading of RESULTS.md
+    (before any sub-heading: a ``###`` part of the section keeps its own table)."""
     lines = path.read_text().splitlines()
     start = next(n for n, line in enumerate(lines) if line.startswith(f"## {section}"))
     end = start + 1
     last_table = None
-    while end < len(lines) and not lines[end].startswith("## "):
+    while end < len(lines) and not lines[end].startswith("#"):
         if lines[end].startswith("|"):
             last_table = end
         end += 1
