@@ -166,7 +166,7 @@ def group_size_warning(cfg: RunConfig, group_size: float) -> str | None:
         return None
     return (f"{cfg.loss.name} ({cfg.loss.options.mode} mode) averages each user's positives within a batch, but "
             f"the mean same-user group size was {group_size:.2f} (< 2): most pairs are alone in their group, "
-            f"so its positive term is nearly inactive (PROTOCOLS.md §9). Group a user's positives with "
+            f"so its positive term is nearly inactive (README: \"BSL's positive side\"). Group a user's positives with "
             f"--set train.batching=users (chunks of train.positives_per_user, default 8).")
 
 

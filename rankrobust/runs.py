@@ -215,17 +215,19 @@ class RunDir:
     def prepare(self, overwrite: bool = False) -> None:
         """Create the folder for a new run, empty of any previous run's files.
 
-        A folder that holds files raises FileExistsError unless ``overwrite``;
-        with ``overwrite`` every file of the previous run (`file_names`, and
-        their temp files) is removed first (``status`` first), so the folder
-        then holds only the new run's files.  A folder holding anything else
+        A folder that holds files raises FileExistsError unless ``overwrite``
+        or the folder is a *failed* attempt (status ``failed``: a refused or
+        crashed run, nothing worth keeping, so a plain rerun replaces it); then
+        every file of the previous run (`file_names`, and their temp files) is
+        removed first (``status`` first), so the folder then holds only the new
+        run's files.  A folder holding anything else
         (a user's files, subfolders) is never emptied: FileExistsError naming
         them, and nothing is removed.
         """
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"{self.path} is a file, not a folder; choose another --out")
         if self.path.exists() and any(self.path.iterdir()):
-            if not overwrite:
+            if not overwrite and not self._failed_attempt():
                 raise FileExistsError(f"{self.path} already holds files; pass --overwrite or choose another --out")
             foreign = self.foreign_files()
             if foreign:
@@ -264,6 +266,13 @@ class RunDir:
     def fail(self, detail: str) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
         write_status(self.path, STATUS_FAILED, detail)
+
+    def _failed_attempt(self) -> bool:
+        """True when the folder's status file says ``failed`` (unreadable: False)."""
+        try:
+            return self.status() == STATUS_FAILED
+        except (OSError, ValueError):
+            return False
 
     # ------------------------------------------------------------------ reading
     def exists(self) -> bool:

@@ -111,6 +111,23 @@ def test_overwrite_leaves_only_the_new_runs_files(tmp_path):
     assert not run.has_table("fairness") and not (run.path / "model.pt").exists()
 
 
+def test_a_failed_attempt_is_replaced_without_overwrite(tmp_path):
+    """A refused or crashed run (status 'failed') holds nothing worth keeping: a plain rerun replaces it;
+    a finished run, or a failed one beside a user's files, still needs --overwrite / is never emptied."""
+    run = runs.RunDir(tmp_path / "run")
+    run.prepare()
+    run.write_config('{"model": {"dim": 100000000}}')
+    run.fail("Traceback\nConfigError: model.dim = 100,000,000 is too large")
+    run.prepare()  # old: "already holds files; pass --overwrite"
+    assert list(run.path.iterdir()) == []
+    (run.path / "notes.txt").write_text("mine")
+    run.fail("Traceback\nValueError: again")
+    with pytest.raises(FileExistsError, match="not a run's"):
+        run.prepare()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        runs.RunDir(old_run(tmp_path / "done").path).prepare()
+
+
 def test_overwrite_refuses_a_folder_with_files_that_are_not_a_runs(tmp_path):
     run = old_run(tmp_path)  # as with `--out .`
     (tmp_path / "notes.txt").write_text("mine")
