@@ -33,6 +33,9 @@ $SC --negatives 800 --batch-size 1024 --note "authors' M"
 $SC --negatives 64 --batch-size 1024 --note "few negatives"
 $SC --negatives 800 --batch-size 1024 --set train.bf16=true --note "bf16"
 $SC --model lightgcn --layers 3 --negatives 800 --batch-size 1024 --note "LightGCN 3 hops"
+# the sparse scorer (SDDMM + SpMM through cuSPARSE): auto never picks it on CUDA until this row says it should
+$SC --negatives 800 --batch-size 1024 --against sparse --note "second column: the sparse scorer"
+$SC --negatives 64 --batch-size 1024 --against sparse --note "second column: the sparse scorer"
 # the exact softmax over the whole catalog (every item but the positive and the user's training items)
 $S --model mf --loss sl --sampler full --batch-size 1024 --set loss.tau=0.11 --note "full softmax (sampler full)"
 $S --model lightgcn --layers 3 --loss sl --sampler full --batch-size 1024 --set loss.tau=0.15 --note "LightGCN, full softmax"

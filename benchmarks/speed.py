@@ -83,6 +83,8 @@ def main() -> None:
     p.add_argument("--append", action="store_true", help="append the row to benchmarks/RESULTS.md")
     p.add_argument("--note", default="", help="free text for the RESULTS.md row")
     p.add_argument("--scorers", action="store_true", help="compare train.scorer gather vs auto, and the floor")
+    p.add_argument("--against", default="auto", choices=["auto", "sparse", "dense"],
+                   help="with --scorers: the scorer timed against gather (default auto, as the trainer resolves it)")
     p.add_argument("--batches", type=int, default=0,
                    help="with --scorers: time only the first N batches of each epoch (0: whole epochs)")
     args = p.parse_args()
@@ -158,7 +160,8 @@ def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device:
 
 def compare_scorers(cfg, data, device: torch.device, args) -> None:
     """Interleaved epochs of a ``gather`` and an ``auto`` trainer, and the floor; prints (and appends) a row."""
-    trainers = {name: Trainer(cfg.with_overrides({"train.scorer": name}), data, device) for name in ("gather", "auto")}
+    trainers = {name: Trainer(cfg.with_overrides({"train.scorer": scorer}), data, device)
+                for name, scorer in (("gather", "gather"), ("auto", args.against))}
     if args.batches:
         for trainer in trainers.values():
             trainer.n_batches = min(trainer.n_batches, args.batches)
