@@ -156,7 +156,10 @@ def test_trainer_resolves_auto_per_run(tmp_path):
     cfg = tiny_config(tmp_path, train={"scorer": "auto"})
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, torch.device("cpu"))
-    assert trainer.scorer.requested == "auto" and trainer.scorer.scorer == "dense"  # 8 negatives, tiny catalog
+    expected = choose_scorer("auto", n_items=data.train.n_items, num_negatives=8, dim=8, batch_size=64)
+    assert trainer.scorer == expected and trainer.scorer.requested == "auto"
+    big = Trainer(cfg.with_overrides({"train.num_negatives": data.train.n_items * 4}), data, torch.device("cpu"))
+    assert big.scorer.scorer == "dense"  # more negatives than items: one product of the whole catalog
 
 
 def test_bf16_products_stay_close_to_float32():
