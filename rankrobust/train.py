@@ -206,11 +206,12 @@ class Trainer:
         exclude = [data.seen] if data.leaky else [data.seen, data.valid]
         self.tester = Evaluator(data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
 
-    def epoch(self) -> torch.Tensor:
+    def epoch(self, on_batch: Callable[[], None] | None = None) -> torch.Tensor:
         """One pass over the training pairs in the order of ``train.batching``.
 
         Returns a device tensor [2]: the mean batch loss and the mean same-user
         group size per pair (PROTOCOLS.md §9), read by the caller in one sync.
+        ``on_batch`` is called after each batch (a progress bar; it must not read device values).
         """
         self.model.train()
         order = self.order(self.users, self.batching_options, self.generator)
@@ -230,6 +231,8 @@ class Trainer:
             self.optimizer.step()
             total += loss.detach()
             group_pairs += group_size_mean(users) * users.shape[0]
+            if on_batch is not None:
+                on_batch()
         return torch.stack([total / self.n_batches, group_pairs / self.users.shape[0]])
 
     def validate(self) -> EvalResult:
@@ -316,7 +319,11 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
                unit="epoch", dynamic_ncols=True)
     for epoch in bar:
         t0 = time.perf_counter()
-        mean_loss, group_size = trainer.epoch().tolist()  # the one host sync of the epoch
+        # batches of an epoch that takes more than a few seconds get their own (transient) bar
+        batches = tqdm(total=trainer.n_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                       disable=not progress, delay=3.0, mininterval=1.0, dynamic_ncols=True)
+        mean_loss, group_size = trainer.epoch(on_batch=batches.update).tolist()  # the one host sync of the epoch
+        batches.close()
         train_seconds = time.perf_counter() - t0
         if not math.isfinite(mean_loss):
             raise TrainingDiverged(

@@ -73,7 +73,7 @@ def scripted_fit(tmp_path, monkeypatch, values, **train):
     data, _ = prepare_data(cfg, load_data(cfg.data))
     weights = []
 
-    def epoch(self):
+    def epoch(self, on_batch=None):
         with torch.no_grad():
             self.model.user_emb.add_(1.0)
         return torch.tensor([0.5, 1.0])
