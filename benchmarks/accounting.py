@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable when run as a script
 
 from analysis.probes import GradientShareProbe  # noqa: E402
-from benchmarks.speed import append_row, machine, sync  # noqa: E402
+from benchmarks.speed import append_row, machine, run_script, sync  # noqa: E402
 from rankrobust.config import config_from_template, parse_override  # noqa: E402
 from rankrobust.experiment import load_data, prepare_data  # noqa: E402
 from rankrobust.probes import ProbeContext  # noqa: E402
@@ -75,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

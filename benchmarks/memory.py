@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable when run as a script
 
-from benchmarks.speed import machine
+from benchmarks.speed import machine, run_script
 from rankrobust.config import config_from_template
 from rankrobust.experiment import load_data, prepare_data
 from rankrobust.train import Trainer
@@ -50,11 +50,12 @@ def main() -> None:
     trainer.epoch().tolist()
     after = peak_mib()
     chosen = trainer.scorer.scorer
-    settings = f"M = {args.negatives}, scorer {args.scorer}" + (f" (chooses {chosen})" if args.scorer == "auto" else "")
-    print("| date | machine | torch | settings | peak RSS before training | peak RSS after N batches |")
+    settings = (f"{args.dataset}, B = {args.batch_size}, M = {args.negatives}, scorer {args.scorer}"
+                + (f" (chooses {chosen})" if args.scorer == "auto" else "") + f", {trainer.n_batches} batches")
+    print("| date | machine | torch | settings | peak RSS before training | peak RSS after the batches |")
     print(f"| {dt.date.today()} | {machine(torch.device('cpu'))} | torch {torch.__version__} | {settings} | "
           f"{before:.0f} MiB | {after:.0f} MiB |")
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `benchmarks` importable when run as a script
 
-from benchmarks.speed import append_row, machine
+from benchmarks.speed import append_row, machine, run_script
 from rankrobust.config import load_config, parse_override
 from rankrobust.experiment import run_experiment
 from rankrobust.train import resolve_device
@@ -73,4 +73,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

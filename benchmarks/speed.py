@@ -24,12 +24,14 @@ import datetime as dt
 import math
 import platform
 import statistics
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from rankrobust.config import config_from_template, parse_override
+from rankrobust.config import ConfigError, config_from_template, parse_override
 from rankrobust.experiment import load_data, prepare_data
 from rankrobust.train import Trainer, resolve_device
 
@@ -42,6 +44,21 @@ def machine(device: torch.device) -> str:
         return torch.cuda.get_device_name(device)
     threads = torch.get_num_threads()
     return f"CPU {platform.processor() or platform.machine()}, {threads} thread{'s' if threads > 1 else ''}"
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a benchmark script's ``main``: a bad option, an unknown name or a missing dataset ends in one
+    line on stderr and exit code 2, as the ``rankrobust`` command does, not in a traceback."""
+    try:
+        main()
+    except (ConfigError, FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"{Path(sys.argv[0]).name}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def with_note(text: str, note: str) -> str:
+    """``text`` and, when given, ``; note`` (the notes cell of a row)."""
+    return f"{text}; {note}" if note else text
 
 
 def append_row(section: str, row: str, path: Path = RESULTS) -> None:
@@ -125,7 +142,7 @@ def main() -> None:
                 + (", compiled" if args.compile else "") + (f", {', '.join(args.set)}" if args.set else ""))
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {args.dataset} | {settings} | "
            f"{statistics.median(epoch_times):.3f} | {statistics.median(eval_times):.3f} | "
-           f"{data.train.nnz:,} pairs, {trainer.n_batches} batches; {args.note} |")
+           f"{with_note(f'{data.train.nnz:,} pairs, {trainer.n_batches} batches', args.note)} |")
     print("| date | machine | torch | dataset | settings | s/epoch (median) | s/full eval (median) | notes |")
     print(row)
     if args.append:
@@ -187,7 +204,7 @@ def compare_scorers(cfg, data, device: torch.device, args) -> None:
         f"first {n} batches of each epoch"
     row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {settings} | "
            f"{gather_ms:.1f} | {auto_ms:.1f} ({choice.scorer}) | {gather_ms / auto_ms:.1f}× | {floor_ms:.1f} | "
-           f"{auto_ms / floor_ms:.1f}× | {span}, median of {args.epochs} interleaved rounds; {args.note} |")
+           f"{auto_ms / floor_ms:.1f}× | {with_note(f'{span}, median of {args.epochs} interleaved rounds', args.note)} |")
     print("| date | machine | torch | dataset | settings | ms/batch gather | ms/batch auto (choice) | speed-up | "
           "ms/batch floor | auto / floor | notes |")
     print(row)
@@ -196,4 +213,4 @@ def compare_scorers(cfg, data, device: torch.device, args) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

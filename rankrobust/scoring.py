@@ -51,7 +51,7 @@ from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import CatalogColumns, gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "column_scorer", "catalog_scores", "score_batch", "dense_bytes"]
+           "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
@@ -185,7 +185,8 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
     table_grad = cost["table_grad"] * n_items * dim
     estimates = {"gather": ((cost["gather"] if cached else cost["gather_big_table"]) * columns + table_grad) / parallel}
     if cost["sparse"] is not None:
-        estimates["sparse"] = (cost["sparse"] if cached else cost["sparse_big_table"]) * columns + table_grad
+        estimates["sparse"] = (estimates["gather"] if num_negatives + 1 > n_items  # `sampled_dot` then gathers
+                               else (cost["sparse"] if cached else cost["sparse_big_table"]) * columns + table_grad)
     gemm = cost["gemm_bf16"] if bf16 else cost["gemm"]
     estimates["dense"] = (gemm * batch_size * n_items * dim * 3 + cost["elementwise"] * batch_size * n_items) / parallel
     need = dense_bytes(batch_size, n_items)
@@ -202,6 +203,25 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
             reason += f"; dense blocks ({need / 2**20:.0f} MiB) exceed a quarter of device memory"
     ms = {k: round(v * 1e3, 4) for k, v in estimates.items()}
     return ScorerChoice(scorer, requested, ms["gather"], ms.get("sparse"), ms["dense"], round(need / 2**20, 1), reason)
+
+
+#: an explicitly set scorer this many times slower (estimated) than the best one gets a warning
+SLOW_CHOICE = 3.0
+
+
+def slow_choice_warning(choice: dict | None) -> str | None:
+    """A warning when ``train.scorer`` was set to a path the cost model estimates ≥ `SLOW_CHOICE`× slower than
+    the fastest one, else None.  ``choice`` is a `ScorerChoice.to_dict()` (None: no sampled negatives)."""
+    if not choice or choice["requested"] == "auto":
+        return None
+    estimates = {name: choice[f"estimate_{name}_ms"] for name in SCORERS[1:]
+                 if choice.get(f"estimate_{name}_ms") is not None}
+    best = min(estimates, key=estimates.get)
+    mine = estimates.get(choice["scorer"])
+    if mine is None or mine < SLOW_CHOICE * estimates[best]:
+        return None
+    return (f"train.scorer = {choice['scorer']!r} was set: the cost model estimates {mine:.3g} ms per batch for it "
+            f"against {estimates[best]:.3g} ms for {best!r}, which train.scorer=auto would pick")
 
 
 def column_scorer(scorer: str, product_dtype: torch.dtype | None = None,

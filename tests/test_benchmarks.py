@@ -21,11 +21,11 @@ def test_append_row_goes_to_the_sections_first_table(tmp_path):
     assert lines[lines.index("| 9 |") + 1] == ""
 
 
-def _run(*args: str) -> str:
+def _run(*args: str, returncode: int = 0) -> str:
     done = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout
+    assert done.returncode == returncode, done.stderr[-2000:]
+    return done.stdout if returncode == 0 else done.stderr
 
 
 def test_speed_scorers_and_memory_scripts_print_their_rows():
@@ -36,3 +36,10 @@ def test_speed_scorers_and_memory_scripts_print_their_rows():
     out = _run("benchmarks/memory.py", "--dataset", "lastfm", "--negatives", "16", "--scorer", "sparse",
                "--batches", "2")
     assert "M = 16, scorer sparse" in out.strip().splitlines()[-1]
+
+
+def test_benchmark_scripts_end_a_bad_option_in_one_line():
+    err = _run("benchmarks/memory.py", "--dataset", "lastfm", "--scorer", "fast", returncode=2)
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("memory.py: error: train.scorer must be")
+    err = _run("benchmarks/speed.py", "--scorers", "--dataset", "nosuch", returncode=2)
+    assert "Traceback" not in err and err.startswith("speed.py: error: data.name")

@@ -115,6 +115,20 @@ def test_auto_prices_threads_and_leaves_sparse_out_on_cuda(monkeypatch):
     assert gpu.scorer == "gather" and gpu.estimate_sparse_ms is None
 
 
+def test_an_explicit_scorer_far_slower_than_the_best_is_warned_about():
+    from rankrobust.scoring import slow_choice_warning
+
+    slow = choose_scorer("gather", n_items=1_000, num_negatives=256, dim=64, batch_size=1024, threads=1)
+    warning = slow_choice_warning(slow.to_dict())
+    assert warning is not None and "train.scorer = 'gather' was set" in warning and "'dense'" in warning
+    assert slow_choice_warning(choose_scorer("auto", n_items=1_000, num_negatives=256, dim=64,
+                                             batch_size=1024).to_dict()) is None
+    assert slow_choice_warning(None) is None
+    # more negatives than items: the sparse kernel gathers, and its estimate says so
+    over = choose_scorer("sparse", n_items=100, num_negatives=500, dim=64, batch_size=1024, threads=1)
+    assert over.estimate_sparse_ms == over.estimate_gather_ms and slow_choice_warning(over.to_dict())
+
+
 def test_auto_never_picks_dense_blocks_beyond_the_memory_budget():
     """A catalog whose [B, n_items] blocks would not fit in a quarter of memory is never scored densely."""
     choice = choose_scorer("auto", n_items=10**10, num_negatives=4096, dim=8, batch_size=4096)
