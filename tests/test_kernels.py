@@ -96,28 +96,16 @@ def test_fast_and_plain_steps_agree(model_name, loss, kw):
 
 
 @pytest.mark.cuda
-def test_fast_path_on_cuda_matches_cpu():
+@pytest.mark.parametrize("kernel", [gather_dot, sampled_dot], ids=["gather", "sparse"])
+def test_kernels_on_cuda_match_cpu(kernel):
+    """The gather kernel and the sparse one (cuSPARSE SDDMM / SpMM) on CUDA: same gradients as on the CPU."""
     u = torch.randn(64, 16, dtype=torch.float64, requires_grad=True)
     table = torch.randn(100, 16, dtype=torch.float64, requires_grad=True)
     items = torch.randint(0, 100, (64, 20))
-    gather_dot(u, table, items).square().sum().backward()
+    kernel(u, table, items).square().sum().backward()
     uc = u.detach().cuda().requires_grad_()
     tc = table.detach().cuda().requires_grad_()
-    gather_dot(uc, tc, items.cuda()).square().sum().backward()
-    torch.testing.assert_close(uc.grad.cpu(), u.grad)
-    torch.testing.assert_close(tc.grad.cpu(), table.grad)
-
-
-@pytest.mark.cuda
-def test_sampled_dot_on_cuda_matches_cpu():
-    """The sparse scorer on CUDA (cuSPARSE SDDMM / SpMM): same scores and gradients as on the CPU."""
-    u = torch.randn(64, 16, dtype=torch.float64, requires_grad=True)
-    table = torch.randn(100, 16, dtype=torch.float64, requires_grad=True)
-    items = torch.randint(0, 100, (64, 20))
-    sampled_dot(u, table, items).square().sum().backward()
-    uc = u.detach().cuda().requires_grad_()
-    tc = table.detach().cuda().requires_grad_()
-    sampled_dot(uc, tc, items.cuda()).square().sum().backward()
+    kernel(uc, tc, items.cuda()).square().sum().backward()
     torch.testing.assert_close(uc.grad.cpu(), u.grad)
     torch.testing.assert_close(tc.grad.cpu(), table.grad)
 
