@@ -107,7 +107,8 @@ class _SampledDot(torch.autograd.Function):
             g = torch.sparse_csr_tensor(crow, items.reshape(-1), values, (b, table.shape[0]), check_invariants=False)
             grad_u = g @ table
         if ctx.needs_input_grad[1]:  # ∂L/∂table = G.T @ u, G.T as CSR: the batch's slots sorted by item id
-            key = torch.int16 if table.shape[0] < 2**15 else torch.int32  # narrower keys sort faster
+            small = table.shape[0] < 2**15 and items.device.type == "cpu"
+            key = torch.int16 if small else torch.int32  # narrower keys sort faster on the CPU
             item_ids, slots = torch.sort(items.reshape(-1).to(key), stable=True)  # stable: fixed sum order
             bounds = torch.arange(table.shape[0] + 1, dtype=key, device=items.device)
             crow_t = torch.searchsorted(item_ids, bounds, out_int32=True)  # row i: slots of item i
