@@ -41,7 +41,7 @@ class ConfigError(ValueError):
 
 def closest(word: Any, options) -> str:
     """' (did you mean X?)' for the option closest to ``word``, or ''."""
-    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.5)
+    match = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 

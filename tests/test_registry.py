@@ -350,3 +350,12 @@ def test_registered_sampler_builds_and_never_returns_the_positive(monkeypatch, t
     assert neg.shape == (400, 50) and not (neg == 3).any()
     assert set(neg.unique().tolist()) == set(range(data.train.n_items)) - {3}
     assert Trainer(cfg, data, torch.device("cpu")).epoch()[0].isfinite()
+
+
+def test_closest_suggests_near_misses_only():
+    """A near miss gets a suggestion; an unrelated word ('fast' for the scorers) gets none."""
+    from rankrobust.registry import closest
+
+    scorers = ["auto", "gather", "sparse", "dense"]
+    assert closest("sprase", scorers) == " (did you mean 'sparse'?)"
+    assert closest("fast", scorers) == ""
