@@ -85,6 +85,11 @@ def gather_dot(u: Tensor, table: Tensor, items: Tensor) -> Tensor:
     return _GatherDot.apply(u, table, items)
 
 
+def plain_gather_dot(u: Tensor, table: Tensor, items: Tensor) -> Tensor:
+    """`gather_dot` by plain autograd (``train.fast = false``): the [B, M, d] block is saved for backward."""
+    return torch.bmm(table[items], u[:, :, None])[..., 0]
+
+
 class _SampledDot(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, table: Tensor, items: Tensor) -> Tensor:

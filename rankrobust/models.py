@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import gather_dot, normalize_rows
+from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot
 from rankrobust.registry import ConfigError, Registry, non_negative, one_of, option, positive, unit_interval
 
 SCORES = ("cosine", "dot")
@@ -96,9 +96,7 @@ class Recommender(nn.Module):
                     items: torch.Tensor) -> torch.Tensor:
         """Scores of ``users [B]`` against ``items [B, M]`` → [B, M]; (U, I) from `score_tables`."""
         u = self.user_rows(U, users)
-        if self.fused:
-            return gather_dot(u, I, items)
-        return torch.bmm(I[items], u[:, :, None])[..., 0]
+        return (gather_dot if self.fused else plain_gather_dot)(u, I, items)
 
     def inbatch_scores(self, U: torch.Tensor, I: torch.Tensor, users: torch.Tensor,
                        pos_items: torch.Tensor) -> torch.Tensor:

@@ -48,7 +48,7 @@ from torch import Tensor
 
 from rankrobust.batching import own_positive_mask
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import CatalogColumns, gather_dot, sampled_dot
+from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
            "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning"]
@@ -234,17 +234,12 @@ def column_scorer(scorer: str, product_dtype: torch.dtype | None = None,
     ``product_dtype`` (None: the tables' own).  Raises ValueError for any other name.
     """
     if scorer == "gather":
-        return gather_dot if fused else _plain_gather_dot
+        return gather_dot if fused else plain_gather_dot
     if scorer == "sparse":
         return sampled_dot
     if scorer == "dense":
         return CatalogColumns(product_dtype)
     raise ValueError(f"scorer must be one of {list(SCORERS[1:])}, got {scorer!r}")
-
-
-def _plain_gather_dot(u: Tensor, I: Tensor, items: Tensor) -> Tensor:
-    """``gather_dot`` by plain autograd (``train.fast = false``): the [B, K, d] block is saved for backward."""
-    return torch.bmm(I[items], u[:, :, None])[..., 0]
 
 
 def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = None,
