@@ -112,13 +112,18 @@ class _SampledDot(torch.autograd.Function):
             g = torch.sparse_csr_tensor(crow, items.reshape(-1), values, (b, table.shape[0]), check_invariants=False)
             grad_u = g @ table
         if ctx.needs_input_grad[1]:  # ∂L/∂table = G.T @ u, G.T as CSR: the batch's slots sorted by item id
-            small = table.shape[0] < 2**15 and items.device.type == "cpu"
-            key = torch.int16 if small else torch.int32  # narrower keys sort faster on the CPU
+            n = table.shape[0]
+            on_cpu = items.device.type == "cpu"
+            key = torch.int16 if on_cpu and n < 2**15 else torch.int32  # narrower keys sort faster on the CPU
             item_ids, slots = torch.sort(items.reshape(-1).to(key), stable=True)  # stable: fixed sum order
-            bounds = torch.arange(table.shape[0] + 1, dtype=key, device=items.device)
-            crow_t = torch.searchsorted(item_ids, bounds, out_int32=True)  # row i: slots of item i
-            g_t = torch.sparse_csr_tensor(crow_t, (slots // m).to(torch.int32), values[slots], (table.shape[0], b),
-                                          check_invariants=False)
+            if on_cpu:  # row i of G.T holds the slots of item i: offsets = running count (bincount syncs on CUDA)
+                crow_t = torch.zeros(n + 1, dtype=torch.int32)
+                crow_t[1:] = torch.bincount(items.reshape(-1), minlength=n).cumsum(0)
+            else:
+                crow_t = torch.searchsorted(item_ids, torch.arange(n + 1, dtype=key, device=items.device),
+                                            out_int32=True)
+            rows = slots.to(torch.int32).div_(m, rounding_mode="floor")  # slot → its batch row
+            g_t = torch.sparse_csr_tensor(crow_t, rows, values[slots], (n, b), check_invariants=False)
             grad_table = g_t @ u
         return grad_u, grad_table, None
 
@@ -141,24 +146,26 @@ def sampled_dot(u: Tensor, table: Tensor, items: Tensor) -> Tensor:
 
 class _CatalogColumns(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u: Tensor, table: Tensor, columns: Tensor, workspace: Tensor) -> Tensor:
-        ctx.save_for_backward(u, table, columns)
+    def forward(ctx, u: Tensor, table: Tensor, workspace: Tensor, *columns: Tensor) -> tuple[Tensor, ...]:
+        ctx.save_for_backward(u, table, *columns)
         ctx.workspace = workspace
         cast = workspace.dtype != u.dtype
         u_w, t_w = (u.to(workspace.dtype), table.to(workspace.dtype)) if cast else (u, table)
         scores = torch.mm(u_w, t_w.T, out=workspace)  # [B, n_items] into the reused buffer
-        return scores.gather(1, columns).to(u.dtype)
+        return tuple(scores.gather(1, c).to(u.dtype) for c in columns)
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        u, table, columns = ctx.saved_tensors
-        ws = ctx.workspace
-        ws.zero_().scatter_add_(1, columns, grad.to(ws.dtype))  # ∂L/∂scores, repeated columns accumulate
+    def backward(ctx, *grads: Tensor | None):
+        u, table, *columns = ctx.saved_tensors
+        ws = ctx.workspace.zero_()
+        for c, g in zip(columns, grads):  # ∂L/∂scores; repeated columns (within and across blocks) accumulate
+            if g is not None:
+                ws.scatter_add_(1, c, g.to(ws.dtype))
         cast = ws.dtype != u.dtype
         t_w, u_w = (table.to(ws.dtype), u.to(ws.dtype)) if cast else (table, u)
         grad_u = (ws @ t_w).to(u.dtype) if ctx.needs_input_grad[0] else None
         grad_table = (ws.T @ u_w).to(table.dtype) if ctx.needs_input_grad[1] else None
-        return grad_u, grad_table, None, None
+        return (grad_u, grad_table, None) + (None,) * len(columns)
 
 
 class Workspace:
@@ -203,6 +210,21 @@ class CatalogColumns:
         self._workspace = Workspace()
 
     def __call__(self, u: Tensor, table: Tensor, columns: Tensor) -> Tensor:
+        """``[B, K]`` scores of ``u [B, d]`` against ``table [n_items, d]`` at ``columns [B, K]``."""
+        return self.blocks(u, table, columns)[0]
+
+    def pairs(self, u: Tensor, table: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        """Positive scores ``[B]`` (column ``pos [B]``) and negative scores ``[B, M]`` (columns ``neg [B, M]``).
+
+        The same numbers as ``self(u, table, cat([pos[:, None], neg], 1))`` split
+        into its first column and the rest, without building the [B, 1 + M]
+        id block or the zero-filled gradients of the two slices.
+        """
+        p, n = self.blocks(u, table, pos[:, None], neg)
+        return p[:, 0], n
+
+    def blocks(self, u: Tensor, table: Tensor, *columns: Tensor) -> tuple[Tensor, ...]:
+        """One ``[B, K_i]`` score block per ``columns[i] [B, K_i]``, all from one product ``u @ table.T``."""
         dtype = self.dtype or u.dtype
         ws = self._workspace.take(u.shape[0], table.shape[0], dtype, u.device)
-        return _CatalogColumns.apply(u, table, columns, ws)
+        return _CatalogColumns.apply(u, table, ws, *columns)

@@ -41,6 +41,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -51,7 +52,7 @@ from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning"]
+           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
@@ -61,14 +62,27 @@ NEGATIVE_KINDS = ("sampled", "in_batch", "all")
 @dataclass
 class BatchScores:
     """Scores of one batch: ``pos [B]``, ``neg [B, M]``, ``neg_mask [B, M]`` (True = a real negative, or
-    None = all), ``neg_items [B, M]`` (item id of each ``neg`` column) and ``items [B, 1 + M']`` (the item
-    ids whose raw embeddings the L2 term and auxiliary losses see: positive first)."""
+    None = all), ``neg_items [B, M]`` (item id of each ``neg`` column) and ``pos_items [B]``.
+
+    ``items`` [B, 1 + M'] (built on first use) are the item ids whose raw
+    embeddings the L2 term and auxiliary losses see, positive first: the
+    sampled negatives follow when ``regularise_negatives`` (sampled negatives),
+    none otherwise (in-batch and all-items negatives are other rows' positives
+    or the whole catalog).
+    """
 
     pos: Tensor
     neg: Tensor
     neg_mask: Tensor | None
     neg_items: Tensor
-    items: Tensor
+    pos_items: Tensor
+    regularise_negatives: bool = False
+
+    @cached_property
+    def items(self) -> Tensor:
+        if self.regularise_negatives:
+            return torch.cat([self.pos_items[:, None], self.neg_items], dim=1)
+        return self.pos_items[:, None]
 
 
 class PositivesBitmap:
@@ -224,21 +238,33 @@ def slow_choice_warning(choice: dict | None) -> str | None:
             f"against {estimates[best]:.3g} ms for {best!r}, which train.scorer=auto would pick")
 
 
-def column_scorer(scorer: str, product_dtype: torch.dtype | None = None,
-                  fused: bool = True) -> Callable[[Tensor, Tensor, Tensor], Tensor]:
-    """The kernel of a resolved sampled-negative scorer: ``f(u [B, d], I [n_items, d], items [B, K]) → [B, K]``.
+#: a sampled-negative kernel: ``f(u [B, d], I [n_items, d], pos [B], neg [B, M]) → (pos [B], neg [B, M])`` scores
+PairScorer = Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def _via_item_block(kernel: Callable[[Tensor, Tensor, Tensor], Tensor]) -> PairScorer:
+    """A `PairScorer` from a kernel of one id block ``f(u, I, items [B, K]) → [B, K]`` (positive = column 0)."""
+    def pairs(u: Tensor, I: Tensor, pos: Tensor, neg: Tensor) -> tuple[Tensor, Tensor]:
+        scores = kernel(u, I, torch.cat([pos[:, None], neg], dim=1))
+        return scores[:, 0], scores[:, 1:]
+    return pairs
+
+
+def column_scorer(scorer: str, product_dtype: torch.dtype | None = None, fused: bool = True) -> PairScorer:
+    """The kernel of a resolved sampled-negative scorer, as a `PairScorer`.
 
     ``gather``: `rankrobust.kernels.gather_dot` (``fused=False``: plain
-    autograd on the gathered block); ``sparse``: `rankrobust.kernels.sampled_dot`;
-    ``dense``: a `rankrobust.kernels.CatalogColumns` whose products run in
+    autograd on the gathered block); ``sparse``: `rankrobust.kernels.sampled_dot`
+    (both on the [B, 1 + M] block of the positive and negative ids);
+    ``dense``: `rankrobust.kernels.CatalogColumns.pairs`, whose products run in
     ``product_dtype`` (None: the tables' own).  Raises ValueError for any other name.
     """
     if scorer == "gather":
-        return gather_dot if fused else plain_gather_dot
+        return _via_item_block(gather_dot if fused else plain_gather_dot)
     if scorer == "sparse":
-        return sampled_dot
+        return _via_item_block(sampled_dot)
     if scorer == "dense":
-        return CatalogColumns(product_dtype)
+        return CatalogColumns(product_dtype).pairs
     raise ValueError(f"scorer must be one of {list(SCORERS[1:])}, got {scorer!r}")
 
 
@@ -262,7 +288,7 @@ def catalog_scores(u: Tensor, I: Tensor, product_dtype: torch.dtype | None = Non
 
 
 def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Tensor, *, negatives: str,
-                columns: Callable[[Tensor, Tensor, Tensor], Tensor] = gather_dot,
+                columns: PairScorer | None = None,
                 positives: PositivesBitmap | None = None,
                 product_dtype: torch.dtype | None = None) -> BatchScores:
     """Scores of the batch ``users [B]``, ``pos [B]`` against their negatives → `BatchScores`.
@@ -270,7 +296,7 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
     ``(U, I)`` come from ``model.score_tables()`` (the item table already
     normalised for cosine); ``neg [B, M]`` are the sampled ids (ignored unless
     ``negatives == 'sampled'``).  ``columns`` is the sampled-negative kernel
-    (`column_scorer`: gather, sparse or dense); ``positives`` (all-items
+    (`column_scorer`: gather, sparse or dense; None: gather); ``positives`` (all-items
     negatives only) masks each user's other training positives.
     ``product_dtype`` is the precision of the all-items [B, d] × [d, n_items]
     product (`catalog_scores`; None = the tables' own).
@@ -280,7 +306,7 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
         scores = model.inbatch_scores(U, I, users, pos)  # [B, B]: users against the batch's positives
         eye = torch.eye(b, dtype=torch.bool, device=users.device)
         neg_mask = ~(own_positive_mask(users) | eye)  # other users' positives only
-        return BatchScores(scores.diagonal(), scores, neg_mask, pos[None, :].expand(b, b), pos[:, None])
+        return BatchScores(scores.diagonal(), scores, neg_mask, pos[None, :].expand(b, b), pos)
     if negatives == "all":
         scores = catalog_scores(model.user_rows(U, users), I, product_dtype)  # [B, n_items]
         pos_scores = scores.gather(1, pos[:, None])[:, 0]
@@ -288,9 +314,8 @@ def score_batch(model, U: Tensor, I: Tensor, users: Tensor, pos: Tensor, neg: Te
         if positives is not None:
             own = own | positives.rows(users)
         all_items = torch.arange(scores.shape[1], device=users.device)[None, :].expand(b, -1)
-        return BatchScores(pos_scores, scores, ~own, all_items, pos[:, None])
+        return BatchScores(pos_scores, scores, ~own, all_items, pos)
     if negatives != "sampled":
         raise ValueError(f"negatives must be one of {list(NEGATIVE_KINDS)}, got {negatives!r}")
-    items = torch.cat([pos[:, None], neg], dim=1)
-    scores = columns(model.user_rows(U, users), I, items)
-    return BatchScores(scores[:, 0], scores[:, 1:], None, neg, items)
+    pos_scores, neg_scores = (columns or column_scorer("gather"))(model.user_rows(U, users), I, pos, neg)
+    return BatchScores(pos_scores, neg_scores, None, neg, pos, regularise_negatives=True)

@@ -105,6 +105,7 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     ``train.bf16`` on CPU) is the precision of the dense and all-items matrix products.
     """
     columns = column_scorer(scorer, product_dtype, fused)  # read for sampled negatives only
+    auxiliary = type(model).extra_loss is not Recommender.extra_loss  # MF, LightGCN: none (no [B, 1 + M] ids built)
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         U, I = model.score_tables()
@@ -115,7 +116,7 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
         loss = loss_fn(s.pos, s.neg, users=users, neg_mask=s.neg_mask, **kwargs)
         if l2 > 0:
             loss = loss + l2 * model.l2_penalty(users, s.items)
-        extra = model.extra_loss(users, s.items)
+        extra = model.extra_loss(users, s.items) if auxiliary else None
         if extra is not None:
             loss = loss + extra
         return loss, s.pos

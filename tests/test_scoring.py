@@ -220,3 +220,29 @@ def test_scorer_is_refused_where_it_cannot_act(tmp_path, sampler):
     with pytest.raises(ConfigError, match=f"train.scorer = 'dense' applies to sampled negatives only; "
                                           f"train.sampler = '{sampler}' has one scoring path"):
         tiny_config(tmp_path, train={"sampler": sampler, "scorer": "dense"})
+
+
+def test_catalog_columns_pairs_equal_one_block_and_gradcheck():
+    """`CatalogColumns.pairs` (positive and negative blocks from one product) = the [B, 1 + M] block split, in
+    float64, with the positive repeated among the negatives; gradcheck, and only one of the two outputs used."""
+    g = torch.Generator().manual_seed(2)
+    cols = CatalogColumns()
+    table = torch.randn(9, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    u = torch.randn(5, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    pos = torch.randint(0, 9, (5,), generator=g)
+    neg = torch.randint(0, 9, (5, 4), generator=g)
+    neg[:, 2] = pos  # a false negative: the positive's column twice in one row
+    p, n = cols.pairs(u, table, pos, neg)
+    block = (u @ table.T).gather(1, torch.cat([pos[:, None], neg], 1))
+    torch.testing.assert_close(p, block[:, 0])
+    torch.testing.assert_close(n, block[:, 1:])
+    w = torch.randn(5, 4, dtype=torch.float64, generator=g)
+    (p.exp().sum() + (n * w).sum()).backward()
+    want_u, want_t = torch.autograd.grad(block[:, 0].exp().sum() + (block[:, 1:] * w).sum(), (u, table),
+                                         retain_graph=True)
+    torch.testing.assert_close(u.grad, want_u)
+    torch.testing.assert_close(table.grad, want_t)
+    assert torch.autograd.gradcheck(lambda x, t: cols.pairs(x, t, pos, neg), (u.detach().requires_grad_(),
+                                                                               table.detach().requires_grad_()))
+    only_neg = torch.autograd.grad(cols.pairs(u, table, pos, neg)[1].sum(), u)[0]  # the positive's grad is None
+    torch.testing.assert_close(only_neg, torch.autograd.grad(block[:, 1:].sum(), u)[0])
