@@ -129,7 +129,8 @@ class Recommender(nn.Module):
     def extra_loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """Auxiliary training loss of the backbone for this batch (added to the main loss), or None.
 
-        ``users [B]``, ``items [B, 1 + M]`` as in `l2_penalty`.  MF and LightGCN have none.
+        ``users [B]``, ``items [B, 1 + M]`` as in `l2_penalty`.  MF and LightGCN have none; the
+        trainer calls it only on a backbone that overrides it (so the [B, 1 + M] ids are not built for nothing).
         """
         return None
 
