@@ -43,3 +43,40 @@ def test_benchmark_scripts_end_a_bad_option_in_one_line():
     assert err.strip().splitlines() == [err.strip()] and err.startswith("memory.py: error: train.scorer must be")
     err = _run("benchmarks/speed.py", "--scorers", "--dataset", "nosuch", returncode=2)
     assert "Traceback" not in err and err.startswith("speed.py: error: data.name")
+
+
+_AUTHORS_LOG = """2023-11-04 12:44:30,116 - [INFO] - {'dataset': 'ml'}
+2023-11-04 12:45:03,086 - [INFO] - E:0|train_time: 22.77, VALID_time: 0.43, losses:0.2256, best_valid(recall@20): -inf
+valid \t N@5: 0.01, R@5: 0.002, P@5: 0.01
+valid \t N@20: 0.0100, R@20: 0.0200, P@20: 0.0050
+
+2023-11-04 12:45:24,988 - [INFO] - E:1|train_time: 21.49, VALID_time: 0.36, losses:0.0197, best_valid(recall@20): 0.02
+valid \t N@20: 0.0300, R@20: 0.0500, P@20: 0.0100
+
+2023-11-04 12:45:25,000 - [INFO] - start to test!!
+TEST \t N@5: 0.02, R@5: 0.01, P@5: 0.02
+TEST \t N@20: 0.0310, R@20: 0.0510, P@20: 0.0110
+"""
+
+
+def test_authors_log_is_parsed_and_compared_with_a_run(tmp_path):
+    """`authors_log.py`: their E:k is epoch k + 1, the R@20 / N@20 of the valid and TEST blocks are read, and the
+    comparison with a run folder prints the gaps; a file that is not such a log ends in one line."""
+    from benchmarks.authors_log import parse_authors_log
+    from rankrobust.runs import RunDir
+
+    frame, test = parse_authors_log(_AUTHORS_LOG)
+    assert frame.to_dict("list") == {"epoch": [1, 2], "valid_recall@20": [0.02, 0.05], "valid_ndcg@20": [0.01, 0.03]}
+    assert test == {"recall@20": 0.051, "ndcg@20": 0.031}
+    (tmp_path / "authors.log").write_text(_AUTHORS_LOG)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RunDir.TABLES["epochs"]).write_text("epoch,loss,valid_recall@20\n1,0.5,0.03\n2,0.4,0.045\n")
+    (run / RunDir.METRICS).write_text('{"test": {"recall@20": 0.06, "ndcg@20": 0.04}}')
+    out = _run("benchmarks/authors_log.py", str(tmp_path / "authors.log"), str(run), "--epochs", "1,2")
+    assert "    1           0.0300  0.0200  +0.0100" in out and "    2           0.0450  0.0500  -0.0050" in out
+    assert "largest |gap| over epochs 1-40: 0.0100 (epoch 1)" in out
+    assert "ours: 2 epochs, best valid Recall@20 0.0450 at epoch 2" in out
+    assert "test Recall@20 / NDCG@20: ours 0.0600 / 0.0400, theirs 0.0510 / 0.0310" in out
+    err = _run("benchmarks/authors_log.py", str(run / RunDir.METRICS), str(run), returncode=2)
+    assert err.strip().splitlines() == [err.strip()] and "not a log of the authors' code" in err
