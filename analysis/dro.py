@@ -158,23 +158,28 @@ def radius(f: Any, p0: Any, tau: float) -> float:
 
 
 def _sqrt_simplex_solve(fun, ps: np.ndarray, score, extra_constraints: list, maxiter: int,
-                        rounds: int = 4, mix: float = 0.05) -> np.ndarray:
+                        rounds: int = 8, mixes: tuple[float, ...] = (0.05, 0.2, 0.5)) -> np.ndarray:
     """Minimise ``fun(x) -> (value, grad)`` over Q = x² on the simplex with SLSQP; return Q.
 
     x ∈ [0, 1]ⁿ, Σ x² = 1 (plus ``extra_constraints``), start x = √P₀.  After each
-    solve the end point is mixed with P₀ (Q ← (1 − mix) Q + mix P₀) and solved
+    solve the best end point is mixed with P₀ (Q ← (1 − mix) Q + mix P₀) and solved
     again: an SLSQP step that lands an entry on the bound x_j = 0 cannot leave
     it (the gradient there is 0), and the problems solved here are convex in Q,
     so the mixed start is never worse and frees such entries.  ``score(Q)``
     (lower is better, computed exactly on the normalised Q) picks the best end
-    point; stops when a round no longer improves it by more than 1e-15.
+    point.  A round that no longer improves it by more than 1e-15 moves on to
+    the next, larger mix of ``mixes`` (a small mix can leave an entry too close
+    to its bound to recover: near a vertex of the simplex the primal then fell
+    1e-5 short of the dual); the search stops when the largest mix does not help
+    either, or after ``rounds`` solves.
     """
     n = ps.size
     constraints = [{"type": "eq", "fun": lambda x: float(x @ x) - 1.0, "jac": lambda x: 2.0 * x},
                    *extra_constraints]
     start = np.sqrt(ps)
     best_q, best = ps.copy(), score(ps)
-    for _ in range(rounds):
+    level = 0
+    for round_ in range(rounds):
         res = minimize(fun, start, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * n,
                        constraints=constraints, options={"ftol": 1e-15, "maxiter": maxiter})
         q = res.x * res.x
@@ -183,9 +188,11 @@ def _sqrt_simplex_solve(fun, ps: np.ndarray, score, extra_constraints: list, max
         improved = value < best - 1e-15 * max(1.0, abs(best))
         if value < best:
             best_q, best = q, value
-        if not improved and _ > 0:
-            break
-        start = np.sqrt((1.0 - mix) * best_q + mix * ps)
+        if not improved and round_ > 0:
+            level += 1
+            if level == len(mixes):
+                break
+        start = np.sqrt((1.0 - mixes[level]) * best_q + mixes[level] * ps)
     return best_q
 
 
