@@ -56,15 +56,28 @@ def parse_authors_log(text: str) -> tuple[pd.DataFrame, dict[str, float]]:
     return pd.DataFrame(rows).drop_duplicates("epoch", keep="last"), test
 
 
+def _epoch_list(text: str) -> list[int]:
+    """``--epochs``: comma-separated epoch numbers (argparse type)."""
+    try:
+        return [int(e) for e in text.split(",") if e.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be comma-separated integers, got {text!r}") from None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("log", type=Path, help="a log of the authors' code")
     p.add_argument("run", type=Path, help="a rankrobust run folder (epochs.csv, metrics.json)")
-    p.add_argument("--epochs", default="9,20,38", help="epochs to print side by side (comma-separated)")
+    p.add_argument("--epochs", default="9,20,38", type=_epoch_list,
+                   help="epochs to print side by side (comma-separated)")
     p.add_argument("--first", type=int, default=40, help="largest gap over the first N common epochs")
     args = p.parse_args()
     if not args.log.is_file():
-        raise FileNotFoundError(f"{args.log} not found (give a log of the authors' code, e.g. from junkangwu/BSL logs/)")
+        what = "is a folder, not a log file" if args.log.is_dir() else "not found"
+        raise FileNotFoundError(f"{args.log} {what} (give a log of the authors' code, e.g. from junkangwu/BSL logs/)")
+    if not args.run.is_dir():
+        raise FileNotFoundError(f"{args.run} is not a run folder ({'a file' if args.run.exists() else 'no such folder'}; "
+                                f"give the --out folder of a finished rankrobust run)")
     theirs, their_test = parse_authors_log(args.log.read_text(errors="replace"))
     run = RunDir(args.run)
     ours, test = run.table("epochs"), run.metrics().get("test")  # FileNotFoundError / RunFolderError name the file
@@ -73,11 +86,11 @@ def main() -> None:
                          f"valid_recall@20, metrics.json a test section)")
     ours = ours.dropna(subset=["valid_recall@20"])[["epoch", "valid_recall@20"]]
     both = ours.merge(theirs, on="epoch", suffixes=("_ours", "_theirs"))
-    try:
-        wanted = [int(e) for e in args.epochs.split(",") if e.strip()]
-    except ValueError:
-        raise ValueError(f"--epochs must be comma-separated integers, got {args.epochs!r}") from None
-    print("epoch  valid R@20 ours  theirs  gap")
+    wanted = [e for e in args.epochs if e in set(both["epoch"])]
+    if not wanted:
+        print(f"(none of epochs {','.join(map(str, args.epochs))} was validated in both runs; see --epochs)")
+    else:
+        print("epoch  valid R@20 ours  theirs  gap")
     for e in wanted:
         row = both[both["epoch"] == e]
         if len(row):
