@@ -33,7 +33,8 @@ from rankrobust.memory import check_memory
 from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir
-from rankrobust.scoring import slow_choice_warning
+from rankrobust.sampling import negative_kind
+from rankrobust.scoring import slow_choice_warning, unused_bf16_warning
 from rankrobust.train import FitResult, TrainData, fit, resolve_device
 
 
@@ -177,7 +178,9 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
     group_size = float(history["group_size_mean"].mean())
     warnings = [w for w in (group_size_warning(cfg, group_size),
                             "valid = test: model selection saw the test set (authors' protocol)" if data.leaky
-                            else None, slow_choice_warning(result.extra.get("scorer"))) if w]
+                            else None, slow_choice_warning(result.extra.get("scorer")),
+                            unused_bf16_warning(cfg.train.bf16, device.type, negative_kind(cfg.train.sampler),
+                                                result.extra.get("scorer"))) if w]
     return {
         "valid": result.valid.metrics if result.valid else {},
         "test": result.test.metrics,

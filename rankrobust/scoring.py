@@ -52,7 +52,8 @@ from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning"]
+           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning",
+           "unused_bf16_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
@@ -217,6 +218,24 @@ def choose_scorer(requested: str, *, n_items: int, num_negatives: int, dim: int,
             reason += f"; dense blocks ({need / 2**20:.0f} MiB) exceed a quarter of device memory"
     ms = {k: round(v * 1e3, 4) for k, v in estimates.items()}
     return ScorerChoice(scorer, requested, ms["gather"], ms.get("sparse"), ms["dense"], round(need / 2**20, 1), reason)
+
+
+def unused_bf16_warning(bf16: bool, device_type: str, negatives: str, choice: dict | None) -> str | None:
+    """A warning when ``train.bf16`` is set but the run has no product it applies to, else None.
+
+    On CPU, bfloat16 is the precision of the dense scorer's and the all-items
+    sampler's [B, d] × [d, n_items] products only; sampled negatives scored by
+    ``gather`` or ``sparse``, and in-batch negatives, run in float32 whatever
+    ``train.bf16`` says (on CUDA it autocasts the whole step, so it always
+    applies).  ``negatives``: the sampler's kind (``sampled | in_batch | all``);
+    ``choice``: the run's `ScorerChoice.to_dict()` (None without sampled negatives).
+    """
+    if not bf16 or device_type == "cuda" or negatives == "all" or (choice and choice["scorer"] == "dense"):
+        return None
+    path = (f"scores its sampled negatives with {choice['scorer']!r} (train.scorer = {choice['requested']!r})"
+            if choice else f"takes {negatives} negatives")
+    return (f"train.bf16 = true had no effect: on CPU it runs the dense and all-items matrix products in "
+            f"bfloat16, and this run {path}, all in float32. Set train.scorer=dense to use it, or drop train.bf16")
 
 
 #: an explicitly set scorer this many times slower (estimated) than the best one gets a warning

@@ -97,6 +97,17 @@ def test_group_size_warning_stored_in_metrics(tmp_path):
     assert group_warnings(stored) == []
 
 
+def test_unused_bf16_is_stored_in_metrics(tmp_path):
+    """train.bf16 with the gather scorer on CPU: the run records that it had no effect; with dense it does not."""
+    cfg = tiny_config(tmp_path, train={"epochs": 1, "bf16": True, "scorer": "gather", "device": "cpu"})
+    run_experiment(cfg, tmp_path / "gather", progress=False)
+    stored = json.loads((tmp_path / "gather" / "metrics.json").read_text())
+    assert [w for w in stored["warnings"] if w.startswith("train.bf16 = true had no effect")]
+    run_experiment(cfg.with_overrides({"train.scorer": "dense"}), tmp_path / "dense", progress=False)
+    stored = json.loads((tmp_path / "dense" / "metrics.json").read_text())
+    assert not [w for w in stored["warnings"] if "train.bf16" in w]
+
+
 # ---------------------------------------------------------------------------- evidence the run actually has
 def all_keys(tree):
     if isinstance(tree, dict):

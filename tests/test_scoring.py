@@ -129,6 +129,21 @@ def test_an_explicit_scorer_far_slower_than_the_best_is_warned_about():
     assert over.estimate_sparse_ms == over.estimate_gather_ms and slow_choice_warning(over.to_dict())
 
 
+def test_bf16_without_a_product_it_applies_to_is_warned_about():
+    """On CPU train.bf16 acts on the dense and all-items products only; elsewhere the run says it did nothing."""
+    from rankrobust.scoring import unused_bf16_warning
+
+    sparse = choose_scorer("auto", n_items=38_048, num_negatives=64, dim=64, batch_size=1024, bf16=True, threads=2)
+    dense = choose_scorer("dense", n_items=1_000, num_negatives=256, dim=64, batch_size=1024, bf16=True)
+    warning = unused_bf16_warning(True, "cpu", "sampled", sparse.to_dict())
+    assert warning is not None and f"{sparse.scorer!r}" in warning and "train.scorer=dense" in warning
+    assert "in_batch" in unused_bf16_warning(True, "cpu", "in_batch", None)
+    assert unused_bf16_warning(True, "cpu", "sampled", dense.to_dict()) is None
+    assert unused_bf16_warning(True, "cpu", "all", None) is None
+    assert unused_bf16_warning(True, "cuda", "sampled", sparse.to_dict()) is None  # autocast of the whole step
+    assert unused_bf16_warning(False, "cpu", "sampled", sparse.to_dict()) is None
+
+
 def test_auto_never_picks_dense_blocks_beyond_the_memory_budget():
     """A catalog whose [B, n_items] blocks would not fit in a quarter of memory is never scored densely."""
     choice = choose_scorer("auto", n_items=10**10, num_negatives=4096, dim=8, batch_size=4096)
