@@ -232,10 +232,13 @@ def unused_bf16_warning(bf16: bool, device_type: str, negatives: str, choice: di
     """
     if not bf16 or device_type == "cuda" or negatives == "all" or (choice and choice["scorer"] == "dense"):
         return None
-    path = (f"scores its sampled negatives with {choice['scorer']!r} (train.scorer = {choice['requested']!r})"
-            if choice else f"takes {negatives} negatives")
+    if choice:
+        path = f"scores its sampled negatives with {choice['scorer']!r} (train.scorer = {choice['requested']!r})"
+        fix = "Set train.scorer=dense to use it, or drop train.bf16"
+    else:
+        path, fix = f"takes {negatives} negatives", "Drop train.bf16 (or use train.sampler=full)"
     return (f"train.bf16 = true had no effect: on CPU it runs the dense and all-items matrix products in "
-            f"bfloat16, and this run {path}, all in float32. Set train.scorer=dense to use it, or drop train.bf16")
+            f"bfloat16, and this run {path}, all in float32. {fix}")
 
 
 #: an explicitly set scorer this many times slower (estimated) than the best one gets a warning

@@ -137,7 +137,8 @@ def test_bf16_without_a_product_it_applies_to_is_warned_about():
     dense = choose_scorer("dense", n_items=1_000, num_negatives=256, dim=64, batch_size=1024, bf16=True)
     warning = unused_bf16_warning(True, "cpu", "sampled", sparse.to_dict())
     assert warning is not None and f"{sparse.scorer!r}" in warning and "train.scorer=dense" in warning
-    assert "in_batch" in unused_bf16_warning(True, "cpu", "in_batch", None)
+    in_batch = unused_bf16_warning(True, "cpu", "in_batch", None)
+    assert "in_batch" in in_batch and "train.scorer" not in in_batch  # the scorer cannot be set for in-batch
     assert unused_bf16_warning(True, "cpu", "sampled", dense.to_dict()) is None
     assert unused_bf16_warning(True, "cpu", "all", None) is None
     assert unused_bf16_warning(True, "cuda", "sampled", sparse.to_dict()) is None  # autocast of the whole step
