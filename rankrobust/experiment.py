@@ -34,7 +34,7 @@ from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_tab
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir
 from rankrobust.sampling import negative_kind
-from rankrobust.scoring import slow_choice_warning, unused_bf16_warning
+from rankrobust.scoring import oversampling_warning, slow_choice_warning, unused_bf16_warning
 from rankrobust.train import FitResult, TrainData, fit, resolve_device
 
 
@@ -180,7 +180,9 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
                             "valid = test: model selection saw the test set (authors' protocol)" if data.leaky
                             else None, slow_choice_warning(result.extra.get("scorer")),
                             unused_bf16_warning(cfg.train.bf16, device.type, negative_kind(cfg.train.sampler),
-                                                result.extra.get("scorer"))) if w]
+                                                result.extra.get("scorer")),
+                            oversampling_warning(cfg.train.num_negatives, data.train.n_items)
+                            if negative_kind(cfg.train.sampler) == "sampled" else None) if w]
     return {
         "valid": result.valid.metrics if result.valid else {},
         "test": result.test.metrics,
@@ -239,6 +241,7 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
         t0 = time.perf_counter()
         result = fit(cfg, data, device, probes=probes, progress=progress)
         metrics = metrics_document(cfg, result, data, device)
+        metrics["warnings"] = list(dataset.notes) + metrics["warnings"]  # what loading the files found
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["data_files"] = {split: f.record() for split, f in data_files.items()}  # what the run read
         if cfg.train.ips_gamma is not None:  # IPS-weighted Recall/NDCG on test, propensity ∝ (clean) train pop^γ

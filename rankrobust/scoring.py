@@ -53,7 +53,7 @@ from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sam
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
            "PairScorer", "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning",
-           "unused_bf16_warning"]
+           "unused_bf16_warning", "oversampling_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item
@@ -239,6 +239,20 @@ def unused_bf16_warning(bf16: bool, device_type: str, negatives: str, choice: di
         path, fix = f"takes {negatives} negatives", "Drop train.bf16 (or use train.sampler=full)"
     return (f"train.bf16 = true had no effect: on CPU it runs the dense and all-items matrix products in "
             f"bfloat16, and this run {path}, all in float32. {fix}")
+
+
+def oversampling_warning(num_negatives: int, n_items: int) -> str | None:
+    """A warning when a user's row samples at least as many negatives as the catalog has items, else None.
+
+    Such rows repeat items (uniform sampling with replacement) and pay for
+    ``num_negatives`` columns per pair; ``train.sampler=full`` scores every
+    item once instead (the exact softmax over the catalog).
+    """
+    if num_negatives < n_items:
+        return None
+    return (f"train.num_negatives = {num_negatives:,} is at least the catalog's {n_items:,} items: every row repeats "
+            f"items and pays for {num_negatives:,} columns per pair; train.sampler=full scores each item once "
+            f"(the exact softmax over the catalog)")
 
 
 #: an explicitly set scorer this many times slower (estimated) than the best one gets a warning

@@ -540,3 +540,24 @@ def test_mostly_cold_test_users_are_refused(tmp_path):
     (tmp_path / "te.csv").write_text("user,item\nU1,a\nU2,b\n")
     with pytest.raises(DataFormatError, match="have no training interaction"):
         load_files(tmp_path / "tr.csv", tmp_path / "te.csv")
+
+
+def test_test_pairs_in_train_and_cold_users_are_notes_naming_the_test_file(tmp_path):
+    """Odd but not fatal test files are recorded on the Dataset (for metrics.json), not raised as raw warnings."""
+    (tmp_path / "tr.csv").write_text("user,item\nu1,a\nu1,b\nu2,b\nu2,c\nu3,a\nu3,c\n")
+    (tmp_path / "te.csv").write_text("user,item\nu1,a\nu2,a\nu3,b\nu4,c\n")  # (u1, a) is in train; u4 is cold
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = load_files(tmp_path / "tr.csv", tmp_path / "te.csv", valid_fraction=0.0)
+    te = str(tmp_path / "te.csv")
+    assert len(ds.notes) == 2 and all(note.startswith(f"{te}: ") for note in ds.notes)
+    assert "1 test pairs also occur in train" in ds.notes[0] and "1 of 4 test users" in ds.notes[1]
+    (tmp_path / "clean.csv").write_text("user,item\nu1,c\nu2,a\nu3,b\n")
+    assert load_files(tmp_path / "tr.csv", tmp_path / "clean.csv", valid_fraction=0.0).notes == ()
+
+
+def test_data_dir_with_a_lastfm_folder_says_the_embedded_copy_was_read(tmp_path):
+    (tmp_path / "lastfm").mkdir()
+    note = load_dataset("lastfm", data_dir=tmp_path).notes
+    assert len(note) == 1 and f"{tmp_path / 'lastfm'} was not read" in note[0] and "data.train_path" in note[0]
+    assert load_dataset("lastfm", data_dir=tmp_path / "elsewhere").notes == ()

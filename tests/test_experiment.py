@@ -1,5 +1,6 @@
 """One experiment end to end (rankrobust/experiment.py): run folder, noise, failures, group-size warning."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -106,6 +107,19 @@ def test_unused_bf16_is_stored_in_metrics(tmp_path):
     run_experiment(cfg.with_overrides({"train.scorer": "dense"}), tmp_path / "dense", progress=False)
     stored = json.loads((tmp_path / "dense" / "metrics.json").read_text())
     assert not [w for w in stored["warnings"] if "train.bf16" in w]
+
+
+def test_data_notes_and_oversampling_reach_metrics(tmp_path):
+    """A test file sharing pairs with train, and more negatives than items: both in metrics.json → warnings."""
+    cfg = tiny_config(tmp_path, train={"epochs": 1, "num_negatives": 70})  # the tiny catalog has 60 items
+    train = Path(cfg.data.train_path).read_text().splitlines()
+    shared = tmp_path / "test-with-train-pair.txt"
+    shared.write_text(Path(cfg.data.test_path).read_text().rstrip("\n") + "\n" + train[0].split()[0] + " "
+                      + train[0].split()[1] + "\n")
+    run_experiment(cfg.with_overrides({"data.test_path": str(shared)}), tmp_path / "run", progress=False)
+    stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
+    assert any(w.startswith(f"{shared}: ") and "also occur in train" in w for w in stored)
+    assert any(w.startswith("train.num_negatives = 70 is at least the catalog's 60 items") for w in stored)
 
 
 # ---------------------------------------------------------------------------- evidence the run actually has

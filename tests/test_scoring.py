@@ -145,6 +145,15 @@ def test_bf16_without_a_product_it_applies_to_is_warned_about():
     assert unused_bf16_warning(False, "cpu", "sampled", sparse.to_dict()) is None
 
 
+def test_as_many_negatives_as_items_is_warned_about():
+    from rankrobust.scoring import oversampling_warning
+
+    text = oversampling_warning(100_000, 2_762)
+    assert text is not None and "100,000" in text and "2,762" in text and "train.sampler=full" in text
+    assert oversampling_warning(2_762, 2_762) is not None
+    assert oversampling_warning(2_761, 2_762) is None
+
+
 def test_auto_never_picks_dense_blocks_beyond_the_memory_budget():
     """A catalog whose [B, n_items] blocks would not fit in a quarter of memory is never scored densely."""
     choice = choose_scorer("auto", n_items=10**10, num_negatives=4096, dim=8, batch_size=4096)

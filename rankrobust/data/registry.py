@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,8 +133,12 @@ def list_datasets(data_dir: str | os.PathLike | None = None) -> list[DatasetInfo
 
 # ------------------------------------------------------------------- loading
 def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | None, n_users_seen: int,
-              valid_fraction: float, seed: int, valid_is_test: bool) -> Dataset:
-    """Build the Dataset from (users, items) pair tuples; shape = max id over all splits + 1."""
+              valid_fraction: float, seed: int, valid_is_test: bool, test_path: Path) -> Dataset:
+    """Build the Dataset from (users, items) pair tuples; shape = max id over all splits + 1.
+
+    What is odd but not fatal about the test file ``test_path`` (pairs also in
+    train, a few cold users) goes into ``Dataset.notes``, naming the file.
+    """
     parts = [train, test] + ([valid] if valid is not None else [])
     n_users = max([n_users_seen] + [int(u.max()) + 1 for u, _ in parts if len(u)])
     n_items = max([0] + [int(i.max()) + 1 for _, i in parts if len(i)])
@@ -145,16 +148,16 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     if tr.nnz == 0:
         raise DataFormatError(source, "the training split holds no interactions")
     overlap = te.nnz - te.difference(tr).nnz
-    if overlap:
-        warnings.warn(f"{name}: {overlap} test pairs also occur in train", stacklevel=3)
-    _check_cold(name, source, tr, te)
+    notes = ([f"{test_path}: {overlap:,} test pairs also occur in train (they are scored as hits although "
+              f"training saw them)"] if overlap else [])
+    notes += [n for n in [_check_cold(source, test_path, tr, te)] if n]
     if valid_is_test:
         if va is not None:  # the shipped validation pairs go back into training
             tr = tr.union(va)
-        return Dataset(name, tr, te, te, leaky_validation=True, source=source)
+        return Dataset(name, tr, te, te, leaky_validation=True, source=source, notes=tuple(notes))
     if va is None:
         tr, va = carve_validation(tr, valid_fraction, seed)
-    return Dataset(name, tr, va, te, leaky_validation=False, source=source)
+    return Dataset(name, tr, va, te, leaky_validation=False, source=source, notes=tuple(notes))
 
 
 def _check_dense_ids(name: str, paths: dict, parts: list) -> None:
@@ -179,24 +182,25 @@ def _check_dense_ids(name: str, paths: dict, parts: list) -> None:
 COLD_TEST_USERS_LIMIT = 0.5
 
 
-def _check_cold(name: str, source: str, train: Interactions, test: Interactions) -> None:
-    """Refuse a test split whose users are mostly absent from train; warn when some are.
+def _check_cold(source: str, test_path: Path, train: Interactions, test: Interactions) -> str | None:
+    """Refuse a test split whose users are mostly absent from train; a note (naming ``test_path``) when some are.
 
     Such users can only get recommendations from untrained embeddings; most
     often it means the ids of the files do not refer to the same entities.
     """
     test_users = test.user_counts() > 0
     if not test_users.any():
-        return
+        return None
     cold = test_users & (train.user_counts() == 0)
     share = cold.sum() / test_users.sum()
     if share > COLD_TEST_USERS_LIMIT:
         raise DataFormatError(source, f"{cold.sum():,} of {test_users.sum():,} test users ({share:.0%}) have no "
                                       f"training interaction: the files' ids probably do not refer to the same "
                                       f"users (check how ids are written in each file)")
-    if cold.any():
-        warnings.warn(f"{name}: {cold.sum():,} of {test_users.sum():,} test users have no training interaction "
-                      f"(they are evaluated from untrained embeddings)", stacklevel=3)
+    if not cold.any():
+        return None
+    return (f"{test_path}: {cold.sum():,} of {test_users.sum():,} test users have no training interaction "
+            f"(they are evaluated from untrained embeddings)")
 
 
 def _read_split(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], int]:
@@ -272,8 +276,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, valid_fra
     test, seen_te = _read_split(paths["test"])  # type: ignore[arg-type]
     valid, seen_va = _read_split(paths["valid"]) if paths["valid"] is not None else (None, 0)
     _check_dense_ids(key, paths, [train, test] + ([valid] if valid is not None else []))
-    return _assemble(key, source, train, test, valid, max(seen_tr, seen_te, seen_va),
-                     valid_fraction, seed, valid_is_test)
+    dataset = _assemble(key, source, train, test, valid, max(seen_tr, seen_te, seen_va),
+                        valid_fraction, seed, valid_is_test, paths["test"])  # type: ignore[arg-type]
+    other = Path(data_dir).expanduser() / key if data_dir is not None else None
+    if DATASETS[key].embedded and other is not None and other.exists():  # the user may expect those files
+        dataset = dataclasses.replace(dataset, notes=dataset.notes + (
+            f"{other} was not read: {key!r} is the embedded dataset ({folder}), whatever --data-dir says; to train "
+            f"on the files in {other}, pass data.train_path=... and data.test_path=... (--set)",))
+    return dataset
 
 
 def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | os.PathLike | None = None,
@@ -320,5 +330,5 @@ def load_files(train: str | os.PathLike, test: str | os.PathLike, valid: str | o
         pairs[k] = (ucodes[start:start + n], icodes[start:start + n])
         start += n
     dataset = _assemble(label, source, pairs["train"], pairs["test"], pairs.get("valid"), 0,
-                        valid_fraction, seed, valid_is_test)
+                        valid_fraction, seed, valid_is_test, files["test"])
     return dataclasses.replace(dataset, user_ids=user_ids, item_ids=item_ids)

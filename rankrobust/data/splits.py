@@ -33,6 +33,7 @@ class Dataset:
             of every user / item (None for registered datasets).
         split: the record of `apply_split` when the splits were re-drawn
             (``data.split = popularity``), else None.
+        notes: non-fatal findings of loading, each naming its file.
     """
 
     name: str
@@ -46,6 +47,9 @@ class Dataset:
     item_ids: np.ndarray | None = field(default=None, compare=False)
     #: how the splits were re-drawn (`apply_split`, e.g. the popularity-shift test); None for the given split
     split: dict[str, Any] | None = field(default=None, compare=False)
+    #: what loading found odd but not fatal (test pairs also in train, cold test users), each naming its
+    #: file; a run records them in metrics.json → warnings
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def __post_init__(self) -> None:
         shapes = {s: getattr(self, s).shape for s in ("train", "valid", "test")}
