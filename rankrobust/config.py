@@ -322,9 +322,11 @@ def _coerce(path: str, value: Any, hint: Any) -> Any:
     if hint is bool:
         if isinstance(value, bool):
             return value
+        if isinstance(value, int) and value in (0, 1):  # `--set key=1` arrives as the YAML integer 1
+            return bool(value)
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{path} must be true or false, got {value!r}")
+        raise ConfigError(f"{path} must be true or false, got {'nothing' if value is None else repr(value)}")
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ConfigError(f"{path} must be an integer, got {value!r}")

@@ -68,3 +68,17 @@ def test_config_from_template_drops_options_of_other_entries():
     assert config_from_template({"model.name": "lightgcn", "model.layers": 2}).model.options.layers == 2
     with pytest.raises(ConfigError, match="did you mean 'epochs'"):
         config_from_template({"train.epoch": 3})
+
+
+@pytest.mark.parametrize("text,expected", [("true", True), ("yes", True), ("1", True), ("false", False),
+                                           ("no", False), ("0", False)])
+def test_boolean_overrides_take_every_usual_spelling(text, expected):
+    key, value = parse_override(f"train.bf16={text}")
+    assert config_from_dict({"train": {"bf16": value}}).train.bf16 is expected
+
+
+@pytest.mark.parametrize("text,shown", [("maybe", "'maybe'"), ("2", "2"), ("", "nothing")])
+def test_a_boolean_override_that_is_not_one_names_the_value(text, shown):
+    key, value = parse_override(f"train.bf16={text}")
+    with pytest.raises(ConfigError, match=f"train.bf16 must be true or false, got {shown}"):
+        config_from_dict({"train": {"bf16": value}})
