@@ -561,3 +561,13 @@ def test_data_dir_with_a_lastfm_folder_says_the_embedded_copy_was_read(tmp_path)
     note = load_dataset("lastfm", data_dir=tmp_path).notes
     assert len(note) == 1 and f"{tmp_path / 'lastfm'} was not read" in note[0] and "data.train_path" in note[0]
     assert load_dataset("lastfm", data_dir=tmp_path / "elsewhere").notes == ()
+
+
+def test_a_dataset_folder_missing_one_split_names_it(tmp_path):
+    (tmp_path / "ml-100k").mkdir()
+    (tmp_path / "ml-100k" / "train.txt").write_text("0 1 2\n1 0\n")
+    with pytest.raises(DataNotFoundError, match=r"incomplete in .*ml-100k: .*train.txt is there but test.txt\(.gz\) "
+                                                r"is not; restore it \(`rankrobust download ml-100k"):
+        load_dataset("ml-100k", data_dir=tmp_path)
+    with pytest.raises(DataNotFoundError, match="not found"):  # nothing there at all: the general message
+        load_dataset("ml-100k", data_dir=tmp_path / "nothing")

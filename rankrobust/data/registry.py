@@ -227,6 +227,13 @@ def dataset_files(name: str, data_dir: str | os.PathLike | None = None) -> dict[
     folder, cands, origin = _external_folder(key, data_dir)
     if folder is None:
         looked = ", ".join(str(c / key) for c in cands)
+        for c in cands:  # one split there, the other missing: say which
+            have = {s for s in ("train", "test") if _split_file(c / key, s)}
+            if len(have) == 1:
+                (missing,) = {"train", "test"} - have
+                raise DataNotFoundError(
+                    f"dataset {key!r} is incomplete in {c / key}: {_split_file(c / key, have.pop())} is there but "
+                    f"{missing}.txt(.gz) is not; restore it (`rankrobust download {key} --dest {c}`)")
         raise DataNotFoundError(
             f"dataset {key!r} not found: looked for {key}/train.txt(.gz) and {key}/test.txt(.gz) in {looked} "
             f"(from {origin}). Download it with `rankrobust download {key} --dest DIR` and pass --data-dir DIR "
