@@ -48,6 +48,14 @@ class MissingData(Exception):
     """A sweep lacks what a figure needs (named in the message)."""
 
 
+class NoSweeps(ValueError):
+    """None of the folders given to `make_figures` is a usable sweep, so no figure can be drawn."""
+
+
+#: where the sweep each figure needs is listed (tail of `NoSweeps`'s message)
+FIGURES_README_HINT = "figures/README.md lists the sweep each figure needs"
+
+
 @dataclass
 class Sweep:
     """A sweep folder with its spec name and results store (one row per run)."""
@@ -107,22 +115,31 @@ def open_sweeps(dirs: Iterable[str | Path]) -> dict[str, Sweep]:
     spec name matches no kind is reported on stderr and left out; of two
     folders of one kind the later wins (also reported).
     """
+    found, ignored = _open_sweeps(dirs)
+    for d, why in ignored:
+        print(f"ignored {d}: {why}", file=sys.stderr)
+    return found
+
+
+def _open_sweeps(dirs: Iterable[str | Path]) -> tuple[dict[str, Sweep], list[tuple[Path, str]]]:
+    """(sweeps keyed by kind, [(folder, why it was left out)]) of `open_sweeps`, without printing."""
     found: dict[str, Sweep] = {}
+    ignored: list[tuple[Path, str]] = []
     for d in map(Path, dirs):
-        if not SweepDir(d).store_path.exists():
-            print(f"ignored {d}: no results store there (run `rankrobust sweep SPEC --out {d}` first)",
-                  file=sys.stderr)
+        missing = SweepDir(d).missing_store()
+        if missing:
+            ignored.append((d, missing))
             continue
         name = SweepDir(d).name()
         kind = sweep_kind(name)
         if kind is None:
-            print(f"ignored {d}: sweep {name!r} is none of the kinds the figures need (a figure finds its "
-                  f"sweeps by the start of the spec name: {', '.join(sweep_kinds())})", file=sys.stderr)
+            ignored.append((d, f"sweep {name!r} is none of the kinds the figures need (a figure finds its sweeps "
+                               f"by the start of the spec name: {', '.join(sweep_kinds())})"))
             continue
         if kind in found:
             print(f"{d} replaces {found[kind].path} as the {kind} sweep", file=sys.stderr)
         found[kind] = Sweep(d, name, load_store(d))
-    return found
+    return found, ignored
 
 
 # ------------------------------------------------------------------ tidy data for each figure
@@ -564,7 +581,8 @@ FIGURES: tuple[Figure, ...] = (
     Figure(10, "fig10-iid-vs-ood", ("loss-comparison-ood",), ood_frame, plots.plot_iid_vs_ood,
            "Test NDCG@20 per loss and backbone (MF, LightGCN, XSimGCL) on the given split (IID) and on the "
            "popularity-shift split (OOD: test interactions drawn with probability proportional to 1/pop(i), "
-           "PROTOCOLS.md §11), mean and sd over seeds; right: the OOD/IID ratio of the means."),
+           "README: \"XSimGCL and the popularity-shift (OOD) test\"), mean and sd over seeds; right: the OOD/IID "
+           "ratio of the means."),
 )
 
 
@@ -708,6 +726,8 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
     """Draw every registry figure whose sweeps are among ``dirs`` into ``out``; returns the written paths.
 
     ``only``: figure numbers (``"2"``) or stems (``"fig2-noisy-positives"``).
+    When none of ``dirs`` is a usable sweep, `NoSweeps` (a ValueError) names
+    each folder and why, and nothing is written.
     Figures whose sweeps are missing, or whose sweeps lack data
     (`MissingData`, a missing or damaged run file), are skipped with a
     message on stderr; the others are still drawn.  ``out/README.md``
@@ -715,7 +735,12 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
     sweep folders used here, keeping any hand-written text around it.
     """
     chosen = select(only)
-    sweeps = open_sweeps(dirs)
+    sweeps, ignored = _open_sweeps(dirs)
+    if not sweeps:  # nothing can be drawn: one error line, and no README of an empty folder
+        why = "; ".join(reason if str(d) in reason else f"{d}: {reason}" for d, reason in ignored)
+        raise NoSweeps(f"no figure can be drawn: {why} ({FIGURES_README_HINT})")
+    for d, reason in ignored:
+        print(f"ignored {d}: {reason}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     for fig in chosen:

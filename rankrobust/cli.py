@@ -158,7 +158,11 @@ def cmd_datasets(args: argparse.Namespace) -> int:
             row.update(users=s["users"], items=s["items"], interactions=s["interactions"],
                        density=f"{s['density']:.2e}")
         rows.append(row)
-    print(pd.DataFrame(rows).to_string(index=False))
+    frame = pd.DataFrame(rows)
+    for column in ("users", "items", "interactions"):  # counts: integers, "-" where not loaded (not 1812.0 / NaN)
+        if column in frame:
+            frame[column] = [("-" if pd.isna(v) else f"{int(v)}") for v in frame[column]]
+    print(frame.fillna("-").to_string(index=False))
     return 0
 
 

@@ -99,7 +99,8 @@ class DataConfig:
     valid_is_test: bool = option(False, "authors' leaky protocol: validate on test", flag="--valid-is-test")
     split_seed: int = option(0, "seed of the validation split (and of the popularity-shift test draw)")
     split: str = option("given", "test split: given (the dataset's own) or popularity (PSL's out-of-distribution "
-                                 "test, drawn with probability ∝ 1/pop(i) per interaction; PROTOCOLS.md §11)",
+                                 "test, drawn with probability ∝ 1/pop(i) per interaction; README: "
+                                 "\"XSimGCL and the popularity-shift (OOD) test\")",
                         check=one_of(*SPLITS), flag="--split")
     ood_test_fraction: float = option(OOD_TEST_FRACTION, "share of all interactions drawn into the popularity-shift "
                                                          "test (data.split = popularity)", check=_open(0.0, 1.0))
@@ -172,7 +173,7 @@ class TrainConfig:
     sampler: str = option("uniform", "negative sampler", flag="--sampler")
     sampler_options: Any = None
     batching: str = option("pairs", "how pairs are batched: pairs (shuffled) or users (chunks of a user's "
-                                    "positives, PROTOCOLS §9)", flag="--batching")
+                                    "positives; README: \"BSL's positive side\")", flag="--batching")
     batching_options: Any = None
     patience: int = option(20, "early-stopping patience in validation rounds (one per train.eval_every epochs; "
                                "0: off)", check=non_negative, flag="--patience")

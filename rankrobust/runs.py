@@ -125,8 +125,39 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def file_given_for_folder(path: str | Path, what: str = "run folder") -> str | None:
+    """The one-line error for an existing *file* given where a ``what`` (run or sweep folder) is expected; else None.
+
+    A file a run or sweep folder holds (``runs/demo/metrics.json``) names that
+    folder as the one to pass; any other file names what to pass instead.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    sweep = what == "sweep folder"
+    own, other = ((SweepDir.SPEC, SweepDir.STORE), RunDir.file_names()) if sweep else \
+        (RunDir.file_names(), (SweepDir.SPEC, SweepDir.STORE))
+    if path.name in own:
+        return f"{path} is a file, not a {what}: pass the folder that holds it ({path.parent})"
+    if sweep and path.name in other:
+        return (f"{path} is a file of the single run folder {path.parent}, not a sweep folder: the run's metrics "
+                f"are in {path.parent / RunDir.METRICS}; pass a sweep folder (one written by "
+                f"`rankrobust sweep SPEC --out DIR`)")
+    if path.name in other:
+        return (f"{path} is a file of the sweep folder {path.parent}, not a run folder: pass one of its runs "
+                f"({path.parent / SweepDir.RUNS}/<cell id>)")
+    how = "rankrobust sweep SPEC --out DIR" if sweep else "rankrobust train --out DIR"
+    return f"{path} is a file, not a {what}: pass a {what} (one written by `{how}`)"
+
+
 def read_status(run_dir: str | Path) -> str | None:
-    """``"done"``, ``"failed"`` or None (missing: never finished or interrupted)."""
+    """``"done"``, ``"failed"`` or None (missing: never finished or interrupted).
+
+    A path that is a file raises `RunFolderError` saying so (never advice to delete it).
+    """
+    problem = file_given_for_folder(run_dir)
+    if problem:
+        raise RunFolderError(problem)
     path = Path(run_dir) / RunDir.STATUS
     try:
         text = path.read_text(errors="replace")
@@ -275,6 +306,12 @@ class RunDir:
             return False
 
     # ------------------------------------------------------------------ reading
+    def require_folder(self) -> None:
+        """`RunFolderError` when the path is an existing file (e.g. the run's ``metrics.json`` given for its folder)."""
+        problem = file_given_for_folder(self.path)
+        if problem:
+            raise RunFolderError(problem)
+
     def exists(self) -> bool:
         return (self.path / self.CONFIG).exists()
 
@@ -300,12 +337,14 @@ class RunDir:
 
     def config(self) -> dict[str, Any]:
         """``config.json`` as a dict; FileNotFoundError naming the folder when missing, RunFolderError when damaged."""
+        self.require_folder()
         if not (self.path / self.CONFIG).exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no {self.CONFIG})")
         return self._read_dict(self.CONFIG)
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` as a dict ({} when the run has none yet); RunFolderError naming it when damaged."""
+        self.require_folder()
         if not (self.path / self.METRICS).exists():
             return {}
         return self._read_dict(self.METRICS)
@@ -318,6 +357,7 @@ class RunDir:
 
         A missing ``noise`` table reads as an empty (user, item, kind) frame.
         """
+        self.require_folder()
         path = self.table_path(name)
         if not path.exists():
             if name == "noise":
@@ -332,6 +372,7 @@ class RunDir:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Saved weights (``model.pt``) loaded safely with ``weights_only=True``."""
+        self.require_folder()
         path = self.path / self.MODEL
         if not path.exists():
             raise FileNotFoundError(f"{self.path} has no {self.MODEL}")
@@ -428,13 +469,45 @@ class SweepDir:
     def run(self, cell_id: str) -> RunDir:
         return RunDir(self.runs_path / cell_id)
 
+    def require_folder(self) -> None:
+        """`RunFolderError` when the path is an existing file (e.g. its ``sweep.json`` given for the folder)."""
+        problem = file_given_for_folder(self.path, "sweep folder")
+        if problem:
+            raise RunFolderError(problem)
+
+    def missing_store(self) -> str | None:
+        """Why there is no results store to read here, in one line naming what to pass instead; None: there is one.
+
+        Tells apart a file, a single run folder (it holds a run's files; its
+        metrics are in its ``metrics.json``), a missing folder and a sweep
+        folder whose store is not written yet.
+        """
+        if self.store_path.is_file():
+            return None
+        problem = file_given_for_folder(self.path, "sweep folder")
+        if problem:
+            return problem
+        how = "; pass a sweep folder (one written by `rankrobust sweep SPEC --out DIR`, holding store.parquet)"
+        if not self.path.exists():
+            return f"{self.path} does not exist{how}"
+        held = [n for n in (RunDir.METRICS, RunDir.CONFIG, RunDir.STATUS) if (self.path / n).is_file()]
+        if held:
+            where = (f"its metrics are in {self.path / RunDir.METRICS}" if RunDir.METRICS in held
+                     else f"it has no {RunDir.METRICS} (an unfinished run)")
+            sweep = self.path.parent.parent
+            owner = (f" such as the sweep folder it belongs to, {sweep}"
+                     if self.path.parent.name == self.RUNS and SweepDir(sweep).store_path.is_file() else "")
+            return f"{self.path} is a single run folder (it holds {held[0]}), not a sweep folder: {where}{how}{owner}"
+        return f"no results store at {self.store_path}; run `rankrobust sweep SPEC --out {self.path}` first"
+
     def run_dirs(self) -> list[RunDir]:
         """Every run folder of the sweep, sorted by cell id."""
         root = self.runs_path
         return [RunDir(p) for p in sorted(root.iterdir()) if p.is_dir()] if root.exists() else []
 
     def spec(self) -> dict[str, Any] | None:
-        """The recorded spec (``sweep.json``) or None; RunFolderError naming it when damaged."""
+        """The recorded spec (``sweep.json``) or None; RunFolderError naming it when damaged (or the path a file)."""
+        self.require_folder()
         if not self.spec_path.exists():
             return None
         fix = (f"delete it and run `rankrobust sweep SPEC --out {self.path}` again to record the spec "

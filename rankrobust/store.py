@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from rankrobust import runs
-from rankrobust.config import SECTIONS
+from rankrobust.config import SECTIONS, closest
 from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
@@ -189,7 +189,11 @@ def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFra
     path = path if path.suffix == ".parquet" else SweepDir(path).store_path
     folder = path.parent
     if not path.exists():
-        raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {folder}` first")
+        if Path(sweep_dir).suffix == ".parquet":
+            raise FileNotFoundError(f"no results store at {path}; run `rankrobust sweep SPEC --out {folder}` first")
+        raise FileNotFoundError(SweepDir(sweep_dir).missing_store())
+    if not path.is_file():
+        raise RunFolderError(f"{path} is a folder, not a results store; pass the sweep folder that holds it ({folder})")
     try:
         frame = pd.read_parquet(path)
     except Exception as err:  # pyarrow raises ArrowInvalid, OSError, ...
@@ -346,6 +350,20 @@ def _select(frame: pd.DataFrame, arm: dict[str, Any]) -> pd.Series:
     return mask
 
 
+def check_arm(frame: pd.DataFrame, arm: dict[str, Any]) -> None:
+    """ValueError in one line when a value an arm names occurs in no run of ``frame``, listing the values that do.
+
+    Each ``key=value`` of the arm is checked on its own (a combination that no
+    run has, of values that each occur, is not an error here: no cell pairs).
+    """
+    for key, value in arm.items():
+        if key not in frame or _select(frame, {key: value}).any():
+            continue  # a missing column is `_select`'s error
+        present = sorted({str(v) for v in frame[key].dropna()})
+        raise ValueError(f"no run of the store has {key} = {value!r}{closest(value, present)}; values of {key} "
+                         f"there: {', '.join(present) if present else 'none'}")
+
+
 def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
                  metric: str | None = None) -> pd.DataFrame:
     """Paired test of arm ``a`` vs arm ``b`` across users, per cell and seed, Holm-corrected across cells.
@@ -362,6 +380,8 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
     done = frame[frame["status"] == runs.STATUS_DONE]
     if done.empty:
         return pd.DataFrame()
+    check_arm(frame, a)
+    check_arm(frame, b)
     fixed = set(a) | set(b)
     others = [x for x in axes if x not in fixed] + ["train.seed"]
     la, lb = arm_label(a), arm_label(b)

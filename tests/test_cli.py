@@ -1,5 +1,6 @@
 """The `rankrobust` command (rankrobust/cli.py): flags from the registries, typos, train end to end."""
 import json
+import re
 
 import pytest
 
@@ -106,3 +107,24 @@ def test_cli_patience_waits_for_validation(tmp_path, capsys):
     assert "best epoch 5 of 10" in out or "best epoch 10 of 10" in out
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["best_epoch"] in (5, 10) and metrics["epochs_run"] == 10 and not metrics["stopped_early"]
+
+
+def test_cli_datasets_prints_counts_as_integers(tmp_path, capsys):
+    """Counts are integers even when some datasets are not there (no 1812.0), '-' where not loaded."""
+    assert main(["datasets", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    lastfm = next(line for line in out.splitlines() if line.lstrip().startswith("lastfm"))
+    assert " 1812 " in lastfm and " 2762 " in lastfm and ".0 " not in out
+    assert not re.search(r"\b\d+\.0\b", out) and "NaN" not in out
+
+
+def test_user_facing_text_cites_no_unshipped_protocols_file(capsys):
+    """Help texts and figure captions point to README sections, not PROTOCOLS.md (not in a clone)."""
+    from analysis.figures import FIGURES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and "figures" in a.choices).choices
+    texts = [parser.format_help()] + [p.format_help() for p in sub.values()]
+    texts += [f.caption for f in FIGURES]
+    assert not [t for t in texts if "PROTOCOLS" in t]
+    assert any('README: "XSimGCL and the popularity-shift (OOD) test"' in t for t in texts)

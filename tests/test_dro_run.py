@@ -50,3 +50,16 @@ def test_check_d_on_a_trained_synthetic_run(tmp_path):
     share = run_experiment(cfg, None, progress=False, probes=probes_for()).metrics["gradient_share"]
     assert share["sl_noisy_share"] == share["noisy_fraction"]
     assert share["bsl_noisy_share"] < 0.8 * share["sl_noisy_share"]
+
+
+def test_dro_check_on_a_file_names_the_run_folder(tmp_path, capsys):
+    """A run's file given for its folder: one line naming the folder to pass, exit 2, no advice to delete."""
+    run = tmp_path / "demo"
+    run.mkdir()
+    (run / "metrics.json").write_text("{}")
+    (run / "status").write_text("done\n")
+    assert main(["dro-check", str(run / "metrics.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"rankrobust dro-check: error: {run / 'metrics.json'} is a file, not a run folder: pass the "
+                   f"folder that holds it ({run})")
+    assert "delete" not in err and "permissions" not in err

@@ -137,3 +137,22 @@ def test_fig9_frame(tiny_results):
         figures.batching_frame(figures.Sweep(sweep.path, sweep.name, sweep.store.drop(
             columns=[figures.IN_TRAINING_SHARE])))
     assert isinstance(df, pd.DataFrame)
+
+
+def test_no_usable_sweep_is_one_error_line(tiny_results, tmp_path, capsys):
+    """Nothing can be drawn: one error line naming each folder and what to pass, exit 2, nothing written."""
+    run = next((tiny_results / TINY_FOLDERS["tau-ratio"] / "runs").iterdir())
+    out = tmp_path / "figs"
+    assert main(["figures", str(tmp_path / "nope"), str(run), str(run / "metrics.json"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "skipped" not in err and "ignored" not in err
+    assert err.startswith(f"rankrobust figures: error: no figure can be drawn: {tmp_path / 'nope'} does not exist; "
+                          f"pass a sweep folder (one written by `rankrobust sweep SPEC --out DIR`")
+    assert f"{run} is a single run folder" in err and f"its metrics are in {run / 'metrics.json'}" in err
+    assert f"{run / 'metrics.json'} is a file of the single run folder" in err
+    assert err.endswith("(figures/README.md lists the sweep each figure needs)")
+    assert not out.exists()
+    # one usable folder among them: the others are ignored with a line each and the figures are drawn
+    assert main(["figures", str(tmp_path / "nope"), str(tiny_results / TINY_FOLDERS["tau-ratio"]), "--out",
+                 str(out), "--only", "fig1-loss-comparison"]) == 0
+    assert f"ignored {tmp_path / 'nope'}: {tmp_path / 'nope'} does not exist" in capsys.readouterr().err

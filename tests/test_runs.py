@@ -154,3 +154,32 @@ def test_overwritten_run_without_fairness_has_no_fairness_table(tmp_path):
     assert runs.RunDir(out).has_table("fairness")
     run_experiment(cfg, out, progress=False, overwrite=True, probes=())
     assert not runs.RunDir(out).has_table("fairness") and "fairness" not in runs.RunDir(out).metrics()
+
+
+# ---------------------------------------------------------------------------- a file given for a folder
+def test_a_file_given_for_a_run_folder_names_the_folder_to_pass(tmp_path):
+    """A run's own file names its folder; any other file says what to pass; never 'delete the run folder'."""
+    run = runs.RunDir(tmp_path / "demo")
+    run.prepare()
+    run.write_config("{}")
+    run.write_metrics({})
+    run.finish()
+    given = run.path / "metrics.json"
+    for read in (runs.load_run, runs.read_status, lambda p: runs.RunDir(p).config(),
+                 lambda p: runs.RunDir(p).metrics(), lambda p: runs.RunDir(p).table("per_user"),
+                 lambda p: runs.RunDir(p).tensors()):
+        with pytest.raises(runs.RunFolderError) as err:
+            read(given)
+        assert str(err.value) == f"{given} is a file, not a run folder: pass the folder that holds it ({run.path})"
+    (tmp_path / "notes.md").write_text("x")
+    with pytest.raises(runs.RunFolderError, match=r"notes\.md is a file, not a run folder: pass a run folder "
+                                                  r"\(one written by `rankrobust train --out DIR`\)$"):
+        runs.load_run(tmp_path / "notes.md")
+    sweep = runs.SweepDir(tmp_path / "sw")
+    sweep.write_spec({"name": "x"})
+    with pytest.raises(runs.RunFolderError, match=r"sweep\.json is a file of the sweep folder .*sw, not a run "
+                                                  r"folder: pass one of its runs"):
+        runs.load_run(sweep.spec_path)
+    with pytest.raises(runs.RunFolderError, match=r"sweep\.json is a file, not a sweep folder: pass the folder "
+                                                  r"that holds it"):
+        runs.SweepDir(sweep.spec_path).spec()

@@ -216,3 +216,49 @@ def test_sweep_into_a_folder_with_a_damaged_record_prints_one_line(tmp_path, cap
     assert main(["sweep", str(tmp_path), "--out", str(out.path)]) == 2  # a folder given as the spec
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot be read" in err
+
+
+# ---------------------------------------------------------------------------- not a sweep folder: say what it is
+@pytest.mark.parametrize("given,match", [
+    ("run", (r"^rankrobust results: error: (?P<p>\S+) is a single run folder \(it holds metrics\.json\), not a "
+             r"sweep folder: its metrics are in (?P=p)/metrics\.json; pass a sweep folder")),
+    ("run_file", (r"metrics\.json is a file of the single run folder \S+, not a sweep folder: the run's metrics "
+                  r"are in \S+/metrics\.json; pass a sweep folder")),
+    ("file", (r"README\.md is a file, not a sweep folder: pass a sweep folder \(one written by `rankrobust sweep "
+              r"SPEC --out DIR`\)$")),
+    ("nothing", r"nope does not exist; pass a sweep folder"),
+    ("sweep_run", r"is a single run folder .* such as the sweep folder it belongs to, \S+sw$"),
+])
+def test_results_on_a_run_folder_or_file_says_what_it_is(tmp_path, capsys, given, match):
+    from rankrobust.cli import main
+
+    sweep = SweepDir(tmp_path / "sw")
+    fake_run(sweep.run("sl"), "sl", 0)
+    write_store(sweep.path)
+    run = fake_run(tmp_path / "demo", "sl", 0)
+    (tmp_path / "README.md").write_text("# notes\n")
+    path = {"run": run.path, "run_file": run.path / "metrics.json", "file": tmp_path / "README.md",
+            "nothing": tmp_path / "nope", "sweep_run": sweep.run("sl").path}[given]
+    assert main(["results", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "store.parquet; run `rankrobust sweep" not in err
+    assert re.search(match, err), err
+
+
+def test_compare_with_a_value_not_in_the_store_names_it(tmp_path, capsys):
+    """--compare sl foo: 'foo' occurs in no run, so say that (listing the values that do), exit 2."""
+    from rankrobust.cli import main
+
+    sweep = SweepDir(tmp_path / "sw")
+    for loss in ("sl", "bsl"):
+        fake_run(sweep.run(loss), loss, 0)
+    write_store(sweep.path)
+    assert main(["results", str(sweep.path), "--compare", "sl", "foo"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rankrobust results: error: no run of the store has loss.name = 'foo'; values of loss.name " \
+                  "there: bsl, sl"
+    assert main(["results", str(sweep.path), "--compare", "sl", "train.seed=7"]) == 2
+    assert "no run of the store has train.seed = 7; values of train.seed there: 0" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no run of the store has loss.name = 'bls' \\(did you mean 'bsl'\\?\\)"):
+        compare_runs(load_store(sweep.path), ["loss.name"], {"loss.name": "sl"}, {"loss.name": "bls"})
+    assert main(["results", str(sweep.path), "--compare", "sl", "bsl"]) == 0  # both occur: the test runs
