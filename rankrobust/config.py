@@ -89,7 +89,7 @@ class DataConfig:
     """
 
     name: str = option("lastfm", "dataset name (see `rankrobust datasets`)", check=_dataset_name, flag="--dataset")
-    data_dir: str | None = option(None, "folder holding yelp2018/, gowalla/, ml/ (default $RANKROBUST_DATA "
+    data_dir: str | None = option(None, "folder holding yelp2018/, gowalla/, ml/, ml-100k/ (default $RANKROBUST_DATA "
                                         "or ../shared/data)", flag="--data-dir")
     train_path: str | None = option(None, "your own training file (LightGCN text, CSV/TSV/parquet)")
     test_path: str | None = option(None, "your own test file (with train_path)")

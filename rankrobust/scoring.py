@@ -234,9 +234,9 @@ def unused_bf16_warning(bf16: bool, device_type: str, negatives: str, choice: di
         return None
     if choice:
         path = f"scores its sampled negatives with {choice['scorer']!r} (train.scorer = {choice['requested']!r})"
-        fix = "Set train.scorer=dense to use it, or drop train.bf16"
+        fix = "Set train.scorer=dense to use it, or drop train.bf16."
     else:
-        path, fix = f"takes {negatives} negatives", "Drop train.bf16 (or use train.sampler=full)"
+        path, fix = f"takes {negatives} negatives", "Drop train.bf16 (or use train.sampler=full)."
     return (f"train.bf16 = true had no effect: on CPU it runs the dense and all-items matrix products in "
             f"bfloat16, and this run {path}, all in float32. {fix}")
 

@@ -551,7 +551,7 @@ def test_test_pairs_in_train_and_cold_users_are_notes_naming_the_test_file(tmp_p
         ds = load_files(tmp_path / "tr.csv", tmp_path / "te.csv", valid_fraction=0.0)
     te = str(tmp_path / "te.csv")
     assert len(ds.notes) == 2 and all(note.startswith(f"{te}: ") for note in ds.notes)
-    assert "1 test pairs also occur in train" in ds.notes[0] and "1 of 4 test users" in ds.notes[1]
+    assert "1 test pair also occurs in train" in ds.notes[0] and "1 of 4 test users has no" in ds.notes[1]
     (tmp_path / "clean.csv").write_text("user,item\nu1,c\nu2,a\nu3,b\n")
     assert load_files(tmp_path / "tr.csv", tmp_path / "clean.csv", valid_fraction=0.0).notes == ()
 

@@ -118,7 +118,7 @@ def test_data_notes_and_oversampling_reach_metrics(tmp_path):
                       + train[0].split()[1] + "\n")
     run_experiment(cfg.with_overrides({"data.test_path": str(shared)}), tmp_path / "run", progress=False)
     stored = json.loads((tmp_path / "run" / "metrics.json").read_text())["warnings"]
-    assert any(w.startswith(f"{shared}: ") and "also occur in train" in w for w in stored)
+    assert any(w.startswith(f"{shared}: ") and "in train (scored as hits" in w for w in stored)
     assert any(w.startswith("train.num_negatives = 70 is at least the catalog's 60 items") for w in stored)
 
 

@@ -148,8 +148,9 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     if tr.nnz == 0:
         raise DataFormatError(source, "the training split holds no interactions")
     overlap = te.nnz - te.difference(tr).nnz
-    notes = ([f"{test_path}: {overlap:,} test pairs also occur in train (they are scored as hits although "
-              f"training saw them)"] if overlap else [])
+    pairs = "test pair also occurs" if overlap == 1 else "test pairs also occur"
+    notes = ([f"{test_path}: {overlap:,} {pairs} in train (scored as hits although training saw them)"]
+             if overlap else [])
     notes += [n for n in [_check_cold(source, test_path, tr, te)] if n]
     if valid_is_test:
         if va is not None:  # the shipped validation pairs go back into training
@@ -199,8 +200,8 @@ def _check_cold(source: str, test_path: Path, train: Interactions, test: Interac
                                       f"users (check how ids are written in each file)")
     if not cold.any():
         return None
-    return (f"{test_path}: {cold.sum():,} of {test_users.sum():,} test users have no training interaction "
-            f"(they are evaluated from untrained embeddings)")
+    return (f"{test_path}: {cold.sum():,} of {test_users.sum():,} test users "
+            f"{'has' if cold.sum() == 1 else 'have'} no training interaction (evaluated from untrained embeddings)")
 
 
 def _read_split(path: Path) -> tuple[tuple[np.ndarray, np.ndarray], int]:
