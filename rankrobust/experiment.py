@@ -176,13 +176,13 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
     """The content of ``metrics.json`` (before the probes add their sections)."""
     history = result.history
     group_size = float(history["group_size_mean"].mean())
+    negatives = negative_kind(cfg.train.sampler)
     warnings = [w for w in (group_size_warning(cfg, group_size),
                             "valid = test: model selection saw the test set (authors' protocol)" if data.leaky
                             else None, slow_choice_warning(result.extra.get("scorer")),
-                            unused_bf16_warning(cfg.train.bf16, device.type, negative_kind(cfg.train.sampler),
-                                                result.extra.get("scorer")),
+                            unused_bf16_warning(cfg.train.bf16, device.type, negatives, result.extra.get("scorer")),
                             oversampling_warning(cfg.train.num_negatives, data.train.n_items)
-                            if negative_kind(cfg.train.sampler) == "sampled" else None) if w]
+                            if negatives == "sampled" else None) if w]
     return {
         "valid": result.valid.metrics if result.valid else {},
         "test": result.test.metrics,

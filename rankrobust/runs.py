@@ -150,14 +150,19 @@ def file_given_for_folder(path: str | Path, what: str = "run folder") -> str | N
     return f"{path} is a file, not a {what}: pass a {what} (one written by `{how}`)"
 
 
+def require_folder(path: str | Path, what: str = "run folder") -> None:
+    """`RunFolderError` (`file_given_for_folder`'s line) when ``path`` is an existing file, not a ``what``."""
+    problem = file_given_for_folder(path, what)
+    if problem:
+        raise RunFolderError(problem)
+
+
 def read_status(run_dir: str | Path) -> str | None:
     """``"done"``, ``"failed"`` or None (missing: never finished or interrupted).
 
     A path that is a file raises `RunFolderError` saying so (never advice to delete it).
     """
-    problem = file_given_for_folder(run_dir)
-    if problem:
-        raise RunFolderError(problem)
+    require_folder(run_dir)
     path = Path(run_dir) / RunDir.STATUS
     try:
         text = path.read_text(errors="replace")
@@ -306,12 +311,6 @@ class RunDir:
             return False
 
     # ------------------------------------------------------------------ reading
-    def require_folder(self) -> None:
-        """`RunFolderError` when the path is an existing file (e.g. the run's ``metrics.json`` given for its folder)."""
-        problem = file_given_for_folder(self.path)
-        if problem:
-            raise RunFolderError(problem)
-
     def exists(self) -> bool:
         return (self.path / self.CONFIG).exists()
 
@@ -337,14 +336,14 @@ class RunDir:
 
     def config(self) -> dict[str, Any]:
         """``config.json`` as a dict; FileNotFoundError naming the folder when missing, RunFolderError when damaged."""
-        self.require_folder()
+        require_folder(self.path)
         if not (self.path / self.CONFIG).exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no {self.CONFIG})")
         return self._read_dict(self.CONFIG)
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` as a dict ({} when the run has none yet); RunFolderError naming it when damaged."""
-        self.require_folder()
+        require_folder(self.path)
         if not (self.path / self.METRICS).exists():
             return {}
         return self._read_dict(self.METRICS)
@@ -357,7 +356,7 @@ class RunDir:
 
         A missing ``noise`` table reads as an empty (user, item, kind) frame.
         """
-        self.require_folder()
+        require_folder(self.path)
         path = self.table_path(name)
         if not path.exists():
             if name == "noise":
@@ -372,7 +371,7 @@ class RunDir:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Saved weights (``model.pt``) loaded safely with ``weights_only=True``."""
-        self.require_folder()
+        require_folder(self.path)
         path = self.path / self.MODEL
         if not path.exists():
             raise FileNotFoundError(f"{self.path} has no {self.MODEL}")
@@ -469,12 +468,6 @@ class SweepDir:
     def run(self, cell_id: str) -> RunDir:
         return RunDir(self.runs_path / cell_id)
 
-    def require_folder(self) -> None:
-        """`RunFolderError` when the path is an existing file (e.g. its ``sweep.json`` given for the folder)."""
-        problem = file_given_for_folder(self.path, "sweep folder")
-        if problem:
-            raise RunFolderError(problem)
-
     def missing_store(self) -> str | None:
         """Why there is no results store to read here, in one line naming what to pass instead; None: there is one.
 
@@ -507,7 +500,7 @@ class SweepDir:
 
     def spec(self) -> dict[str, Any] | None:
         """The recorded spec (``sweep.json``) or None; RunFolderError naming it when damaged (or the path a file)."""
-        self.require_folder()
+        require_folder(self.path, "sweep folder")
         if not self.spec_path.exists():
             return None
         fix = (f"delete it and run `rankrobust sweep SPEC --out {self.path}` again to record the spec "

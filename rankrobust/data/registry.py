@@ -151,7 +151,9 @@ def _assemble(name: str, source: str, train: tuple, test: tuple, valid: tuple | 
     pairs = "test pair also occurs" if overlap == 1 else "test pairs also occur"
     notes = ([f"{test_path}: {overlap:,} {pairs} in train (scored as hits although training saw them)"]
              if overlap else [])
-    notes += [n for n in [_check_cold(source, test_path, tr, te)] if n]
+    cold = _check_cold(source, test_path, tr, te)
+    if cold:
+        notes.append(cold)
     if valid_is_test:
         if va is not None:  # the shipped validation pairs go back into training
             tr = tr.union(va)
