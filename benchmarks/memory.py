@@ -34,13 +34,15 @@ def peak_mib() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="yelp2018")
+    p.add_argument("--data-dir", help="folder holding the dataset's folder (default $RANKROBUST_DATA or ../shared/data)")
     p.add_argument("--negatives", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--scorer", default="auto", help="train.scorer: auto, gather, sparse or dense")
     p.add_argument("--batches", type=int, default=8)
     args = p.parse_args()
 
-    cfg = config_from_template({"data.name": args.dataset, "model.name": "mf", "loss.name": "sl",
+    cfg = config_from_template({"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": "mf",
+                                "loss.name": "sl",
                                 "train.num_negatives": args.negatives, "train.batch_size": args.batch_size,
                                 "train.scorer": args.scorer, "train.device": "cpu"})
     data, _ = prepare_data(cfg, load_data(cfg.data))

@@ -39,6 +39,7 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=50)
     p.add_argument("--device", default="auto")
     p.add_argument("--compile", action="store_true")
+    p.add_argument("--data-dir", help="folder holding the dataset's folder (default $RANKROBUST_DATA or ../shared/data)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", help="run directory to keep")
     p.add_argument("--append", action="store_true")
@@ -47,6 +48,8 @@ def main() -> None:
     overrides = {"train.time_limit": args.time_limit, "train.eval_every": args.eval_every,
                  "train.patience": args.patience, "train.device": args.device, "train.compile": args.compile,
                  "data.valid_is_test": args.valid_is_test}
+    if args.data_dir is not None:
+        overrides["data.data_dir"] = args.data_dir
     overrides.update(dict(parse_override(s) for s in args.set))
     cfg = load_config(args.config).with_overrides(overrides)
     device = resolve_device(cfg.train.device)

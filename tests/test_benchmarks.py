@@ -80,3 +80,11 @@ def test_authors_log_is_parsed_and_compared_with_a_run(tmp_path):
     assert "test Recall@20 / NDCG@20: ours 0.0600 / 0.0400, theirs 0.0510 / 0.0310" in out
     err = _run("benchmarks/authors_log.py", str(run / RunDir.METRICS), str(run), returncode=2)
     assert err.strip().splitlines() == [err.strip()] and "not a log of the authors' code" in err
+
+
+def test_data_dir_reaches_the_memory_and_reproduce_scripts(tmp_path):
+    """`--data-dir` (as the scripts' own "not found" advice says) is where both scripts look for the data."""
+    for script, args in (("benchmarks/memory.py", ("--dataset", "ml-100k")),
+                         ("benchmarks/reproduce.py", ("--config", "configs/mf-ml-sl.yaml", "--time-limit", "1"))):
+        err = _run(script, *args, "--data-dir", str(tmp_path / "nowhere"), returncode=2)
+        assert err.strip().splitlines() == [err.strip()] and "not found" in err and str(tmp_path / "nowhere") in err
