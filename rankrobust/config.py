@@ -42,14 +42,14 @@ from rankrobust.evaluate import METRIC_NAMES
 from rankrobust.losses import LOSSES
 from rankrobust.models import MODELS
 from rankrobust.noise import FN_POOL_KINDS
-from rankrobust.registry import (ConfigError, Registry, check_options, closest, field_default, non_negative,
-                                 one_of, option, positive, probability, unit_interval)
+from rankrobust.registry import (ConfigError, Registry, Space, check_options, closest, field_default, log_uniform,
+                                 non_negative, one_of, option, option_prior, option_space, positive, probability, unit_interval)
 from rankrobust.sampling import SAMPLERS, negative_kind
 from rankrobust.scoring import SCORERS
 
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
            "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
-           "prune_inapplicable", "SECTIONS"]
+           "prune_inapplicable", "SECTIONS", "Searched", "search_space"]
 
 
 def _dataset_name(value: Any) -> str | None:
@@ -168,7 +168,7 @@ class TrainConfig:
         "sampler": ("sampler_options", SAMPLERS), "batching": ("batching_options", BATCHINGS)}
     epochs: int = option(100, "maximum epochs", check=positive, flag="--epochs")
     batch_size: int = option(1024, "training pairs per batch", check=positive, flag="--batch-size")
-    lr: float = option(1e-3, "Adam learning rate", check=positive, flag="--lr")
+    lr: float = option(1e-3, "Adam learning rate", check=positive, flag="--lr", search=log_uniform(1e-4, 1e-2))
     l2: float = option(0.0, "the authors' L2 coefficient on the batch's embeddings", check=non_negative, flag="--l2")
     sampler: str = option("uniform", "negative sampler", flag="--sampler")
     sampler_options: Any = None
@@ -304,6 +304,41 @@ class RunConfig:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class Searched:
+    """One tunable option of a config: its search space, its documented prior and its doc line."""
+
+    space: Space
+    prior: Any
+    doc: str
+
+
+def search_space(cfg: RunConfig) -> dict[str, Searched]:
+    """The options that act in ``cfg`` and declare a search space, by dotted key (``"loss.tau"``).
+
+    Read from the option declarations themselves (`rankrobust.registry.option`
+    with ``search=``): the section's own fields (the trainer's lr, l2, batch
+    size) and the options of the entries ``cfg`` chooses (its loss, its
+    backbone, its sampler, its batching).  Options of entries not chosen are
+    not included, so an SL config is never searched over BPR's options.  In
+    config order; empty when nothing in ``cfg`` is tunable.
+    """
+    found: dict[str, Searched] = {}
+
+    def add(section: str, fields) -> None:
+        for f in fields:
+            space = option_space(f)
+            if space is not None:
+                found[f"{section}.{f.name}"] = Searched(space, option_prior(f), f.metadata.get("doc", ""))
+
+    for name in SECTIONS:
+        section = getattr(cfg, name)
+        add(name, _plain_fields(type(section)))
+        for attr, _ in _selectors(type(section)).values():
+            add(name, dataclasses.fields(getattr(section, attr)))
+    return found
 
 
 # --------------------------------------------------------------------------- parsing

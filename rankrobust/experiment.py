@@ -190,6 +190,7 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
         "best_epoch": result.best_epoch,
         "epochs_run": int(len(result.history)),
         "stopped_early": result.stopped_early,
+        "stop_reason": result.stop_reason,
         "leaky_validation": data.leaky,
         "train_seconds": result.seconds,
         "seconds_per_epoch": float(history["train_seconds"].mean()),

@@ -29,7 +29,7 @@ from torch import nn
 
 from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot
-from rankrobust.registry import ConfigError, Registry, non_negative, one_of, option, positive, unit_interval
+from rankrobust.registry import ConfigError, Registry, choice, non_negative, one_of, option, positive, unit_interval
 
 SCORES = ("cosine", "dot")
 
@@ -284,7 +284,8 @@ MODELS: Registry = Registry("model")
 @dataclass
 class ModelOptions:
     dim: int = option(64, "embedding size d", check=positive, flag="--dim")
-    score: str = option("cosine", "score function: cosine or dot", check=one_of(*SCORES), flag="--score")
+    score: str = option("cosine", "score function: cosine or dot", check=one_of(*SCORES), flag="--score",
+                        search=choice(*SCORES))
     dropout: float = option(0.0, "dropout on user embeddings while training", check=unit_interval,
                             flag="--dropout")
 

@@ -18,7 +18,9 @@ Hooks, in call order (each optional; the base class does nothing):
     probe may ``register_hook`` on it).  Must not synchronise with the host.
 ``epoch_end(epoch, model, row)``
     after each epoch (and its validation, if any); may read device
-    accumulators once and return extra columns for ``epochs.csv``.
+    accumulators once and return extra columns for ``epochs.csv``; may raise
+    `StopTraining` to end training after this epoch (the run is then tested
+    at its best epoch as usual, with ``stop_reason = "stopped_by_probe"``).
 ``finish(ctx, result)``
     after the test evaluation: returns a `ProbeOutput` — a section for
     ``metrics.json`` (under the probe's ``name``), tables for the run folder
@@ -36,6 +38,10 @@ if TYPE_CHECKING:  # imported for type hints only: no runtime cycle
     from rankrobust.config import RunConfig
     from rankrobust.runs import RunDir
     from rankrobust.train import FitResult, TrainData
+
+
+class StopTraining(Exception):
+    """Raised by a probe's ``epoch_end`` to end training after the current epoch (the message says why)."""
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 __all__ = [
     "ConfigError", "closest", "option", "positive", "non_negative", "probability", "unit_interval",
     "one_of", "NoOptions", "Entry", "Registry", "check_options", "option_fields",
+    "Space", "log_uniform", "uniform", "integers", "choice", "option_space", "option_prior",
 ]
 
 T = TypeVar("T")
@@ -81,15 +82,116 @@ def one_of(*choices: Any) -> Check:
     return check
 
 
+# --------------------------------------------------------------------------- search spaces
+@dataclass(frozen=True)
+class Space:
+    """The range a hyper-parameter tuner explores for one option.
+
+    ``kind`` is ``"float"`` (``low``..``high``, log scale when ``log``),
+    ``"int"`` (``low``..``high`` inclusive, in steps of ``step``, log scale
+    when ``log``) or ``"categorical"`` (one of ``choices``).  Build one with
+    `log_uniform`, `uniform`, `integers` or `choice` and declare it on the
+    option it belongs to (``option(..., search=log_uniform(0.02, 1.0))``);
+    the tuner (`rankrobust.tuning`) reads it from there, so a new loss is
+    tuned by declaring its space in its own file.
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: int = 1
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.kind == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical search space needs at least one choice")
+        elif self.kind in ("float", "int"):
+            if self.low is None or self.high is None or not self.low <= self.high:
+                raise ValueError(f"a {self.kind} search space needs low <= high, got [{self.low}, {self.high}]")
+            if self.log and self.low <= 0:
+                raise ValueError(f"a log-scale search space needs low > 0, got {self.low}")
+        else:
+            raise ValueError(f"search space kind must be float, int or categorical, got {self.kind!r}")
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        """Draw a value for option ``name`` from an Optuna-style ``trial`` (``suggest_float`` / ``_int`` /
+        ``_categorical``)."""
+        if self.kind == "float":
+            return trial.suggest_float(name, self.low, self.high, log=self.log)
+        if self.kind == "int":
+            return trial.suggest_int(name, int(self.low), int(self.high), step=self.step, log=self.log)
+        return trial.suggest_categorical(name, list(self.choices))
+
+    def contains(self, value: Any) -> bool:
+        """Whether ``value`` lies in the space (a prior must)."""
+        if self.kind == "categorical":
+            return value in self.choices
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def describe(self) -> str:
+        """One line for docs and protocol records: ``log-uniform [0.02, 1]``, ``one of ['dot', 'cosine']``."""
+        if self.kind == "categorical":
+            return f"one of {list(self.choices)}"
+        scale = "log-" if self.log else ""
+        kind = "uniform" if self.kind == "float" else "integers"
+        return f"{scale}{kind} [{self.low:g}, {self.high:g}]" + (f" step {self.step}" if self.step != 1 else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain record of the space (JSON-serialisable)."""
+        if self.kind == "categorical":
+            return {"kind": "categorical", "choices": list(self.choices)}
+        return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log, "step": self.step}
+
+
+def log_uniform(low: float, high: float) -> Space:
+    """Floats in [low, high] on a log scale (temperatures, learning rates, L2 weights)."""
+    return Space("float", float(low), float(high), log=True)
+
+
+def uniform(low: float, high: float) -> Space:
+    """Floats in [low, high] on a linear scale (probabilities, margins)."""
+    return Space("float", float(low), float(high))
+
+
+def integers(low: int, high: int, *, step: int = 1, log: bool = False) -> Space:
+    """Integers in [low, high] (layers, negatives; ``log`` for sizes spanning orders of magnitude)."""
+    return Space("int", int(low), int(high), log=log, step=step)
+
+
+def choice(*values: Any) -> Space:
+    """One of ``values`` (an activation, a score function, a mode)."""
+    return Space("categorical", choices=tuple(values))
+
+
+def option_space(f: dataclasses.Field) -> Space | None:
+    """The search space declared on an option field (None: the tuner leaves it at its value)."""
+    return f.metadata.get("search")
+
+
+def option_prior(f: dataclasses.Field) -> Any:
+    """The documented best setting of an option (``prior=``), else its default: the tuner's first trial."""
+    return f.metadata["prior"] if "prior" in f.metadata else field_default(f)
+
+
 def option(default: Any, doc: str, *, check: Check | None = None, flag: str | None = None,
-           default_factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field carrying its documentation, its check and its CLI flag.
+           default_factory: Callable[[], Any] | None = None, search: Space | None = None,
+           prior: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field carrying its documentation, its check, its CLI flag and its search space.
 
     ``doc``: one line shown in ``--help`` and in the docs; ``check``: one of
     the checks above (or any callable returning None or the allowed range);
-    ``flag``: the command-line flag that sets it (``--tau``), if any.
+    ``flag``: the command-line flag that sets it (``--tau``), if any;
+    ``search``: the range a tuner explores (`Space`), if the option is tuned;
+    ``prior``: the documented best setting (docs/LOSSES.md "best settings per
+    paper") that the tuner tries first, when it differs from ``default``.
     """
     meta = {"doc": doc, "check": check, "flag": flag}
+    if search is not None:
+        meta["search"] = search
+    if prior is not dataclasses.MISSING:
+        meta["prior"] = prior
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)

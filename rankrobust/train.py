@@ -27,7 +27,7 @@ from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
 from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
-from rankrobust.probes import BatchView, Probe
+from rankrobust.probes import BatchView, Probe, StopTraining
 from rankrobust.sampling import build_sampler
 from rankrobust.scoring import PositivesBitmap, choose_scorer, column_scorer, score_batch
 
@@ -80,6 +80,13 @@ class FitResult:
     seconds: float
     stopped_early: bool
     extra: dict[str, Any] = field(default_factory=dict)
+    #: why training ended: one of `STOP_REASONS`
+    stop_reason: str = "epoch_cap"
+
+
+#: why `fit` stopped training: patience ran out on validation, ``train.epochs`` was reached, ``train.time_limit``
+#: ran out, or a probe asked to stop (`rankrobust.probes.StopTraining`, e.g. a tuner pruning a hopeless trial)
+STOP_REASONS = ("early_stopping", "epoch_cap", "time_limit", "stopped_by_probe")
 
 
 def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
@@ -300,7 +307,10 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     gave a number (a NaN metric).
 
     ``probes`` are told about every batch (those with ``wants_batches``) and
-    every epoch; the columns they return join the epoch's row.  (Their
+    every epoch; the columns they return join the epoch's row.  A probe whose
+    ``epoch_end`` raises `StopTraining` ends training after that epoch (a
+    tuner pruning a hopeless trial); the best epoch so far is restored and
+    tested as usual.  ``stop_reason`` says which of `STOP_REASONS` ended it.  (Their
     ``start`` and ``finish`` hooks are called by `run_experiment`.)
     Returns the model with the best validation weights restored, the per-epoch
     history (``loss``, ``group_size_mean``, timings, validation metric, probe
@@ -315,7 +325,7 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     rounds = rounds_since_best = 0
     rows: list[dict[str, Any]] = []
     start = time.perf_counter()
-    stopped_early = False
+    stop_reason = "epoch_cap"
     bar = tqdm(range(1, tc.epochs + 1), desc=f"{cfg.model.name}+{cfg.loss.name}", disable=not progress,
                unit="epoch", dynamic_ncols=True)
     for epoch in bar:
@@ -349,13 +359,21 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         if trainer.loss_state is not None:
             row.update(trainer.loss_state.epoch_end(epoch, model) or {})
+        stop_asked: StopTraining | None = None
         for probe in trainer.probes:
-            row.update(probe.epoch_end(epoch, model, row) or {})
+            try:
+                row.update(probe.epoch_end(epoch, model, row) or {})
+            except StopTraining as stop:  # the other probes still see this epoch
+                stop_asked = stop_asked or stop
         rows.append(row)
+        if stop_asked is not None:
+            stop_reason = "stopped_by_probe"
+            break
         if tc.patience and rounds_since_best >= tc.patience:  # counted in validation rounds
-            stopped_early = True
+            stop_reason = "early_stopping"
             break
         if out_of_time:
+            stop_reason = "time_limit"
             break
     bar.close()
     seconds = time.perf_counter() - start
@@ -367,6 +385,7 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     model.load_state_dict(best_state)
     popular = trainer.test(most_popular_baseline(data.seen, dtype=torch.float32))
     return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),
-                     seconds, stopped_early,
+                     seconds, stop_reason == "early_stopping",
                      extra={"most_popular": popular.metrics,
-                            "scorer": trainer.scorer.to_dict() if trainer.scorer is not None else None})
+                            "scorer": trainer.scorer.to_dict() if trainer.scorer is not None else None},
+                     stop_reason=stop_reason)

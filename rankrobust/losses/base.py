@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rankrobust.batching import group_ids
-from rankrobust.registry import ConfigError, NoOptions, Registry, non_negative, one_of, option, positive
+from rankrobust.registry import ConfigError, NoOptions, Registry, log_uniform, non_negative, one_of, option, positive
 
 __all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "BSL_MODES", "get_loss", "bsl_temperatures",
            "groups_positives", "state_keywords", "SLOptions", "CCLOptions", "BSLOptions", "TAU"]
@@ -317,7 +317,7 @@ class BCEOptions:
 
 @dataclass
 class SLOptions:
-    tau: float = option(0.1, TAU, check=positive, flag="--tau")
+    tau: float = option(0.1, TAU, check=positive, flag="--tau", search=log_uniform(0.02, 1.0))
     include_pos: bool = option(False, "SL: the positive joins the softmax normaliser (cross-entropy form)")
 
 
