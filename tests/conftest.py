@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rankrobust.data.interactions import Interactions
+from tests import loopback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,12 +52,18 @@ def epoch_without_host_sync(trainer):
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
-    for item in items:
-        if "cuda" in item.keywords:
-            item.add_marker(skip)
+    """Skip CUDA tests without a GPU; leave ``netns`` tests to the loopback-only namespace (tests/loopback.py)."""
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in items:
+            if "cuda" in item.keywords:
+                item.add_marker(skip)
+    if not (loopback.inside() or loopback.on_host_allowed()):
+        elsewhere = pytest.mark.skip(reason="starts a server: runs inside a loopback-only network namespace "
+                                            "(tests/test_netns.py)")
+        for item in items:
+            if "netns" in item.keywords:
+                item.add_marker(elsewhere)
 
 
 #: sweep kind → folder of its tiny sweep in `tiny_results` (the first five as results/*-quick)

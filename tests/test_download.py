@@ -184,6 +184,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.netns  # starts an HTTP server: inside the loopback-only namespace (tests/loopback.py)
 @pytest.mark.parametrize("ignore_range", [False, True])
 def test_http_range_resume_and_servers_that_ignore_it(tmp_path, ignore_range):
     handler = type("H", (_RangeHandler,), {"ignore_range": ignore_range, "requests": []})

@@ -1,4 +1,9 @@
-"""The Ray executor: same store as the local executor, survives a killed worker."""
+"""The Ray executor: same store as the local executor, survives a killed worker.
+
+Every test here that starts Ray is marked ``netns``: it runs only inside a
+loopback-only network namespace (tests/loopback.py, run by tests/test_netns.py),
+because a Ray head contacts non-loopback addresses when it starts.
+"""
 import os
 import signal
 import threading
@@ -22,6 +27,17 @@ def local_ray():
     ray.shutdown()
 
 
+@pytest.mark.netns
+def test_ray_node_address_is_loopback(local_ray):
+    """Inside the namespace Ray can only bind loopback: its node (and every node it knows) is 127.0.0.1."""
+    import socket
+
+    assert sorted(name for _, name in socket.if_nameindex()) == ["lo"]
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+    nodes = ray.nodes()
+    assert nodes and {n["NodeManagerAddress"] for n in nodes} == {"127.0.0.1"}
+
+
 def task_pids() -> list[int]:
     """PIDs of Ray workers currently running a sweep cell (their process title names the task)."""
     pids = []
@@ -38,6 +54,7 @@ def task_pids() -> list[int]:
 METRICS = ["test.recall@20", "test.ndcg@20", "valid.recall@20"]
 
 
+@pytest.mark.netns
 def test_ray_store_equals_local(tmp_path, local_ray):
     spec = load_spec(tiny_spec(tmp_path, losses=("sl", "bsl"), ratios=(0.0, 0.2)))
     local = run_sweep(spec, tmp_path / "local", progress=False)
@@ -52,6 +69,7 @@ def test_ray_store_equals_local(tmp_path, local_ray):
     assert again.skipped == 4 and again.done == 0
 
 
+@pytest.mark.netns
 def test_killed_worker_is_retried(tmp_path, local_ray):
     spec = load_spec(tiny_spec(tmp_path, losses=("sl", "bsl", "bpr"), ratios=(0.0, 0.2), epochs=25))
     out = tmp_path / "ray"
