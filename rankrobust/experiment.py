@@ -30,7 +30,7 @@ from rankrobust.determinism import Determinism
 from rankrobust.evaluate import ips_metrics
 from rankrobust.losses import groups_positives
 from rankrobust.memory import check_memory
-from rankrobust.noise import add_noisy_positives, false_negative_pool, noise_table, pair_mask
+from rankrobust.noise import NOISE_PROTOCOL, add_noisy_positives, false_negative_pool, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir
 from rankrobust.sampling import negative_kind
@@ -97,14 +97,17 @@ def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFr
 
     Returns the `TrainData` and the table of injected pairs (``noise.parquet``).
     Noisy positives are drawn from items the user has in none of train, valid
-    or test, so a fake positive is never a held-out true one.
+    or test, so a fake positive is never a held-out true one.  The ``heldout``
+    false-negative pool is withheld from the positives at every ``neg_prob``,
+    0 included, with a seed independent of it: all cells of a sweep over p
+    train on the same positives (`rankrobust.noise.NOISE_PROTOCOL`).
     """
     nc = cfg.noise
     seed = cfg.train.seed if nc.seed is None else nc.seed
     clean = dataset.train
     frames = []
     train, pool = clean, None
-    if nc.neg_prob > 0:  # the pool comes from the clean positives, before any fake ones are added
+    if nc.neg_prob > 0 or nc.neg_pool == "heldout":  # from the clean positives, before any fake ones are added
         train, pool = false_negative_pool(clean, kind=nc.neg_pool, fraction=nc.heldout_fraction, seed=seed + 1)
         if nc.neg_pool == "heldout":
             frames.append(noise_table(pool, "heldout_negative"))
@@ -120,6 +123,18 @@ def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFr
     data = TrainData(train=train, seen=seen, valid=dataset.valid, test=dataset.test, fn_pool=pool,
                      leaky=dataset.leaky_validation, noisy=noisy)
     return data, table
+
+
+def training_data_record(data: TrainData) -> dict[str, int]:
+    """``metrics.json`` → ``training_data``: the noise protocol version and the prepared data's sizes.
+
+    ``noise_protocol`` (`rankrobust.noise.NOISE_PROTOCOL`) tells a run made
+    under an older protocol apart (`rankrobust.noise.outdated_noise_protocol`);
+    ``train_pairs`` are the pairs trained on, ``fn_pool_pairs`` the pairs of
+    the false-negative pool (0 when the run has none).
+    """
+    return {"noise_protocol": NOISE_PROTOCOL, "train_pairs": int(data.train.nnz),
+            "fn_pool_pairs": int(data.fn_pool.nnz) if data.fn_pool is not None else 0}
 
 
 @dataclass
@@ -245,6 +260,7 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
         metrics["warnings"] = list(dataset.notes) + metrics["warnings"]  # what loading the files found
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["data_files"] = {split: f.record() for split, f in data_files.items()}  # what the run read
+        metrics["training_data"] = training_data_record(data)  # what it trained on (noise protocol version)
         if cfg.train.ips_gamma is not None:  # IPS-weighted Recall/NDCG on test, propensity ∝ (clean) train pop^γ
             metrics["test"] = {**metrics["test"],
                                **ips_metrics(result.test, dataset.train.item_counts(), cfg.train.ips_gamma)}

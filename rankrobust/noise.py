@@ -4,7 +4,10 @@
   extra "positives" drawn uniformly without replacement from the items the user
   has not interacted with.
 - `false_negative_pool` / `heldout_false_negative_pool`: the pools that
-  `rankrobust.sampling.FalseNegativeMixer` draws false negatives from.
+  `rankrobust.sampling.FalseNegativeMixer` draws false negatives from.  The
+  ``heldout`` pool is withheld from training at every p, p = 0 included, so
+  every cell of a false-negative sweep trains on the same positives
+  (`NOISE_PROTOCOL`, `outdated_noise_protocol`).
 - `noise_table`: the injected pairs as a DataFrame for ``noise.parquet``.
 
 Everything is vectorised with numpy and driven by ``np.random.default_rng(seed)``:
@@ -18,9 +21,32 @@ import pandas as pd
 from rankrobust.data.interactions import Interactions
 
 __all__ = ["add_noisy_positives", "heldout_false_negative_pool", "false_negative_pool", "noise_table",
-           "FN_POOL_KINDS"]
+           "FN_POOL_KINDS", "NOISE_PROTOCOL", "outdated_noise_protocol"]
 
 FN_POOL_KINDS = ("train", "heldout")
+
+#: version of the noise protocol, recorded by every run in ``metrics.json`` → ``training_data.noise_protocol``.
+#: 2: the ``heldout`` pool is withheld from the training positives at every p, p = 0 included (version 1, never
+#: recorded, withheld it only at p > 0, so its p = 0 cells trained on 100 % of the positives and its p > 0 cells
+#: on 90 %: a gap that figures then attributed to false negatives).
+NOISE_PROTOCOL = 2
+
+
+def outdated_noise_protocol(config: dict, metrics: dict) -> bool:
+    """True for a finished run whose training data the current protocol would prepare differently.
+
+    ``config`` / ``metrics``: the run's ``config.json`` and ``metrics.json``.
+    Only ``noise.neg_pool = heldout`` runs at ``noise.neg_prob = 0`` made
+    before `NOISE_PROTOCOL` 2 qualify (they kept the held-out positives in
+    training); every other run, recorded or not, trained on what it would
+    train on now.  Sweeps redo such runs (`rankrobust.sweeps.cell.is_finished`).
+    """
+    noise = config.get("noise") if isinstance(config, dict) else None
+    if not isinstance(noise, dict) or noise.get("neg_pool") != "heldout" or (noise.get("neg_prob") or 0) > 0:
+        return False
+    recorded = (metrics.get("training_data") or {}) if isinstance(metrics, dict) else {}
+    version = recorded.get("noise_protocol") if isinstance(recorded, dict) else None
+    return not (isinstance(version, int) and version >= NOISE_PROTOCOL)
 
 
 def _round_counts(x: np.ndarray, rounding: str) -> np.ndarray:
@@ -172,7 +198,9 @@ def false_negative_pool(train: Interactions, kind: str = "train", fraction: floa
 
     ``kind="train"``: the pool is the user's own training positives (train is
     returned unchanged as both).  ``kind="heldout"``: see
-    `heldout_false_negative_pool` (``fraction``, ``seed``).
+    `heldout_false_negative_pool` (``fraction``, ``seed``); the caller builds
+    it whatever p is (p = 0 included) and with a seed that does not depend on
+    p, so all cells of a sweep over p train on the same positives.
     """
     if kind == "train":
         return train, train

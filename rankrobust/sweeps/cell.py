@@ -16,6 +16,7 @@ from typing import Any
 from rankrobust.config import RunConfig
 from rankrobust.data.identity import current_digest, recorded_digest
 from rankrobust.experiment import run_experiment
+from rankrobust.noise import outdated_noise_protocol
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
 
 
@@ -30,7 +31,10 @@ def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None
     they are now (`rankrobust.data.identity.current_digest`); a run that
     recorded other data files (rewritten since at the same path) is
     unfinished too.  None, or a run that recorded no data files (made before
-    rankrobust recorded them), skips that check.
+    rankrobust recorded them), skips that check.  A run whose training data
+    the current noise protocol prepares differently (a ``heldout`` p = 0 run
+    made before the pool was withheld at every p:
+    `rankrobust.noise.outdated_noise_protocol`) is unfinished as well.
     """
     try:
         if run_dir.status() != STATUS_DONE:
@@ -40,6 +44,8 @@ def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None
     except (OSError, ValueError):  # RunFolderError is a ValueError
         return False
     if stored != json.loads(json.dumps(config)):
+        return False
+    if outdated_noise_protocol(stored, metrics):  # trained on data the current noise protocol prepares otherwise
         return False
     recorded = recorded_digest(metrics)
     return data_digest is None or recorded is None or recorded == data_digest
