@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rankrobust.registry import NoOptions, Registry, option, positive
+from rankrobust.registry import NoOptions, Registry, choice, option, positive
 
 __all__ = [
     "BATCHINGS",
@@ -64,7 +64,7 @@ BATCHINGS: Registry = Registry("batching")
 @dataclass
 class UsersBatchingOptions:
     positives_per_user: int = option(8, "users batching: chunk size K of a user's positives per batch",
-                                     check=positive, flag="--positives-per-user")
+                                     check=positive, flag="--positives-per-user", search=choice(2, 4, 8, 16, 32))
 
 
 

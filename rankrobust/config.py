@@ -42,8 +42,9 @@ from rankrobust.evaluate import METRIC_NAMES
 from rankrobust.losses import LOSSES
 from rankrobust.models import MODELS
 from rankrobust.noise import FN_POOL_KINDS
-from rankrobust.registry import (ConfigError, Registry, Space, check_options, closest, field_default, log_uniform,
-                                 non_negative, one_of, option, option_prior, option_space, positive, probability, unit_interval)
+from rankrobust.registry import (ConfigError, Registry, Space, check_options, choice, closest, field_default,
+                                 log_uniform, non_negative, one_of, option, option_prior, option_space, positive,
+                                 probability, searchable_fields, unit_interval)
 from rankrobust.sampling import SAMPLERS, negative_kind
 from rankrobust.scoring import SCORERS
 
@@ -167,9 +168,11 @@ class TrainConfig:
     SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {
         "sampler": ("sampler_options", SAMPLERS), "batching": ("batching_options", BATCHINGS)}
     epochs: int = option(100, "maximum epochs", check=positive, flag="--epochs")
-    batch_size: int = option(1024, "training pairs per batch", check=positive, flag="--batch-size")
+    batch_size: int = option(1024, "training pairs per batch", check=positive, flag="--batch-size",
+                             search=choice(512, 1024, 2048, 4096))
     lr: float = option(1e-3, "Adam learning rate", check=positive, flag="--lr", search=log_uniform(1e-4, 1e-2))
-    l2: float = option(0.0, "the authors' L2 coefficient on the batch's embeddings", check=non_negative, flag="--l2")
+    l2: float = option(0.0, "the authors' L2 coefficient on the batch's embeddings", check=non_negative, flag="--l2",
+                       search=choice(0.0, 1e-6, 1e-5, 1e-4, 1e-3))
     sampler: str = option("uniform", "negative sampler", flag="--sampler")
     sampler_options: Any = None
     batching: str = option("pairs", "how pairs are batched: pairs (shuffled) or users (chunks of a user's "
@@ -322,22 +325,22 @@ def search_space(cfg: RunConfig) -> dict[str, Searched]:
     with ``search=``): the section's own fields (the trainer's lr, l2, batch
     size) and the options of the entries ``cfg`` chooses (its loss, its
     backbone, its sampler, its batching).  Options of entries not chosen are
-    not included, so an SL config is never searched over BPR's options.  In
-    config order; empty when nothing in ``cfg`` is tunable.
+    not included, so an SL config is never searched over BPR's options; nor
+    are options that the chosen entry says do not act under its other values
+    (its ``searchable()`` hook: BSL in mode paper searches τ₁, τ₂ and not r).
+    In config order; empty when nothing in ``cfg`` is tunable.
     """
     found: dict[str, Searched] = {}
 
-    def add(section: str, fields) -> None:
-        for f in fields:
-            space = option_space(f)
-            if space is not None:
-                found[f"{section}.{f.name}"] = Searched(space, option_prior(f), f.metadata.get("doc", ""))
+    def add(section: str, holder: Any, fields) -> None:
+        for f in searchable_fields(holder, fields):
+            found[f"{section}.{f.name}"] = Searched(option_space(f), option_prior(f), f.metadata.get("doc", ""))
 
     for name in SECTIONS:
         section = getattr(cfg, name)
-        add(name, _plain_fields(type(section)))
+        add(name, section, _plain_fields(type(section)))
         for attr, _ in _selectors(type(section)).values():
-            add(name, dataclasses.fields(getattr(section, attr)))
+            add(name, getattr(section, attr), dataclasses.fields(getattr(section, attr)))
     return found
 
 

@@ -20,6 +20,7 @@ Each backbone is registered once in ``MODELS`` with its options dataclass
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -29,7 +30,8 @@ from torch import nn
 
 from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot
-from rankrobust.registry import ConfigError, Registry, choice, non_negative, one_of, option, positive, unit_interval
+from rankrobust.registry import (ConfigError, Registry, choice, integers, log_uniform, non_negative, one_of, option,
+                                 positive, uniform, unit_interval)
 
 SCORES = ("cosine", "dot")
 
@@ -283,16 +285,19 @@ MODELS: Registry = Registry("model")
 
 @dataclass
 class ModelOptions:
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "dim": "the model's capacity and cost: every arm gets the same d (set it in the study's base config)"}
     dim: int = option(64, "embedding size d", check=positive, flag="--dim")
     score: str = option("cosine", "score function: cosine or dot", check=one_of(*SCORES), flag="--score",
                         search=choice(*SCORES))
     dropout: float = option(0.0, "dropout on user embeddings while training", check=unit_interval,
-                            flag="--dropout")
+                            flag="--dropout", search=uniform(0.0, 0.5))
 
 
 @dataclass
 class LightGCNOptions(ModelOptions):
-    layers: int = option(3, "LightGCN propagation layers (hops)", check=non_negative, flag="--layers")
+    layers: int = option(3, "LightGCN propagation layers (hops)", check=non_negative, flag="--layers",
+                         search=integers(1, 4))
 
 
 @MODELS.register("mf", ModelOptions)
@@ -310,16 +315,19 @@ def _make_lightgcn(train: Interactions, options: LightGCNOptions, generator: tor
 
 @dataclass
 class XSimGCLOptions(ModelOptions):
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        **ModelOptions.NOT_SEARCHED,
+        "cl_layer": "fixed at the paper's l* = 1, which every searched number of layers admits"}
     layers: int = option(2, "propagation layers L (XSimGCL: mean of layers 1..L, no layer-0 term)",
-                         check=positive, flag="--layers")
+                         check=positive, flag="--layers", search=integers(1, 4))
     eps: float = option(0.1, "XSimGCL noise magnitude ε added at every layer in training", check=non_negative,
-                        flag="--eps")
+                        flag="--eps", search=log_uniform(0.01, 0.5))
     cl_layer: int = option(1, "XSimGCL layer l* contrasted with the final embeddings (1..layers)", check=positive,
                            flag="--cl-layer")
     cl_tau: float = option(0.1, "temperature τ_cl of XSimGCL's cross-layer InfoNCE", check=positive,
-                           flag="--cl-tau")
+                           flag="--cl-tau", search=log_uniform(0.05, 1.0))
     cl_weight: float = option(0.2, "weight λ of XSimGCL's cross-layer InfoNCE", check=non_negative,
-                              flag="--cl-weight")
+                              flag="--cl-weight", search=log_uniform(0.01, 1.0))
 
     def validate(self) -> None:
         if self.cl_layer > self.layers:

@@ -30,7 +30,8 @@ from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 __all__ = [
     "ConfigError", "closest", "option", "positive", "non_negative", "probability", "unit_interval",
     "one_of", "NoOptions", "Entry", "Registry", "check_options", "option_fields",
-    "Space", "log_uniform", "uniform", "integers", "choice", "option_space", "option_prior",
+    "Space", "log_uniform", "uniform", "integers", "choice", "option_space", "option_prior", "searchable_fields",
+    "not_searched",
 ]
 
 T = TypeVar("T")
@@ -93,7 +94,11 @@ class Space:
     `log_uniform`, `uniform`, `integers` or `choice` and declare it on the
     option it belongs to (``option(..., search=log_uniform(0.02, 1.0))``);
     the tuner (`rankrobust.tuning`) reads it from there, so a new loss is
-    tuned by declaring its space in its own file.
+    tuned by declaring its space in its own file.  An option left without one
+    keeps its configured value in every trial; its options class says why in
+    a ``NOT_SEARCHED`` class attribute (name → reason, `not_searched`), and a
+    ``searchable()`` method leaves out options that do not act under the
+    others' values (`searchable_fields`).
     """
 
     kind: str
@@ -173,6 +178,27 @@ def option_space(f: dataclasses.Field) -> Space | None:
 def option_prior(f: dataclasses.Field) -> Any:
     """The documented best setting of an option (``prior=``), else its default: the tuner's first trial."""
     return f.metadata["prior"] if "prior" in f.metadata else field_default(f)
+
+
+def searchable_fields(options: Any, fields=None) -> list[dataclasses.Field]:
+    """The fields of the dataclass instance ``options`` that declare a search space and act under its values.
+
+    ``fields`` defaults to all of its fields.  An options class whose options
+    act only under some values of the others defines ``searchable(self) ->
+    set[str]``, the names of its searched options that act now; the others are
+    left out (BSL searches τ₁, τ₂ in mode paper and τ, r in modes reweight and
+    multi, as `BSLOptions.validate` refuses the other mode's options).
+    """
+    fields = dataclasses.fields(options) if fields is None else fields
+    hook = getattr(options, "searchable", None)
+    acting = hook() if hook is not None else None
+    return [f for f in fields if option_space(f) is not None and (acting is None or f.name in acting)]
+
+
+def not_searched(options_cls: type) -> dict[str, str]:
+    """Why each option of ``options_cls`` without a search space is not tuned (its ``NOT_SEARCHED`` class
+    attribute: option name → reason, shown in docs/LOSSES.md), or {}."""
+    return dict(getattr(options_cls, "NOT_SEARCHED", {}))
 
 
 def option(default: Any, doc: str, *, check: Check | None = None, flag: str | None = None,

@@ -29,13 +29,14 @@ Trade-offs:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.registry import NoOptions, Registry, non_negative, option, positive
+from rankrobust.registry import NoOptions, Registry, non_negative, option, positive, uniform
 
 __all__ = [
     "UniformSampler",
@@ -297,13 +298,17 @@ SAMPLERS: Registry = Registry("sampler")
 
 @dataclass
 class NegativesOptions:
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "num_negatives": "a cost knob whose optimum is mostly 'as many as affordable': searching it would give "
+                         "each arm a different compute budget per epoch; hold M fixed across arms (base config) "
+                         "and vary it as a sweep axis"}
     num_negatives: int = option(64, "sampled negatives M per training pair", check=positive, flag="--negatives")
 
 
 @dataclass
 class PopularityOptions(NegativesOptions):
     pop_alpha: float = option(1.0, "popularity sampler exponent α (P(i) ∝ count^α)", check=non_negative,
-                              flag="--pop-alpha")
+                              flag="--pop-alpha", search=uniform(0.0, 1.0))
 
 
 @SAMPLERS.register("uniform", NegativesOptions)
@@ -332,6 +337,8 @@ def _make_in_batch(train: Interactions, options: NoOptions, device) -> InBatchSa
 
 @dataclass
 class FullOptions:
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "mask_positives": "a variant of the sampler (what counts as a negative), compared as its own arm"}
     mask_positives: bool = option(True, "full sampler: leave the user's other training positives out of the "
                                         "negatives (the row's own positive always is)")
 

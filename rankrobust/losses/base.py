@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -51,7 +51,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rankrobust.batching import group_ids
-from rankrobust.registry import ConfigError, NoOptions, Registry, log_uniform, non_negative, one_of, option, positive
+from rankrobust.registry import (ConfigError, NoOptions, Registry, log_uniform, non_negative, one_of, option,
+                                 positive, uniform)
 
 __all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "BSL_MODES", "get_loss", "bsl_temperatures",
            "groups_positives", "state_keywords", "SLOptions", "CCLOptions", "BSLOptions", "TAU"]
@@ -309,34 +310,49 @@ LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
 TAU = ("temperature τ: the loss reads scores / τ (SL and the softmax family; BCE-type logits, τ = 1 on dot "
        "scores; BSL reweight/multi; the default of BSL's τ₁, τ₂)")
 
+#: the search space of a temperature that divides cosine-scale scores (SL's τ and its kin): from sharp (0.02,
+#: below every paper's optimum) to 1 (BCE-type logits on dot scores); a log scale, as τ acts through 1/τ
+TAU_SPACE = log_uniform(0.02, 1.0)
+
 
 @dataclass
 class BCEOptions:
-    tau: float = option(0.1, TAU, check=positive, flag="--tau")
+    tau: float = option(0.1, TAU, check=positive, flag="--tau", search=TAU_SPACE)
 
 
 @dataclass
 class SLOptions:
-    tau: float = option(0.1, TAU, check=positive, flag="--tau", search=log_uniform(0.02, 1.0))
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "include_pos": "a variant of the loss (cross-entropy form), compared as its own arm"}
+    tau: float = option(0.1, TAU, check=positive, flag="--tau", search=TAU_SPACE)
     include_pos: bool = option(False, "SL: the positive joins the softmax normaliser (cross-entropy form)")
 
 
 @dataclass
 class CCLOptions:
-    margin: float = option(0.8, "CCL margin m on negative cosine scores", flag="--margin")
-    neg_weight: float = option(1.0, "CCL weight w of the negative term", check=non_negative)
+    margin: float = option(0.8, "CCL margin m on negative cosine scores", flag="--margin", search=uniform(0.0, 1.0))
+    neg_weight: float = option(1.0, "CCL weight w of the negative term", check=non_negative,
+                               search=log_uniform(0.1, 100.0))
 
 
 @dataclass
 class BSLOptions:
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "mode": "a variant of the loss (paper form or the authors' code), compared as its own arm"}
     mode: str = option("paper", "BSL form: paper (τ₁, τ₂), or the authors' code reweight / multi (τ, r)",
                        check=one_of(*BSL_MODES), flag="--bsl-mode")
-    tau: float = option(0.1, TAU, check=positive, flag="--tau")
+    tau: float = option(0.1, TAU, check=positive, flag="--tau", search=TAU_SPACE)
     tau1: float | None = option(None, "BSL positive temperature τ₁ (paper mode; default τ)", check=positive,
-                                flag="--tau1")
+                                flag="--tau1", search=TAU_SPACE, prior=0.1)
     tau2: float | None = option(None, "BSL negative temperature τ₂ (paper mode; default τ)", check=positive,
-                                flag="--tau2")
-    r: float = option(1.0, "BSL ratio r of reweight/multi modes (plays τ₁/τ₂)", check=positive, flag="--r")
+                                flag="--tau2", search=TAU_SPACE, prior=0.1)
+    r: float = option(1.0, "BSL ratio r of reweight/multi modes (plays τ₁/τ₂)", check=positive, flag="--r",
+                      search=log_uniform(0.5, 2.0), prior=1.1)
+
+    def searchable(self) -> set[str]:
+        """The searched options that act in this mode: τ₁, τ₂ in paper mode (τ only supplies their defaults
+        there), τ and r in reweight and multi."""
+        return {"tau1", "tau2"} if self.mode == "paper" else {"tau", "r"}
 
     def validate(self) -> None:
         """Refuse an option of another BSL mode (it would be stored but do nothing)."""

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rankrobust.loss_state import LossState
-from rankrobust.registry import ConfigError, non_negative, option, positive, unit_interval
+from rankrobust.registry import ConfigError, integers, log_uniform, non_negative, option, positive, uniform, unit_interval
 
-from .base import (LOSSES, _check_number, _check_positive, _check_shapes, _has_negative, _masked_logsumexp,
-                   _masked_sum, _neg_count)
+from .base import (LOSSES, TAU_SPACE, _check_number, _check_positive, _check_shapes, _has_negative,
+                   _masked_logsumexp, _masked_sum, _neg_count)
 
 __all__ = ["tce", "rce", "dcl", "rince", "TCEOptions", "TCEState", "RCEOptions", "DCLOptions", "RINCEOptions",
            "DCL_FLOOR"]
@@ -88,10 +88,11 @@ class TCEState(LossState):
 class TCEOptions:
     STATE_KEYWORDS: ClassVar[tuple[str, ...]] = ("drop_rate",)
     tau: float = option(0.1, "logit temperature: BCE on s/τ (τ = 1 on dot scores, as in the papers)",
-                        check=positive, flag="--tau")
+                        check=positive, flag="--tau", search=TAU_SPACE)
     max_drop_rate: float = option(0.2, "T-CE: largest share ρ_max of a batch's positives dropped",
-                                  check=unit_interval)
-    num_gradual: int = option(1000, "T-CE: optimiser steps T over which ρ grows from 0 to ρ_max", check=positive)
+                                  check=unit_interval, search=uniform(0.05, 0.5))
+    num_gradual: int = option(1000, "T-CE: optimiser steps T over which ρ grows from 0 to ρ_max", check=positive,
+                              search=integers(100, 30000, log=True))
 
     def loss_kwargs(self) -> dict:
         return {"tau": self.tau}
@@ -126,9 +127,13 @@ def rce(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
 
 @dataclass
 class RCEOptions:
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "weight_negatives": "a variant of the loss (positives only, or both as in the authors' code), compared "
+                            "as its own arm"}
     tau: float = option(0.1, "logit temperature: BCE on s/τ (τ = 1 on dot scores, as in the papers)",
-                        check=positive, flag="--tau")
-    beta: float = option(0.25, "R-CE weight exponent β: weight σ(s⁺/τ)^β (detached)", check=non_negative)
+                        check=positive, flag="--tau", search=TAU_SPACE)
+    beta: float = option(0.25, "R-CE weight exponent β: weight σ(s⁺/τ)^β (detached)", check=non_negative,
+                         search=uniform(0.0, 1.0))
     weight_negatives: bool = option(True, "R-CE: weight negatives by (1 − σ(s⁻/τ))^β too (the authors' code)")
 
 
@@ -166,8 +171,9 @@ def dcl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
 
 @dataclass
 class DCLOptions:
-    tau: float = option(0.1, "DCL temperature τ", check=positive, flag="--tau")
-    tau_plus: float = option(0.1, "DCL class prior τ⁺ (expected share of false negatives)", check=unit_interval)
+    tau: float = option(0.1, "DCL temperature τ", check=positive, flag="--tau", search=TAU_SPACE)
+    tau_plus: float = option(0.1, "DCL class prior τ⁺ (expected share of false negatives)", check=unit_interval,
+                             search=uniform(0.0, 0.5))
 
 
 # --------------------------------------------------------------------------- RINCE
@@ -194,9 +200,10 @@ def rince(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Te
 
 @dataclass
 class RINCEOptions:
-    tau: float = option(0.1, "RINCE temperature τ", check=positive, flag="--tau")
-    q: float = option(0.5, "RINCE exponent q ∈ (0, 1] (q → 0: InfoNCE; q = 1: most robust)", check=positive)
-    lam: float = option(0.01, "RINCE density weight λ", check=positive)
+    tau: float = option(0.1, "RINCE temperature τ", check=positive, flag="--tau", search=TAU_SPACE)
+    q: float = option(0.5, "RINCE exponent q ∈ (0, 1] (q → 0: InfoNCE; q = 1: most robust)", check=positive,
+                      search=uniform(0.1, 1.0))
+    lam: float = option(0.01, "RINCE density weight λ", check=positive, search=log_uniform(1e-3, 1.0))
 
     def validate(self) -> None:
         if not 0 < self.q <= 1:

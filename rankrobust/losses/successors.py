@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from rankrobust.loss_state import LossState, reverse_gradient
-from rankrobust.registry import ConfigError, non_negative, one_of, option, positive, probability
+from rankrobust.registry import (ConfigError, choice, integers, log_uniform, non_negative, one_of, option, positive,
+                                 probability, uniform)
 
-from .base import (LOSSES, _check_number, _check_positive, _check_shapes, _has_negative, _masked_logsumexp,
-                   _masked_mean, _neg_count)
+from .base import (LOSSES, TAU_SPACE, _check_number, _check_positive, _check_shapes, _has_negative,
+                   _masked_logsumexp, _masked_mean, _neg_count)
 
 __all__ = ["psl", "slatk", "advinfonce", "llpauc", "drrl", "PSL_ACTIVATIONS", "PSLOptions", "SLatKOptions",
            "SLatKState", "AdvInfoNCEOptions", "AdvInfoNCEState", "LLPAUCOptions", "LLPAUCState", "DrRLOptions",
@@ -85,9 +86,13 @@ def psl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
 
 @dataclass
 class PSLOptions:
-    tau: float = option(0.05, "PSL robustness temperature τ* (τ*/c plays SL's τ)", check=positive, flag="--tau")
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "score_scale": "c and τ act together (PSL at τ is close to SL at τ/c): τ is searched, c stays at "
+                       "IR-Benchmark's 0.5"}
+    tau: float = option(0.05, "PSL robustness temperature τ* (τ*/c plays SL's τ)", check=positive, flag="--tau",
+                        search=log_uniform(0.005, 0.5))
     activation: str = option("tanh", "PSL surrogate activation σ of d = s⁻ − s⁺", check=one_of(*PSL_ACTIVATIONS),
-                             flag="--psl-activation")
+                             flag="--psl-activation", search=choice(*PSL_ACTIVATIONS))
     score_scale: float = option(0.5, "PSL: scores are multiplied by c before the difference (IR-Benchmark: cos/2)",
                                 check=positive)
 
@@ -188,8 +193,14 @@ class SLatKState(LossState):
 @dataclass
 class SLatKOptions:
     STATE_KEYWORDS: ClassVar[tuple[str, ...]] = ("quantile",)
-    tau: float = option(0.1, "SL@K softmax temperature τ_d (SL's τ)", check=positive, flag="--tau")
-    tau_w: float = option(2.25, "SL@K weight temperature τ_w of sigmoid((s⁺ − β_u)/τ_w)", check=positive)
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "k": "the cut-off of the metric the loss targets (set it to the evaluation's K), not a free parameter",
+        "refresh_every": "how often β_u is re-estimated (an estimation cost knob)",
+        "quantile_negatives": "the sample size of β_u's estimate (an estimation cost knob)"}
+    tau: float = option(0.1, "SL@K softmax temperature τ_d (SL's τ)", check=positive, flag="--tau",
+                        search=TAU_SPACE)
+    tau_w: float = option(2.25, "SL@K weight temperature τ_w of sigmoid((s⁺ − β_u)/τ_w)", check=positive,
+                          search=log_uniform(0.5, 3.0))
     k: int = option(20, "SL@K cut-off K of the top-K quantile β_u", check=positive)
     refresh_every: int = option(5, "SL@K: refresh β_u every T epochs", check=positive)
     quantile_negatives: int = option(1000, "SL@K: items N sampled per user to estimate β_u", check=positive)
@@ -286,12 +297,17 @@ class AdvInfoNCEState(LossState):
 @dataclass
 class AdvInfoNCEOptions:
     STATE_KEYWORDS: ClassVar[tuple[str, ...]] = ("hardness",)
-    tau: float = option(0.1, "AdvInfoNCE temperature τ", check=positive, flag="--tau")
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "neg_weight": "fixed at the authors' 64 by the PSL and SL@K papers' protocols",
+        "adv_dim": "the adversary's capacity, fixed as the backbone's dim is (same budget for every arm)"}
+    tau: float = option(0.1, "AdvInfoNCE temperature τ", check=positive, flag="--tau", search=TAU_SPACE)
     neg_weight: float = option(64.0, "AdvInfoNCE negative weight w (the authors' k_neg)", check=positive)
-    adv_lr: float = option(5e-5, "AdvInfoNCE: Adam learning rate of the adversary (ascent)", check=positive)
-    adv_interval: int = option(5, "AdvInfoNCE: an adversarial epoch every this many epochs", check=positive)
+    adv_lr: float = option(5e-5, "AdvInfoNCE: Adam learning rate of the adversary (ascent)", check=positive,
+                           search=log_uniform(1e-5, 1e-2))
+    adv_interval: int = option(5, "AdvInfoNCE: an adversarial epoch every this many epochs", check=positive,
+                               search=integers(2, 15))
     adv_epochs: int = option(8, "AdvInfoNCE: at most this many adversarial epochs (the authors' eta_epochs, "
-                                "bounding the KL radius)", check=non_negative)
+                                "bounding the KL radius)", check=non_negative, search=integers(1, 20))
     adv_dim: int = option(64, "AdvInfoNCE: embedding size of the hardness model", check=positive)
 
     def loss_kwargs(self) -> dict:
@@ -377,11 +393,15 @@ class LLPAUCState(LossState):
 @dataclass
 class LLPAUCOptions:
     STATE_KEYWORDS: ClassVar[tuple[str, ...]] = ("a", "b", "s_pos", "s_neg", "gamma")
-    alpha: float = option(0.7, "LLPAUC: TPR bound α (the top α of a user's positives count)", check=probability)
-    beta: float = option(0.1, "LLPAUC: FPR bound β (the top β of the negatives count)", check=probability)
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "kappa": "the sharpness of the smooth hinge standing in for relu (a smoothing knob, fixed in the papers)"}
+    alpha: float = option(0.7, "LLPAUC: TPR bound α (the top α of a user's positives count)", check=probability,
+                          search=uniform(0.1, 0.9))
+    beta: float = option(0.1, "LLPAUC: FPR bound β (the top β of the negatives count)", check=probability,
+                         search=log_uniform(0.01, 0.5))
     kappa: float = option(5.0, "LLPAUC: sharpness κ of the softplus r_κ", check=positive)
     tau: float = option(0.1, "LLPAUC: f = sigmoid(s/τ) (τ = 1 on dot scores, as in the paper)", check=positive,
-                        flag="--tau")
+                        flag="--tau", search=TAU_SPACE)
 
     def validate(self) -> None:
         for name in ("alpha", "beta"):
@@ -453,10 +473,16 @@ class DrRLState(LossState):
 @dataclass
 class DrRLOptions:
     STATE_KEYWORDS: ClassVar[tuple[str, ...]] = ("user_margin",)
-    omega: float = option(150.0, "DrRL Rényi order ω > 1 (norm ω* = ω/(ω − 1))", check=positive)
+    NOT_SEARCHED: ClassVar[dict[str, str]] = {
+        "eps": "a constant keeping the norm away from 0 (the repository's 0.1)",
+        "margin_lr": "the step size of the margins' dual update (the repository's 1e-3); the margins themselves "
+                     "are searched through margin_init"}
+    omega: float = option(150.0, "DrRL Rényi order ω > 1 (norm ω* = ω/(ω − 1))", check=positive,
+                          search=log_uniform(2.0, 1000.0))
     eps: float = option(0.1, "DrRL constant ε inside the norm", check=positive)
-    neg_weight: float = option(1.0, "DrRL weight w of the negative hinge", check=non_negative)
-    margin_init: float = option(0.7, "DrRL initial per-user margin m_u", flag=None)
+    neg_weight: float = option(1.0, "DrRL weight w of the negative hinge", check=non_negative,
+                               search=log_uniform(0.1, 10.0))
+    margin_init: float = option(0.7, "DrRL initial per-user margin m_u", flag=None, search=uniform(0.0, 1.0))
     margin_lr: float = option(1e-3, "DrRL learning rate of the per-user margins", check=positive)
 
     def validate(self) -> None:
