@@ -106,6 +106,33 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 #: metrics.json keys copied into the store as they are
 RUN_KEYS = ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "wall_seconds", "leaky_validation",
             "device", "group_size_mean")
+#: `stop_reason` of a run that stopped at ``train.epochs``: not converged (shown as ``capped`` by `summarize`)
+EPOCH_CAP = "epoch_cap"
+#: `stop_reason` of a run that stopped when ``train.time_limit`` ran out
+TIME_LIMIT = "time_limit"
+
+
+def stop_reason(metrics: dict[str, Any], epochs_cap: Any) -> str | None:
+    """Why a finished run stopped training (`rankrobust.train.STOP_REASONS`), also for runs that predate the record.
+
+    ``metrics``: the run's ``metrics.json``; ``epochs_cap``: its config
+    ``train.epochs``.  The recorded ``stop_reason`` when there is one; for
+    older runs it is derived: ``stopped_early`` → ``"early_stopping"``, else
+    ``epochs_run == train.epochs`` → ``"epoch_cap"``, else ``"time_limit"``
+    (the only other way those runs could stop).  None when the run records
+    neither (``epochs_run`` missing).  The one place the store learns it.
+    """
+    recorded = metrics.get("stop_reason")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if metrics.get("stopped_early"):
+        return "early_stopping"
+    epochs_run = metrics.get("epochs_run")
+    if epochs_run is None:
+        return None
+    if epochs_cap is not None and not pd.isna(epochs_cap) and int(epochs_run) == int(epochs_cap):
+        return EPOCH_CAP
+    return TIME_LIMIT
 
 
 def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
@@ -114,6 +141,8 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     Every numeric entry of every section of ``metrics.json`` (``valid``,
     ``test``, ``most_popular`` and the probes' sections such as ``fairness``
     or ``gradient_accounting``) becomes a column ``section.key``;
+    ``stop_reason`` says why training ended (`stop_reason`: early stopping,
+    epoch cap, time limit or a probe);
     ``config_hash`` fingerprints the run's config and ``data_hash`` the
     content of the data files it read (`rankrobust.data.identity`; missing
     for runs that recorded none).  Runs on user files (``data.train_path``)
@@ -144,6 +173,7 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
                             row[f"{section}.{key}"] = value
             for key in RUN_KEYS:
                 row[key] = metrics.get(key)
+            row["stop_reason"] = stop_reason(metrics, row.get("train.epochs"))
             row["data_hash"] = recorded_digest(metrics)
             warnings = metrics.get("warnings") or []
             row["warnings"] = " | ".join(map(str, warnings)) if isinstance(warnings, list) else str(warnings)
@@ -205,10 +235,31 @@ def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFra
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
     frame["run_dir"] = [str(folder / d) for d in frame["run_dir"]]  # relative to the sweep folder
+    _fill_stop_reason(frame)
     stale, outdated = _not_current(folder, frame)
     if include_stale:
         return frame.assign(stale=stale, outdated=outdated)
     return frame[~(stale | outdated)].reset_index(drop=True)
+
+
+def _fill_stop_reason(frame: pd.DataFrame) -> None:
+    """Give a store written before runs recorded ``stop_reason`` that column, read from the runs' metrics.json.
+
+    Only finished rows lacking it are read (one small file per run); an
+    unreadable metrics.json leaves None (that run is reported corrupt elsewhere).
+    """
+    if "stop_reason" not in frame:
+        frame["stop_reason"] = pd.Series(None, index=frame.index, dtype=object)
+    todo = frame.index[(frame["status"] == runs.STATUS_DONE) & frame["stop_reason"].isna()]
+    if not len(todo):
+        return
+    frame["stop_reason"] = frame["stop_reason"].astype(object)
+    caps = frame["train.epochs"] if "train.epochs" in frame else pd.Series(None, index=frame.index)
+    for i in todo:  # one metrics.json per run (runs, not users)
+        try:
+            frame.at[i, "stop_reason"] = stop_reason(RunDir(frame.at[i, "run_dir"]).metrics(), caps.at[i])
+        except (RunFolderError, OSError):
+            pass
 
 
 def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -272,46 +323,127 @@ def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[
     return [c for c in config_cols if c != "train.seed" and frame[c].nunique(dropna=False) > 1]
 
 
-def summarize(frame: pd.DataFrame, axes: list[str], metrics=None) -> pd.DataFrame:
-    """Mean, std and count over seeds of ``metrics`` for each cell of ``axes`` (finished runs only).
+#: interval methods of `summarize` (column ``ci_method``)
+CI_T = "t"
+CI_BOOTSTRAP = "bootstrap+t"
+#: what `format_summary` prints under the table
+SUMMARY_LEGEND = (f"mean [95% CI] over seeds (the unit is the seed); ci: {CI_T} = t-interval over seed means, "
+                  f"{CI_BOOTSTRAP} = hierarchical bootstrap (seeds, then users) widened to hold the t-interval; "
+                  f"capped: runs that stopped at their epoch cap (train.epochs), not converged")
 
-    ``metrics`` default to `main_metrics` (test Recall@K and NDCG@K at the
-    runs' selection cutoff).
+
+def _seed_key(frame: pd.DataFrame) -> pd.Series:
+    """The seed of each row (``train.seed``; the row position when the store has no seed column)."""
+    return frame["train.seed"] if "train.seed" in frame else pd.Series(np.arange(len(frame)), index=frame.index)
+
+
+def _per_user_column(metric: str) -> str | None:
+    """The per-user table's column of a store metric (``test.ndcg@20`` → ``ndcg@20``); None for other sections."""
+    return metric.removeprefix("test.") if metric.startswith("test.") and "@" in metric else None
+
+
+def _read_per_user(run_dirs, columns: list[str]) -> dict[str, pd.DataFrame] | None:
+    """run_dir → its per-user table (``user`` + ``columns``); None when any run lacks the table or a column.
+
+    A per-user file that exists but cannot be read raises `RunFolderError` (naming it).
     """
+    tables = {}
+    for run_dir in run_dirs:
+        table = RunDir(run_dir).table("per_user", required=False)
+        if table is None or any(c not in table for c in columns):
+            return None
+        tables[run_dir] = table[["user", *columns]]
+    return tables
+
+
+def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float = 0.95, n_boot: int = 2000,
+              per_user: bool = True, rng: int = 0) -> pd.DataFrame:
+    """Per cell of ``axes`` (finished runs only): mean over seeds of each metric, its CI, and stopped-run counts.
+
+    Columns (two levels): for each of ``metrics`` (default `main_metrics`:
+    test Recall@K and NDCG@K at the runs' selection cutoff) ``mean`` (over
+    the cell's runs, one per seed), ``lo``/``hi`` (the ``level`` interval),
+    ``std`` (over seeds, ddof = 1), ``n_seeds`` and ``ci_method``: ``"t"`` =
+    `rankrobust.stats.seed_mean_ci` (t-interval over seed means), or, when
+    ``per_user`` and every run of the cell has its per-user table with the
+    metric (``per_user.parquet``, test metrics), ``"bootstrap+t"`` = the
+    hierarchical bootstrap interval (`rankrobust.stats.hierarchical_bootstrap_ci`,
+    ``n_boot`` replicates, seeded by ``rng``) widened to contain the
+    t-interval (with few seeds the percentile bootstrap alone covers less
+    than ``level``).  One seed: ``lo = hi = NaN`` (no CI).  Then ``("runs",
+    "n")``, ``("runs", "capped")`` = runs whose ``stop_reason`` is
+    ``epoch_cap`` (not converged) and ``("runs", "time_limit")``.
+    An unreadable per-user file raises `RunFolderError`.
+    """
+    from rankrobust.stats import hierarchical_bootstrap_ci, seed_mean_ci
+
     metrics = main_metrics(frame) if metrics is None else metrics
     done = frame[frame["status"] == runs.STATUS_DONE]
     metrics = [m for m in metrics if m in done.columns]
     axes = [a for a in axes if a in done.columns]
     if done.empty or not metrics:
         return pd.DataFrame()
-    grouped = done.groupby(axes, dropna=False, sort=True)[metrics] if axes else done[metrics].groupby(lambda _: "all")
-    table = grouped.agg(["mean", "std", "count"])
+    reasons = done["stop_reason"] if "stop_reason" in done else pd.Series(None, index=done.index, dtype=object)
+    user_cols = [c for c in map(_per_user_column, metrics) if c] if per_user else []
+    groups = done.groupby(axes, dropna=False, sort=True) if axes else [("all", done)]
+    rows, index = [], []
+    for key, cell in groups:
+        tables = _read_per_user(cell["run_dir"], user_cols) if user_cols else None
+        row: dict[tuple[str, str], Any] = {}
+        for metric in metrics:
+            values = cell[metric].astype(float)
+            mean, lo, hi, n = seed_mean_ci(values, level)
+            method, column = CI_T, _per_user_column(metric)
+            if tables is not None and column and n > 1:
+                finite = values.notna()
+                boot = {d: tables[d][column].to_numpy(float) for d in cell.loc[finite, "run_dir"]}
+                _, blo, bhi = hierarchical_bootstrap_ci(boot, n_boot=n_boot, level=level, rng=rng)
+                lo, hi, method = min(lo, blo), max(hi, bhi), CI_BOOTSTRAP
+            row.update({(metric, "mean"): mean, (metric, "lo"): lo, (metric, "hi"): hi,
+                        (metric, "std"): values.std(ddof=1) if n > 1 else np.nan, (metric, "n_seeds"): n,
+                        (metric, "ci_method"): method})
+        cell_reasons = reasons.loc[cell.index]
+        row.update({("runs", "n"): len(cell), ("runs", "capped"): int((cell_reasons == EPOCH_CAP).sum()),
+                    ("runs", "time_limit"): int((cell_reasons == TIME_LIMIT).sum())})
+        rows.append(row)
+        index.append(key)
+    table = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(index, names=axes) if len(axes) > 1
+                         else pd.Index([k[0] if isinstance(k, tuple) else k for k in index], name=axes[0] if axes
+                                       else None))
+    table.columns = pd.MultiIndex.from_tuples(table.columns)
     return table
 
 
-def format_summary(table: pd.DataFrame) -> str:
-    """``mean ± std (n)`` per metric, one line per cell."""
+def format_summary(table: pd.DataFrame, legend: bool = True) -> str:
+    """``mean [lo, hi] n=S`` per metric (``mean (n=1, no CI)`` for one seed), the CI method and capped runs per cell.
+
+    ``capped`` is ``k/n``: k of the cell's n runs stopped at their epoch cap;
+    ``time_limit`` appears when some run stopped on ``train.time_limit``.
+    ``legend`` adds `SUMMARY_LEGEND` under the table.
+    """
+    from rankrobust.stats import format_ci
+
     if table.empty:
         return "(no finished runs)"
     out = pd.DataFrame(index=table.index)
-    for metric in table.columns.get_level_values(0).unique():
-        m, s, n = table[(metric, "mean")], table[(metric, "std")].fillna(0.0), table[(metric, "count")]
-        out[metric] = ["–" if c == 0 else f"{a:.4f} ± {b:.4f} (n={int(c)})" if c > 1 else f"{a:.4f} (n=1)"
-                       for a, b, c in zip(m, s, n)]
-    return out.to_string()
+    metrics = [m for m in table.columns.get_level_values(0).unique() if m != "runs"]
+    for metric in metrics:
+        t = table[metric]
+        out[metric] = [format_ci(m, lo, hi, int(n)) for m, lo, hi, n in zip(t["mean"], t["lo"], t["hi"], t["n_seeds"])]
+    methods = table[[(m, "ci_method") for m in metrics]].astype(str)
+    out["ci"] = ["/".join(dict.fromkeys(r)) for r in methods.itertuples(index=False)]
+    out["capped"] = [f"{int(c)}/{int(n)}" for c, n in zip(table[("runs", "capped")], table[("runs", "n")])]
+    if table[("runs", "time_limit")].any():
+        out["time_limit"] = [f"{int(c)}/{int(n)}" for c, n in zip(table[("runs", "time_limit")], table[("runs", "n")])]
+    return out.to_string() + (f"\n{SUMMARY_LEGEND}" if legend else "")
 
 
-def holm(pvalues: np.ndarray) -> np.ndarray:
-    """Holm–Bonferroni adjusted p-values (monotone, capped at 1)."""
-    p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p)
-    m = len(p)
-    adjusted = np.empty(m)
-    running = 0.0
-    for rank, idx in enumerate(order):
-        running = max(running, (m - rank) * p[idx])
-        adjusted[idx] = min(1.0, running)
-    return adjusted
+def capped_warning(capped: int, total: int) -> str | None:
+    """The warning line when ``capped`` of ``total`` compared runs stopped at their epoch cap (None when none did)."""
+    if not capped:
+        return None
+    return (f"{capped} of {total} compared runs stopped at their epoch cap: not converged; train to early stopping "
+            f"(raise train.epochs, keep train.patience)")
 
 
 def parse_arm(text: str, default_key: str = "loss.name") -> dict[str, Any]:
