@@ -109,6 +109,10 @@ def build_parser() -> Parser:
     p.add_argument("dirs", nargs="+", help="sweep folders (quick or full results)")
     p.add_argument("--out", default="figures", help="folder for PNG/PDF and sidecar texts")
     p.add_argument("--only", action="append", help="figure numbers or names to make (default all)")
+
+    from rankrobust.tuning.cli import add_parsers as add_tuning_parsers  # tune, tune-results
+
+    HANDLERS.update(add_tuning_parsers(sub))
     return parser
 
 

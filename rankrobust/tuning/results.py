@@ -1,0 +1,127 @@
+"""What a tune folder found: the per-arm table of ``rankrobust tune-results`` and the study plots.
+
+The table has, per arm: the best validation value (the objective), the test
+value of that same trial shown as a label only (it played no part in choosing
+it), trials complete / pruned / failed, the best parameters and the wall
+time of its trials.  The plots are Optuna's matplotlib visualisations:
+``plots/<arm>-history.png`` (optimisation history) and
+``plots/<arm>-importance.png`` (parameter importance; only with at least two
+complete trials and one parameter that varied).
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rankrobust.config import ConfigError
+from rankrobust.tuning.study import TuneDir, _optuna, counts, make_storage
+
+__all__ = ["TEST_LABEL", "tune_table", "format_table", "write_plots", "require_tune_folder"]
+
+#: the column header of the test value: it is never used for selection
+TEST_LABEL = "test (label only, not used for selection)"
+
+
+def require_tune_folder(path: str | Path) -> TuneDir:
+    """The `TuneDir` at ``path``; ConfigError naming the fix when it holds no tuning."""
+    folder = TuneDir(path)
+    if folder.path.is_file():
+        raise ConfigError(f"{folder.path} is a file, not a tune folder: pass the folder written by "
+                          f"`rankrobust tune SPEC --out DIR`")
+    if not folder.protocol_path.exists():
+        raise ConfigError(f"{folder.path} is not a tune folder (no {TuneDir.PROTOCOL}); pass the folder written by "
+                          f"`rankrobust tune SPEC --out DIR`")
+    return folder
+
+
+def _studies(folder: TuneDir, storage_url: str | None = None) -> list[tuple[str, dict[str, Any], Any]]:
+    optuna = _optuna()
+    protocol = folder.protocol() or {}
+    storage = make_storage(storage_url or folder.storage_url)
+    out = []
+    for label, record in (protocol.get("arms") or {}).items():
+        try:
+            study = optuna.load_study(study_name=label, storage=storage)
+        except KeyError:
+            continue
+        out.append((label, record, study))
+    return out
+
+
+def tune_table(folder: TuneDir, storage_url: str | None = None) -> pd.DataFrame:
+    """One row per arm: objective, best valid value, its test label, trial counts, best params, wall time (s)."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for label, record, study in _studies(folder, storage_url):
+        c = counts(study)
+        trials = study.get_trials(deepcopy=False)
+        wall = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in trials
+                   if t.datetime_complete is not None and t.datetime_start is not None)
+        best = study.best_trial if c["complete"] else None
+        rows.append({"arm": label, "objective": record.get("objective"), "best valid": best.value if best else None,
+                     TEST_LABEL: best.user_attrs.get("test_value") if best else None,
+                     "trial": best.number if best else None,
+                     "complete": c["complete"], "pruned": c["pruned"], "failed": c["failed"],
+                     "running": sum(t.state == TrialState.RUNNING for t in trials),
+                     "budget": record.get("budget"), "best params": best.params if best else {},
+                     "wall s": round(wall, 1)})
+    return pd.DataFrame(rows)
+
+
+def format_table(table: pd.DataFrame) -> str:
+    """The table as text: one line per arm, parameters as ``key=value`` with 4 significant digits."""
+    if table.empty:
+        return "no arm has trials yet"
+    shown = table.copy()
+    shown["best params"] = shown["best params"].map(
+        lambda p: ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items()) or "-")
+    for col in ("best valid", TEST_LABEL):
+        shown[col] = shown[col].map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.4f}")
+    shown["trial"] = shown["trial"].map(lambda v: "-" if v is None or pd.isna(v) else str(int(v)))
+    shown = shown.drop(columns=["running"]) if not (table["running"] > 0).any() else shown
+    return shown.to_string(index=False)
+
+
+def write_plots(folder: TuneDir, storage_url: str | None = None) -> list[Path]:
+    """Optimisation history and parameter importance per arm (``plots/``); returns the files written.
+
+    The importance plot is skipped for an arm with fewer than two complete
+    trials or no parameter that took two values.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    written = []
+    for label, _, study in _studies(folder, storage_url):
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete:
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            plots = [("history", lambda: ovm.plot_optimization_history(study))]
+            varied = {k for t in complete for k in t.params if len({repr(u.params.get(k)) for u in complete}) > 1}
+            if len(complete) >= 2 and varied:
+                plots.append(("importance", lambda: ovm.plot_param_importances(study)))
+            for kind, make in plots:
+                path = folder.plot_path(label, kind)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    ax = make()
+                except (ValueError, RuntimeError, ZeroDivisionError):  # e.g. importance of a degenerate study
+                    plt.close("all")
+                    continue
+                fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+                fig.suptitle(f"{label}", fontsize=9)
+                fig.tight_layout()
+                fig.savefig(path, dpi=100)
+                plt.close(fig)
+                written.append(path)
+    return written

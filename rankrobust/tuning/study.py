@@ -1,0 +1,562 @@
+"""The local tuning engine: one Optuna study per arm in ``DIR/study.db``, trials as ordinary run folders.
+
+Layout of a tune folder::
+
+    study.db                 SQLite: one Optuna study per arm, named by the arm label
+    protocol.json            per arm: search space, budget, sampler and pruner settings, seed, objective, noise
+    trials/<arm>/<NNNN>/     one run folder per trial (NNNN = the trial's number in its study)
+    best/<arm>.yaml          the chosen settings of each arm (`write_best`)
+    plots/<arm>-history.png, <arm>-importance.png   (``rankrobust tune-results``)
+
+A trial trains its config (`Arm.trial_config`) to early stopping with
+`run_experiment`; a `PruningProbe` reports the validation value of every
+epoch to the study and stops the trial (`StopTraining`) when the pruner says
+it is hopeless.  Its value is the best validation value of the run (the
+``valid`` section of metrics.json at the objective's metric); the test value
+is stored as a label (``test_value``) and never read by selection.
+
+Budget: a study counts COMPLETE and PRUNED trials; failed ones (an error, or a
+worker killed mid-trial) do not count and are retried with the same
+parameters once.  Workers (``--jobs N`` processes, or several drivers on one
+folder) share the study: asking for a trial happens under an exclusive lock
+on ``DIR/.ask.lock`` after counting finished + running trials, so no more than
+the budget is ever started.  A running trial records its owner (host, pid);
+one whose owner is dead (this host) or whose heartbeat stopped (any host) is
+marked FAIL, so kill-and-rerun continues the study without losing or
+repeating a finished trial.
+"""
+from __future__ import annotations
+
+import fcntl
+import math
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from rankrobust.config import ConfigError, RunConfig
+from rankrobust.probes import Probe, StopTraining
+from rankrobust.runs import read_json, write_json, write_text
+from rankrobust.tuning.spec import Arm, TuneSpec
+
+__all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
+           "TuneTerminated", "HEARTBEAT_SECONDS", "GRACE_SECONDS"]
+
+#: a running trial's heartbeat period, and how long without one before another worker marks it FAIL
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 60
+#: consecutive failed trials of one arm after which a driver gives up on it (a broken config fails every trial)
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+class TuneTerminated(KeyboardInterrupt):
+    """Raised in a running ``rankrobust tune`` by SIGTERM: it stops like Ctrl-C, finished trials kept."""
+
+
+class TuneDir:
+    """The one owner of a tune folder's file names (module docstring)."""
+
+    STUDY = "study.db"
+    PROTOCOL = "protocol.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).absolute()
+
+    @property
+    def study_path(self) -> Path:
+        return self.path / self.STUDY
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.study_path}"
+
+    @property
+    def protocol_path(self) -> Path:
+        return self.path / self.PROTOCOL
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path / ".ask.lock"
+
+    def trial_dir(self, arm: str, number: int) -> Path:
+        return self.path / "trials" / arm / f"{number:04d}"
+
+    def best_path(self, arm: str) -> Path:
+        return self.path / "best" / f"{arm}.yaml"
+
+    def plot_path(self, arm: str, kind: str) -> Path:
+        return self.path / "plots" / f"{arm}-{kind}.png"
+
+    def protocol(self) -> dict[str, Any] | None:
+        """The recorded protocol (None when the folder has none yet)."""
+        try:
+            return read_json(self.protocol_path, "delete it and rerun `rankrobust tune` (it is rewritten)")
+        except FileNotFoundError:
+            return None
+
+
+# ----------------------------------------------------------------------------- one trial
+@dataclass
+class TrialResult:
+    """What a trial function returns: the best validation value, the test value (a label), whether it was pruned."""
+
+    valid: float | None
+    test: float | None = None
+    pruned: bool = False
+    epochs: int = 0
+
+
+#: ``report(value, epoch) -> prune?``: hand a trial's per-epoch validation value to the pruner
+Report = Callable[[float, int], bool]
+#: ``trial_fn(cfg, run_dir, report) -> TrialResult``: run one trial into ``run_dir``
+TrialFn = Callable[[RunConfig, Path, Report], TrialResult]
+
+
+class PruningProbe(Probe):
+    """Reports the epoch's validation value (``row["valid_<train.metric>"]``) and stops a trial the pruner prunes."""
+
+    name = "pruning"
+
+    def __init__(self, metric: str, report: Report) -> None:
+        self.metric, self.report = metric, report
+
+    def epoch_end(self, epoch: int, model: Any, row: dict[str, Any]) -> None:
+        value = row.get(f"valid_{self.metric}")
+        if value is None or not math.isfinite(value):
+            return None  # no validation round this epoch (train.eval_every), or a NaN one
+        if self.report(float(value), epoch):
+            raise StopTraining(f"pruned at epoch {epoch} ({self.metric} = {value:.4f})")
+        return None
+
+
+def train_trial(cfg: RunConfig, run_dir: Path, report: Report) -> TrialResult:
+    """Train ``cfg`` into the run folder ``run_dir`` with a `PruningProbe`; the run's best validation value.
+
+    The value is metrics.json's ``valid`` section at ``train.metric`` (the
+    best epoch's validation); ``test`` is read for the label only.
+    """
+    from rankrobust.experiment import run_experiment
+
+    metric = cfg.train.metric
+    summary = run_experiment(cfg, run_dir, probes=[PruningProbe(metric, report)], progress=False, overwrite=True)
+    m = summary.metrics
+    return TrialResult(valid=m["valid"].get(metric), test=m["test"].get(metric),
+                       pruned=m["stop_reason"] == "stopped_by_probe", epochs=m["epochs_run"])
+
+
+# ----------------------------------------------------------------------------- studies
+def _optuna():
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # heartbeats are recorded by this module's own thread (`_Heartbeat`), not by Study.optimize
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    return optuna
+
+
+def make_storage(url: str):
+    """An Optuna RDB storage at ``url`` with heartbeats (a dead worker's trial becomes FAIL, retried once)."""
+    optuna = _optuna()
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
+                                      grace_period=GRACE_SECONDS,
+                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+
+def make_pruner(settings: dict[str, Any]):
+    """Optuna's pruner for the spec's ``tune.pruner`` (median, halving or none)."""
+    optuna = _optuna()
+    kind = settings["kind"]
+    args = {k: v for k, v in settings.items() if k != "kind"}
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**args)
+    if kind == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**args)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(spec: TuneSpec, arm: Arm, storage: Any):
+    """The study of ``arm`` (created on first use; seeded TPE sampler, the spec's pruner)."""
+    optuna = _optuna()
+    s = spec.sampler
+    sampler = optuna.samplers.TPESampler(seed=spec.seed + arm.index, n_startup_trials=s["n_startup_trials"],
+                                         multivariate=s["multivariate"])
+    return optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", sampler=sampler,
+                               pruner=make_pruner(spec.pruner), load_if_exists=True)
+
+
+def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
+    """Write ``protocol.json`` and each study's ``protocol`` attribute; refuse a folder tuned under another protocol.
+
+    The budget may change between runs (a rerun with more trials continues the
+    study); anything else (space, objective, noise, sampler, pruner, seed,
+    config) differing from the record is a `ConfigError`.
+    """
+    old = folder.protocol() or {}
+    if old.get("name") not in (None, spec.name):
+        raise ConfigError(f"{folder.path} holds tuning {old.get('name')!r}, not {spec.name!r}; choose another --out")
+    arms = {}
+    for arm in spec.arms:
+        new = spec.protocol(arm)
+        before = (old.get("arms") or {}).get(arm.label)
+        if before is not None:
+            changed = [k for k in new if k != "budget" and _jsonable(before.get(k)) != _jsonable(new[k])]
+            if changed:
+                raise ConfigError(f"{folder.path}: arm {arm.label} was tuned with another {', '.join(changed)}; "
+                                  f"rerun with the original spec or choose another --out")
+        arms[arm.label] = new
+        study = open_study(spec, arm, storage)
+        study.set_user_attr("protocol", _jsonable(new))
+    write_json(folder.protocol_path, _jsonable({"name": spec.name, "source": str(spec.source) if spec.source else None,
+                                                "arms": {**(old.get("arms") or {}), **arms}}))
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+@contextmanager
+def _flock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fail_dead_trials(study) -> list[int]:
+    """Mark FAIL the running trials whose owner is gone: a dead process on this host, or a stale heartbeat.
+
+    Each is retried once with the same parameters (`make_storage`'s callback).
+    Returns the numbers of the trials failed here.
+    """
+    optuna = _optuna()
+    from optuna.trial import TrialState
+
+    host = socket.gethostname()
+    failed = []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = t.user_attrs.get("owner") or {}
+        if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                failed.append(t.number)
+                callback = storage.get_heartbeat_stale_trial_callback()
+                if callback is not None:
+                    callback(study, storage.get_trial(t._trial_id))
+    optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def counts(study) -> dict[str, int]:
+    """Trials of ``study`` by state: complete, pruned, running, failed, waiting."""
+    from optuna.trial import TrialState
+
+    out = {"complete": 0, "pruned": 0, "running": 0, "failed": 0, "waiting": 0}
+    names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
+             TrialState.FAIL: "failed", TrialState.WAITING: "waiting"}
+    for t in study.get_trials(deepcopy=False):
+        out[names[t.state]] += 1
+    return out
+
+
+class _Heartbeat:
+    """Records a running trial's heartbeat every `HEARTBEAT_SECONDS` in a daemon thread."""
+
+    def __init__(self, storage: Any, trial_id: int) -> None:
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._beat, args=(storage, trial_id), daemon=True, name="tune-heartbeat")
+
+    def _beat(self, storage: Any, trial_id: int) -> None:
+        while not self.stop.is_set():
+            try:
+                storage.record_heartbeat(trial_id)
+            except Exception:  # a busy database: the next beat tries again
+                pass
+            self.stop.wait(HEARTBEAT_SECONDS)
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _ask(spec: TuneSpec, arm: Arm, study, folder: TuneDir):
+    """Under the folder's ask lock: a new trial of ``arm``, or None when finished + running trials fill the budget."""
+    with _flock(folder.lock_path):
+        fail_dead_trials(study)
+        c = counts(study)
+        if c["complete"] + c["pruned"] + c["running"] >= spec.trials:
+            return None
+        prior = arm.prior()
+        if prior and sum(c.values()) == 0:  # the documented settings are trial 0 of every arm
+            study.enqueue_trial(prior, user_attrs={"prior": True}, skip_if_exists=True)
+        trial = study.ask({key: _distribution(s.space) for key, s in arm.space.items()})
+        trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
+        return trial
+
+
+def _distribution(space: Any):
+    optuna = _optuna()
+    d = optuna.distributions
+    if space.kind == "float":
+        return d.FloatDistribution(space.low, space.high, log=space.log)
+    if space.kind == "int":
+        return d.IntDistribution(int(space.low), int(space.high), log=space.log, step=space.step)
+    return d.CategoricalDistribution(list(space.choices))
+
+
+def run_arm(spec: TuneSpec, arm: Arm, folder: TuneDir, storage: Any, *, trial_fn: TrialFn = train_trial,
+            on_change: Callable[[], None] | None = None) -> None:
+    """Run trials of ``arm`` until its study holds ``spec.trials`` complete + pruned trials.
+
+    Waits for trials other workers are running (so the arm is finished when
+    this returns).  An exception in a trial marks it FAIL and the loop goes on;
+    `MAX_CONSECUTIVE_FAILURES` in a row raise RuntimeError naming the last
+    error and run folder.  KeyboardInterrupt (and `TuneTerminated`) mark the
+    running trial FAIL and propagate.
+    """
+    from optuna.trial import TrialState
+
+    study = open_study(spec, arm, storage)
+    failures = 0
+    while True:
+        trial = _ask(spec, arm, study, folder)
+        if trial is None:
+            c = counts(study)
+            if c["complete"] + c["pruned"] >= spec.trials:
+                return
+            time.sleep(1.0)  # another worker's trial is running: wait for it (or for it to be marked FAIL)
+            continue
+        params = {key: trial.params[key] for key in arm.space}
+        run_dir = folder.trial_dir(arm.label, trial.number)
+        trial.set_user_attr("run_dir", str(run_dir.relative_to(folder.path)))
+
+        def report(value: float, epoch: int) -> bool:
+            trial.report(value, epoch)
+            return trial.should_prune()
+
+        if on_change is not None:
+            on_change()
+        try:
+            with _Heartbeat(study._storage, trial._trial_id):
+                result = trial_fn(arm.trial_config(params), run_dir, report)
+        except BaseException as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}".splitlines()[0][:500])
+            study.tell(trial, state=TrialState.FAIL)
+            if on_change is not None:
+                on_change()
+            if not isinstance(err, Exception):
+                raise
+            failures += 1
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise RuntimeError(f"arm {arm.label}: {failures} trials failed in a row, the last with "
+                                   f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                                   f"(see {run_dir}/status); fix the spec and rerun") from None
+            continue
+        failures = 0
+        if result.test is not None:
+            trial.set_user_attr("test_value", float(result.test))  # a label: selection never reads it
+        trial.set_user_attr("epochs", result.epochs)
+        if result.pruned:
+            study.tell(trial, state=TrialState.PRUNED)
+        elif result.valid is None or not math.isfinite(result.valid):
+            trial.set_user_attr("error", "no finite validation value")
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, float(result.valid))
+        if on_change is not None:
+            on_change()
+
+
+def write_best(spec: TuneSpec, folder: TuneDir, storage: Any) -> list[Path]:
+    """Write ``best/<arm>.yaml`` (atomically) for each arm with a complete trial; returns the files written.
+
+    The best trial is the complete trial with the highest validation value
+    (Optuna's ``best_trial``); its test value is never consulted.
+    """
+    written = []
+    for arm in spec.arms:
+        study = open_study(spec, arm, storage)
+        if counts(study)["complete"] == 0:
+            continue
+        best = study.best_trial
+        doc = {"arm": arm.label, "values": dict(arm.values),
+               "settings": {key: best.params[key] for key in arm.space if key in best.params},
+               "origin": {"study": str(folder.study_path) if storage_is_folder(storage, folder) else _url(storage),
+                          "study_name": arm.label, "trial": best.number, "objective": spec.objective,
+                          "value": float(best.value), "direction": "maximize", "noise": spec.noise}}
+        path = folder.best_path(arm.label)
+        write_text(path, yaml.safe_dump(_jsonable(doc), sort_keys=False, default_flow_style=None, width=120))
+        written.append(path)
+    return written
+
+
+def _url(storage: Any) -> str:
+    engine = getattr(storage, "engine", None)
+    return str(engine.url.render_as_string(hide_password=True)) if engine is not None else str(storage)
+
+
+def storage_is_folder(storage: Any, folder: TuneDir) -> bool:
+    return _url(storage) == folder.storage_url
+
+
+# ----------------------------------------------------------------------------- drivers
+def _share_cores(jobs: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+
+
+def work(spec: TuneSpec, folder: TuneDir, url: str, *, trial_fn: TrialFn = train_trial,
+         on_change: Callable[[], None] | None = None) -> None:
+    """One worker: every arm in spec order, until each holds its budget."""
+    storage = make_storage(url)
+    for arm in spec.arms:
+        run_arm(spec, arm, folder, storage, trial_fn=trial_fn, on_change=on_change)
+
+
+def _worker_main(spec: TuneSpec, path: str, url: str, parent: int, jobs: int, trial_fn: TrialFn) -> None:
+    from rankrobust.sweeps.executors import die_with_parent
+
+    die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and ends its workers
+    _share_cores(jobs)
+    work(spec, TuneDir(path), url, trial_fn=trial_fn)
+
+
+@contextmanager
+def sigterm_stops() -> Iterator[None]:
+    """While the block runs (main thread only), SIGTERM raises `TuneTerminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise TuneTerminated("stopped by SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Progress:
+    """One tqdm bar per driver: finished trials / total budget, postfix done / pruned / running / best."""
+
+    def __init__(self, spec: TuneSpec, storage: Any, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.spec, self.storage = spec, storage
+        self.studies = None
+        self.bar = tqdm(total=spec.trials * len(spec.arms), desc=f"tune {spec.name}", unit="trial",
+                        disable=not enabled, dynamic_ncols=True)
+
+    def update(self) -> None:
+        if self.bar.disable:
+            return
+        if self.studies is None:
+            self.studies = [open_study(self.spec, arm, self.storage) for arm in self.spec.arms]
+        total = {"complete": 0, "pruned": 0, "running": 0, "failed": 0}
+        best = None
+        for study in self.studies:
+            c = counts(study)
+            for k in total:
+                total[k] += c[k]
+            if c["complete"]:
+                value = study.best_value
+                best = value if best is None else max(best, value)
+        self.bar.n = min(total["complete"] + total["pruned"], self.bar.total)
+        self.bar.set_postfix(done=total["complete"], pruned=total["pruned"], running=total["running"],
+                             failed=total["failed"], best="-" if best is None else f"{best:.4f}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_tune(spec: TuneSpec, out: str | Path, *, jobs: int = 1, storage_url: str | None = None,
+             progress: bool = True, trial_fn: TrialFn = train_trial) -> TuneDir:
+    """Tune every arm of ``spec`` into ``out`` (resumable); write ``protocol.json`` and ``best/<arm>.yaml``.
+
+    ``jobs`` worker processes share the study (``storage_url``, default the
+    folder's SQLite file); with ``jobs = 1`` trials run in this process.
+    Raises ConfigError (a folder tuned under another protocol), RuntimeError
+    (an arm whose trials keep failing) and `TuneTerminated` on SIGTERM
+    (workers ended; the rerun continues).  The best files are written also
+    when interrupted.
+    """
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    folder = TuneDir(out)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    url = storage_url or folder.storage_url
+    storage = make_storage(url)
+    record_protocol(spec, folder, storage)
+    bar = Progress(spec, storage, progress)
+    processes = []
+    finished = False
+    try:
+        with sigterm_stops():
+            bar.update()
+            if jobs == 1:
+                work(spec, folder, url, trial_fn=trial_fn, on_change=bar.update)
+            else:
+                ctx = get_context("spawn")
+                processes = [ctx.Process(target=_worker_main, args=(spec, str(folder.path), url, os.getpid(), jobs,
+                                                                    trial_fn), name=f"rankrobust-tune-{j}")
+                             for j in range(jobs)]
+                for p in processes:
+                    p.start()
+                while any(p.is_alive() for p in processes):
+                    time.sleep(1.0)
+                    bar.update()
+                bad = [p.exitcode for p in processes if p.exitcode]
+                if bad:
+                    raise RuntimeError(f"{len(bad)} tune worker(s) ended with an error (exit codes {bad}); "
+                                       f"rerun the same command to continue the study")
+            bar.update()
+            finished = True
+    finally:
+        for p in processes:
+            if p.is_alive():
+                p.kill()
+            p.join()
+        if processes and not finished:
+            studies = [open_study(spec, arm, storage) for arm in spec.arms]
+            for study in studies:
+                fail_dead_trials(study)  # the killed workers' trials: FAIL now, retried by the rerun
+        bar.close()
+        write_best(spec, folder, storage)
+    return folder
