@@ -24,17 +24,38 @@ top-K list of user u without padding, U the evaluated users, G groups):
   |L_u ∩ tail| / |L_u|, tail = `analysis.popularity.long_tail_mask` (every
   item outside the head covering 80 % of the interactions).  Users with an
   empty L_u are left out of both means.
-- **Gini** of item exposure: c_i = number of top-K lists containing item i,
-  for all n_items (unrecommended items count as 0), sorted ascending:
-  Gini = Σ_j (2j − n − 1) c_(j) / (n Σ c), j = 1..n. 0 for uniform exposure,
-  (n−1)/n when one item takes all exposure.
+- **exposure_gini** (was ``gini``): inequality of item exposure. c_i = number
+  of top-K lists containing item i, for all n_items (unrecommended items count
+  as 0), sorted ascending: Σ_j (2j − n − 1) c_(j) / (n Σ c), j = 1..n. 0 for
+  uniform exposure, (n−1)/n when one item takes all exposure (higher = more
+  concentrated).
 - **Coverage** = |∪_u L_u| / n_items.
-- **PopREO** = std / mean over groups of the per-group recall passed in
-  (``fairness_report`` passes the conditional recall, as in Zhu et al.);
-  **PopRSP** = std / mean over groups of the recommendation rate. Population
-  std (ddof = 0); groups whose value is undefined (NaN: no items, no test
-  items, no candidates) are left out; 0 when every value is 0 (e.g. a model
-  with no hit at all), NaN only when no group is defined.
+- **recall_cond_cv** (was ``pop_reo``) = std / mean over the G groups of the
+  per-group recall passed in (``fairness_report`` passes the conditional
+  recall ``recall_cond``, Zhu et al.'s P(R@K | g, y=1));
+  **rec_rate_cv** (was ``pop_rsp``) = std / mean over the G groups of the
+  recommendation rate ``rec_rate``. Population std (ddof = 0); groups whose
+  value is undefined (NaN: no items, no test items, no candidates) are left
+  out; 0 when every value is 0 (e.g. a model with no hit at all), NaN only
+  when no group is defined.
+
+The field's names, with the field's conventions (Elliot, Anelli et al. 2021;
+the side-by-side table with sources is ``docs/METRICS.md``):
+
+- **elliot_gini** = 1 − Σ_j (2j − n − 1) c_(j) / ((n − 1) Σ c): Elliot's
+  ``Gini`` (a diversity score: 1 for uniform exposure, 0 when one item takes
+  all) = 1 − exposure_gini · n / (n − 1).  NaN for n < 2 or no exposure.
+- **elliot_pop_reo** / **elliot_pop_rsp**: Elliot's ``PopREO`` / ``PopRSP``, the
+  same std / mean (ddof = 0) over *two* groups, the short head (the most popular
+  items covering 80 % of the training interactions,
+  `analysis.popularity.short_head_mask`) and the long tail (the rest):
+  PopREO of the conditional recall Σ_u |L_u ∩ T_u ∩ g| / Σ_u |T_u ∩ g|, PopRSP
+  of the rate Σ_u |L_u ∩ g| / Σ_u |g \\ P_u|.  As in Elliot, NaN when a group's
+  rate is undefined (0/0) or both rates are 0 (no value is skipped).  Users:
+  the evaluated users (non-empty T_u); test and training items are disjoint.
+
+Renamed keys (``RENAMED_METRICS``): run folders and stores written before the
+rename still load through `migrate_metric_names`.
 """
 from __future__ import annotations
 
@@ -45,7 +66,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from analysis.popularity import GROUP_MODES, as_counts, long_tail_mask, popularity_groups
+from analysis.popularity import GROUP_MODES, as_counts, head_groups, long_tail_mask, popularity_groups
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, truth_membership
 
@@ -55,7 +76,12 @@ __all__ = [
     "long_tail_mask",  # re-exported from analysis.popularity
     "group_metrics",
     "popularity_metrics",
-    "gini",
+    "elliot_popularity_metrics",
+    "exposure_gini",
+    "elliot_gini",
+    "gini",  # the old name of exposure_gini (kept for old imports)
+    "RENAMED_METRICS",
+    "migrate_metric_names",
     "fairness_report",
     "fairness_table",
     "report_to_long",
@@ -63,21 +89,49 @@ __all__ = [
 ]
 
 
-def gini(exposure: np.ndarray | Tensor) -> float:
-    """Gini index of a non-negative exposure vector [n] (all items included).
+#: metric keys renamed in issue 23 (old name → new): the old names collided with the field's (docs/METRICS.md)
+RENAMED_METRICS = {"gini": "exposure_gini", "pop_reo": "recall_cond_cv", "pop_rsp": "rec_rate_cv"}
+#: the metrics.json section (and store column prefix) the fairness probe writes
+FAIRNESS_SECTION = "fairness"
 
-    ``Σ_j (2j − n − 1) c_(j) / (n Σ c)`` over the ascending sort, j = 1..n;
-    0 for uniform exposure, (n−1)/n when one entry holds everything; NaN for
-    an all-zero vector.
-    """
+
+def _gini_sum(exposure: np.ndarray | Tensor) -> tuple[float, int, float]:
+    """(Σ_j (2j − n − 1) c_(j) over the ascending sort, n, Σ c) of a non-negative exposure vector."""
     c = torch.as_tensor(exposure).to(torch.float64).flatten()
     n = c.numel()
     s = float(c.sum()) if n else 0.0
     if n == 0 or s == 0.0:
-        return float("nan")
+        return float("nan"), n, s
     cs, _ = torch.sort(c)
     j = torch.arange(1, n + 1, dtype=torch.float64, device=c.device)
-    return float(((2 * j - n - 1) * cs).sum() / (n * s))
+    return float(((2 * j - n - 1) * cs).sum()), n, s
+
+
+def exposure_gini(exposure: np.ndarray | Tensor) -> float:
+    """Inequality (Gini index) of a non-negative exposure vector [n] (all items included).
+
+    ``Σ_j (2j − n − 1) c_(j) / (n Σ c)`` over the ascending sort, j = 1..n;
+    0 for uniform exposure, (n−1)/n when one entry holds everything (higher =
+    more concentrated); NaN for an all-zero vector.  Elliot's ``Gini`` is the
+    other direction and normalisation: `elliot_gini`.
+    """
+    num, n, s = _gini_sum(exposure)
+    return num / (n * s) if s else float("nan")
+
+
+#: the old name of `exposure_gini`
+gini = exposure_gini
+
+
+def elliot_gini(exposure: np.ndarray | Tensor) -> float:
+    """Elliot's ``Gini`` of a non-negative exposure vector [n] (all items included): a diversity score.
+
+    ``1 − Σ_j (2j − n − 1) c_(j) / ((n − 1) Σ c)`` over the ascending sort,
+    j = 1..n: 1 for uniform exposure, 0 when one entry holds everything;
+    equals 1 − exposure_gini · n / (n − 1).  NaN for n < 2 or an all-zero vector.
+    """
+    num, n, s = _gini_sum(exposure)
+    return 1.0 - num / ((n - 1) * s) if s and n > 1 else float("nan")
 
 
 def _rel_std(values: np.ndarray) -> float:
@@ -88,6 +142,47 @@ def _rel_std(values: np.ndarray) -> float:
     if v.mean() == 0:  # all values 0 (they are non-negative): no disparity
         return 0.0
     return float(v.std() / v.mean())
+
+
+def _elliot_cv(values: np.ndarray) -> float:
+    """np.std / np.mean of all values, as Elliot computes PopREO / PopRSP: NaN propagates, 0/0 is NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0 or not np.all(np.isfinite(v)) or v.mean() == 0:
+        return float("nan")
+    return float(v.std() / v.mean())
+
+
+def migrate_metric_names(obj):
+    """Old fairness metric names → new ones (`RENAMED_METRICS`), for anything written before the rename.
+
+    - a dict (a metrics.json ``fairness`` section, a ``fairness_report``
+      summary): renamed keys (a new key already present wins);
+    - a long fairness table (``fairness_table``: a ``metric`` column): renamed values;
+    - a results store (columns ``fairness.<name>``): renamed columns; where
+      one store mixes old and new runs, the new column is filled from the old.
+
+    Anything else (or nothing to rename) is returned unchanged; never modified in place.
+    """
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            new = RENAMED_METRICS.get(key, key)
+            if new != key and new in obj:
+                continue
+            out[new] = value
+        return out
+    if isinstance(obj, pd.DataFrame):
+        if "metric" in obj.columns and obj["metric"].isin(list(RENAMED_METRICS)).any():
+            return obj.assign(metric=obj["metric"].replace(RENAMED_METRICS))
+        pairs = {f"{FAIRNESS_SECTION}.{old}": f"{FAIRNESS_SECTION}.{new}" for old, new in RENAMED_METRICS.items()}
+        present = {old: new for old, new in pairs.items() if old in obj.columns}
+        if not present:
+            return obj
+        out = obj.copy()
+        for old, new in present.items():
+            out[new] = out[new].combine_first(out[old]) if new in out.columns else out[old]
+        return out.drop(columns=list(present))
+    return obj
 
 
 def _truth_keys(truth: Interactions, device: torch.device) -> Tensor:
@@ -251,15 +346,17 @@ def popularity_metrics(
             first ``k`` columns are used.
         item_counts: [n_items] training popularity φ.
         groups: [n_items] popularity group per item.
-        per_group_recall: [G] per-group recall used for PopREO (NaN = undefined
-            group, skipped).
+        per_group_recall: [G] per-group recall used for ``recall_cond_cv`` (NaN =
+            undefined group, skipped).
         group_candidates: [G] denominators of the recommendation rate (Zhu et
             al.: Σ_u |g \\ P_u|); default |g| (the constant |U| cancels).
         head_share: interaction share covered by the head (0.8).
 
     Returns:
-        ``{"arp", "aplt", "gini", "coverage", "pop_reo", "pop_rsp"}`` as floats,
-        with the definitions of the module docstring.
+        ``{"arp", "aplt", "exposure_gini", "elliot_gini", "coverage",
+        "recall_cond_cv", "rec_rate_cv"}`` as floats, with the definitions of
+        the module docstring (the two-group Elliot PopREO / PopRSP need the test
+        set and the training matrix: `elliot_popularity_metrics`).
     """
     device = topk.device
     c = as_counts(item_counts, device)
@@ -298,11 +395,42 @@ def popularity_metrics(
     return {
         "arp": float(out[0]) if out[3] > 0 else nan,
         "aplt": float(out[1]) if out[3] > 0 else nan,
-        "gini": gini(exposure),
+        "exposure_gini": exposure_gini(exposure),
+        "elliot_gini": elliot_gini(exposure),
         "coverage": float(out[2]),
-        "pop_reo": _rel_std(pgr),
-        "pop_rsp": _rel_std(rate),
+        "recall_cond_cv": _rel_std(pgr),
+        "rec_rate_cv": _rel_std(rate),
     }
+
+
+def elliot_popularity_metrics(
+    result: EvalResult,
+    train: Interactions,
+    k: int,
+    *,
+    item_counts: np.ndarray | Tensor | None = None,
+    head_share: float = 0.8,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Elliot's ``PopREO`` and ``PopRSP``: two groups, the short head and the long tail.
+
+    The groups are `analysis.popularity.head_groups` (0 = long tail, 1 = short
+    head: the most popular items covering ``head_share`` of the training
+    interactions ``item_counts``, default ``train.item_counts()``); the rates
+    are `group_metrics`' ``recall_cond`` (Σ_u |L_u ∩ T_u ∩ g| / Σ_u |T_u ∩ g|)
+    and ``rec_rate`` (Σ_u |L_u ∩ g| / Σ_u |g \\ P_u|, P_u = the user's row of
+    ``train``) over the evaluated users at cutoff ``k``, from the same top-K
+    matrix as every other metric here.
+
+    Returns:
+        (the two-row `group_metrics` table, ``{"elliot_pop_reo", "elliot_pop_rsp"}``):
+        np.std / np.mean (ddof = 0) of the two rates, NaN when a rate is
+        undefined or both are 0 (as Elliot's division gives).
+    """
+    counts = train.item_counts() if item_counts is None else item_counts
+    groups = head_groups(counts, head_share, device=result.topk.device)
+    gdf = group_metrics(result, groups, k, item_counts=counts, train=train, n_groups=2)
+    return gdf, {"elliot_pop_reo": _elliot_cv(gdf["recall_cond"].to_numpy()),
+                 "elliot_pop_rsp": _elliot_cv(gdf["rec_rate"].to_numpy())}
 
 
 def fairness_report(
@@ -314,14 +442,19 @@ def fairness_report(
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Per-group table and popularity summary of one evaluation at cutoff ``k``.
 
-    Groups come from the training popularity (``popularity_groups``). PopREO
-    uses the conditional per-group recall ``recall_cond`` and PopRSP the
-    candidate-normalised ``rec_rate`` (Zhu et al. 2020).
+    Groups come from the training popularity (``popularity_groups``).
+    ``recall_cond_cv`` summarises the conditional per-group recall
+    ``recall_cond`` and ``rec_rate_cv`` the candidate-normalised ``rec_rate``
+    over the ``n_groups`` groups (Zhu et al. 2020's REO / RSP with G groups);
+    ``elliot_pop_reo`` / ``elliot_pop_rsp`` are the same over the two groups
+    of Elliot (short head, long tail; `elliot_popularity_metrics`).
 
     Returns:
-        (``group_metrics`` DataFrame, dict with ``arp``, ``aplt``, ``gini``,
-        ``coverage``, ``pop_reo``, ``pop_rsp``, ``recall@k`` and ``ndcg@k`` (sum
-        of the group contributions) and ``n_users``).
+        (``group_metrics`` DataFrame, dict with ``arp``, ``aplt``,
+        ``exposure_gini``, ``elliot_gini``, ``coverage``, ``recall_cond_cv``,
+        ``rec_rate_cv``, ``elliot_pop_reo``, ``elliot_pop_rsp``, ``recall@k``
+        and ``ndcg@k`` (sum of the group contributions) and ``n_users``;
+        docs/METRICS.md has them side by side).
     """
     counts = train.item_counts()
     device = eval_result.topk.device
@@ -331,6 +464,7 @@ def fairness_report(
         eval_result.topk, counts, groups, k, gdf["recall_cond"].to_numpy(),
         group_candidates=gdf["candidates"].to_numpy(), n_groups=n_groups,
     )
+    summary.update(elliot_popularity_metrics(eval_result, train, k, item_counts=counts)[1])
     summary[f"recall@{k}"] = float(gdf["recall"].sum())
     summary[f"ndcg@{k}"] = float(gdf["ndcg"].sum())
     summary["n_users"] = float(eval_result.users.numel())

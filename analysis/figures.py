@@ -38,6 +38,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
 from analysis import plots  # noqa: E402
+from analysis.fairness import migrate_metric_names  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
 from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
@@ -138,7 +139,7 @@ def _open_sweeps(dirs: Iterable[str | Path]) -> tuple[dict[str, Sweep], list[tup
             continue
         if kind in found:
             print(f"{d} replaces {found[kind].path} as the {kind} sweep", file=sys.stderr)
-        found[kind] = Sweep(d, name, load_store(d))
+        found[kind] = Sweep(d, name, migrate_metric_names(load_store(d)))  # old fairness keys: docs/METRICS.md
     return found, ignored
 
 

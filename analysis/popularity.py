@@ -20,9 +20,12 @@ in two modes), each kept because a protocol or a figure needs exactly it:
 - `popularity_terciles`: ``popularity_groups(φ, 3, "items")`` named
   ``tail`` / ``mid`` / ``head`` (`TERCILE_LABELS`), a third of the items each.
   Used for the t-SNE colours of fig. 7.
-- `long_tail_mask`: head = the shortest prefix of the items by *descending* φ
-  whose cumulative φ reaches 80 % of C (zero-count items are always tail);
-  tail = the rest.  Used for APLT (PROTOCOLS §5).
+- `short_head_mask` / `long_tail_mask`: the *short head* = the shortest
+  prefix of the items by *descending* φ whose cumulative φ reaches 80 % of C
+  (Abdollahpouri et al.'s short head, the one Elliot's ``Popularity`` builds;
+  zero-count items are always tail); the *long tail* = the rest.  Used for
+  APLT and for the Elliot-convention PopREO / PopRSP (two groups: short head
+  and long tail, `analysis.fairness`; docs/METRICS.md).
 - `head_items`: head = the ⌈0.2·n_items⌉ items with the largest φ (ties: lower
   id first); the rest is "not head".  Used for the popularity score gap of
   `analysis.variance` (PROTOCOLS §6).
@@ -62,7 +65,9 @@ __all__ = [
     "as_counts",
     "popularity_groups",
     "popularity_terciles",
+    "short_head_mask",
     "long_tail_mask",
+    "head_groups",
     "head_items",
 ]
 
@@ -143,23 +148,41 @@ def popularity_terciles(item_counts: np.ndarray | Tensor) -> np.ndarray:
     return np.asarray(TERCILE_LABELS)[groups]
 
 
-def long_tail_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
-    """BoolTensor [n_items], True for long-tail items (the APLT tail of PROTOCOLS §5).
+def short_head_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
+    """BoolTensor [n_items], True for the *short head*: the one definition of "head" by interaction share.
 
     The head is the shortest prefix of the items in descending popularity
     (ties: higher id first, i.e. the reverse of ``popularity_groups``' order)
-    whose cumulative interaction share reaches ``head_share``: an item is head
-    iff the interactions of the items before it are < ``head_share`` · total
-    and it has at least one interaction.  Everything else is tail.
+    whose cumulative interaction share reaches ``head_share`` (0.8: the
+    short head of Abdollahpouri et al., as Elliot's ``Popularity`` builds it):
+    an item is head iff the interactions of the items before it are
+    < ``head_share`` · total and it has at least one interaction.  Elliot breaks
+    ties at the boundary by its internal item order instead; the sets differ
+    only when the item crossing 80 % ties with the first item after it.
     """
     c = as_counts(item_counts)
     order = torch.argsort(c, stable=True).flip(0)
     sc = c[order].to(torch.float64)
     before = torch.cumsum(sc, 0) - sc
     head_sorted = (before < head_share * float(sc.sum())) & (sc > 0)
-    tail = torch.ones(c.numel(), dtype=torch.bool, device=c.device)
-    tail[order] = ~head_sorted
-    return tail
+    head = torch.zeros(c.numel(), dtype=torch.bool, device=c.device)
+    head[order] = head_sorted
+    return head
+
+
+def long_tail_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
+    """BoolTensor [n_items], True for long-tail items: every item outside `short_head_mask` (APLT's tail, PROTOCOLS §5)."""
+    return ~short_head_mask(item_counts, head_share)
+
+
+def head_groups(item_counts: np.ndarray | Tensor, head_share: float = 0.8,
+                device: torch.device | str | None = None) -> Tensor:
+    """The two popularity groups of the Elliot-convention PopREO / PopRSP: LongTensor [n_items], 0 = long tail, 1 = short head.
+
+    `short_head_mask` as group ids (the same order as `popularity_groups`: 0 = least popular), on ``device``.
+    """
+    g = short_head_mask(item_counts, head_share).to(torch.int64)
+    return g.to(device) if device is not None else g
 
 
 def head_items(item_counts: Tensor | np.ndarray, head_fraction: float = 0.2) -> Tensor:

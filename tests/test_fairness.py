@@ -14,6 +14,7 @@ from analysis.fairness import (
     fairness_report,
     fairness_table,
     format_group_table,
+    exposure_gini,
     gini,
     group_metrics,
     popularity_metrics,
@@ -203,31 +204,32 @@ def test_popularity_metrics_hand():
     assert m["arp"] == pytest.approx((7.5 + 2 + 1) / 3)
     assert m["aplt"] == pytest.approx((0 + 0.5 + 1) / 3)
     # exposure [1,1,1,1,1,0]: sorted [0,1,1,1,1,1] -> (-3-1+1+3+5)/(6*5)
-    assert m["gini"] == pytest.approx(1 / 6)
+    assert m["exposure_gini"] == pytest.approx(1 / 6)
     assert m["coverage"] == pytest.approx(5 / 6)
-    assert m["pop_reo"] == pytest.approx(0.2 / 0.4)
+    assert m["recall_cond_cv"] == pytest.approx(0.2 / 0.4)
     # rates: g0 3 recs / 4 items, g1 2 recs / 2 items -> std 0.125 / mean 0.875
-    assert m["pop_rsp"] == pytest.approx(1 / 7)
+    assert m["rec_rate_cv"] == pytest.approx(1 / 7)
     m2 = popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 2, [0.2, 0.6], group_candidates=[8, 4])
-    assert m2["pop_rsp"] == pytest.approx(0.0625 / 0.4375)
+    assert m2["rec_rate_cv"] == pytest.approx(0.0625 / 0.4375)
     # k = 1 only uses the first column: items 0, 2, 4
     m1 = popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 1, [0.3, 0.3])
     assert m1["arp"] == pytest.approx((10 + 3 + 1) / 3)
     assert m1["aplt"] == pytest.approx(1 / 3)
     assert m1["coverage"] == pytest.approx(0.5)
-    assert m1["pop_reo"] == 0.0
+    assert m1["recall_cond_cv"] == 0.0
 
 
 def test_reo_rsp_skip_undefined_groups():
     m = popularity_metrics(HAND_TOPK, HAND_COUNTS, torch.tensor([1, 1, 0, 0, 0, 0]), 2, [0.2, float("nan"), 0.6],
                            n_groups=3)
-    assert m["pop_reo"] == pytest.approx(0.5)
-    assert m["pop_rsp"] == pytest.approx(1 / 7)  # group 2 has no items
-    assert popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 2, [0.0, 0.0])["pop_reo"] == 0.0
-    assert math.isnan(popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 2, [np.nan, np.nan])["pop_reo"])
+    assert m["recall_cond_cv"] == pytest.approx(0.5)
+    assert m["rec_rate_cv"] == pytest.approx(1 / 7)  # group 2 has no items
+    assert popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 2, [0.0, 0.0])["recall_cond_cv"] == 0.0
+    assert math.isnan(popularity_metrics(HAND_TOPK, HAND_COUNTS, HAND_GROUPS, 2, [np.nan, np.nan])["recall_cond_cv"])
 
 
 def test_gini_extremes():
+    assert gini is exposure_gini  # the old name stays importable
     assert gini(np.ones(7)) == pytest.approx(0.0)
     for n in (2, 5, 100):
         e = np.zeros(n)
@@ -236,10 +238,10 @@ def test_gini_extremes():
     assert math.isnan(gini(np.zeros(3)))
     # from top-K lists: every user gets item 0 only
     m = popularity_metrics(torch.zeros(5, 1, dtype=torch.long), np.ones(10, int), torch.zeros(10, dtype=torch.long), 1, [1.0])
-    assert m["gini"] == pytest.approx(0.9)
+    assert m["exposure_gini"] == pytest.approx(0.9)
     # each item once: uniform exposure
     m = popularity_metrics(torch.arange(10).view(5, 2), np.ones(10, int), torch.zeros(10, dtype=torch.long), 2, [1.0])
-    assert m["gini"] == pytest.approx(0.0) and m["coverage"] == 1.0
+    assert m["exposure_gini"] == pytest.approx(0.0) and m["coverage"] == 1.0
 
 
 # ------------------------------------------------------------ reporting
@@ -249,11 +251,12 @@ def test_fairness_report_and_table():
     assert len(gdf) == 5
     assert summary["recall@10"] == pytest.approx(res.metrics["recall@10"])
     assert summary["ndcg@10"] == pytest.approx(res.metrics["ndcg@10"])
-    for key in ("arp", "aplt", "gini", "coverage", "pop_reo", "pop_rsp"):
+    for key in ("arp", "aplt", "exposure_gini", "coverage", "recall_cond_cv", "rec_rate_cv", "elliot_gini",
+                "elliot_pop_reo", "elliot_pop_rsp"):
         assert np.isfinite(summary[key]), key
-    assert 0 <= summary["aplt"] <= 1 and 0 <= summary["gini"] <= 1 and 0 < summary["coverage"] <= 1
-    assert summary["pop_reo"] == pytest.approx(np.nanstd(gdf["recall_cond"]) / np.nanmean(gdf["recall_cond"]))
-    assert summary["pop_rsp"] == pytest.approx(gdf["rec_rate"].std(ddof=0) / gdf["rec_rate"].mean())
+    assert 0 <= summary["aplt"] <= 1 and 0 <= summary["exposure_gini"] <= 1 and 0 < summary["coverage"] <= 1
+    assert summary["recall_cond_cv"] == pytest.approx(np.nanstd(gdf["recall_cond"]) / np.nanmean(gdf["recall_cond"]))
+    assert summary["rec_rate_cv"] == pytest.approx(gdf["rec_rate"].std(ddof=0) / gdf["rec_rate"].mean())
 
     table = fairness_table(res, train, ks=(5, 10), n_groups=5, modes=("interactions", "items"))
     assert list(table.columns) == ["mode", "n_groups", "k", "scope", "group", "metric", "value"]
@@ -292,4 +295,4 @@ def test_format_group_table():
     assert lines[0].split()[0] == "group"
     assert len(lines) == 1 + 1 + 4 + 1 + 1 + 1  # header, rule, groups, rule, sum, summary
     assert lines[-2].lstrip().startswith("sum")
-    assert "gini=" in lines[-1]
+    assert "exposure_gini=" in lines[-1] and "elliot_pop_reo=" in lines[-1]

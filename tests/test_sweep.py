@@ -56,7 +56,7 @@ def test_run_resume_and_failures(tmp_path):
     assert report.done == 4 and not report.failed
     store = load_store(out)
     assert len(store) == 4 and (store["status"] == "done").all()
-    assert {"loss.name", "noise.pos_ratio", "test.recall@20", "test.ndcg@20", "fairness.gini"} <= set(store.columns)
+    assert {"loss.name", "noise.pos_ratio", "test.recall@20", "test.ndcg@20", "fairness.exposure_gini"} <= set(store.columns)
     # corrupt one run (interrupted: no status) and fail another on purpose; the rerun fixes the first only
     victim = Path(store.loc[0, "run_dir"])
     (victim / "status").unlink()
