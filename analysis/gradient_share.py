@@ -22,6 +22,19 @@ and the share differs from the noisy fraction.
 
 `GradientAccountant` keeps three sums on the device (all, noisy, noisy pairs
 seen) and is read once per epoch; nothing syncs with the host per batch.
+
+Negative side (PROTOCOLS.md §13, companion of §9): with false negatives mixed
+into the sampled negatives (``noise.neg_prob`` p), g⁻_kj = B·|∂L/∂s⁻_kj| over
+the real negative slots (``neg_mask``) of the batch, and per epoch
+
+    neg_grad_share_fn = Σ_{false-negative slots} g⁻ / Σ_{all slots} g⁻
+
+beside ``fn_slot_fraction``, the share of slots that hold a false negative.
+A loss whose weights follow the score (SL: softmax(s⁻/τ), its DRO worst case
+over the negatives) puts more than the slot fraction on false negatives once
+they score high; BPR's sigmoid weights saturate.  `NegativeAccountant` keeps
+four device sums and is read once per epoch.  A loss that does not read s⁻
+(its hook never receives a gradient) records NaN.
 """
 from __future__ import annotations
 
@@ -48,7 +61,9 @@ class GradientAccountant:
             return
         noisy = self.noisy[index]
 
-        def hook(grad: Tensor) -> None:
+        def hook(grad: Tensor | None) -> None:
+            if grad is None:  # no gradient reached s⁺ (a compiled graph's output, a loss that ignores it)
+                return
             g = grad.detach().abs().to(torch.float64) * grad.shape[0]
             self.sums += torch.stack([g.sum(), (g * noisy).sum(), noisy.sum().to(torch.float64)])
 
@@ -60,6 +75,69 @@ class GradientAccountant:
         self.sums.zero_()
         share = noisy_g / total if total > 0 else float("nan")
         return {"noisy_pair_fraction": noisy_n / n_pairs, "pos_grad_share_noisy": share}
+
+
+class NegativeAccountant:
+    """Accumulates, over the batches of an epoch, Σ g⁻ over all and over false-negative slots, on the device.
+
+    Call `watch` with each batch's negative scores (requiring grad, as the loss
+    receives them), its ``fn_mask`` and ``neg_mask`` before ``backward``;
+    `read` returns and resets the epoch's ``neg_grad_share_fn`` and
+    ``fn_slot_fraction``.  Slot counts are added when a batch is watched, the
+    gradient sums when its hook fires, so nothing syncs with the host.
+    """
+
+    def __init__(self, device: torch.device | str) -> None:
+        self.sums = torch.zeros(4, dtype=torch.float64, device=device)  # Σg⁻, Σ_fn g⁻, #fn slots, #slots
+
+    def watch(self, neg_scores: Tensor | None, fn_mask: Tensor | None, neg_mask: Tensor | None = None) -> None:
+        """Register the gradient hook of one batch (``neg_scores`` [B, M], ``fn_mask`` [B, M] bool)."""
+        if neg_scores is None or fn_mask is None or fn_mask.shape != neg_scores.shape:
+            return
+        real = None if neg_mask is None else neg_mask.to(torch.float64)
+        fn = fn_mask.to(torch.float64) if real is None else fn_mask.to(torch.float64) * real
+        slots = (torch.full((), float(fn_mask.numel()), dtype=torch.float64, device=fn.device) if real is None
+                 else real.sum())  # a fill, not a host-to-device copy
+        self.sums[2:] += torch.stack([fn.sum(), slots])
+        if not neg_scores.requires_grad:
+            return
+
+        def hook(grad: Tensor | None) -> None:
+            if grad is None:
+                return
+            g = grad.detach().abs().to(torch.float64) * grad.shape[0]
+            if real is not None:
+                g = g * real
+            self.sums[:2] += torch.stack([g.sum(), (g * fn).sum()])
+
+        neg_scores.register_hook(hook)
+
+    def read(self) -> dict[str, float]:
+        """``neg_grad_share_fn`` (NaN when no gradient reached s⁻) and ``fn_slot_fraction``; one host sync, then reset."""
+        total, fn_g, fn_n, slots = self.sums.tolist()
+        self.sums.zero_()
+        return {"fn_slot_fraction": fn_n / slots if slots > 0 else float("nan"),
+                "neg_grad_share_fn": fn_g / total if total > 0 else float("nan")}
+
+
+def brute_force_negative_share(grad: np.ndarray, fn_mask: np.ndarray,
+                               neg_mask: np.ndarray | None = None) -> tuple[float, float]:
+    """Reference (Σ_fn |g⁻| / Σ |g⁻|, fn slot fraction) of one batch from its gradient [B, M], float64 loops (tests)."""
+    g = np.asarray(grad, dtype=np.float64)
+    fn = np.asarray(fn_mask, dtype=bool)
+    real = np.ones_like(fn) if neg_mask is None else np.asarray(neg_mask, dtype=bool)
+    total = fn_total = 0.0
+    slots = fn_slots = 0
+    for k in range(g.shape[0]):
+        for j in range(g.shape[1]):
+            if not real[k, j]:
+                continue
+            slots += 1
+            total += abs(g[k, j])
+            if fn[k, j]:
+                fn_slots += 1
+                fn_total += abs(g[k, j])
+    return fn_total / total, fn_slots / slots
 
 
 def brute_force_share(pos_scores: np.ndarray, users: np.ndarray, noisy: np.ndarray, loss: str,

@@ -9,7 +9,9 @@ probe               metrics.json section      epochs.csv columns           run-f
 FairnessProbe       ``fairness``              –                            ``fairness``
 VarianceProbe       –                         –                            ``variance``
 GradientShareProbe  ``gradient_accounting``   ``noisy_pair_fraction``,     –
-                                              ``pos_grad_share_noisy``
+                                              ``pos_grad_share_noisy``,
+                                              ``fn_slot_fraction``,
+                                              ``neg_grad_share_fn``
 FinalShareProbe     ``gradient_share``        –                            –
 ==================  ========================  ===========================  =====================
 """
@@ -21,9 +23,10 @@ import numpy as np
 import torch
 
 from analysis.fairness import fairness_report, fairness_table
-from analysis.gradient_share import GradientAccountant
+from analysis.gradient_share import GradientAccountant, NegativeAccountant
 from analysis.variance import VarianceTracker
 from rankrobust.probes import BatchView, Probe, ProbeContext, ProbeOutput
+from rankrobust.sampling import negative_kind
 
 
 def _cutoff(metric: str) -> int:
@@ -61,41 +64,100 @@ class VarianceProbe(Probe):
 
 
 class GradientShareProbe(Probe):
-    """In-training share of the positive-side gradient on injected noisy positives (PROTOCOLS §9).
+    """In-training gradient accounting: positive side on noisy positives (§9), negative side on false negatives (§13).
 
-    Per epoch: ``noisy_pair_fraction`` and ``pos_grad_share_noisy`` =
-    Σ_noisy |∂L/∂s⁺| / Σ |∂L/∂s⁺| (see `analysis.gradient_share`).  In
-    ``metrics.json`` (section ``gradient_accounting``): the values at the best
-    epoch and their means over the epochs.  Inactive (no hooks, no section)
-    when the run has no injected noisy positives.
+    Positive side, with injected noisy positives, per epoch:
+    ``noisy_pair_fraction`` and ``pos_grad_share_noisy`` =
+    Σ_noisy |∂L/∂s⁺| / Σ |∂L/∂s⁺|.  Negative side, with false negatives mixed
+    into sampled negatives (``noise.neg_prob`` > 0), per epoch:
+    ``fn_slot_fraction`` and ``neg_grad_share_fn`` = Σ_fn |∂L/∂s⁻| / Σ |∂L/∂s⁻|
+    (NaN for a loss that does not read s⁻); see `analysis.gradient_share`.
+    In ``metrics.json`` (section ``gradient_accounting``): the values at the
+    best epoch (``_best``) and their means over the epochs (``_mean``), and
+    for the negative side also at the last epoch (``_last``).  Each side is
+    inactive (no hooks, no columns) when the run has none of its noise; the
+    probe has no section when neither acts.
     """
 
     name = "gradient_accounting"
 
     def start(self, ctx: ProbeContext) -> None:
         noisy = ctx.data.noisy
-        self.active = noisy is not None and bool(np.any(noisy))
+        self.positive = noisy is not None and bool(np.any(noisy))
+        self.negative = ctx.cfg.noise.neg_prob > 0 and negative_kind(ctx.cfg.train.sampler) == "sampled"
+        self.active = self.positive or self.negative
         self.wants_batches = self.active
-        if self.active:
+        self.wants_negatives = self.negative
+        if self.positive:
             self.n_pairs = int(len(noisy))
             self.accountant = GradientAccountant(noisy, ctx.device)
+        if self.negative:
+            self.negatives = NegativeAccountant(ctx.device)
 
     def batch(self, view: BatchView) -> None:
-        self.accountant.watch(view.index, view.pos_scores)
+        if self.positive:
+            self.accountant.watch(view.index, view.pos_scores)
+        if self.negative:
+            self.negatives.watch(view.neg_scores, view.fn_mask, view.neg_mask)
 
     def epoch_end(self, epoch: int, model: torch.nn.Module, row: dict[str, Any]) -> dict[str, Any] | None:
-        return self.accountant.read(self.n_pairs) if self.active else None
+        if not self.active:
+            return None
+        out: dict[str, Any] = {}
+        if self.positive:
+            out.update(self.accountant.read(self.n_pairs))
+        if self.negative:
+            out.update(self.negatives.read())
+        return out
 
     def finish(self, ctx: ProbeContext, result) -> ProbeOutput | None:
         if not self.active:
             return None
         h = result.history.set_index("epoch")
-        cols = ["noisy_pair_fraction", "pos_grad_share_noisy", "group_size_mean"]
-        best = h.loc[result.best_epoch, cols] if result.best_epoch in h.index else h[cols].iloc[-1]
-        out = {f"{c}_best": float(best[c]) for c in cols}
-        out.update({f"{c}_mean": float(h[c].mean()) for c in cols})
+        at_best = result.best_epoch in h.index
+        out: dict[str, Any] = {}
+        sides = [(self.positive, ["noisy_pair_fraction", "pos_grad_share_noisy", "group_size_mean"], False),
+                 (self.negative, ["fn_slot_fraction", "neg_grad_share_fn"], True)]
+        for active, cols, last in sides:
+            if not active:
+                continue
+            best = h.loc[result.best_epoch, cols] if at_best else h[cols].iloc[-1]
+            out.update({f"{c}_best": float(best[c]) for c in cols})
+            out.update({f"{c}_mean": float(h[c].mean()) for c in cols})  # NaN epochs left out; all NaN: NaN
+            if last:
+                out.update({f"{c}_last": float(h[c].iloc[-1]) for c in cols})
         out["best_epoch"] = int(result.best_epoch)
         return ProbeOutput(metrics=out)
+
+
+def _number(value: Any, digits: int = 4) -> str:
+    """``value`` to ``digits`` decimals, or ``n/a`` for None / NaN (metrics.json stores NaN as null)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def accounting_lines(acc: dict[str, Any] | None) -> list[str]:
+    """What ``rankrobust train`` prints of a run's ``gradient_accounting`` section: a line per active side.
+
+    Missing keys and None values (a loss that does not read s⁻) print as ``n/a``.
+    """
+    if not acc:
+        return []
+    lines = []
+    if "pos_grad_share_noisy_best" in acc:
+        lines.append(f"in-training share of positive-side gradient on noisy positives: "
+                     f"{_number(acc.get('pos_grad_share_noisy_best'))} at the best epoch (mean over epochs "
+                     f"{_number(acc.get('pos_grad_share_noisy_mean'))}); noisy pairs are "
+                     f"{_number(acc.get('noisy_pair_fraction_best'))} of the training pairs")
+    if "neg_grad_share_fn_best" in acc:
+        share = acc.get("neg_grad_share_fn_best")
+        lines.append(f"in-training share of negative-side gradient on false negatives: {_number(share)} at the best "
+                     f"epoch (mean over epochs {_number(acc.get('neg_grad_share_fn_mean'))}); false negatives fill "
+                     f"{_number(acc.get('fn_slot_fraction_best'))} of the negative slots"
+                     + (" (no gradient reached the negative scores: the loss does not read them)"
+                        if share is None else ""))
+    return lines
 
 
 class FinalShareProbe(Probe):

@@ -15,7 +15,9 @@ Hooks, in call order (each optional; the base class does nothing):
     every training batch, inside the loop: device tensors only
     (``view.index`` [B] pair ids into ``ctx.data.train`` CSR order,
     ``view.users``, ``view.items``, ``view.pos_scores`` [B] requiring grad — a
-    probe may ``register_hook`` on it).  Must not synchronise with the host.
+    probe may ``register_hook`` on it; a probe with ``wants_negatives`` also
+    gets ``view.neg_scores`` [B, M], ``view.neg_mask`` and ``view.fn_mask``).
+    Must not synchronise with the host.
 ``epoch_end(epoch, model, row)``
     after each epoch (and its validation, if any); may read device
     accumulators once and return extra columns for ``epochs.csv``; may raise
@@ -62,12 +64,25 @@ class BatchView:
     ``users`` [B], ``items`` [B]: the pairs; ``pos_scores`` [B]: s⁺ of each pair
     (part of the autograd graph: ``pos_scores.register_hook(fn)`` receives
     ∂L/∂s⁺ during backward).
+
+    Filled only when a watching probe has ``wants_negatives`` (None otherwise):
+    ``neg_scores`` [B, M]: the negative scores exactly as the loss receives
+    them, whatever the scorer (gather, sparse, dense, in-batch, all items;
+    ``register_hook`` receives ∂L/∂s⁻; the hook is called with None, or not at
+    all, for a loss that does not read s⁻); ``neg_mask`` [B, M] bool: True
+    where a slot is a real negative (None = every slot is; in-batch negatives
+    that are the user's own positives are not); ``fn_mask`` [B, M] bool: True
+    where the sampler mixed in a false negative (``noise.neg_prob``; None when
+    it mixes in none).
     """
 
     index: torch.Tensor
     users: torch.Tensor
     items: torch.Tensor
     pos_scores: torch.Tensor
+    neg_scores: torch.Tensor | None = None
+    neg_mask: torch.Tensor | None = None
+    fn_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -86,6 +101,8 @@ class Probe:
     name: str = "probe"
     #: True when `batch` must be called (the trainer skips building views otherwise)
     wants_batches: bool = False
+    #: True when `batch` needs the negative side of the view (``neg_scores``, ``neg_mask``, ``fn_mask``)
+    wants_negatives: bool = False
 
     def start(self, ctx: ProbeContext) -> None:
         return None

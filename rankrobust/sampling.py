@@ -46,6 +46,7 @@ __all__ = [
     "AllItemsSampler",
     "negative_kind",
     "FalseNegativeMixer",
+    "sample_with_fn_mask",
     "SAMPLERS",
     "build_sampler",
 ]
@@ -347,6 +348,21 @@ class FullOptions:
 def _make_full(train: Interactions, options: FullOptions, device) -> AllItemsSampler:
     """Every item except the positive is a negative: the exact softmax over the catalog."""
     return AllItemsSampler(options.mask_positives)
+
+
+def sample_with_fn_mask(sampler, users: Tensor, pos_items: Tensor,
+                        generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+    """``sampler``'s negatives [B, M] and which slots hold a false negative it mixed in (bool [B, M], on device).
+
+    The draws are exactly ``sampler(users, pos_items, generator)``'s.  The
+    mask comes from a `FalseNegativeMixer` (True where the pool replaced the
+    base negative); a sampler that mixes in none returns None for it.  For the
+    gradient-accounting probe (PROTOCOLS.md §13): no host sync, no extra draw.
+    """
+    marked = getattr(sampler, "sample_with_mask", None)
+    if marked is None:
+        return sampler(users, pos_items, generator), None
+    return marked(users, pos_items, generator)
 
 
 def negative_kind(name: str) -> str:

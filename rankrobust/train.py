@@ -10,6 +10,7 @@ besides validation.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import get_loss
 from rankrobust.models import Recommender, build_model
 from rankrobust.probes import BatchView, Probe, StopTraining
-from rankrobust.sampling import build_sampler
+from rankrobust.sampling import build_sampler, sample_with_fn_mask
 from rankrobust.scoring import PositivesBitmap, choose_scorer, column_scorer, score_batch
 
 
@@ -93,10 +94,13 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
               negatives: str = "sampled", scorer: str = "gather", fused: bool = True,
               positives: PositivesBitmap | None = None,
               loss_state: LossState | None = None, product_dtype: torch.dtype | None = None,
-              ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+              with_negatives: bool = False,
+              ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
     """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
 
-    Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``.
+    Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``;
+    with ``with_negatives`` ``(loss, pos_scores, neg_scores [B, M'], neg_mask [B, M'] or None)``,
+    the negative scores as the loss received them (for `rankrobust.probes.BatchView`).
     The scores come from `rankrobust.scoring.score_batch`: ``negatives`` is
     ``sampled`` (the ids ``neg``, scored by the resolved ``scorer``: gather,
     sparse or dense, `rankrobust.scoring.column_scorer`; ``fused=False``: the
@@ -114,7 +118,7 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     columns = column_scorer(scorer, product_dtype, fused)  # read for sampled negatives only
     auxiliary = type(model).extra_loss is not Recommender.extra_loss  # MF, LightGCN: none (no [B, 1 + M] ids built)
 
-    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, ...]:
         U, I = model.score_tables()
         s = score_batch(model, U, I, users, pos, neg, negatives=negatives, columns=columns, positives=positives,
                         product_dtype=product_dtype)
@@ -126,6 +130,8 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
         extra = model.extra_loss(users, s.items) if auxiliary else None
         if extra is not None:
             loss = loss + extra
+        if with_negatives:
+            return loss, s.pos, s.neg, s.neg_mask
         return loss, s.pos
 
     return step
@@ -199,11 +205,16 @@ class Trainer:
         positives = (PositivesBitmap(data.train, device) if negatives == "all" and self.sampler.mask_positives
                      else None)
         product_dtype = torch.bfloat16 if tc.bf16 and device.type == "cpu" else None
-        step = make_step(self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2, negatives=negatives,
-                         scorer=self.scorer.scorer if self.scorer is not None else "gather", fused=tc.fast,
-                         positives=positives,
-                         loss_state=self.loss_state, product_dtype=product_dtype)
-        self.step = maybe_compile(step, tc.compile, device)
+        build_step = functools.partial(make_step, self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2,
+                                       negatives=negatives,
+                                       scorer=self.scorer.scorer if self.scorer is not None else "gather",
+                                       fused=tc.fast, positives=positives,
+                                       loss_state=self.loss_state, product_dtype=product_dtype)
+        self.step = maybe_compile(build_step(), tc.compile, device)
+        #: the step of the epochs that probes watch (`rankrobust.probes.BatchView`): it also returns the negative
+        #: scores, and it is never compiled, since a hook on an output of a compiled graph never receives the
+        #: gradient that flows inside it (it is called with None)
+        self.watched_step = build_step(with_negatives=True)
         self.generator = torch.Generator(device=device).manual_seed(tc.seed)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16 and device.type == "cuda")
         self.users, self.items = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
@@ -226,14 +237,23 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         group_pairs = torch.zeros((), device=self.device)
         watchers = [p for p in self.probes if p.wants_batches]
+        negative_side = any(getattr(p, "wants_negatives", False) for p in watchers)
+        step = self.watched_step if watchers else self.step
+        fn_mask = None
         for b in range(self.n_batches):
             idx = order[b * self.batch_size:(b + 1) * self.batch_size]
             users, pos = self.users[idx], self.items[idx]
-            neg = self.sampler(users, pos, self.generator)
+            if negative_side:  # the same draws, and which slots hold a mixed-in false negative
+                neg, fn_mask = sample_with_fn_mask(self.sampler, users, pos, self.generator)
+            else:
+                neg = self.sampler(users, pos, self.generator)
             with self.autocast:
-                loss, pos_scores = self.step(users, pos, neg)
-            for probe in watchers:
-                probe.batch(BatchView(idx, users, pos, pos_scores))
+                loss, pos_scores, *negatives = step(users, pos, neg)
+            if watchers:
+                view = (BatchView(idx, users, pos, pos_scores, negatives[0], negatives[1], fn_mask) if negative_side
+                        else BatchView(idx, users, pos, pos_scores))
+                for probe in watchers:
+                    probe.batch(view)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
