@@ -8,6 +8,7 @@ Layout (see ../shared/DESIGN.md)::
     per_user.parquet   per-user test metrics
     noise.parquet      injected pairs (user, item, kind)
     model.pt           dict of tensors (raw and final embeddings), load with weights_only=True
+    origin.json        where tuned settings came from (sweep cells of a spec with ``tuned:`` only)
     status             "done" or "failed\\n<traceback>", written last
 
 Every file is written to a temporary name in the same folder and moved into
@@ -204,6 +205,9 @@ class RunDir:
     CONFIG = "config.json"
     METRICS = "metrics.json"
     MODEL = "model.pt"
+    #: provenance of a sweep cell's tuned settings (`write_origin`), beside config.json, never inside it: that
+    #: one is parsed back as a RunConfig and compared for run identity
+    ORIGIN = "origin.json"
     STATUS = "status"
     #: table name → file name (the suffix picks CSV or parquet)
     TABLES: dict[str, str] = {
@@ -227,7 +231,7 @@ class RunDir:
     @classmethod
     def file_names(cls) -> tuple[str, ...]:
         """Every file name a run folder may hold (config, metrics, weights, tables, status)."""
-        return (cls.CONFIG, cls.METRICS, cls.MODEL, *cls.TABLES.values(), cls.STATUS)
+        return (cls.CONFIG, cls.METRICS, cls.MODEL, cls.ORIGIN, *cls.TABLES.values(), cls.STATUS)
 
     @classmethod
     def owns(cls, name: str) -> bool:
@@ -281,6 +285,11 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / self.METRICS, metrics)
+
+    def write_origin(self, origin: dict[str, Any]) -> None:
+        """Record where the run's tuned settings came from (``origin.json``: the best file, its arm and settings,
+        the study, trial and objective); written before ``status``."""
+        write_json(self.path / self.ORIGIN, origin)
 
     def table_path(self, name: str) -> Path:
         """Path of table ``name``; ValueError naming the known tables otherwise."""
@@ -347,6 +356,14 @@ class RunDir:
         if not (self.path / self.METRICS).exists():
             return {}
         return self._read_dict(self.METRICS)
+
+    def origin(self) -> dict[str, Any] | None:
+        """``origin.json`` (where the run's tuned settings came from), None for a run without one;
+        RunFolderError naming it when damaged."""
+        require_folder(self.path)
+        if not (self.path / self.ORIGIN).exists():
+            return None
+        return self._read_dict(self.ORIGIN)
 
     def has_table(self, name: str) -> bool:
         return self.table_path(name).exists()

@@ -17,7 +17,23 @@ from rankrobust.config import RunConfig
 from rankrobust.data.identity import current_digest, recorded_digest
 from rankrobust.experiment import run_experiment
 from rankrobust.noise import outdated_noise_protocol
+from rankrobust.probes import Probe
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
+from rankrobust.sweeps.spec import ORIGINS
+
+
+class OriginProbe(Probe):
+    """Writes where a sweep cell's tuned settings came from (``origin.json``, `RunDir.write_origin`) into its run
+    folder when the run starts, so a finished run always carries it (``status`` comes last)."""
+
+    name = "tuned_origin"
+
+    def __init__(self, origin: dict[str, Any]) -> None:
+        self.origin = origin
+
+    def start(self, ctx) -> None:
+        if ctx.run_dir is not None:
+            ctx.run_dir.write_origin(self.origin)
 
 
 def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None = None) -> bool:
@@ -55,7 +71,9 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
     """Run one cell's validated config into ``run_dir`` (wiping an unfinished, failed or outdated attempt).
 
     ``options``: the sweep's run options (``fairness``, ``track_variance``)
-    choosing the probes (`analysis.probes.probes_for`).  Never raises for a
+    choosing the probes (`analysis.probes.probes_for`) and, for a spec with
+    ``tuned:``, each cell's origin (``options["origins"]``: cell id → record,
+    written to the run folder's ``origin.json``).  Never raises for a
     failing run: the failure is recorded in the run's status (with the
     traceback) and returned as ``{"status": "failed", "error": last line}``.
     """
@@ -68,6 +86,9 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
         if folder.path.exists():
             shutil.rmtree(folder.path)
         probes = probes_for(fairness=bool(options.get("fairness")), track_variance=bool(options.get("track_variance")))
+        origin = (options.get(ORIGINS) or {}).get(folder.path.name)  # the spec's `tuned:` (cell id = folder name)
+        if origin is not None:
+            probes = [*probes, OriginProbe(origin)]
         run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
         return {"status": STATUS_DONE}
     except Exception:

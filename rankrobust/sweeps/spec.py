@@ -10,6 +10,7 @@ A spec (see ``configs/sweeps/``)::
       - when: {loss.name: bsl}
         set: {loss.mode: paper, loss.tau1: 0.5}
     options: {fairness: true, track_variance: false}
+    tuned: ../tuning/losses-lastfm  # optional: run every cell at its arm's tuned settings
 
 Each cell (one grid point × one seed) is one run.  The base, grid and
 overrides are a *template* shared by cells with different entries: an option
@@ -17,6 +18,27 @@ that belongs to another entry than a cell's (``loss.tau`` in a BPR cell,
 ``model.layers`` in an MF cell) is left out of that cell's config, so it never
 reaches its ``config.json``; an option that applies to no cell at all is an
 error (it is a typo or a misplaced key).
+
+``tuned:`` names the output folder of a tuning run (``rankrobust tune SPEC
+--out DIR``; a relative path is read from the spec file's folder).  Its
+``best/<arm>.yaml`` files each hold one arm::
+
+    arm: mf-sl                                       # the file's stem
+    values: {model.name: mf, loss.name: sl, data.name: lastfm}   # the config values that define the arm
+    settings: {loss.tau: 0.21, train.lr: 0.0013, model.score: cosine}   # the tuned values
+    origin: {study: /abs/DIR/study.db, study_name: mf-sl, trial: 17, objective: valid.ndcg@20, value: 0.412,
+             direction: maximize, noise: clean}
+
+A cell takes the settings of the one arm whose ``values`` all equal its
+resolved config (base, grid values and override rules, defaults filled in);
+they are applied in the order base → tuned settings → grid values → override
+rules, so a grid axis or a rule that sets a tuned key wins.  A cell that
+matches no arm or several is an error naming the arms, and so is a tuned
+setting that acts in none of its cells.  Each such cell's run folder records
+where its settings came from (``origin.json``, `RunDir.origin`: the file, arm,
+settings and the study's origin), and the sweep record (``sweep.json``) holds
+them under ``tuned``; new tuned settings change the cells' configs, so their
+old runs are outdated and redone.
 """
 from __future__ import annotations
 
@@ -33,9 +55,11 @@ from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config
                                read_config_tree, set_dotted)
 from rankrobust.runs import cell_id, config_hash
 
-__all__ = ["Cell", "SweepSpec", "cell_id", "load_spec", "parse_spec"]
+__all__ = ["Cell", "SweepSpec", "TunedArm", "cell_id", "load_spec", "load_tuned", "parse_spec"]
 
-SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "options")
+SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "options", "tuned")
+#: keys of a tuned arm's file, ``best/<arm>.yaml`` of a tuning output folder
+BEST_KEYS = ("arm", "values", "settings", "origin")
 #: run options of a sweep: which probes its cells get, and Ray resources per task
 OPTION_KEYS = ("fairness", "track_variance", "resources")
 
@@ -48,6 +72,25 @@ class Cell:
     values: dict[str, Any]
     seed: int
     config: RunConfig
+    #: where its tuned settings came from (``{arm, file, settings, origin}``), None without ``tuned:``
+    origin: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class TunedArm:
+    """One ``best/<arm>.yaml`` of a tuning output folder: the values defining the arm, its tuned settings and
+    the study's origin record (study, trial, objective, value, direction, noise)."""
+
+    arm: str
+    values: dict[str, Any]
+    settings: dict[str, Any]
+    origin: dict[str, Any]
+    path: Path
+
+    def record(self) -> dict[str, Any]:
+        """What a cell run at these settings records (``origin.json``; ``sweep.json`` → ``tuned.arms``)."""
+        return {"arm": self.arm, "file": str(self.path), "values": self.values, "settings": self.settings,
+                "origin": self.origin}
 
 
 @dataclass
@@ -63,6 +106,9 @@ class SweepSpec:
     description: str = ""
     source: Path | None = None
     cells: list[Cell] = field(default_factory=list)
+    #: the tuning output folder (absolute) and its arms, when the spec says ``tuned:``
+    tuned: Path | None = None
+    arms: list[TunedArm] = field(default_factory=list)
 
     def record(self) -> dict[str, Any]:
         """The document saved as the sweep folder's spec record (``sweep.json``).
@@ -70,12 +116,101 @@ class SweepSpec:
         ``cells`` maps each cell id to the hash of its resolved config
         (`rankrobust.runs.config_hash`): results use exactly these cells, and
         a run folder of another id (stale) or with another config (outdated)
-        is left out of them.
+        is left out of them.  With ``tuned:``, ``tuned`` holds the folder, each
+        arm's record (`TunedArm.record`) and the arm of each cell.
         """
-        return {"name": self.name, "grid": self.grid, "seeds": self.seeds, "base": self.base,
-                "overrides": self.overrides, "options": self.options,
-                "source": str(self.source) if self.source else None,
-                "cells": {c.cell_id: config_hash(c.config.to_dict()) for c in self.cells}}
+        doc = {"name": self.name, "grid": self.grid, "seeds": self.seeds, "base": self.base,
+               "overrides": self.overrides, "options": {k: v for k, v in self.options.items() if k != ORIGINS},
+               "source": str(self.source) if self.source else None,
+               "cells": {c.cell_id: config_hash(c.config.to_dict()) for c in self.cells}}
+        if self.tuned is not None:
+            doc["tuned"] = {"dir": str(self.tuned), "arms": {a.arm: a.record() for a in self.arms},
+                            "cells": {c.cell_id: c.origin["arm"] for c in self.cells if c.origin}}
+        return doc
+
+
+#: the run option carrying each cell's origin to `rankrobust.sweeps.cell.run_cell` (cell id → `TunedArm.record`),
+#: set from ``tuned:`` (not a key a spec's ``options`` may hold)
+ORIGINS = "origins"
+
+
+def _dotted_keys(mapping: Any, what: str, path: Path) -> dict[str, Any]:
+    """``mapping`` checked as {section.key: value}; ConfigError naming ``path`` and ``what`` otherwise."""
+    if not isinstance(mapping, dict):
+        raise ConfigError(f"{path}: {what} must be a mapping of config keys (section.key) to values, got {mapping!r}")
+    for key in mapping:
+        section, dot, name = str(key).partition(".")
+        if not dot or not name or "." in name or section not in SECTIONS:
+            raise ConfigError(f"{path}: {what} key {key!r} is not a config key (section.key with section one of "
+                              f"{', '.join(SECTIONS)})")
+    return dict(mapping)
+
+
+def _read_best(path: Path) -> TunedArm:
+    """One best file (`BEST_KEYS`); a malformed one is one ConfigError line naming it."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path} cannot be read ({getattr(err, 'strerror', None) or err}); rerun the tuning "
+                          f"or remove the file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; rerun the tuning or remove the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a best file must be a mapping with keys {', '.join(BEST_KEYS)}, got "
+                          f"{type(data).__name__}")
+    missing, unknown = [k for k in BEST_KEYS if k not in data], [k for k in data if k not in BEST_KEYS]
+    if missing or unknown:
+        problem = f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(map(str, unknown))}"
+        raise ConfigError(f"{path}: a best file {problem}; its keys are {', '.join(BEST_KEYS)}")
+    if data["arm"] != path.stem:
+        raise ConfigError(f"{path}: arm {data['arm']!r} differs from the file's name {path.stem!r}")
+    values = _dotted_keys(data["values"], "values", path)
+    if not values:
+        raise ConfigError(f"{path}: values is empty; it names the config values that define the arm")
+    if not isinstance(data["origin"], dict):
+        raise ConfigError(f"{path}: origin must be a mapping (study, trial, objective, ...), got {data['origin']!r}")
+    return TunedArm(str(data["arm"]), values, _dotted_keys(data["settings"], "settings", path), dict(data["origin"]),
+                    path)
+
+
+def load_tuned(folder: str | Path) -> list[TunedArm]:
+    """The arms of a tuning output folder (``folder/best/<arm>.yaml``, sorted by name); ConfigError naming the
+    folder when it has none, or the file that is malformed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"tuned: {folder} is not a folder; give the output folder of `rankrobust tune SPEC "
+                          f"--out DIR` (it holds best/<arm>.yaml)")
+    best = folder / "best"
+    files = sorted(best.glob("*.yaml")) if best.is_dir() else []
+    if not files:
+        raise ConfigError(f"tuned: {best} holds no best files (<arm>.yaml); finish `rankrobust tune SPEC --out "
+                          f"{folder}` first")
+    return [_read_best(p) for p in files]
+
+
+def _arm_of(spec: SweepSpec, values: dict[str, Any], tree: dict[str, Any]) -> TunedArm:
+    """The one arm of ``spec.arms`` whose values all equal those of the cell's untuned config ``tree``."""
+    try:  # defaults filled in, entries' foreign options dropped
+        resolved = config_from_dict(prune_inapplicable(tree)[0]).to_dict()
+    except ConfigError:
+        resolved = tree
+    missing = object()
+
+    def value(key: str) -> Any:
+        section, _, name = key.partition(".")
+        return resolved.get(section, {}).get(name, missing)
+
+    found = [a for a in spec.arms if all(value(k) == v for k, v in a.values.items())]
+    if len(found) == 1:
+        return found[0]
+    arms = "; ".join(f"{a.arm} {a.values}" for a in (found or spec.arms))
+    if found:
+        raise ConfigError(f"sweep {spec.name}: cell {values} matches {len(found)} tuned arms of {spec.tuned} "
+                          f"({arms}); their values must tell the cells apart")
+    raise ConfigError(f"sweep {spec.name}: cell {values} matches no tuned arm of {spec.tuned} (arms: {arms}); "
+                      f"tune that arm or leave it out of the grid")
 
 
 def _base_tree(base: dict[str, Any], spec_path: Path | None) -> dict[str, Any]:
@@ -117,16 +252,14 @@ def _expand(spec: SweepSpec) -> list[Cell]:
     matched: set[int] = set()
     for combo in itertools.product(*(spec.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
-        tree = copy.deepcopy(spec.base)
-        for key, value in values.items():
-            set_dotted(tree, key, value)
         rules = [n for n, rule in enumerate(spec.overrides)
                  if all(values.get(k) == v for k, v in rule.get("when", {}).items())]
         matched.update(rules)
-        for n in rules:
-            for key, value in spec.overrides[n].get("set", {}).items():
-                set_dotted(tree, key, value)
-        tree, dropped = prune_inapplicable(tree)
+        arm = _arm_of(spec, values, _cell_tree(spec, {}, values, rules)) if spec.arms else None
+        settings = arm.settings if arm else {}
+        tree, dropped = prune_inapplicable(_cell_tree(spec, settings, values, rules))
+        for key in settings:
+            note(f"tuned {arm.path}", key, dropped)
         for key in base_keys:
             note("base", key, dropped)
         for key in keys:
@@ -139,8 +272,9 @@ def _expand(spec: SweepSpec) -> list[Cell]:
             try:
                 cfg = config_from_dict(tree)
             except ConfigError as err:
-                raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}: {err}") from None
-            cells.append(Cell(cell_id(values, seed), values, seed, cfg))
+                tuned = f" (tuned settings of {arm.path})" if arm else ""
+                raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}{tuned}: {err}") from None
+            cells.append(Cell(cell_id(values, seed), values, seed, cfg, arm.record() if arm else None))
     for n in range(len(spec.overrides)):
         if n not in matched:
             warnings.warn(f"sweep {spec.name}: overrides[{n}] (when {spec.overrides[n].get('when', {})}) matches no "
@@ -153,6 +287,15 @@ def _expand(spec: SweepSpec) -> list[Cell]:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid values give duplicate cell ids")
     return cells
+
+
+def _cell_tree(spec: SweepSpec, settings: dict[str, Any], values: dict[str, Any], rules: list[int]) -> dict[str, Any]:
+    """A cell's config template, in the order base → tuned ``settings`` → grid ``values`` → override ``rules``."""
+    tree = copy.deepcopy(spec.base)
+    for key, value in [*settings.items(), *values.items(),
+                       *(kv for n in rules for kv in spec.overrides[n].get("set", {}).items())]:
+        set_dotted(tree, key, value)
+    return tree
 
 
 def _check_rules(spec: SweepSpec) -> None:
@@ -204,7 +347,17 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
                          base=_base_tree(data.get("base") or {}, source), grid=grid, seeds=seeds,
                          overrides=list(data.get("overrides") or []), options=dict(options),
                          description=str(data.get("description", "")), source=source)
+        tuned = data.get("tuned")
+        if tuned is not None:
+            if not isinstance(tuned, str) or not tuned.strip():
+                raise ConfigError(f"tuned must be the path of a tuning output folder (`rankrobust tune SPEC --out "
+                                  f"DIR`), got {tuned!r}")
+            folder = Path(tuned).expanduser()
+            spec.tuned = (folder if folder.is_absolute() or source is None else source.parent / folder).absolute()
+            spec.arms = load_tuned(spec.tuned)
         spec.cells = _expand(spec)
+        if spec.tuned is not None:  # each cell's origin travels to run_cell with the run options
+            spec.options[ORIGINS] = {c.cell_id: c.origin for c in spec.cells}
     except ConfigError as err:
         raise ConfigError(f"{where}{err}") from None
     return spec
