@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 
-from analysis import plots  # noqa: E402
+from analysis import negative_share, plots  # noqa: E402
 from analysis.fairness import migrate_metric_names  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
@@ -159,26 +159,32 @@ def figure_cutoff(sweep: Sweep, metrics: tuple[str, ...] = ("recall", "ndcg")) -
     return k
 
 
+def _with_seed(done: pd.DataFrame) -> pd.DataFrame:
+    """The store rows with a ``seed`` column (``train.seed``; NaN where the store has none)."""
+    return done.assign(seed=done["train.seed"] if "train.seed" in done else np.nan)
+
+
 def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
-    """Long table (model, loss, metric, value) of test Recall@K and NDCG@K (K: `figure_cutoff`), one row per run
-    and metric."""
+    """Long table (model, loss, seed, run_dir, metric, value) of test Recall@K and NDCG@K (K: `figure_cutoff`), one
+    row per run and metric."""
     k = figure_cutoff(sweep)
-    df = sweep.done.rename(columns={"model.name": "model", "loss.name": "loss"})
-    long = df.melt(id_vars=["model", "loss"], value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
+    df = _with_seed(sweep.done).rename(columns={"model.name": "model", "loss.name": "loss"})
+    long = df.melt(id_vars=["model", "loss", "seed", "run_dir"], value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
                    var_name="metric", value_name="value")
     long["metric"] = long["metric"].str.replace("test.", "", regex=False)
     return long
 
 
 def noise_frame(sweep: Sweep, axis: str, split: str | None = None) -> pd.DataFrame:
-    """Long table (loss, <axis>, metric, value) of test Recall@K and NDCG@K (`figure_cutoff`) against a noise axis.
+    """Long table (loss, <axis>, seed, run_dir, metric, value) of test Recall@K and NDCG@K (`figure_cutoff`) against a
+    noise axis.
 
     ``axis``: a store column such as ``noise.pos_ratio`` or ``noise.neg_prob``;
     ``split``: a further store column kept as is (``noise.neg_pool``), when the store has it.
     """
     k = figure_cutoff(sweep)
-    df = sweep.done.rename(columns={"loss.name": "loss"})
-    ids = ["loss", axis] + ([split] if split and split in df else [])
+    df = _with_seed(sweep.done).rename(columns={"loss.name": "loss"})
+    ids = ["loss", axis] + ([split] if split and split in df else []) + ["seed", "run_dir"]
     long = df.melt(id_vars=ids, value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
                    var_name="metric", value_name="value")
     long["metric"] = long["metric"].str.replace("test.", "", regex=False)
@@ -186,7 +192,7 @@ def noise_frame(sweep: Sweep, axis: str, split: str | None = None) -> pd.DataFra
 
 
 def group_frame(sweep: Sweep, model: str = "mf", k: int | None = None) -> pd.DataFrame:
-    """Per-popularity-group Recall@k (loss, group, recall, k), one row per run and group.
+    """Per-popularity-group Recall@k (loss, group, recall, k, seed, run_dir), one row per run and group.
 
     From each run's ``fairness`` table (interactions-mode groups of
     `analysis.popularity.popularity_groups`, group 0 = tail), runs of backbone
@@ -209,31 +215,37 @@ def group_frame(sweep: Sweep, model: str = "mf", k: int | None = None) -> pd.Dat
             raise MissingData(f"{run['run_dir']}: its fairness table has no per-group recall at k = {k} (it has "
                               f"k = {sorted(set(fair['k'].astype(int)))})")
         rows.append(pd.DataFrame({"loss": run["loss.name"], "group": sel["group"].astype(int),
-                                  "recall": sel["value"], "k": k}))
+                                  "recall": sel["value"], "k": k, "seed": run.get("train.seed"),
+                                  "run_dir": run["run_dir"]}))
     if not rows:
         raise MissingData(f"{sweep.path}: its runs have no fairness table (sweep option fairness: true)")
     return pd.concat(rows, ignore_index=True)
 
 
 def variance_frame(sweep: Sweep) -> pd.DataFrame:
-    """(epoch, tau, neg_var, pos_mean), one row per run and epoch, from the runs' ``variance`` tables."""
+    """(epoch, tau, neg_var, pos_mean, seed, run_dir), one row per run and epoch, from the runs' ``variance`` tables.
+
+    ``neg_var`` and ``pos_mean`` are statistics of the scores f; figure 5 also
+    draws them on the logit scale f/τ (`plots.plot_variance_over_epochs`).
+    """
     rows = []
     for _, run in sweep.done.iterrows():
         v = RunDir(run["run_dir"]).table("variance", required=False)
         if v is not None:
             rows.append(pd.DataFrame({"epoch": v["epoch"], "tau": run["loss.tau"], "neg_var": v["neg_var"],
-                                      "pos_mean": v["pos_mean"]}))
+                                      "pos_mean": v["pos_mean"], "seed": run.get("train.seed"),
+                                      "run_dir": run["run_dir"]}))
     if not rows:
         raise MissingData(f"{sweep.path}: its runs have no variance table (sweep option track_variance: true)")
     return pd.concat(rows, ignore_index=True)
 
 
 def ratio_frame(sweep: Sweep) -> pd.DataFrame:
-    """(model, r, ndcg@K, recall@K), one row per run of the BSL ratio sweep (K: `figure_cutoff`)."""
+    """(model, r, ndcg@K, recall@K, seed, run_dir), one row per run of the BSL ratio sweep (K: `figure_cutoff`)."""
     k = figure_cutoff(sweep)
-    df = sweep.done
+    df = _with_seed(sweep.done)
     return pd.DataFrame({"model": df["model.name"], "r": df["loss.r"], f"ndcg@{k}": df[f"test.ndcg@{k}"],
-                         f"recall@{k}": df[f"test.recall@{k}"]})
+                         f"recall@{k}": df[f"test.recall@{k}"], "seed": df["seed"], "run_dir": df["run_dir"]})
 
 
 def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: int = 0) -> pd.DataFrame:
@@ -242,7 +254,8 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
     The same seeded sample of ``n_items`` items is embedded for every run;
     ``popularity`` is the item's tercile (``tail`` / ``mid`` / ``head``, a third
     of the catalogue each) of the clean training counts,
-    `analysis.popularity.popularity_terciles`.
+    `analysis.popularity.popularity_terciles`.  One run per (loss, ratio): the
+    first finished one (its ``seed`` and ``run_dir`` are columns).
     """
     from sklearn.manifold import TSNE
 
@@ -266,7 +279,8 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
             if key not in terciles:
                 terciles[key] = popularity_terciles(_item_popularity(run))
             rows.append(pd.DataFrame({"loss": loss.upper(), "ratio": ratio, "x": xy[:, 0], "y": xy[:, 1],
-                                      "popularity": terciles[key][pick]}))
+                                      "popularity": terciles[key][pick], "seed": sel.iloc[0].get("train.seed"),
+                                      "run_dir": sel.iloc[0]["run_dir"]}))
     if not rows:
         raise MissingData(f"{sweep.path}: no SL/BSL runs at noise ratios {ratios}")
     return pd.concat(rows, ignore_index=True)
@@ -326,9 +340,9 @@ def gradient_share_frame(sweep: Sweep, measures: Iterable[str] = (plots.IN_TRAIN
             continue
         part = pd.DataFrame({"loss": done["loss.name"].str.upper(), "noise_ratio": done["noise.pos_ratio"],
                              "seed": done.get("train.seed"), "measure": measure, "noisy_share": share,
-                             "noisy_fraction": np.nan if fraction is None else fraction})
+                             "noisy_fraction": np.nan if fraction is None else fraction, "run_dir": done["run_dir"]})
         parts.append(part.dropna(subset=["noisy_share"]))
-    columns = ["loss", "noise_ratio", "seed", "measure", "noisy_share", "noisy_fraction"]
+    columns = ["loss", "noise_ratio", "seed", "measure", "noisy_share", "noisy_fraction", "run_dir"]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
@@ -360,7 +374,8 @@ def dro_frames(sweep: Sweep, n_items: int = 200, seed: int = 0) -> tuple[pd.Data
     tau = float(run.config["loss"]["tau"])
     eta_max = 0.95 * np.log(len(f))
     etas = np.unique(np.concatenate([np.geomspace(1e-3, eta_max, 14), [radius(f, p0, tau)]]))
-    pd_rows = [{"eta": e, "primal": dro_primal(f, p0, e)[0], "dual": dro_dual(f, p0, e)[0]} for e in etas]
+    pd_rows = [{"eta": e, "primal": dro_primal(f, p0, e)[0], "dual": dro_dual(f, p0, e)[0],
+               "run_dir": sl.iloc[0]["run_dir"]} for e in etas]
     shares = gradient_share_frame(sweep, measures=(plots.COUNTERFACTUAL,))
     return pd.DataFrame(pd_rows), q_star(f, p0, tau), sl_negative_grad(f, tau).numpy(), shares
 
@@ -397,7 +412,8 @@ def batching_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     return pd.DataFrame({"loss": done["loss.name"].str.upper(), "batching": done["train.batching"],
                          "noise_ratio": done["noise.pos_ratio"], "seed": done.get("train.seed"),
                          metric.removeprefix("test."): done[metric], "noisy_share": done[IN_TRAINING_SHARE],
-                         "noisy_fraction": done.get(IN_TRAINING_FRACTION, nan)}).reset_index(drop=True)
+                         "noisy_fraction": done.get(IN_TRAINING_FRACTION, nan),
+                         "run_dir": done["run_dir"]}).reset_index(drop=True)
 
 
 #: ``data.split`` value → label of the test it gives (PROTOCOLS.md §11)
@@ -422,7 +438,7 @@ def ood_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     return pd.DataFrame({"model": done["model.name"], "loss": done["loss.name"].str.upper(),
                          "split": done["data.split"].map(SPLIT_LABELS).fillna(done["data.split"]),
                          "seed": done.get("train.seed"),
-                         metric.removeprefix("test."): done[metric]}).reset_index(drop=True)
+                         metric.removeprefix("test."): done[metric], "run_dir": done["run_dir"]}).reset_index(drop=True)
 
 
 def _column_at(df: pd.DataFrame, name: str) -> str:
@@ -442,7 +458,7 @@ def plot_ratio(df: pd.DataFrame):
 
 def plot_batching(df: pd.DataFrame):
     """`plots.plot_bsl_batching` of the frame's ``ndcg@K`` (or other ``name@K``) column (`batching_frame`)."""
-    known = {"loss", "batching", "noise_ratio", "seed", "noisy_share", "noisy_fraction"}
+    known = {"loss", "batching", "noise_ratio", "seed", "noisy_share", "noisy_fraction", "run_dir"}
     return plots.plot_bsl_batching(df, metric=next(c for c in df.columns if c not in known))
 
 
@@ -459,7 +475,8 @@ def _families(losses: Iterable[str]) -> list[tuple[str, list[str]]]:
 
 def plot_loss_families(df: pd.DataFrame):
     """Figure 1 with any number of losses: one panel per metric, the losses on the x axis grouped by family
-    (family names under the axis, thin lines between families), one bar colour per backbone, sd over seeds.
+    (family names under the axis, thin lines between families), one bar colour per backbone; mean and 95 % CI
+    over seeds (`plots.seed_ci`), the seeds per bar written under the figure.
 
     ``df``: `accuracy_frame` (model, loss, metric, value).
     """
@@ -473,7 +490,7 @@ def plot_loss_families(df: pd.DataFrame):
                                  squeeze=False)
         for ax, metric in zip(axes[:, 0], metrics):
             sns.barplot(data=df[df["metric"] == metric], x="loss", y="value", hue="model", order=order,
-                        errorbar="sd", ax=ax)
+                        errorbar=plots.seed_ci, ax=ax)
             start = 0
             for fam, xs in groups:
                 if start:
@@ -489,6 +506,7 @@ def plot_loss_families(df: pd.DataFrame):
             ax.set_title(metric)
             ax.legend(title="backbone", fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
         fig.tight_layout()
+        plots.annotate_seeds(fig, plots.seed_counts(df, ["metric", "model", "loss"], "value"))
     return fig
 
 
@@ -497,7 +515,8 @@ def plot_noise_families(df: pd.DataFrame, x: str, *, xlabel: str | None = None, 
     family's panel as the reference), one row per metric and, when the frame has a ``split`` column with
     several values (figure 3: ``noise.neg_pool`` train | heldout), per value of it, side by side.
 
-    ``df``: `noise_frame` (loss, ``x``, metric, value[, ``split``]); mean and sd band over seeds.
+    ``df``: `noise_frame` (loss, ``x``, metric, value[, ``split``]); mean and 95 % CI band over seeds
+    (`plots.seed_ci`), the seeds per point written under the figure.
     """
     import seaborn as sns
 
@@ -521,13 +540,16 @@ def plot_noise_families(df: pd.DataFrame, x: str, *, xlabel: str | None = None, 
                     sns.lineplot(data=ref, x=x, y="value", color="grey", linestyle="--", errorbar=None, ax=ax,
                                  label="sl (ref.)")
                 sns.lineplot(data=part[part["loss"].isin(names)], x=x, y="value", hue="loss", hue_order=names,
-                             style="loss", style_order=names, markers=True, dashes=False, errorbar="sd", ax=ax)
+                             style="loss", style_order=names, markers=True, dashes=False, errorbar=plots.seed_ci,
+                             ax=ax)
                 where = f"{split.split('.')[-1]} = {sp}" if sp is not None else ""
                 ax.set_title(f"{fam}{' · ' + where if where else ''}", fontsize="medium")
                 ax.set_xlabel(xlabel or x)
                 ax.set_ylabel(f"test {metric}" if c == 0 else "")
                 ax.legend(fontsize="x-small", loc="best")
         fig.tight_layout()
+        keys = ["metric", "loss", x] + ([split] if split and split in df else [])
+        plots.annotate_seeds(fig, plots.seed_counts(df, keys, "value"))
     return fig
 
 
@@ -584,6 +606,13 @@ FIGURES: tuple[Figure, ...] = (
            "popularity-shift split (OOD: test interactions drawn with probability proportional to 1/pop(i), "
            "README: \"XSimGCL and the popularity-shift (OOD) test\"), mean and sd over seeds; right: the OOD/IID "
            "ratio of the means."),
+    Figure(11, "fig11-negative-share", ("noisy-negatives",), negative_share.frame, negative_share.plot,
+           "Share of the negative-side gradient on false negatives (sum of |dL/ds-| over false-negative slots / "
+           "over all slots, at the best epoch, in training) against the false-negative probability p, one line "
+           "per loss (mean and sd over seeds), one panel per loss family and pool (train, heldout); SL dashed "
+           "grey as the reference, the false-negative slot fraction (uniform weights) dotted; above it a loss "
+           "up-weights false negatives. The losses, pools, seeds and run count drawn are printed under the "
+           "figure; needs a noisy-negatives sweep run with the gradient-accounting probe (every sweep has it)."),
 )
 
 

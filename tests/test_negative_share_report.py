@@ -1,0 +1,73 @@
+"""Check (e) of dro-check and figure 11: negative-side share per loss and p, SL against BPR at matched p."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis import negative_share
+from analysis.figures import FIGURES, MissingData, Sweep
+
+SHARE, FRACTION = negative_share.SHARE, negative_share.FRACTION
+
+
+def fake_store() -> pd.DataFrame:
+    rows = []
+    for pool in ("train", "heldout"):
+        for p in (0.0, 0.1, 0.3):
+            for loss, boost in (("sl", 7.0), ("bpr", 2.7), ("dcl", 1.5), ("psl", 5.0)):
+                for seed in (0, 1):
+                    row = {"status": "done", "data.name": "lastfm", "model.name": "mf", "noise.neg_pool": pool,
+                           "noise.neg_prob": p, "loss.name": loss, "train.seed": seed}
+                    if p > 0:  # p = 0 runs have no negative-side accounting
+                        share = boost * p / (boost * p + 1 - p) + 0.001 * seed
+                        row.update({SHARE: share, FRACTION: p + 0.0005 * seed})
+                    rows.append(row)
+    rows.append({"status": "failed", "loss.name": "sl", "noise.neg_prob": 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_rows_summary_and_reading():
+    rows = negative_share.run_rows(fake_store())
+    assert len(rows) == 2 * 2 * 4 * 2  # pools × p > 0 × losses × seeds; p = 0 and the failed run left out
+    assert np.allclose(rows["ratio"], rows["share"] / rows["fraction"])
+    cmp = negative_share.sl_vs_bpr(rows)
+    assert len(cmp) == 4 and cmp["up_weights"].all()  # (train, heldout) × (0.1, 0.3)
+    sl = rows[(rows["loss"] == "sl") & (rows["noise.neg_pool"] == "train") & (rows["noise.neg_prob"] == 0.1)]
+    bpr = rows[(rows["loss"] == "bpr") & (rows["noise.neg_pool"] == "train") & (rows["noise.neg_prob"] == 0.1)]
+    got = cmp[(cmp["noise.neg_pool"] == "train") & (cmp["noise.neg_prob"] == 0.1)]["sl_over_bpr"].item()
+    assert got == pytest.approx(sl["ratio"].mean() / bpr["ratio"].mean())
+    reversed_ = negative_share.sl_vs_bpr(rows, loss="bpr", reference="sl")
+    assert not reversed_["up_weights"].any()
+    lines = negative_share.report_lines(rows)
+    assert "SL up-weights false negatives relative to BPR in 4 of 4 matched cells" in lines[-1]
+    assert any("pool heldout" in line and "p = 0.3" in line for line in lines)
+
+
+def test_report_without_accounting_or_without_bpr():
+    empty = negative_share.run_rows(pd.DataFrame({"status": ["done"], "loss.name": ["sl"]}))
+    assert empty.empty and "no run with negative-side gradient accounting" in negative_share.report_lines(empty)[0]
+    rows = negative_share.run_rows(fake_store())
+    only_sl = rows[rows["loss"] == "sl"]
+    assert "cannot be tested here" in negative_share.report_lines(only_sl)[-1]
+
+
+def test_none_share_rows_are_left_out():
+    store = fake_store()
+    store.loc[store["loss.name"] == "dcl", SHARE] = None  # a loss that does not read s⁻ records None
+    rows = negative_share.run_rows(store)
+    assert "dcl" not in set(rows["loss"])
+
+
+def test_figure_entry_draws_with_a_caption_from_the_frame(tmp_path):
+    (entry,) = [f for f in FIGURES if f.stem == "fig11-negative-share"]
+    assert entry.needs == ("noisy-negatives",)
+    sweep = Sweep(Path(tmp_path), "noisy-negatives-lastfm-quick", fake_store())
+    fig, sources = entry.draw({"noisy-negatives": sweep})
+    text = " ".join(t.get_text() for t in fig.texts)
+    assert "losses: bpr, dcl, psl, sl; pools: heldout, train; backbones: mf; p: 0.1, 0.3; seeds: 0, 1; n = 32 runs" \
+        in text
+    assert len(fig.get_axes()) == 2 * 3  # pools × families present (classic, softmax, denoising)
+    empty = Sweep(Path(tmp_path), "noisy-negatives-x", fake_store().drop(columns=[SHARE, FRACTION]))
+    with pytest.raises(MissingData, match="no run with negative-side gradient accounting"):
+        entry.draw({"noisy-negatives": empty})
