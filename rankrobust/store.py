@@ -24,13 +24,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from rankrobust import runs
 from rankrobust.config import SECTIONS, closest
 from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
+from rankrobust.stats import (difference_of_drops, format_ci, hierarchical_bootstrap_ci, holm_family,
+                              paired_seed_comparison, per_user_pooled_test, seed_mean_ci)
 
 
 def selection_cutoff(frame: pd.DataFrame, default: int = 20) -> int:
@@ -106,6 +107,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 #: metrics.json keys copied into the store as they are
 RUN_KEYS = ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "wall_seconds", "leaky_validation",
             "device", "group_size_mean")
+#: metrics.json sections whose text entries are store columns too (where a sweep cell ran: host, Ray node, folder)
+TEXT_SECTIONS = ("placement",)
 #: `stop_reason` of a run that stopped at ``train.epochs``: not converged (shown as ``capped`` by `summarize`)
 EPOCH_CAP = "epoch_cap"
 #: `stop_reason` of a run that stopped when ``train.time_limit`` ran out
@@ -169,7 +172,7 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
             for section, values in metrics.items():
                 if isinstance(values, dict) and section != "environment":
                     for key, value in values.items():
-                        if isinstance(value, (int, float)):
+                        if isinstance(value, (int, float)) or (section in TEXT_SECTIONS and isinstance(value, str)):
                             row[f"{section}.{key}"] = value
             for key in RUN_KEYS:
                 row[key] = metrics.get(key)
@@ -343,16 +346,16 @@ def _per_user_column(metric: str) -> str | None:
 
 
 def _read_per_user(run_dirs, columns: list[str]) -> dict[str, pd.DataFrame] | None:
-    """run_dir → its per-user table (``user`` + ``columns``); None when any run lacks the table or a column.
+    """run_dir → its per-user table (``user`` and those of ``columns`` it has); None when any run lacks the table.
 
     A per-user file that exists but cannot be read raises `RunFolderError` (naming it).
     """
     tables = {}
     for run_dir in run_dirs:
         table = RunDir(run_dir).table("per_user", required=False)
-        if table is None or any(c not in table for c in columns):
+        if table is None:
             return None
-        tables[run_dir] = table[["user", *columns]]
+        tables[run_dir] = table[["user", *(c for c in columns if c in table)]]
     return tables
 
 
@@ -375,8 +378,6 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float =
     ``epoch_cap`` (not converged) and ``("runs", "time_limit")``.
     An unreadable per-user file raises `RunFolderError`.
     """
-    from rankrobust.stats import hierarchical_bootstrap_ci, seed_mean_ci
-
     metrics = main_metrics(frame) if metrics is None else metrics
     done = frame[frame["status"] == runs.STATUS_DONE]
     metrics = [m for m in metrics if m in done.columns]
@@ -384,7 +385,7 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float =
     if done.empty or not metrics:
         return pd.DataFrame()
     reasons = done["stop_reason"] if "stop_reason" in done else pd.Series(None, index=done.index, dtype=object)
-    user_cols = [c for c in map(_per_user_column, metrics) if c] if per_user else []
+    user_cols = [c for c in map(_per_user_column, metrics) if c] if per_user and "run_dir" in done else []
     groups = done.groupby(axes, dropna=False, sort=True) if axes else [("all", done)]
     rows, index = [], []
     for key, cell in groups:
@@ -394,7 +395,7 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float =
             values = cell[metric].astype(float)
             mean, lo, hi, n = seed_mean_ci(values, level)
             method, column = CI_T, _per_user_column(metric)
-            if tables is not None and column and n > 1:
+            if tables is not None and column and n > 1 and all(column in t for t in tables.values()):
                 finite = values.notna()
                 boot = {d: tables[d][column].to_numpy(float) for d in cell.loc[finite, "run_dir"]}
                 _, blo, bhi = hierarchical_bootstrap_ci(boot, n_boot=n_boot, level=level, rng=rng)
@@ -421,8 +422,6 @@ def format_summary(table: pd.DataFrame, legend: bool = True) -> str:
     ``time_limit`` appears when some run stopped on ``train.time_limit``.
     ``legend`` adds `SUMMARY_LEGEND` under the table.
     """
-    from rankrobust.stats import format_ci
-
     if table.empty:
         return "(no finished runs)"
     out = pd.DataFrame(index=table.index)
@@ -496,51 +495,194 @@ def check_arm(frame: pd.DataFrame, arm: dict[str, Any]) -> None:
                          f"there: {', '.join(present) if present else 'none'}")
 
 
+def _metric_column(metric: str | None, frame: pd.DataFrame) -> str:
+    """The store column of a comparison metric: ``ndcg@20`` → ``test.ndcg@20``; default test NDCG@K (`selection_cutoff`)."""
+    metric = f"ndcg@{selection_cutoff(frame)}" if metric is None else str(metric)
+    return metric if "." in metric.partition("@")[0] else f"test.{metric}"
+
+
+def _arm_cells(done: pd.DataFrame, arm: dict[str, Any], others: list[str], label: str) -> dict[tuple, pd.DataFrame]:
+    """Cell (values of ``others``) → the arm's runs there, indexed by seed; ValueError when a seed repeats in a cell."""
+    rows = done[_select(done, arm)].assign(_seed=lambda f: _seed_key(f))
+    cells = {}
+    for key, group in (rows.groupby(others, dropna=False, sort=True) if others else [((), rows)]):
+        key = key if isinstance(key, tuple) else (key,)
+        if group["_seed"].duplicated().any():
+            seed = group.loc[group["_seed"].duplicated(), "_seed"].iloc[0]
+            raise ValueError(f"arm {label} has {int((group['_seed'] == seed).sum())} runs of seed {seed} in the cell "
+                             f"{dict(zip(others, key))}: name the key that tells them apart in the arm (key=value)")
+        cells[key] = group.set_index("_seed")
+    return cells
+
+
+def _capped(*groups: pd.DataFrame) -> int:
+    return int(sum((g["stop_reason"] == EPOCH_CAP).sum() for g in groups if "stop_reason" in g))
+
+
+def _count_runs(table: pd.DataFrame, used: list[pd.DataFrame]) -> pd.DataFrame:
+    """Record in ``table.attrs`` how many distinct runs the table compares (``runs``) and how many are ``capped``."""
+    rows = pd.concat(used).drop_duplicates("run_dir") if used else pd.DataFrame(columns=["run_dir"])
+    table.attrs.update(runs=len(rows), capped=_capped(rows))
+    return table
+
+
+def _comparison_row(result, la: str, lb: str, metric: str, what: str = "") -> dict[str, Any]:
+    return {"seeds": result.n, f"{what}{metric} {la}": result.mean_a, f"{what}{metric} {lb}": result.mean_b,
+            "diff": result.diff, "ci_lo": result.lo, "ci_hi": result.hi, "d_z": result.d_z, "p": result.p,
+            **({"p_perm": result.p_perm} if np.isfinite(result.p_perm) else {})}
+
+
+def _finish(table: pd.DataFrame) -> pd.DataFrame:
+    """One Holm family over the table's p-values (column ``p_holm`` after ``p``/``p_perm``)."""
+    if table.empty:
+        return table
+    table.insert(table.columns.get_loc("p_perm" if "p_perm" in table else "p") + 1, "p_holm",
+                 holm_family(table["p"].to_numpy()))
+    return table
+
+
 def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
-                 metric: str | None = None) -> pd.DataFrame:
-    """Paired test of arm ``a`` vs arm ``b`` across users, per cell and seed, Holm-corrected across cells.
+                 metric: str | None = None, level: float = 0.95, permutation: bool = False) -> pd.DataFrame:
+    """Arm ``b`` vs arm ``a`` per cell, over matched seeds (the unit is the seed), one Holm family for the table.
 
     An arm fixes some config keys (``{"loss.name": "bsl", "train.batching": "users"}``).
-    Runs of the two arms are paired when they agree on every other grid axis
-    and on the seed (same data, same users); their per-user ``metric`` values
-    are compared with the two-sided Wilcoxon signed-rank test (``metric``
-    defaults to ``ndcg@K``, K the runs' selection cutoff).  Returns one row
-    per pair: the other axes, users, both means, the mean difference (b − a),
-    p and Holm-adjusted p.
+    In each cell of the other grid axes, runs of the two arms with the same
+    seed are paired (same noise draw, same data); ``metric`` is a store
+    column (``test.ndcg@20``; ``ndcg@20`` means the test one; default test
+    NDCG@K at the runs' selection cutoff).  One row per cell with a matched
+    seed: the other axes, ``seeds`` (n), both arms' means over those seeds,
+    ``diff`` = mean of b − a, its ``level`` t-interval ``ci_lo``/``ci_hi``,
+    Cohen's ``d_z``, ``p`` of the paired t-test over seeds
+    (`rankrobust.stats.paired_seed_comparison`; ``p_perm``, the exact
+    sign-flip test, with ``permutation=True``), ``p_holm`` (Holm over the
+    rows of this table: one declared family), ``runs`` compared and how
+    many of them are ``capped`` (stopped at their epoch cap; ``table.attrs``
+    ``runs``/``capped`` count the distinct runs of the whole table).  One seed per
+    cell: no CI, no p.  A value the store lacks: ValueError naming the
+    values it has.
     """
-    metric = f"ndcg@{selection_cutoff(frame)}" if metric is None else metric
+    column = _metric_column(metric, frame)
     done = frame[frame["status"] == runs.STATUS_DONE]
     if done.empty:
         return pd.DataFrame()
     check_arm(frame, a)
     check_arm(frame, b)
-    fixed = set(a) | set(b)
-    others = [x for x in axes if x not in fixed] + ["train.seed"]
+    if column not in done:
+        raise ValueError(f"the store has no column {column!r}")
+    others = [x for x in axes if x not in set(a) | set(b) and x != "train.seed"]
     la, lb = arm_label(a), arm_label(b)
-    left, right = done[_select(done, a)], done[_select(done, b)]
-    rows = []
-    for key, group_a in left.groupby(others, dropna=False, sort=True):
-        key = key if isinstance(key, tuple) else (key,)
-        match = right
-        for col, value in zip(others, key):
-            match = match[match[col].isna()] if pd.isna(value) else match[match[col] == value]
-        if match.empty:
+    left, right = _arm_cells(done, a, others, la), _arm_cells(done, b, others, lb)
+    rows, used = [], []
+    for key in [k for k in left if k in right]:  # in the groupby's sorted order
+        ga, gb = left[key], right[key]
+        seeds = sorted(set(ga.index) & set(gb.index))
+        if not seeds:
             continue
-        ua = RunDir(group_a.iloc[0]["run_dir"]).table("per_user")[["user", metric]]
-        ub = RunDir(match.iloc[0]["run_dir"]).table("per_user")[["user", metric]]
-        paired = ua.merge(ub, on="user", suffixes=("_a", "_b"))
-        xa, xb = paired[f"{metric}_a"].to_numpy(), paired[f"{metric}_b"].to_numpy()
-        diff = xb - xa
-        p = float(stats.wilcoxon(xa, xb).pvalue) if np.any(diff != 0) else 1.0
-        rows.append({**dict(zip(others, key)), "users": len(paired), f"{metric} {la}": xa.mean(),
-                     f"{metric} {lb}": xb.mean(), "diff": diff.mean(), "p": p})
-    table = pd.DataFrame(rows)
-    if not table.empty:
-        table["p_holm"] = holm(table["p"].to_numpy())
-    return table
+        result = paired_seed_comparison(ga.loc[seeds, column].to_dict(), gb.loc[seeds, column].to_dict(),
+                                        level=level, permutation=permutation)
+        rows.append({**dict(zip(others, key)), **_comparison_row(result, la, lb, column.removeprefix("test.")),
+                     "runs": 2 * len(seeds), "capped": _capped(ga.loc[seeds], gb.loc[seeds])})
+        used += [ga.loc[seeds], gb.loc[seeds]]
+    return _count_runs(_finish(pd.DataFrame(rows)), used)
 
 
 def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str | None = None,
-                   loss_key: str = "loss.name") -> pd.DataFrame:
-    """Paired test of loss ``a`` vs ``b`` across users, per cell and seed (see `compare_runs`)."""
-    return compare_runs(frame, axes, {loss_key: a}, {loss_key: b}, metric=metric)
+                   loss_key: str = "loss.name", **options) -> pd.DataFrame:
+    """Loss ``b`` vs loss ``a`` per cell over matched seeds (see `compare_runs`)."""
+    return compare_runs(frame, axes, {loss_key: a}, {loss_key: b}, metric=metric, **options)
+
+
+def noise_axis(frame: pd.DataFrame, axes: list[str]) -> str:
+    """The grid axis a robustness comparison steps along: the one numeric ``noise.*`` axis with several values.
+
+    ValueError naming the candidates when there is none or more than one.
+    """
+    done = frame[frame["status"] == runs.STATUS_DONE]
+    found = [x for x in axes if x.startswith("noise.") and x in done and pd.api.types.is_numeric_dtype(done[x])
+             and done[x].nunique() > 1]
+    if len(found) != 1:
+        raise ValueError(f"{'no' if not found else 'more than one'} numeric noise axis with several values among the "
+                         f"grid axes ({', '.join(found) if found else ', '.join(axes) or 'none'}); name one "
+                         f"with --noise-axis")
+    return found[0]
+
+
+def compare_drops(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
+                  noise: str | None = None, metric: str | None = None, level: float = 0.95,
+                  permutation: bool = False) -> pd.DataFrame:
+    """Robustness of arm ``b`` vs arm ``a``: the difference of their drops from the clean cell, over matched seeds.
+
+    ``noise`` is the noise axis (default `noise_axis`); its smallest value is
+    the clean level.  For every other noise level and cell of the remaining
+    axes: drop = metric(clean) − metric(noisy) per seed for each arm, and
+    ``diff`` = mean over seeds of drop_a − drop_b
+    (`rankrobust.stats.difference_of_drops`; positive: ``b`` loses less),
+    with ``ci_lo``/``ci_hi``, ``d_z``, ``p`` (paired t-test over seeds),
+    ``p_holm`` (one Holm family: every row of the table), ``runs`` (the
+    four runs per seed) and ``capped`` (``table.attrs`` as in `compare_runs`: a
+    clean run serves several rows but counts once there).  Columns ``drop <metric> <arm>`` are
+    the arms' mean drops.
+    """
+    column = _metric_column(metric, frame)
+    done = frame[frame["status"] == runs.STATUS_DONE]
+    if done.empty:
+        return pd.DataFrame()
+    check_arm(frame, a)
+    check_arm(frame, b)
+    noise = noise or noise_axis(frame, axes)
+    if noise not in done:
+        raise ValueError(f"the store has no column {noise!r}")
+    others = [x for x in axes if x not in set(a) | set(b) and x not in ("train.seed", noise)]
+    la, lb = arm_label(a), arm_label(b)
+    clean = done[noise].min()
+    rows, used = [], []
+    for level_value in sorted(v for v in done[noise].dropna().unique() if v != clean):
+        at = {noise: level_value}
+        at_clean = {noise: clean}
+        cells = [_arm_cells(done[_select(done, x)], arm, others, label) for x, arm, label in
+                 ((at_clean, a, la), (at, a, la), (at_clean, b, lb), (at, b, lb))]
+        for key in [k for k in cells[0] if all(k in c for c in cells[1:])]:
+            groups = [c[key] for c in cells]
+            seeds = sorted(set.intersection(*(set(g.index) for g in groups)))
+            if not seeds:
+                continue
+            result = difference_of_drops(*(g.loc[seeds, column].to_dict() for g in groups), level=level,
+                                         permutation=permutation)
+            rows.append({**dict(zip(others, key)), noise: level_value,
+                         **_comparison_row(result, la, lb, column.removeprefix("test."), what="drop "),
+                         "runs": 4 * len(seeds), "capped": _capped(*(g.loc[seeds] for g in groups))})
+            used += [g.loc[seeds] for g in groups]
+    return _count_runs(_finish(pd.DataFrame(rows)), used)
+
+
+def compare_runs_per_user(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
+                          metric: str | None = None) -> pd.DataFrame:
+    """The secondary view of `compare_runs`: per cell, per-user b − a averaged over matched seeds, one Wilcoxon test.
+
+    Reads each compared run's per-user table; per cell
+    `rankrobust.stats.per_user_pooled_test` (its unit is the user, so it
+    ignores training variance: label it as secondary).  Columns: the other
+    axes, ``view`` ("secondary: per-user, pooled over N seeds"), ``seeds``,
+    ``users``, ``diff`` (mean over users), ``p`` and ``p_holm`` (one family:
+    the table).  A missing per-user table raises FileNotFoundError naming it.
+    """
+    column = _metric_column(metric, frame).removeprefix("test.")
+    done = frame[frame["status"] == runs.STATUS_DONE]
+    if done.empty:
+        return pd.DataFrame()
+    check_arm(frame, a)
+    check_arm(frame, b)
+    others = [x for x in axes if x not in set(a) | set(b) and x != "train.seed"]
+    left, right = _arm_cells(done, a, others, arm_label(a)), _arm_cells(done, b, others, arm_label(b))
+
+    def users(group: pd.DataFrame, seeds: list) -> dict:
+        return {s: RunDir(group.at[s, "run_dir"]).table("per_user")[["user", column]].rename(columns={column: "value"})
+                for s in seeds}
+
+    rows = []
+    for key in [k for k in left if k in right]:  # in the groupby's sorted order
+        seeds = sorted(set(left[key].index) & set(right[key].index))
+        if seeds:
+            result = per_user_pooled_test(users(left[key], seeds), users(right[key], seeds))
+            rows.append({**dict(zip(others, key)), **result})
+    return _finish(pd.DataFrame(rows))

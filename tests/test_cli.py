@@ -128,3 +128,23 @@ def test_user_facing_text_cites_no_unshipped_protocols_file(capsys):
     texts += [f.caption for f in FIGURES]
     assert not [t for t in texts if "PROTOCOLS" in t]
     assert any('README: "XSimGCL and the popularity-shift (OOD) test"' in t for t in texts)
+
+
+def test_results_on_a_shipped_store_prints_seed_level_cis_and_capped_runs(capsys):
+    """bb-quick: 3 seeds per cell, every run stopped at its 15-epoch cap; --compare warns about it."""
+    from rankrobust import EXAMPLES_DIR
+
+    store = str(EXAMPLES_DIR / "bb-quick")
+    assert main(["results", store, "--compare", "loss.name=bsl,train.batching=pairs",
+                 "loss.name=bsl,train.batching=users", "--robustness", "sl", "bsl"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"bsl +0\.0 +pairs +0\.\d{4} \[0\.\d{4}, 0\.\d{4}\] n=3 .* bootstrap\+t +3/3", out)
+    assert re.search(r"sl +0\.0 +pairs .* n=3 +t +3/3", out)
+    assert "warning: 60 of 60 finished runs stopped at their epoch cap" in out
+    assert "p_holm: one Holm family of 5 tests" in out and "p_holm: one Holm family of 8 tests" in out
+    assert "warning: 30 of 30 compared runs stopped at their epoch cap: not converged" in out
+    assert "warning: 60 of 60 compared runs stopped at their epoch cap" in out  # robustness: distinct runs
+    assert main(["results", str(EXAMPLES_DIR / "np-quick")]) == 0
+    out = capsys.readouterr().out
+    assert "(n=1, no CI)" in out and re.search(r"\n +0\.3 +0\.3123 \(n=1, no CI\) .* 0/1", out)  # bce, early stopped
+    assert "18 of 20 finished runs stopped at their epoch cap" in out

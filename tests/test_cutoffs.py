@@ -54,9 +54,9 @@ def test_results_and_compare_default_to_the_runs_cutoff(k10_sweep, capsys):
     assert main(["results", str(k10_sweep), "--compare", "bpr", "sl"]) == 0
     out = capsys.readouterr().out
     assert "test.recall@10" in out and "test.ndcg@10" in out and "@20" not in out
-    assert "paired Wilcoxon signed-rank test across users, ndcg@10, sl vs bpr" in out
+    assert "sl vs bpr, test ndcg@10, over matched seeds" in out
     table = summarize(load_store(k10_sweep), ["loss.name"])
-    assert list(table.columns.get_level_values(0).unique()) == ["test.recall@10", "test.ndcg@10"]
+    assert list(table.columns.get_level_values(0).unique()) == ["test.recall@10", "test.ndcg@10", "runs"]
 
 
 def test_results_name_a_cutoff_some_runs_lack(k10_sweep, tmp_path, capsys):

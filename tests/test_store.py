@@ -10,8 +10,11 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from rankrobust.runs import RunDir, SweepDir
-from rankrobust.store import (collect, compare_losses, compare_runs, flatten, format_summary, grid_axes, holm,
-                              load_store, parse_arm, run_row, summarize, write_store)
+from rankrobust import EXAMPLES_DIR
+from rankrobust.stats import holm_family, seed_mean_ci
+from rankrobust.store import (collect, compare_drops, compare_losses, compare_runs, compare_runs_per_user, flatten,
+                              format_summary, grid_axes, load_store, noise_axis, parse_arm, run_row, stop_reason,
+                              summarize, write_store)
 from rankrobust.sweeps import load_spec, run_sweep
 from tests.test_sweep import tiny_spec
 
@@ -21,8 +24,10 @@ def test_compare_and_holm(tmp_path):
     out = tmp_path / "out"
     run_sweep(spec, out, progress=False)
     table = compare_losses(load_store(out), ["loss.name", "noise.pos_ratio"], "sl", "bsl")
-    assert len(table) == 4 and table["p"].between(0, 1).all() and (table["p_holm"] >= table["p"]).all()
-    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert len(table) == 2 and (table["seeds"] == 2).all()  # one row per cell, its two seeds matched
+    assert table["p"].between(0, 1).all() and (table["p_holm"] >= table["p"]).all()
+    assert table["p_holm"].tolist() == pytest.approx(holm_family(table["p"]).tolist())
+    assert holm_family([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
 
 
 # ---------------------------------------------------------------------------- Holm against its definition
@@ -39,7 +44,7 @@ def holm_oracle(p: list[float]) -> list[float]:
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=12))
 def test_holm_matches_step_down_definition(p):
-    adjusted = holm(np.array(p))
+    adjusted = holm_family(np.array(p))
     assert adjusted.tolist() == pytest.approx(holm_oracle(p))
     assert (adjusted >= np.array(p) - 1e-15).all() and (adjusted <= 1.0).all()
 
@@ -50,18 +55,26 @@ def test_flatten():
         "a.b": 1, "a.c.d": "x", "ks": "[5, 20]", "e": None}
 
 
-def fake_run(folder: Path, loss: str, seed: int, status: str = "done", per_user: dict | None = None) -> RunDir:
-    """A run folder written by hand (no training): config, metrics, per-user table, status."""
+def fake_run(folder: Path, loss: str, seed: int, status: str = "done", per_user: dict | None = None,
+             epochs: int = 15, record: dict | None = None, **config) -> RunDir:
+    """A run folder written by hand (no training): config, metrics, per-user table, status.
+
+    ``record`` adds top-level metrics.json keys (``epochs_run``, ``stop_reason`` …); ``config`` adds
+    top-level config sections (``noise={"pos_ratio": 0.1}``).
+    """
+    import json
+
     run = RunDir(folder)
     run.prepare()
-    run.write_config(f'{{"loss": {{"name": "{loss}"}}, "train": {{"seed": {seed}, "ks": [5, 20]}}}}')
+    run.write_config(json.dumps({"loss": {"name": loss}, "train": {"seed": seed, "ks": [5, 20], "epochs": epochs},
+                                 **config}))
     if status == "done":
         users = per_user or {"user": [0, 1, 2], "ndcg@20": [0.1, 0.2, 0.3]}
         run.write_table("per_user", pd.DataFrame(users))
         run.write_metrics({"test": {"ndcg@20": float(np.mean(users["ndcg@20"])), "recall@20": 0.5},
                            "fairness": {"gini": 0.25, "label": "text is not copied"},
                            "environment": {"threads": 2}, "best_epoch": 3, "group_size_mean": 1.5,
-                           "warnings": ["w1", "w2"]})
+                           "warnings": ["w1", "w2"], **(record or {})})
         run.finish()
     elif status == "failed":
         run.fail("Traceback (most recent call last):\nValueError: boom")
@@ -107,14 +120,63 @@ def test_grid_axes_from_spec_or_varying_columns(tmp_path):
 # ---------------------------------------------------------------------------- summaries and comparisons
 def test_summarize_and_format():
     frame = pd.DataFrame({"status": ["done", "done", "done", "failed"], "loss.name": ["sl", "sl", "bsl", "bsl"],
-                          "test.recall@20": [0.1, 0.3, 0.5, 9.0], "test.ndcg@20": [0.2, 0.2, 0.4, 9.0]})
+                          "test.recall@20": [0.1, 0.3, 0.5, 9.0], "test.ndcg@20": [0.2, 0.2, 0.4, 9.0],
+                          "stop_reason": ["epoch_cap", "early_stopping", "time_limit", None]})
     table = summarize(frame, ["loss.name"])
     assert table.loc["sl", ("test.recall@20", "mean")] == pytest.approx(0.2)
     assert table.loc["sl", ("test.recall@20", "std")] == pytest.approx(np.std([0.1, 0.3], ddof=1))
-    assert table.loc["bsl", ("test.ndcg@20", "count")] == 1  # the failed run is left out
+    half = stats.t.ppf(0.975, 1) * np.std([0.1, 0.3], ddof=1) / np.sqrt(2)  # t over the two seeds
+    assert table.loc["sl", ("test.recall@20", "hi")] == pytest.approx(0.2 + half)
+    assert table.loc["sl", ("test.recall@20", "ci_method")] == "t"  # no per-user tables in this frame
+    assert table.loc["bsl", ("test.ndcg@20", "n_seeds")] == 1  # the failed run is left out
+    assert table.loc["sl", ("runs", "capped")] == 1 and table.loc["bsl", ("runs", "time_limit")] == 1
     text = format_summary(table)
-    assert "0.2000 ± 0.1414 (n=2)" in text and "0.4000 (n=1)" in text
+    assert f"0.2000 [{0.2 - half:.4f}, {0.2 + half:.4f}] n=2" in text and "0.4000 (n=1, no CI)" in text
+    assert re.search(r"sl .* t +1/2 +0/2", text) and "capped: runs that stopped at their epoch cap" in text
     assert format_summary(summarize(frame.assign(status="failed"), ["loss.name"])) == "(no finished runs)"
+
+
+def test_summarize_bootstraps_where_per_user_tables_exist(tmp_path):
+    """Runs with per-user tables get the hierarchical bootstrap, widened to hold the t-interval."""
+    sweep = SweepDir(tmp_path / "sw")
+    rng = np.random.default_rng(1)
+    for seed in range(3):
+        fake_run(sweep.run(f"sl-{seed}"), "sl", seed, per_user={"user": list(range(50)),
+                                                                "ndcg@20": rng.random(50).tolist()})
+    write_store(sweep.path)
+    table = summarize(load_store(sweep.path), ["loss.name"])
+    row = table.loc["sl", "test.ndcg@20"]
+    _, lo, hi, _ = seed_mean_ci(load_store(sweep.path)["test.ndcg@20"])
+    assert row["ci_method"] == "bootstrap+t" and row["lo"] <= lo and row["hi"] >= hi and row["n_seeds"] == 3
+    assert table.loc["sl", ("test.recall@20", "ci_method")] == "t"  # the per-user tables lack recall@20
+
+
+def test_stop_reason_recorded_or_derived_for_old_runs(tmp_path):
+    """Recorded stop_reason wins; older runs: stopped_early → early_stopping, epochs_run = cap → epoch_cap, else time."""
+    assert stop_reason({"stop_reason": "stopped_by_probe", "epochs_run": 15}, 15) == "stopped_by_probe"
+    assert stop_reason({"stopped_early": True, "epochs_run": 15}, 15) == "early_stopping"
+    assert stop_reason({"stopped_early": False, "epochs_run": 15}, 15) == "epoch_cap"
+    assert stop_reason({"stopped_early": False, "epochs_run": 9}, 15) == "time_limit"
+    assert stop_reason({}, 15) is None
+    sweep = SweepDir(tmp_path / "sw")
+    fake_run(sweep.run("a"), "sl", 0, record={"stopped_early": False, "epochs_run": 15})
+    fake_run(sweep.run("b"), "sl", 1, record={"stopped_early": True, "epochs_run": 6})
+    fake_run(sweep.run("c"), "sl", 2, record={"stop_reason": "time_limit", "epochs_run": 4})
+    assert [run_row(sweep.run(c))["stop_reason"] for c in "abc"] == ["epoch_cap", "early_stopping", "time_limit"]
+    write_store(sweep.path)
+    old = pd.read_parquet(sweep.store_path).drop(columns="stop_reason")  # a store written before the column
+    old.to_parquet(sweep.store_path)
+    assert load_store(sweep.path)["stop_reason"].tolist() == ["epoch_cap", "early_stopping", "time_limit"]
+
+
+def test_shipped_store_stop_reasons_and_capped_counts():
+    frame = load_store(EXAMPLES_DIR / "bb-quick")
+    assert (frame["stop_reason"] == "epoch_cap").all()  # all 60 runs hit the 15-epoch cap
+    table = summarize(frame, grid_axes(EXAMPLES_DIR / "bb-quick", frame))
+    assert (table[("runs", "capped")] == 3).all() and (table[("runs", "n")] == 3).all()
+    assert set(table[("test.ndcg@20", "ci_method")]) == {"t", "bootstrap+t"}  # per-user tables: BSL runs only
+    np_quick = load_store(EXAMPLES_DIR / "np-quick")
+    assert np_quick["stop_reason"].value_counts().to_dict() == {"epoch_cap": 18, "early_stopping": 2}
 
 
 def test_parse_arm():
@@ -124,25 +186,59 @@ def test_parse_arm():
 
 
 def test_compare_runs_pairs_by_seed_and_matches_scipy(tmp_path):
-    """Arms are paired on the seed; p is scipy's two-sided Wilcoxon on the paired per-user values."""
+    """Arms are paired on the seed; the test is scipy's paired t over seeds; the per-user view pools the seeds."""
     sweep = SweepDir(tmp_path / "sw")
     rng = np.random.default_rng(0)
     values = {}
     for loss in ("sl", "bsl"):
-        for seed in (0, 1):
+        for seed in (0, 1, 2):
             v = rng.random(12).round(3)
             values[loss, seed] = v
-            fake_run(sweep.run(f"{loss}-{seed}"), loss, seed, per_user={"user": list(range(12)), "ndcg@20": v})
+            fake_run(sweep.run(f"{loss}-{seed}"), loss, seed, per_user={"user": list(range(12)), "ndcg@20": v},
+                     record={"epochs_run": 15, "stopped_early": seed == 0})
     write_store(sweep.path)
     table = compare_runs(load_store(sweep.path), ["loss.name"], {"loss.name": "sl"}, {"loss.name": "bsl"})
-    assert table["train.seed"].tolist() == [0, 1] and (table["users"] == 12).all()
-    for row, seed in zip(table.itertuples(), (0, 1)):
-        a, b = values["sl", seed], values["bsl", seed]
-        assert row.diff == pytest.approx((b - a).mean())
-        assert row.p == pytest.approx(stats.wilcoxon(a, b).pvalue)
-    assert table["p_holm"].tolist() == pytest.approx(holm(table["p"].to_numpy()).tolist())
+    a = np.array([values["sl", s].mean() for s in (0, 1, 2)])
+    b = np.array([values["bsl", s].mean() for s in (0, 1, 2)])
+    row = table.iloc[0]
+    assert len(table) == 1 and row["seeds"] == 3 and row["diff"] == pytest.approx((b - a).mean())
+    assert row["p"] == pytest.approx(stats.ttest_rel(b, a).pvalue) and row["p_holm"] == pytest.approx(row["p"])
+    assert row["d_z"] == pytest.approx((b - a).mean() / (b - a).std(ddof=1))
+    assert (row["runs"], row["capped"]) == (6, 4) and table.attrs == {"runs": 6, "capped": 4}
+    per_user = compare_runs_per_user(load_store(sweep.path), ["loss.name"], {"loss.name": "sl"}, {"loss.name": "bsl"})
+    pooled = np.mean([values["bsl", s] - values["sl", s] for s in (0, 1, 2)], axis=0)
+    assert per_user.iloc[0]["view"] == "secondary: per-user, pooled over 3 seeds"
+    assert per_user.iloc[0]["p"] == pytest.approx(stats.wilcoxon(pooled).pvalue)
     with pytest.raises(ValueError, match="no column 'loss.mode'"):
         compare_runs(load_store(sweep.path), ["loss.name"], {"loss.mode": "paper"}, {"loss.name": "bsl"})
+
+
+def test_compare_drops_on_a_noise_grid(tmp_path):
+    """Difference of drops from the clean level per noisy level, one Holm family over the table."""
+    sweep = SweepDir(tmp_path / "sw")
+    rng = np.random.default_rng(2)
+    value = {}
+    for loss in ("sl", "bsl"):
+        for ratio in (0.0, 0.2, 0.4):
+            for seed in (0, 1, 2):
+                v = rng.random(6)
+                value[loss, ratio, seed] = v.mean()
+                fake_run(sweep.run(f"{loss}-{ratio}-{seed}"), loss, seed, noise={"pos_ratio": ratio},
+                         per_user={"user": list(range(6)), "ndcg@20": v})
+    write_store(sweep.path)
+    frame = load_store(sweep.path)
+    axes = ["loss.name", "noise.pos_ratio"]
+    assert noise_axis(frame, axes) == "noise.pos_ratio"
+    table = compare_drops(frame, axes, {"loss.name": "sl"}, {"loss.name": "bsl"})
+    assert table["noise.pos_ratio"].tolist() == [0.2, 0.4]
+    for row in table.itertuples():
+        d = [(value["sl", 0.0, s] - value["sl", row._1, s]) - (value["bsl", 0.0, s] - value["bsl", row._1, s])
+             for s in (0, 1, 2)]
+        assert row.diff == pytest.approx(np.mean(d))
+    assert table["p_holm"].tolist() == pytest.approx(holm_family(table["p"]).tolist())
+    assert table.attrs["runs"] == 18  # the clean runs serve both rows but count once
+    with pytest.raises(ValueError, match="no numeric noise axis"):
+        noise_axis(frame, ["loss.name"])
 
 
 # ---------------------------------------------------------------------------- current cells only (item 12)
