@@ -4,7 +4,13 @@ Checks (a)–(c) of PROTOCOLS.md §7 are run on synthetic score vectors and on
 the run's own scores (a few seeded users against a sample of items, at the
 run's τ); check (d) measures, on the run's final embeddings and its injected
 noisy positives (``noise.parquet``), the share of the positive-side gradient
-that SL and BSL put on noisy vs clean positives.
+that SL and BSL put on noisy vs clean positives; check (e) reports the share
+of the negative-side gradient that training put on false negatives
+(``noise.neg_prob`` > 0) against the share of slots they fill, for one run
+(`negative_side_lines`) or, across the runs of a sweep folder or several run
+folders (`check_runs`), per loss and p with SL against BPR at matched p
+(`analysis.negative_share`): the paper's reading "SL is DRO, hence robust to
+noisy negatives" tested on what the optimiser applied.
 """
 from __future__ import annotations
 
@@ -13,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
+from analysis import negative_share
 from analysis.dro import (CheckResult, dro_dual, dro_primal, dro_report, positive_gradient_share, q_star, radius,
                           run_checks, sl_negative_grad)
 from rankrobust.config import RunConfig, config_from_dict
@@ -96,8 +104,69 @@ def in_training_lines(epochs, accounting: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _cell(value: Any, width: int) -> str:
+    """A number to 4 decimals right-aligned in ``width``, ``n/a`` for None / NaN."""
+    ok = isinstance(value, (int, float)) and math.isfinite(value)
+    return f"{value:{width}.4f}" if ok else f"{'n/a':>{width}}"
+
+
+def negative_side_lines(cfg: RunConfig, epochs, accounting: dict[str, Any]) -> list[str]:
+    """Check (e) for one run: the in-training share of negative-side gradient on false negatives (PROTOCOLS §13)."""
+    head = (f"(e) negative-side gradient on false negatives (p = {cfg.noise.neg_prob:g}, pool "
+            f"{cfg.noise.neg_pool}, {cfg.loss.name}):")
+    if cfg.noise.neg_prob <= 0:
+        return ["(e) skipped: the run has no false negatives (train with --noise-neg P, P > 0)"]
+    if epochs is None or "neg_grad_share_fn" not in epochs:
+        return [head, "    not recorded for this run (runs trained before negative-side accounting existed)"]
+    e = epochs.reset_index(drop=True)
+    n = len(e)
+    picks = sorted({int(e["epoch"].iloc[k]) for k in (0, n // 2, n - 1)}) if n else []
+    lines = [head, "    IN TRAINING (Σ_fn |∂L/∂s⁻| / Σ |∂L/∂s⁻| over each epoch's batches; ratio = share / slot fraction)",
+             "      epoch  FN slots  FN share   ratio"]
+    for epoch in picks:
+        row = e[e["epoch"] == epoch].iloc[0]
+        share, slots = row["neg_grad_share_fn"], row["fn_slot_fraction"]
+        ratio = share / slots if slots and math.isfinite(share) else float("nan")
+        lines.append(f"      {epoch:5d}{_cell(slots, 10)}{_cell(share, 10)}{_cell(ratio, 8)}")
+    share, slots = accounting.get("neg_grad_share_fn_best"), accounting.get("fn_slot_fraction_best")
+    if share is None:
+        lines.append("      no gradient reached the negative scores: this loss does not read them")
+    elif slots:
+        lines.append(f"      best epoch {accounting.get('best_epoch')}: {share:.4f} of the negative-side gradient on "
+                     f"the {slots:.4f} of slots holding a false negative ({share / slots:.2f}x uniform)")
+    lines.append("    SL against BPR at the same p: rankrobust dro-check SWEEP_FOLDER (or several run folders)")
+    return lines
+
+
+def _store_rows(path: Path) -> pd.DataFrame:
+    """Store rows of a sweep folder (its store, else its run folders) or of one run folder."""
+    from rankrobust.runs import SweepDir
+    from rankrobust.store import collect, load_store, run_row
+
+    if (path / SweepDir.RUNS).is_dir():
+        try:
+            return load_store(path)
+        except (FileNotFoundError, OSError, ValueError):  # no store yet: read the run folders
+            return collect(path)
+    return pd.DataFrame([run_row(path)])
+
+
+def check_runs(paths: list[Path]) -> tuple[str, bool]:
+    """Check (e) across runs: sweep folders and/or run folders → (report text, True).
+
+    Share of the negative-side gradient on false negatives against their slot
+    fraction per (dataset, backbone, pool, p) and loss, and whether SL's
+    share/slot ratio exceeds BPR's at matched p (`analysis.negative_share`).
+    A measurement, not a tolerance check: it never fails the command.
+    """
+    frames = [_store_rows(Path(p)) for p in paths]
+    rows = negative_share.run_rows(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+    where = ", ".join(str(p) for p in paths)
+    return "\n".join([f"Negative-side check (e) over {where}", *negative_share.report_lines(rows)]), True
+
+
 def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
-    """Run (a)–(c) and report (d) for a run directory; returns (report text, all checks passed).
+    """Run (a)–(c) and report (d) and (e) for a run directory; returns (report text, all checks passed).
 
     (d) has two parts, labelled as such: the in-training shares the run
     recorded (``epochs.csv`` and ``metrics.json`` → ``gradient_accounting``),
@@ -132,6 +201,7 @@ def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
                   f"{d['bsl_noisy_weight_mean']:.4g} vs clean {d['bsl_clean_weight_mean']:.4g}"]
     else:
         lines += ["", "(d) skipped: the run has no injected noisy positives (train with --noise-pos R)"]
+    lines += [""] + negative_side_lines(cfg, run.table("epochs"), run.metrics.get("gradient_accounting") or {})
     ok = all(r.passed for r in results)
     lines.append("\nall checks passed" if ok else "\nSOME CHECKS FAILED")
     return "\n".join(lines), ok

@@ -71,3 +71,29 @@ def test_figure_entry_draws_with_a_caption_from_the_frame(tmp_path):
     empty = Sweep(Path(tmp_path), "noisy-negatives-x", fake_store().drop(columns=[SHARE, FRACTION]))
     with pytest.raises(MissingData, match="no run with negative-side gradient accounting"):
         entry.draw({"noisy-negatives": empty})
+
+
+# ---------------------------------------------------------------------------- rankrobust dro-check, check (e)
+def test_dro_check_e_on_one_run_and_across_runs(tmp_path, capsys):
+    from analysis.probes import probes_for
+    from rankrobust.cli import main
+    from rankrobust.experiment import run_experiment
+    from tests.test_train import tiny_config
+
+    folders = []
+    for loss in ("sl", "bpr"):
+        cfg = tiny_config(tmp_path, loss={"name": loss}, noise={"neg_prob": 0.3}, train={"epochs": 3, "lr": 0.05})
+        folders.append(tmp_path / loss)
+        run_experiment(cfg, folders[-1], progress=False, probes=probes_for())
+    assert main(["dro-check", str(folders[0])]) == 0
+    out = capsys.readouterr().out
+    assert "(e) negative-side gradient on false negatives (p = 0.3, pool train, sl)" in out
+    assert "x uniform)" in out and "all checks passed" in out
+    assert main(["dro-check", *map(str, folders)]) == 0  # across runs: check (e) only
+    out = capsys.readouterr().out
+    assert "Does SL's worst-case (DRO) weighting up-weight false negatives relative to BPR?" in out
+    assert "matched cells" in out and "PASS" not in out
+    clean = tmp_path / "clean"
+    run_experiment(tiny_config(tmp_path, train={"epochs": 1}), clean, progress=False, probes=probes_for())
+    assert main(["dro-check", str(clean)]) == 0
+    assert "(e) skipped: the run has no false negatives" in capsys.readouterr().out
