@@ -104,9 +104,23 @@ def build_parser() -> Parser:
     p.add_argument("--metric", action="append",
                    help="metrics to show (default test Recall@K and NDCG@K at the K of train.metric)")
     p.add_argument("--compare", nargs=2, metavar=("A", "B"),
-                   help="paired Wilcoxon test across users of two arms per cell, Holm-corrected; an arm is a "
+                   help="B vs A per cell over matched seeds (the unit is the seed): mean difference B - A, its 95%% "
+                        "CI, Cohen's d_z, paired t-test over seeds, one Holm correction over the table; an arm is a "
                         "loss name (sl) or key=value[,key=value] (loss.name=bsl,train.batching=users)")
-    p.add_argument("--compare-metric", help="per-user metric for --compare (default ndcg@K, K of train.metric)")
+    p.add_argument("--robustness", nargs=2, metavar=("A", "B"),
+                   help="difference of drops from the clean noise level, (A_clean - A_noisy) - (B_clean - B_noisy), "
+                        "over matched seeds per noise level (positive: B loses less), its 95%% CI, d_z, paired "
+                        "t-test, one Holm correction over the table")
+    p.add_argument("--noise-axis", metavar="KEY",
+                   help="noise axis for --robustness (default the grid's one numeric noise.* axis; its smallest "
+                        "value is the clean level)")
+    p.add_argument("--per-user", action="store_true",
+                   help="with --compare, add the secondary view: per-user B - A averaged over matched seeds, one "
+                        "Wilcoxon test over users per cell (ignores training variance; needs per_user.parquet)")
+    p.add_argument("--permutation", action="store_true",
+                   help="add the exact sign-flip permutation test over seeds (p_perm; its smallest p is 2/2^n)")
+    p.add_argument("--compare-metric",
+                   help="test metric for --compare and --robustness (default ndcg@K, K of train.metric)")
 
     p = sub.add_parser("figures", help="regenerate the paper's figures from sweep stores")
     p.add_argument("dirs", nargs="+", help="sweep folders (quick or full results)")
@@ -315,8 +329,9 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (compare_runs, format_summary, grid_axes, load_store, main_metrics, missing_cutoff,
-                                  parse_arm, selection_cutoff, store_problems, summarize)
+    from rankrobust.store import (EPOCH_CAP, arm_label, capped_warning, compare_drops, compare_runs,
+                                  compare_runs_per_user, format_summary, grid_axes, load_store, main_metrics,
+                                  missing_cutoff, noise_axis, parse_arm, selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
 
     folder = Path(args.dir).parent if Path(args.dir).suffix == ".parquet" else Path(args.dir)
@@ -339,28 +354,66 @@ def _results(args: argparse.Namespace) -> int:
             raise ConfigError(f"--metric {metric!r} is not a column of the store{closest(metric, known)}; "
                               f"columns: {', '.join(known[:20])}{' …' if len(known) > 20 else ''}")
     print(format_summary(summarize(frame, axes, tuple(args.metric or main_metrics(frame)))))
+    done = frame[frame["status"] == "done"]
+    capped = int((done.get("stop_reason", pd.Series(dtype=object)) == EPOCH_CAP).sum())
+    if capped:
+        print(f"\nwarning: {capped} of {len(done)} finished runs stopped at their epoch cap (train.epochs), not by "
+              f"early stopping: they are not converged")
     if "warnings" in frame:
         warned = frame[frame["warnings"].fillna("") != ""]
         if len(warned):
             first = warned["warnings"].iloc[0].split(" | ")[0]
             print(f"\nwarning: {len(warned)} of {len(frame)} runs carry warnings, e.g. {warned['cell_id'].iloc[0]}: "
                   f"{first}")
+    if not (args.compare or args.robustness):
+        if args.per_user or args.noise_axis:
+            raise ConfigError(f"{'--per-user' if args.per_user else '--noise-axis'} goes with "
+                              f"{'--compare' if args.per_user else '--robustness'} A B")
+        return 0
+    metric = (args.compare_metric or f"ndcg@{selection_cutoff(frame)}").removeprefix("test.")
+    tested = sorted(c.removeprefix("test.") for c in frame.columns if c.startswith("test.") and "@" in c)
+    if metric not in tested:
+        raise ConfigError(f"--compare-metric {metric!r} is not a test metric of these runs"
+                          f"{closest(metric, tested)}; choose one of {', '.join(tested)}")
+    show = dict(index=False, float_format=lambda v: f"{v:.4g}")
     if args.compare:
         a, b = (parse_arm(x) for x in args.compare)
-        metric = (args.compare_metric or f"ndcg@{selection_cutoff(frame)}").removeprefix("test.")
-        per_user = sorted(c.removeprefix("test.") for c in frame.columns if c.startswith("test.") and "@" in c)
-        if metric not in per_user:
-            raise ConfigError(f"--compare-metric {metric!r} is not a per-user test metric of these runs"
-                              f"{closest(metric, per_user)}; choose one of {', '.join(per_user)}")
-        args.compare_metric = metric
-        table = compare_runs(frame, axes, a, b, metric=args.compare_metric)
+        table = compare_runs(frame, axes, a, b, metric=metric, permutation=args.permutation)
         if table.empty:
-            print(f"\nno cell has finished runs of both {args.compare[0]!r} and {args.compare[1]!r}")
+            print(f"\nno cell has finished runs of both {args.compare[0]!r} and {args.compare[1]!r} with a common seed")
             return 1
-        print(f"\npaired Wilcoxon signed-rank test across users, {args.compare_metric}, {args.compare[1]} vs "
-              f"{args.compare[0]} (Holm-corrected over {len(table)} pairs of runs)")
-        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        la, lb = arm_label(a), arm_label(b)
+        print(f"\n{lb} vs {la}, test {metric}, over matched seeds: diff = {lb} - {la} with its 95% CI (t), d_z, "
+              f"p of the paired t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
+        print(table.to_string(**show))
+        _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
+        if args.per_user:
+            secondary = compare_runs_per_user(frame, axes, a, b, metric=metric)
+            print(f"\n{secondary['view'].iloc[-1] if len(secondary) else 'secondary: per-user'}: per-user {lb} - "
+                  f"{la} averaged over the matched seeds, Wilcoxon signed-rank over users (its unit is the user: "
+                  f"it ignores training variance; the seed-level table above is the test)")
+            print(secondary.drop(columns="view").to_string(**show))
+    if args.robustness:
+        a, b = (parse_arm(x) for x in args.robustness)
+        noise = args.noise_axis or noise_axis(frame, axes)
+        table = compare_drops(frame, axes, a, b, noise=noise, metric=metric, permutation=args.permutation)
+        if table.empty:
+            print(f"\nno cell has clean and noisy finished runs of both {args.robustness[0]!r} and "
+                  f"{args.robustness[1]!r} with a common seed")
+            return 1
+        clean = frame.loc[frame["status"] == "done", noise].min()
+        x, y = arm_label(a), arm_label(b)
+        print(f"\nrobustness, test {metric}: drop = value at {noise} = {clean:g} minus value at the noisy level; "
+              f"diff = drop {x} - drop {y} over matched seeds (positive: {y} loses less), 95% CI (t), d_z, paired "
+              f"t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
+        print(table.to_string(**show))
+        _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
     return 0
+
+
+def _warn_capped(line: str | None) -> None:
+    if line:
+        print(f"warning: {line}")
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
