@@ -312,10 +312,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         try:
             report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
                                progress=not args.quiet, prune=args.prune)
-        except SweepTerminated:
-            print(f"rankrobust sweep: stopped by SIGTERM; workers ended, finished runs kept in {sweep.path}; "
-                  f"rerun the same command to resume", file=sys.stderr)
-            return 143
+        except KeyboardInterrupt as stop:  # SIGTERM (SweepTerminated) or Ctrl-C
+            by = "SIGTERM" if isinstance(stop, SweepTerminated) else "Ctrl-C"
+            print(f"rankrobust sweep: stopped by {by}; running cells ended (workers or Ray tasks), finished runs "
+                  f"kept in {sweep.path.absolute()}; rerun the same command to resume", file=sys.stderr)
+            return 143 if isinstance(stop, SweepTerminated) else 130
         print(report)
         print(f"store: {sweep.store_path}")
         return 1 if report.failed else 0

@@ -50,7 +50,7 @@ from rankrobust.scoring import SCORERS
 
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
            "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
-           "prune_inapplicable", "SECTIONS", "Searched", "search_space"]
+           "prune_inapplicable", "SECTIONS", "Searched", "search_space", "PATH_KEYS", "with_absolute_paths"]
 
 
 def _dataset_name(value: Any) -> str | None:
@@ -307,6 +307,29 @@ class RunConfig:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+#: the options that name files or folders (dotted keys): relative ones are relative to the working directory
+PATH_KEYS = ("data.data_dir", "data.train_path", "data.test_path", "data.valid_path")
+
+
+def with_absolute_paths(cfg: RunConfig, base: str | Path | None = None) -> RunConfig:
+    """``cfg`` with every relative path option (`PATH_KEYS`) made absolute against ``base`` (default: the cwd).
+
+    A sweep's cells carry absolute paths, so a task whose working directory is
+    another one (a Ray worker started elsewhere) reads the files the driver
+    meant.  ``~`` is expanded.  Returns ``cfg`` itself when nothing changes.
+    """
+    root = Path(base) if base is not None else Path.cwd()
+    changes = {}
+    for key in PATH_KEYS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is not None and not Path(value).expanduser().is_absolute():
+            changes[key] = str((root / Path(value).expanduser()).resolve())
+        elif value is not None and str(value).startswith("~"):
+            changes[key] = str(Path(value).expanduser())
+    return cfg.with_overrides(changes) if changes else cfg
 
 
 @dataclass(frozen=True)

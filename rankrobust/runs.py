@@ -209,6 +209,8 @@ class RunDir:
     #: one is parsed back as a RunConfig and compared for run identity
     ORIGIN = "origin.json"
     STATUS = "status"
+    #: live progress of a running run (epoch reached), written by sweep cells for the driver's bar
+    PROGRESS = "progress.json"
     #: table name → file name (the suffix picks CSV or parquet)
     TABLES: dict[str, str] = {
         "epochs": "epochs.csv",
@@ -231,7 +233,7 @@ class RunDir:
     @classmethod
     def file_names(cls) -> tuple[str, ...]:
         """Every file name a run folder may hold (config, metrics, weights, tables, status)."""
-        return (cls.CONFIG, cls.METRICS, cls.MODEL, cls.ORIGIN, *cls.TABLES.values(), cls.STATUS)
+        return (cls.CONFIG, cls.METRICS, cls.MODEL, cls.ORIGIN, *cls.TABLES.values(), cls.PROGRESS, cls.STATUS)
 
     @classmethod
     def owns(cls, name: str) -> bool:
@@ -282,6 +284,15 @@ class RunDir:
 
     def write_config(self, config_json: str) -> None:
         write_text(self.path / self.CONFIG, config_json.rstrip("\n") + "\n")
+
+    def write_progress(self, progress: dict[str, Any]) -> None:
+        """Record how far a running run is (``{"epoch": 12, "epochs": 100}``), atomically."""
+        write_json(self.path / self.PROGRESS, progress)
+
+    def progress(self) -> dict[str, Any] | None:
+        """The last recorded progress, or None when none was written (yet)."""
+        path = self.path / self.PROGRESS
+        return read_json(path, self.FIX) if path.is_file() else None
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.path / self.METRICS, metrics)

@@ -6,12 +6,16 @@ because a Ray head contacts non-loopback addresses when it starts.
 """
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from rankrobust.store import load_store
 from rankrobust.sweeps import load_spec, run_sweep
@@ -21,8 +25,14 @@ ray = pytest.importorskip("ray", reason='Ray is an optional extra: pip install "
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+def local_ray(tmp_path_factory):
+    """A local Ray instance whose workers start in a folder of their own (not the tests' working directory)."""
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("ray-node-cwd"))
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    finally:
+        os.chdir(here)
     yield ray
     ray.shutdown()
 
@@ -67,6 +77,76 @@ def test_ray_store_equals_local(tmp_path, local_ray):
     np.testing.assert_allclose(a[METRICS].to_numpy(), b[METRICS].to_numpy(), atol=1e-4)
     again = run_sweep(spec, tmp_path / "ray", executor="ray", progress=False)
     assert again.skipped == 4 and again.done == 0
+    # where each cell ran is recorded: this host, a Ray node (none for the local executor), the absolute folder
+    assert (b["placement.host"] == socket.gethostname()).all() and b["placement.node_id"].notna().all()
+    assert "placement.node_id" not in a or a["placement.node_id"].isna().all()
+    assert all(Path(d).is_absolute() and Path(d).parent == (tmp_path / "ray" / "runs") for d in b["placement.run_dir"])
+
+
+@pytest.mark.netns
+def test_relative_out_lands_in_the_drivers_folder(tmp_path, local_ray, monkeypatch):
+    """Tasks run in another working directory than the driver; a relative --out still means the driver's folder."""
+    worker_cwd = ray.get(ray.remote(lambda: os.getcwd()).remote())
+    monkeypatch.chdir(tmp_path)
+    assert Path(worker_cwd).resolve() != tmp_path.resolve()  # else this test would prove nothing
+    spec = load_spec(tiny_spec(tmp_path, losses=("sl",), ratios=(0.0,)))
+    report = run_sweep(spec, "relative-out", executor="ray", progress=False)
+    assert report.done == 1 and not report.failed
+    assert len(load_store(tmp_path / "relative-out")) == 1
+    assert not (Path(worker_cwd) / "relative-out").exists()
+
+
+@pytest.mark.netns
+def test_unmeetable_request_stops_at_once(tmp_path, local_ray):
+    spec_path = tiny_spec(tmp_path, losses=("sl",), ratios=(0.0,))
+    data = yaml.safe_load(spec_path.read_text())
+    data["options"]["resources"] = {"num_cpus": 1, "resources": {"no_such_accelerator": 1}}
+    spec_path.write_text(yaml.safe_dump(data))
+    start = time.time()
+    with pytest.raises(RuntimeError, match=r"no node of the cluster can run a cell asking for .*no_such_accelerator 1"):
+        run_sweep(load_spec(spec_path), tmp_path / "out", executor="ray", progress=False)
+    assert time.time() - start < 30
+
+
+def test_resource_typo_fails_dry_run(tmp_path, capsys):
+    from rankrobust.cli import main
+
+    spec_path = tiny_spec(tmp_path, losses=("sl",), ratios=(0.0,))
+    data = yaml.safe_load(spec_path.read_text())
+    data["options"]["resources"] = {"num_cpu": 2}
+    spec_path.write_text(yaml.safe_dump(data))
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "options.resources.num_cpu is not a resource (did you mean 'num_cpus'?)" in err[0]
+
+
+@pytest.mark.netns
+def test_sigterm_stops_a_ray_sweep_cleanly_and_a_rerun_finishes_it(tmp_path):
+    """SIGTERM to a Ray sweep driver: exit 143 with the resume line, finished cells kept, the rest run on resume."""
+    spec_path = tiny_spec(tmp_path, losses=("sl", "bpr"), ratios=(0.0, 0.2), epochs=40)
+    data = yaml.safe_load(spec_path.read_text())
+    data["options"]["max_concurrent"] = 1  # one cell at a time: some finish, some are in flight or pending at the stop
+    spec_path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "rankrobust.cli", "sweep", str(spec_path), "--out", str(out), "--executor", "ray",
+           "--quiet"]
+    driver = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None and not any(
+            (d / "status").exists() for d in (out / "runs").glob("*")):
+        time.sleep(0.2)
+    assert driver.poll() is None, driver.communicate()
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=120)
+    assert driver.returncode == 143, err
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
+    assert "Traceback" not in err
+    finished = {d.name for d in (out / "runs").glob("*") if (d / "status").exists()
+                and (d / "status").read_text().startswith("done")}
+    assert 1 <= len(finished) < 4
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{len(finished)} already done, {4 - len(finished)} ran now, 0 failed" in rerun.stdout
 
 
 @pytest.mark.netns

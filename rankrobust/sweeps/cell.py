@@ -9,7 +9,9 @@ and re-run, and a failure never raises.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 import traceback
 from typing import Any
 
@@ -17,9 +19,50 @@ from rankrobust.config import RunConfig
 from rankrobust.data.identity import current_digest, recorded_digest
 from rankrobust.experiment import run_experiment
 from rankrobust.noise import outdated_noise_protocol
-from rankrobust.probes import Probe
+from rankrobust.probes import Probe, ProbeOutput
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
 from rankrobust.sweeps.spec import ORIGINS
+
+
+def ray_node_id() -> str | None:
+    """The id of the Ray node when called inside a Ray task, else None (a driver is not a task; never starts Ray)."""
+    import sys
+
+    ray = sys.modules.get("ray")  # only a process that uses Ray has it imported
+    try:
+        if ray is None or not ray.is_initialized():
+            return None
+        context = ray.get_runtime_context()
+        in_task = getattr(context.worker, "mode", None) == 1  # Ray's WORKER_MODE (a driver is SCRIPT_MODE, 0)
+        return context.get_node_id() if in_task else None
+    except Exception:  # an old Ray without the runtime context API
+        return None
+
+
+class CellProbe(Probe):
+    """What a sweep cell adds to its run: live progress for the driver, and where it ran.
+
+    After each epoch it writes ``{"epoch", "epochs"}`` to the run folder's
+    progress file (`RunDir.write_progress`; the Ray driver's bar reads it);
+    at the end, ``metrics.json`` → ``placement`` records the host, the Ray
+    node id (None outside Ray), the process id and the absolute folder written.
+    """
+
+    name = "placement"
+
+    def __init__(self, run_dir: RunDir, epochs: int) -> None:
+        self.run_dir, self.epochs = run_dir, epochs
+
+    def epoch_end(self, epoch, model, row):
+        try:
+            self.run_dir.write_progress({"epoch": epoch, "epochs": self.epochs})
+        except OSError:
+            pass  # progress is a convenience; never fail a run for it
+        return None
+
+    def finish(self, ctx, result) -> ProbeOutput:
+        return ProbeOutput(metrics={"host": socket.gethostname(), "node_id": ray_node_id(), "pid": os.getpid(),
+                                    "run_dir": str(self.run_dir.path.absolute())})
 
 
 class OriginProbe(Probe):
@@ -89,6 +132,7 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
         origin = (options.get(ORIGINS) or {}).get(folder.path.name)  # the spec's `tuned:` (cell id = folder name)
         if origin is not None:
             probes = [*probes, OriginProbe(origin)]
+        probes = [*probes, CellProbe(folder, cfg.train.epochs)]
         run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
         return {"status": STATUS_DONE}
     except Exception:

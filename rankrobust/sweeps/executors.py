@@ -24,6 +24,7 @@ Worker processes (``--jobs N``) live and die with the sweep:
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -224,39 +225,158 @@ def import_ray():
     return ray
 
 
+class RayStartError(RuntimeError):
+    """Ray could not be started or reached (one line: the address, Ray's message, where its logs are)."""
+
+
+#: where a Ray node writes its logs (the session folder of the newest start on this machine)
+RAY_LOGS = "/tmp/ray/session_latest/logs"
+
+
+def connect_ray(address: str | None = None):
+    """Connect this process to Ray: a new local instance (``address`` None) or a running cluster.
+
+    Called by `rankrobust.sweeps.runner.run_sweep` *before* it installs its
+    SIGTERM/SIGINT handlers, because ``ray.init`` replaces them with its own
+    (which would end the driver with a stack dump instead of the clean stop).
+    Raises `RayStartError` (one line) when Ray cannot start or connect, for
+    example a raylet that gave up waiting for its agents, a wrong address, or
+    a token-authenticated cluster (see docs/ray.md "Token authentication").
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    where = f"the cluster at {address}" if address else "a new local Ray instance"
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    except Exception as err:  # Ray raises ConnectionError, RuntimeError, TimeoutError, its own types...
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        message = lines[0] if lines else type(err).__name__
+        hint = ("; the cluster uses token authentication: see docs/ray.md \"Token authentication\""
+                if "token" in str(err).lower() or "auth" in type(err).__name__.lower() else "")
+        raise RayStartError(f"could not start or reach Ray ({where}): {type(err).__name__}: {message}{hint}; "
+                            f"Ray's logs are in {RAY_LOGS}") from None
+    return ray
+
+
+#: ``options.resources`` key → the name of that resource in ``ray.nodes()``
+RAY_RESOURCE_NAMES = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def unmet_request(request: dict[str, Any], nodes: list[dict[str, Any]]) -> str | None:
+    """None when some alive node has every resource of ``request`` (``options.resources`` form), else one line.
+
+    ``nodes`` is ``ray.nodes()``: each with ``Alive`` and ``Resources``
+    (``{"CPU": 2.0, "GPU": 1.0, "memory": ..., custom: ...}``).  A request no
+    node can meet would wait forever (Ray queues it for an autoscaler).
+    """
+    need = {RAY_RESOURCE_NAMES[k]: float(v) for k, v in request.items() if k in RAY_RESOURCE_NAMES and v}
+    need.update({k: float(v) for k, v in (request.get("resources") or {}).items() if v})
+    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive", True)]
+    if any(all(have.get(k, 0.0) >= v for k, v in need.items()) for have in alive):
+        return None
+    shown = "; ".join(", ".join(f"{k} {have.get(k, 0.0):g}" for k in need) for have in alive) or "no alive node"
+    asked = ", ".join(f"{k} {v:g}" for k, v in need.items())
+    return f"no node of the cluster can run a cell asking for {asked} (nodes have: {shown})"
+
+
+def progress_of(run_dir: str) -> dict[str, Any] | None:
+    """The live progress a running cell writes into its folder (epoch, epochs), or None before the first epoch."""
+    try:
+        return RunDir(run_dir).progress()
+    except (OSError, ValueError):
+        return None
+
+
 def execute_ray(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1, *, address: str | None = None,
-                max_retries: int = 3, **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
+                max_retries: int = 3, on_progress: Callable[[str], None] | None = None,
+                poll_seconds: float = 2.0, **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
     """Yield ``(cell, result)`` as Ray tasks finish (completion order).
 
     Each cell is one task calling `run_cell`, on a local Ray instance or an
-    existing cluster (``address``: ``auto`` or ``HOST:PORT``).  A task whose
-    worker dies is retried by Ray (the retry wipes the half-written folder).
-    Resources per task come from the spec's ``options.resources`` (default
-    ``{num_cpus: 1, num_gpus: 0}``; fractional GPUs pack small runs on one
-    card); ``jobs > 1`` caps the tasks in flight.  Datasets are cached per
-    worker process (`rankrobust.experiment.load_data`).
+    existing cluster (``address``: ``auto`` or ``HOST:PORT``; already connected
+    by `connect_ray` when run from `run_sweep`).  A task whose worker dies is
+    retried by Ray (the retry wipes the half-written folder).  Resources per
+    task: `cell_resources` (the spec's ``options.resources``, default
+    ``{num_cpus: 1, num_gpus: 0}``, and those of the override rules that
+    match the cell); before any task starts, each distinct request is
+    compared with the cluster's nodes and one no node can meet stops the
+    sweep (RuntimeError, one line) instead of waiting forever.  At most
+    ``options.max_concurrent`` (or ``jobs`` > 1) tasks are in flight.
+    Every ``poll_seconds`` the epochs reached by the running cells go to
+    ``on_progress``.  Closing the generator (SIGTERM, Ctrl-C, an error)
+    cancels the tasks in flight; their cells stay unfinished and a rerun
+    redoes them.  Tasks get the driver's data folder (``RANKROBUST_DATA``,
+    absolute) unless set on the nodes.
     """
-    ray = import_ray()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
-    resources = {"num_cpus": 1, "num_gpus": 0, **spec.options.get("resources", {})}
-    task = ray.remote(run_cell).options(max_retries=max_retries, **resources)
+    from rankrobust.data.registry import ENV_VAR, resolve_data_dir
+
+    ray = connect_ray(address)
+    requests = {c.cell_id: cell_resources(spec, c) for c in cells}
+    for request in {json.dumps(r, sort_keys=True): r for r in requests.values()}.values():
+        problem = unmet_request(request, ray.nodes())
+        if problem:
+            raise RuntimeError(f"{problem}; change options.resources in {spec.source or 'the spec'} "
+                               f"or add such a node")
+    data_dir = resolve_data_dir(None)
+    env = {ENV_VAR: str(data_dir.resolve())} if data_dir is not None and not os.environ.get(ENV_VAR) else {}
+    remote = ray.remote(run_cell)
     pending = list(cells)
     in_flight: dict[Any, Cell] = {}
-    limit = jobs if jobs > 1 else (len(pending) or 1)
-    while pending or in_flight:
-        while pending and len(in_flight) < limit:
-            cell = pending.pop(0)
-            ref = task.remote(cell.config, str(out.run(cell.cell_id).path), spec.options)
-            in_flight[ref] = cell
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        for ref in ready:
-            cell = in_flight.pop(ref)
+    cap = spec.options.get("max_concurrent") or (jobs if jobs > 1 else None)
+    limit = cap or (len(pending) or 1)
+    try:
+        while pending or in_flight:
+            while pending and len(in_flight) < limit:
+                cell = pending.pop(0)
+                task = remote.options(max_retries=max_retries, runtime_env={"env_vars": env} if env else None,
+                                      **ray_options(requests[cell.cell_id]))
+                ref = task.remote(cell.config, str(out.run(cell.cell_id).path), spec.options)
+                in_flight[ref] = cell
+            ready, _ = ray.wait(list(in_flight), num_returns=1, timeout=poll_seconds)
+            if not ready:
+                if on_progress is not None:
+                    on_progress(running_summary([str(out.run(c.cell_id).path) for c in in_flight.values()]))
+                continue
+            for ref in ready:
+                cell = in_flight.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as err:  # the task failed even after Ray's retries
+                    result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
+                yield cell, result
+    finally:
+        for ref in in_flight:  # stopped early: nothing keeps running on the cluster
             try:
-                result = ray.get(ref)
-            except Exception as err:  # the task failed even after Ray's retries
-                result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
-            yield cell, result
+                ray.cancel(ref, force=True)
+            except Exception:  # already finished or its node is gone
+                pass
+
+
+def cell_resources(spec: SweepSpec, cell: Cell) -> dict[str, Any]:
+    """The resources one cell's task asks for: defaults ⊕ ``options.resources`` ⊕ matching rules' ``resources``."""
+    request: dict[str, Any] = {"num_cpus": 1, "num_gpus": 0, **(spec.options.get("resources") or {})}
+    for rule in spec.overrides:
+        if rule.get("resources") and all(cell.values.get(k) == v for k, v in rule.get("when", {}).items()):
+            request.update(rule["resources"])
+    return request
+
+
+def ray_options(request: dict[str, Any]) -> dict[str, Any]:
+    """``options.resources`` form → keyword arguments of Ray's ``.options`` (the same names)."""
+    return {k: v for k, v in request.items() if v is not None}
+
+
+def running_summary(run_dirs: list[str]) -> str:
+    """``"3 running: epochs 12/100, 4/100, 1/100"`` from the progress files of running cells."""
+    seen = [progress_of(d) for d in run_dirs]
+    epochs = [f"{p['epoch']}/{p['epochs']}" for p in seen if p]
+    return f"{len(run_dirs)} running" + (f": epochs {', '.join(epochs[:6])}" + (" …" if len(epochs) > 6 else "")
+                                         if epochs else "")
+
+
+#: executor name → a function connecting to its backend, called by `run_sweep` before its signal handlers go in
+CONNECT: dict[str, Callable[[str | None], Any]] = {"ray": connect_ray}
 
 
 #: executor name → generator (``rankrobust sweep --executor NAME``)

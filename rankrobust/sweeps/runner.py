@@ -35,7 +35,7 @@ from rankrobust.data.identity import current_digest
 from rankrobust.runs import STATUS_DONE, RunDir, SweepDir
 from rankrobust.store import write_store
 from rankrobust.sweeps.cell import is_finished
-from rankrobust.sweeps.executors import EXECUTORS
+from rankrobust.sweeps.executors import CONNECT, EXECUTORS
 from rankrobust.sweeps.spec import Cell, SweepSpec
 
 
@@ -192,7 +192,12 @@ def locked(sweep: SweepDir) -> Iterator[None]:
 
 @contextmanager
 def sigterm_stops() -> Iterator[None]:
-    """While the block runs, SIGTERM raises `SweepTerminated` in the main thread (elsewhere: no change)."""
+    """While the block runs, SIGTERM raises `SweepTerminated` and SIGINT `KeyboardInterrupt` in the main thread.
+
+    Installed after any backend has connected (`rankrobust.sweeps.executors.CONNECT`):
+    ``ray.init`` puts in handlers of its own, which would otherwise replace these.
+    Elsewhere than in the main thread: no change.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -201,10 +206,12 @@ def sigterm_stops() -> Iterator[None]:
         raise SweepTerminated("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def prepare_out(spec: SweepSpec, sweep: SweepDir, digests: dict[str, str | None] | None = None) -> None:
@@ -252,7 +259,9 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
     """
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}{closest(executor, EXECUTORS)}; choose one of {list(EXECUTORS)}")
-    sweep = SweepDir(out)
+    sweep = SweepDir(Path(out).expanduser().absolute())  # tasks may run in another working directory
+    if executor in CONNECT:
+        CONNECT[executor](address)  # before the signal handlers below: ray.init replaces them with its own
     with locked(sweep), sigterm_stops():
         digests = data_digests(spec)
         prepare_out(spec, sweep, digests)
@@ -261,9 +270,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
             pruned, _ = prune_stale(spec, sweep)
         todo, done_before = pending_cells(spec, sweep, digests)
         report = SweepReport(total=done_before + len(todo), skipped=done_before, pruned=pruned)
-        stream = EXECUTORS[executor](spec, todo, sweep, jobs, address=address)
         bar = tqdm(total=report.total, initial=done_before, desc=spec.name, unit="run", disable=not progress,
                    dynamic_ncols=True)
+        stream = EXECUTORS[executor](spec, todo, sweep, jobs, address=address,
+                                     on_progress=lambda text: bar.set_postfix_str(f"failed={len(report.failed)}, {text}"))
         try:
             write_store(sweep.path)  # stale or damaged runs show in the store before the first cell ends
             for cell, result in stream:

@@ -52,7 +52,7 @@ from typing import Any
 import yaml
 
 from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config_from_dict, prune_inapplicable,
-                               read_config_tree, set_dotted)
+                               read_config_tree, set_dotted, with_absolute_paths)
 from rankrobust.runs import cell_id, config_hash
 
 __all__ = ["Cell", "SweepSpec", "TunedArm", "cell_id", "load_spec", "load_tuned", "parse_spec"]
@@ -60,8 +60,29 @@ __all__ = ["Cell", "SweepSpec", "TunedArm", "cell_id", "load_spec", "load_tuned"
 SPEC_KEYS = ("name", "description", "base", "grid", "seeds", "overrides", "options", "tuned")
 #: keys of a tuned arm's file, ``best/<arm>.yaml`` of a tuning output folder
 BEST_KEYS = ("arm", "values", "settings", "origin")
-#: run options of a sweep: which probes its cells get, and Ray resources per task
-OPTION_KEYS = ("fairness", "track_variance", "resources")
+#: run options of a sweep: which probes its cells get, Ray resources per task and the cap on tasks in flight
+OPTION_KEYS = ("fairness", "track_variance", "resources", "max_concurrent")
+#: keys of ``options.resources`` (and of an override rule's ``resources``): Ray's own task option names
+RESOURCE_KEYS = ("num_cpus", "num_gpus", "memory", "resources")
+
+
+def check_resources(resources: Any, where: str) -> None:
+    """A resource request (``{num_cpus: 2, num_gpus: 0.25}``) with known keys and non-negative numbers, else ConfigError.
+
+    ``resources`` (custom resources, as in ``ray start --resources``) maps names to amounts.
+    """
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where} must be a mapping such as {{num_cpus: 1, num_gpus: 0.25}}, got {resources!r}")
+    for key, value in resources.items():
+        if key not in RESOURCE_KEYS:
+            raise ConfigError(f"{where}.{key} is not a resource{closest(key, RESOURCE_KEYS)}; "
+                              f"valid keys: {', '.join(RESOURCE_KEYS)}")
+        amounts = value.items() if key == "resources" and isinstance(value, dict) else [(key, value)]
+        if key == "resources" and not isinstance(value, dict):
+            raise ConfigError(f"{where}.resources must map custom resource names to amounts, got {value!r}")
+        for name, amount in amounts:
+            if isinstance(amount, bool) or not isinstance(amount, (int, float)) or amount < 0:
+                raise ConfigError(f"{where}.{name} must be a number >= 0, got {amount!r}")
 
 
 @dataclass(frozen=True)
@@ -270,7 +291,7 @@ def _expand(spec: SweepSpec) -> list[Cell]:
         for seed in spec.seeds:
             set_dotted(tree, "train.seed", seed)
             try:
-                cfg = config_from_dict(tree)
+                cfg = with_absolute_paths(config_from_dict(tree))  # tasks may run in another directory
             except ConfigError as err:
                 tuned = f" (tuned settings of {arm.path})" if arm else ""
                 raise ConfigError(f"sweep {spec.name}, cell {values} seed {seed}{tuned}: {err}") from None
@@ -307,10 +328,12 @@ def _check_rules(spec: SweepSpec) -> None:
     in this grid only warns (one override list may serve several grids).
     """
     for n, rule in enumerate(spec.overrides):
-        if not isinstance(rule, dict) or set(rule) - {"when", "set"} or not isinstance(rule.get("set", {}), dict) \
-                or not isinstance(rule.get("when", {}), dict):
-            raise ConfigError(f"sweep {spec.name}: overrides[{n}] must be a mapping with 'when' and 'set' mappings, "
-                              f"got {rule!r}")
+        if not isinstance(rule, dict) or set(rule) - {"when", "set", "resources"} \
+                or not isinstance(rule.get("set", {}), dict) or not isinstance(rule.get("when", {}), dict):
+            raise ConfigError(f"sweep {spec.name}: overrides[{n}] must be a mapping with 'when' and 'set' mappings "
+                              f"(and optionally 'resources' for its cells' Ray tasks), got {rule!r}")
+        if "resources" in rule:
+            check_resources(rule["resources"], f"sweep {spec.name}: overrides[{n}].resources")
         for key, value in rule.get("when", {}).items():
             if key not in spec.grid:
                 raise ConfigError(f"sweep {spec.name}: overrides[{n}].when names {key!r}, which is not a grid axis"
@@ -340,6 +363,11 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
     for key in options:
         if key not in OPTION_KEYS:
             raise ConfigError(f"{where}unknown sweep option '{key}'{closest(key, OPTION_KEYS)}")
+    if "resources" in options:
+        check_resources(options["resources"], f"{where}options.resources")
+    cap = options.get("max_concurrent")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise ConfigError(f"{where}options.max_concurrent must be a whole number >= 1 (tasks in flight), got {cap!r}")
     seeds = data.get("seeds", [0])
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     try:
