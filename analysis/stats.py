@@ -8,6 +8,10 @@ paths).  See `rankrobust.stats` for the formulas, shapes and errors.
 """
 from __future__ import annotations
 
-from rankrobust.stats import LEVEL, format_ci, seed_mean_ci
+from rankrobust.stats import (LEVEL, PER_USER_LABEL, SeedComparison, difference_of_drops, format_ci,
+                              hierarchical_bootstrap_ci, holm_family, paired_seed_comparison, per_user_pooled_test,
+                              seed_mean_ci)
 
-__all__ = ["LEVEL", "format_ci", "seed_mean_ci"]
+__all__ = ["LEVEL", "PER_USER_LABEL", "SeedComparison", "difference_of_drops", "format_ci",
+           "hierarchical_bootstrap_ci", "holm_family", "paired_seed_comparison", "per_user_pooled_test",
+           "seed_mean_ci"]

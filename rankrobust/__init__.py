@@ -44,6 +44,8 @@ _EXPORTS = {
     "selection_cutoff": "rankrobust.store",
     "compare_runs": "rankrobust.store",
     "compare_losses": "rankrobust.store",
+    "compare_drops": "rankrobust.store",
+    "compare_runs_per_user": "rankrobust.store",
     "load_spec": "rankrobust.sweeps",
     "run_sweep": "rankrobust.sweeps",
     "Probe": "rankrobust.probes",

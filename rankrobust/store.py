@@ -331,7 +331,7 @@ CI_T = "t"
 CI_BOOTSTRAP = "bootstrap+t"
 #: what `format_summary` prints under the table
 SUMMARY_LEGEND = (f"mean [95% CI] over seeds (the unit is the seed); ci: {CI_T} = t-interval over seed means, "
-                  f"{CI_BOOTSTRAP} = hierarchical bootstrap (seeds, then users) widened to hold the t-interval; "
+                  f"{CI_BOOTSTRAP} = hierarchical\nbootstrap (seeds, then users) widened to hold the t-interval; "
                   f"capped: runs that stopped at their epoch cap (train.epochs), not converged")
 
 
