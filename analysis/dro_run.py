@@ -111,7 +111,7 @@ def _cell(value: Any, width: int) -> str:
 
 
 def negative_side_lines(cfg: RunConfig, epochs, accounting: dict[str, Any]) -> list[str]:
-    """Check (e) for one run: the in-training share of negative-side gradient on false negatives (PROTOCOLS §13)."""
+    """Check (e) for one run: the in-training share of negative-side gradient on false negatives (README: Analysis)."""
     head = (f"(e) negative-side gradient on false negatives (p = {cfg.noise.neg_prob:g}, pool "
             f"{cfg.noise.neg_pool}, {cfg.loss.name}):")
     if cfg.noise.neg_prob <= 0:
@@ -121,7 +121,8 @@ def negative_side_lines(cfg: RunConfig, epochs, accounting: dict[str, Any]) -> l
     e = epochs.reset_index(drop=True)
     n = len(e)
     picks = sorted({int(e["epoch"].iloc[k]) for k in (0, n // 2, n - 1)}) if n else []
-    lines = [head, "    IN TRAINING (Σ_fn |∂L/∂s⁻| / Σ |∂L/∂s⁻| over each epoch's batches; ratio = share / slot fraction)",
+    lines = [head,
+             "    IN TRAINING (Σ_fn |∂L/∂s⁻| / Σ |∂L/∂s⁻| over each epoch's batches; ratio = share / slot fraction)",
              "      epoch  FN slots  FN share   ratio"]
     for epoch in picks:
         row = e[e["epoch"] == epoch].iloc[0]

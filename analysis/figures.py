@@ -606,7 +606,8 @@ FIGURES: tuple[Figure, ...] = (
            "popularity-shift split (OOD: test interactions drawn with probability proportional to 1/pop(i), "
            "README: \"XSimGCL and the popularity-shift (OOD) test\"), mean and sd over seeds; right: the OOD/IID "
            "ratio of the means."),
-    Figure(11, "fig11-negative-share", ("noisy-negatives",), negative_share.frame, negative_share.plot,
+    Figure(11, "fig11-negative-share", ("noisy-negatives",),
+           functools.partial(negative_share.frame, missing=MissingData), negative_share.plot,
            "Share of the negative-side gradient on false negatives (sum of |dL/ds-| over false-negative slots / "
            "over all slots, at the best epoch, in training) against the false-negative probability p, one line "
            "per loss (mean and sd over seeds), one panel per loss family and pool (train, heldout); SL dashed "

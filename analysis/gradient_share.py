@@ -23,7 +23,7 @@ and the share differs from the noisy fraction.
 `GradientAccountant` keeps three sums on the device (all, noisy, noisy pairs
 seen) and is read once per epoch; nothing syncs with the host per batch.
 
-Negative side (PROTOCOLS.md §13, companion of §9): with false negatives mixed
+Negative side (README: "Analysis", the companion of the positive side): with false negatives mixed
 into the sampled negatives (``noise.neg_prob`` p), g⁻_kj = B·|∂L/∂s⁻_kj| over
 the real negative slots (``neg_mask``) of the batch, and per epoch
 
@@ -113,7 +113,7 @@ class NegativeAccountant:
         neg_scores.register_hook(hook)
 
     def read(self) -> dict[str, float]:
-        """``neg_grad_share_fn`` (NaN when no gradient reached s⁻) and ``fn_slot_fraction``; one host sync, then reset."""
+        """``neg_grad_share_fn`` (NaN when no gradient reached s⁻) and ``fn_slot_fraction``; one host sync; reset."""
         total, fn_g, fn_n, slots = self.sums.tolist()
         self.sums.zero_()
         return {"fn_slot_fraction": fn_n / slots if slots > 0 else float("nan"),

@@ -1,4 +1,4 @@
-"""Where each loss puts its negative-side gradient when false negatives fill some slots (PROTOCOLS.md §13).
+"""Where each loss puts its negative-side gradient when false negatives fill some slots (README: "Analysis").
 
 The gradient-accounting probe (`analysis.probes.GradientShareProbe`) records,
 per run with ``noise.neg_prob`` p > 0, ``neg_grad_share_fn`` = Σ over
@@ -113,16 +113,15 @@ def report_lines(rows: pd.DataFrame) -> list[str]:
 
 
 # ------------------------------------------------------------------ figure
-def frame(sweep) -> pd.DataFrame:
+def frame(sweep, missing: type[Exception] = ValueError) -> pd.DataFrame:
     """The figure's data from a noisy-negatives sweep (`analysis.figures.Sweep`): `run_rows` of its finished runs.
 
-    Raises `analysis.figures.MissingData` when no run recorded the negative-side accounting.
+    Raises ``missing`` (the registry passes `analysis.figures.MissingData`) when no run recorded the
+    negative-side accounting.
     """
     rows = run_rows(sweep.done)
     if rows.empty:
-        from analysis.figures import MissingData
-
-        raise MissingData(f"{sweep.path}: no run with negative-side gradient accounting ({SHARE}); its runs "
+        raise missing(f"{sweep.path}: no run with negative-side gradient accounting ({SHARE}); its runs "
                           f"predate it, or none has noise.neg_prob > 0")
     return rows
 
@@ -148,9 +147,12 @@ def plot(rows: pd.DataFrame):
     import seaborn as sns
 
     from analysis import plots
-    from analysis.figures import _families
+    from rankrobust.losses import LOSS_FAMILIES
 
-    groups = _families(rows["loss"])
+    present = list(dict.fromkeys(rows["loss"]))
+    known = {x for names in LOSS_FAMILIES.values() for x in names}
+    groups = [(fam, [x for x in names if x in present]) for fam, names in LOSS_FAMILIES.items()]
+    groups = [(fam, xs) for fam, xs in groups + [("other", [x for x in present if x not in known])] if xs]
     pools = sorted(dict.fromkeys(rows["noise.neg_pool"]), key=lambda v: ({"train": 0, "heldout": 1}.get(v, 2), v))
     models = list(dict.fromkeys(rows["model.name"]))
     panels = [(pool, model) for pool in pools for model in models]

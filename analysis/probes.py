@@ -64,7 +64,7 @@ class VarianceProbe(Probe):
 
 
 class GradientShareProbe(Probe):
-    """In-training gradient accounting: positive side on noisy positives (§9), negative side on false negatives (§13).
+    """In-training gradient accounting: positive side on noisy positives, negative side on false negatives.
 
     Positive side, with injected noisy positives, per epoch:
     ``noisy_pair_fraction`` and ``pos_grad_share_noisy`` =

@@ -357,7 +357,7 @@ def sample_with_fn_mask(sampler, users: Tensor, pos_items: Tensor,
     The draws are exactly ``sampler(users, pos_items, generator)``'s.  The
     mask comes from a `FalseNegativeMixer` (True where the pool replaced the
     base negative); a sampler that mixes in none returns None for it.  For the
-    gradient-accounting probe (PROTOCOLS.md §13): no host sync, no extra draw.
+    gradient-accounting probe (`analysis.probes.GradientShareProbe`): no host sync, no extra draw.
     """
     marked = getattr(sampler, "sample_with_mask", None)
     if marked is None:

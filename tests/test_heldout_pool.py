@@ -1,4 +1,4 @@
-"""The held-out false-negative pool is withheld at every p, p = 0 included (PROTOCOLS §3, §13)."""
+"""The held-out false-negative pool is withheld at every p, p = 0 included."""
 import json
 
 import numpy as np

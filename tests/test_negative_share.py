@@ -1,4 +1,4 @@
-"""Negative-side gradient accounting: neg_grad_share_fn and fn_slot_fraction (PROTOCOLS §13)."""
+"""Negative-side gradient accounting: neg_grad_share_fn and fn_slot_fraction."""
 import json
 import math
 
