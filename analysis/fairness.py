@@ -81,6 +81,7 @@ __all__ = [
     "elliot_gini",
     "gini",  # the old name of exposure_gini (kept for old imports)
     "RENAMED_METRICS",
+    "FAIRER",
     "migrate_metric_names",
     "fairness_report",
     "fairness_table",
@@ -93,6 +94,9 @@ __all__ = [
 RENAMED_METRICS = {"gini": "exposure_gini", "pop_reo": "recall_cond_cv", "pop_rsp": "rec_rate_cv"}
 #: the metrics.json section (and store column prefix) the fairness probe writes
 FAIRNESS_SECTION = "fairness"
+#: which way each summary metric is fairer to unpopular items: +1 higher, −1 lower (docs/METRICS.md)
+FAIRER = {"aplt": +1, "coverage": +1, "elliot_gini": +1, "arp": -1, "exposure_gini": -1, "recall_cond_cv": -1,
+          "rec_rate_cv": -1, "elliot_pop_reo": -1, "elliot_pop_rsp": -1}
 
 
 def _gini_sum(exposure: np.ndarray | Tensor) -> tuple[float, int, float]:

@@ -85,6 +85,11 @@ class Figure:
     order, and returns the plot's data: one object, or a tuple of the plot's
     positional arguments; it raises `MissingData` when a sweep lacks
     something.  ``plot(data)`` (or ``plot(*data)``) returns a matplotlib figure.
+
+    ``caption`` is what the figure shows whatever the data (the README lists
+    it); the caption written beside a drawn figure adds what *this* data holds
+    (`Drawn.caption`: losses, backbones, settings, seeds, epochs, tuning, all
+    read from the runs the frame drew, `caption_facts`).
     """
 
     number: int
@@ -94,12 +99,222 @@ class Figure:
     plot: Callable[..., MplFigure]
     caption: str
 
-    def draw(self, sweeps: Mapping[str, Sweep]) -> tuple[MplFigure, list[Path]]:
-        """The drawn figure and the sweep folders it came from (KeyError if a needed kind is absent)."""
+    def render(self, sweeps: Mapping[str, Sweep]) -> "Drawn":
+        """Frame, draw and caption the figure from ``sweeps`` (KeyError if a needed kind is absent)."""
         chosen = [sweeps[kind] for kind in self.needs]
         data = self.frame(*chosen)
         fig = self.plot(*data) if isinstance(data, tuple) else self.plot(data)
-        return fig, [s.path for s in chosen]
+        facts = caption_facts(data, chosen)
+        return Drawn(fig, [s.path for s in chosen], data, facts, f"{self.caption} Drawn: {facts_sentence(facts)}.")
+
+    def draw(self, sweeps: Mapping[str, Sweep]) -> tuple[MplFigure, list[Path]]:
+        """The drawn figure and the sweep folders it came from (`render` without the data and caption)."""
+        drawn = self.render(sweeps)
+        return drawn.figure, drawn.sources
+
+
+@dataclass
+class Drawn:
+    """A rendered registry figure: the matplotlib figure, the sweep folders, the data drawn, its facts and caption."""
+
+    figure: MplFigure
+    sources: list[Path]
+    data: Any
+    facts: dict[str, Any]
+    caption: str
+
+
+# ------------------------------------------------------------------ captions from the data drawn
+#: store columns whose values are part of a run's configuration (the rest are results and timings)
+CONFIG_PREFIXES = ("data.", "noise.", "model.", "loss.", "train.")
+#: configuration columns that are not settings a figure compares: seeds (the replication unit) and file places
+NOT_SETTINGS = ("train.seed", "noise.seed", "data.split_seed", "data.train_path", "data.test_path", "data.valid_path",
+                "data.data_dir")
+#: column-name parts that mark a run whose settings came from `rankrobust tune` (a tuned origin in its config)
+TUNED_MARKERS = ("tuned", "tuning.", "origin")
+#: the caption's words for an untuned run
+UNTUNED = "untuned (documented defaults)"
+
+
+def _frames(data: Any) -> list[pd.DataFrame]:
+    items = data if isinstance(data, tuple) else (data,)
+    return [d for d in items if isinstance(d, pd.DataFrame)]
+
+
+def drawn_runs(data: Any, sweeps: Iterable[Sweep]) -> tuple[pd.DataFrame, bool]:
+    """(store rows of the runs a figure's data came from, whether the data names its runs).
+
+    The frames carry a ``run_dir`` column; the rows are the finished runs of
+    ``sweeps`` it names.  A frame without one (a figure from elsewhere) gives
+    its own rows, with ``loss``/``model``/``seed`` read as ``loss.name`` /
+    ``model.name`` / ``train.seed``, and ``False``.
+    """
+    frames = _frames(data)
+    named = [f for f in frames if "run_dir" in f.columns]
+    if named:
+        dirs = set().union(*(set(f["run_dir"].dropna().astype(str)) for f in named))
+        store = pd.concat([s.done for s in sweeps], ignore_index=True)
+        return store[store["run_dir"].astype(str).isin(dirs)].reset_index(drop=True), True
+    rename = {"loss": "loss.name", "model": "model.name", "seed": "train.seed"}
+    rows = [f.rename(columns={k: v for k, v in rename.items() if v not in f.columns}) for f in frames]
+    rows = [r[[c for c in r.columns if c in rename.values() or str(c).startswith(CONFIG_PREFIXES)]] for r in rows]
+    runs = pd.concat(rows, ignore_index=True).drop_duplicates() if rows else pd.DataFrame()
+    return runs.reset_index(drop=True), False
+
+
+def _values(series: pd.Series) -> list:
+    """Sorted distinct values, floats as plain numbers, strings lower-cased where they name a loss or backbone."""
+    vals = pd.Series(series).dropna().unique().tolist()
+    try:
+        return sorted(vals)
+    except TypeError:
+        return sorted(vals, key=str)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def _cutoff_of(frames: list[pd.DataFrame]) -> list[int]:
+    """The cutoffs K the frames draw: a ``k`` column, ``name@K`` columns or ``metric`` values."""
+    ks: set[int] = set()
+    for f in frames:
+        if "k" in f.columns:
+            ks |= {int(k) for k in f["k"].dropna()}
+        names = [str(c) for c in f.columns]
+        for col in ("metric", "accuracy_metric"):
+            if col in f.columns:
+                names += [str(m) for m in f[col].dropna().unique()]
+        for name in names:
+            head, at, tail = name.rpartition("@")
+            if at and tail.isdigit() and head.split(".")[-1] in ("recall", "ndcg", "precision", "hit", "mrr"):
+                ks.add(int(tail))
+    return sorted(ks)
+
+
+def _stop_counts(runs: pd.DataFrame) -> dict[str, int]:
+    """How many drawn runs stopped for each reason (``stop_reason``; older stores: epochs_run vs train.epochs)."""
+    if "stop_reason" in runs.columns and runs["stop_reason"].notna().any():
+        reasons = runs["stop_reason"].fillna("unknown")
+    elif {"epochs_run", "train.epochs"} <= set(runs.columns):
+        reasons = pd.Series(np.where(runs["epochs_run"] >= runs["train.epochs"], "epoch_cap", "early_stopping"))
+    else:
+        return {}
+    return {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}
+
+
+def _tuned(runs: pd.DataFrame) -> str:
+    """`UNTUNED`, ``"tuned"`` or ``"k of n runs tuned"``, from columns recording a tuned origin (`TUNED_MARKERS`)."""
+    cols = [c for c in runs.columns if any(m in str(c) for m in TUNED_MARKERS)]
+    if not cols or runs.empty:
+        return UNTUNED
+    tuned = runs[cols].notna().any(axis=1)
+    if tuned.all():
+        return "tuned (settings from rankrobust tune)"
+    return UNTUNED if not tuned.any() else f"{int(tuned.sum())} of {len(runs)} runs tuned"
+
+
+def caption_facts(data: Any, sweeps: Iterable[Sweep]) -> dict[str, Any]:
+    """What a figure's data holds, read from the runs it drew (`drawn_runs`); the fields of its caption.
+
+    ``runs`` (count; None when the frame does not name its runs), ``losses``,
+    ``models`` (sorted, lower case), ``settings`` (every configuration column
+    that varies across the drawn runs other than loss, backbone and seeds →
+    its sorted values), ``fixed_noise`` (noise settings shared by every run,
+    when not 0: ratio, probability, and the false-negative pool and held-out
+    share where false negatives are drawn), ``scores`` (score function → the
+    losses drawn with it, when the runs use more than one), ``seeds`` ((fewest, most) seeds per
+    setting, a setting being one value of every varying column), ``k`` (the
+    cutoffs drawn), ``groups`` (popularity groups drawn, where the frame has
+    them), ``epochs`` (the epoch caps), ``stops`` (runs per stop reason) and
+    ``tuned``.
+    """
+    sweeps = list(sweeps)
+    runs, named = drawn_runs(data, sweeps)
+    frames = _frames(data)
+    cols = [c for c in runs.columns if str(c).startswith(CONFIG_PREFIXES) and c not in NOT_SETTINGS]
+    varying = [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
+    # a setting is a column that varies beyond what the loss and backbone fix (a loss's own defaults are not one)
+    ident = [c for c in ("loss.name", "model.name") if c in varying]
+    text = runs[varying].astype(str)
+    settings = [c for c in varying if c not in ident
+                and (not ident or text.groupby([text[i] for i in ident])[c].nunique().max() > 1)]
+    varying = ident + settings
+    facts: dict[str, Any] = {
+        "runs": len(runs) if named else None,
+        "losses": [str(v).lower() for v in _values(runs["loss.name"])] if "loss.name" in runs else [],
+        "models": [str(v).lower() for v in _values(runs["model.name"])] if "model.name" in runs else [],
+        "settings": {c: _values(runs[c]) for c in settings},
+    }
+    fixed = {}
+    for c in ("noise.pos_ratio", "noise.neg_prob"):
+        if c in runs and c not in varying and len(runs) and float(runs[c].iloc[0] or 0) != 0:
+            fixed[c] = float(runs[c].iloc[0])
+    fn = runs[runs["noise.neg_prob"].astype(float) > 0] if "noise.neg_prob" in runs else runs.iloc[0:0]
+    if len(fn) and "noise.neg_pool" in fn and "noise.neg_pool" not in varying:
+        fixed["noise.neg_pool"] = str(fn["noise.neg_pool"].iloc[0])
+    if len(fn) and "noise.neg_pool" in fn and (fn["noise.neg_pool"] == "heldout").any() \
+            and "noise.heldout_fraction" in fn and "noise.heldout_fraction" not in varying:
+        fixed["noise.heldout_fraction"] = float(fn["noise.heldout_fraction"].iloc[0])
+    facts["fixed_noise"] = fixed
+    scores = {}
+    if "model.score" in runs and runs["model.score"].nunique() > 1 and "loss.name" in runs:
+        for score, part in runs.groupby(runs["model.score"].fillna("default").astype(str)):
+            scores[score] = [str(v).lower() for v in _values(part["loss.name"])]
+    facts["scores"] = scores
+    if "train.seed" in runs and len(runs):
+        seeds = runs.groupby(varying, dropna=False)["train.seed"].nunique() if varying else \
+            pd.Series([runs["train.seed"].nunique()])
+        facts["seeds"] = (int(seeds.min()), int(seeds.max()))
+    else:
+        facts["seeds"] = (0, 0)
+    facts["k"] = _cutoff_of(frames)
+    groups = [f["group"].nunique() for f in frames if "group" in f.columns]
+    facts["groups"] = sorted(set(int(g) for g in groups))
+    facts["epochs"] = [int(e) for e in _values(runs["train.epochs"])] if named and "train.epochs" in runs else []
+    facts["stops"] = _stop_counts(runs) if named else {}
+    facts["tuned"] = _tuned(runs) if named else None
+    return facts
+
+
+def _listing(name: str, values: list, plural: str | None = None) -> str:
+    return f"{name if len(values) == 1 else (plural or name + 's')} {', '.join(map(_fmt, values))}"
+
+
+def facts_sentence(facts: Mapping[str, Any]) -> str:
+    """The data part of a caption, from `caption_facts`: one clause per field, ``"; "`` between them."""
+    parts = []
+    if facts.get("runs") is not None:
+        parts.append(f"{facts['runs']} run{'s' if facts['runs'] != 1 else ''}")
+    if facts.get("losses"):
+        parts.append(_listing("loss", facts["losses"], "losses"))
+    if facts.get("models"):
+        parts.append(_listing("backbone", facts["models"]))
+    for col, vals in facts.get("settings", {}).items():
+        parts.append(f"{col} = {', '.join(map(_fmt, vals))}")
+    for col, val in facts.get("fixed_noise", {}).items():
+        parts.append(f"{col} = {_fmt(val)} in every run")
+    if facts.get("scores"):
+        parts.append("score functions: " + ", ".join(f"{sc} ({', '.join(ls)})" for sc, ls in facts["scores"].items()))
+    if facts.get("k"):
+        parts.append(f"K = {', '.join(map(str, facts['k']))}")
+    if facts.get("groups"):
+        parts.append(f"{', '.join(map(str, facts['groups']))} popularity groups")
+    lo, hi = facts.get("seeds", (0, 0))
+    if hi:
+        count = f"n = {lo}" if lo == hi else f"n = {lo}–{hi}"
+        parts.append(f"seeds per setting {count}" + (": means only, no CI" if hi == 1 else
+                                                      ("; no CI where n = 1" if lo == 1 else "")))
+    if facts.get("epochs"):
+        stops = facts.get("stops") or {}
+        said = {"epoch_cap": "at the epoch cap", "early_stopping": "by early stopping", "time_limit": "at the time limit"}
+        how = ", ".join(f"{v} {said.get(k, 'by ' + k.replace('_', ' '))}" for k, v in stops.items())
+        parts.append(f"epoch cap {', '.join(map(str, facts['epochs']))}" + (f" (stopped: {how})" if how else ""))
+    if facts.get("tuned"):
+        parts.append(facts["tuned"])
+    if facts.get("runs") is None:
+        parts.append("epochs, stop reasons and tuning not recorded in the frame")
+    return "; ".join(parts)
 
 
 # ------------------------------------------------------------------ sweeps
@@ -553,59 +768,93 @@ def plot_noise_families(df: pd.DataFrame, x: str, *, xlabel: str | None = None, 
     return fig
 
 
+#: the fairness metrics figure 12 sets against accuracy, in this order, where the store has them (docs/METRICS.md)
+FAIRNESS_VS_ACCURACY = ("aplt", "recall_cond_cv", "elliot_pop_reo", "exposure_gini")
+
+
+def fairness_accuracy_frame(sweep: Sweep, metrics: Iterable[str] = FAIRNESS_VS_ACCURACY) -> pd.DataFrame:
+    """Figure 12's data: test NDCG@K and fairness metrics of every finished run, long over the fairness metrics.
+
+    Columns ``model``, ``score`` (``model.score``, the score function; ``"default"``
+    where the store has no such column), ``loss``, ``seed``, ``run_dir``,
+    ``accuracy_metric`` (``ndcg@K``, K: `figure_cutoff`, the cutoff the
+    fairness probe measures too), ``accuracy``, ``fairness_metric`` (a name of
+    ``metrics`` present in the store as ``fairness.<name>``, old names migrated,
+    `analysis.fairness.migrate_metric_names`) and ``fairness``.  Raises
+    `MissingData` when the runs have none of ``metrics``.
+    """
+    k = figure_cutoff(sweep, ("ndcg",))
+    done = _with_seed(migrate_metric_names(sweep.done))
+    present = [m for m in metrics if f"fairness.{m}" in done and done[f"fairness.{m}"].notna().any()]
+    if not present:
+        raise MissingData(f"{sweep.path}: its runs have no fairness metrics {list(metrics)} (sweep option "
+                          f"fairness: true)")
+    base = pd.DataFrame({"model": done["model.name"] if "model.name" in done else "default",
+                         "score": done["model.score"].fillna("default") if "model.score" in done else "default",
+                         "loss": done["loss.name"], "seed": done["seed"], "run_dir": done["run_dir"],
+                         "accuracy_metric": f"ndcg@{k}", "accuracy": done[f"test.ndcg@{k}"]})
+    parts = [base.assign(fairness_metric=m, fairness=done[f"fairness.{m}"].to_numpy(dtype=float)) for m in present]
+    return pd.concat(parts, ignore_index=True).dropna(subset=["fairness", "accuracy"]).reset_index(drop=True)
+
+
 # ------------------------------------------------------------------ the registry
 #: how the captions name the cutoff: the figures use the runs' selection cutoff K (`figure_cutoff`)
 K_NOTE = "K: the runs' selection cutoff, train.metric (20 in the shipped specs)"
+#: how every figure aggregates seeds (`plots.seed_ci`; the seeds per point are written under each figure)
+CI_NOTE = "mean over seeds with a 95 % t-CI (none from one seed; n under the figure)"
 
 FIGURES: tuple[Figure, ...] = (
     Figure(1, "fig1-loss-comparison", ("loss-comparison",), accuracy_frame, plot_loss_families,
-           f"Test Recall@K and NDCG@K of each loss per backbone (MF, LightGCN), losses grouped by family "
-           f"(rankrobust.losses.LOSS_FAMILIES); {K_NOTE}."),
+           f"Test Recall@K and NDCG@K of each loss per backbone, losses grouped by family "
+           f"(rankrobust.losses.LOSS_FAMILIES); bars: {CI_NOTE}; {K_NOTE}."),
     Figure(2, "fig2-noisy-positives", ("noisy-positives",),
            functools.partial(noise_frame, axis="noise.pos_ratio"),
            functools.partial(plot_noise_families, x="noise.pos_ratio", xlabel="noisy-positive ratio r"),
            f"Recall@K and NDCG@K against the ratio r of injected noisy positives, one line per loss, one panel "
-           f"per loss family (SL dashed grey as the reference in every panel); {K_NOTE}."),
+           f"per loss family (SL dashed grey as the reference in every panel); {CI_NOTE}; {K_NOTE}."),
     Figure(3, "fig3-noisy-negatives", ("noisy-negatives",),
            functools.partial(noise_frame, axis="noise.neg_prob", split="noise.neg_pool"),
            functools.partial(plot_noise_families, x="noise.neg_prob", xlabel="false-negative probability p",
                              split="noise.neg_pool"),
            "Recall@K and NDCG@K against the false-negative probability p, one line per loss, one panel per loss "
            "family (SL dashed grey as the reference); with both false-negative pools swept, the train pool (a "
-           "user's own training positives) and the heldout pool (10% of them held out of training) side by side, "
-           f"one row each; {K_NOTE}."),
+           "user's own training positives) and the heldout pool (a share noise.heldout_fraction of them held "
+           f"out of training) side by side, one row each; {CI_NOTE}; {K_NOTE}."),
     Figure(4, "fig4-popularity-groups", ("loss-comparison",), group_frame, plot_groups,
-           "Per-popularity-group Recall@K by loss, MF backbone: 10 groups of equal training interactions, "
-           f"0 = tail (analysis.popularity.popularity_groups); needs the sweep option fairness; {K_NOTE}."),
+           "Per-popularity-group Recall@K by loss, MF backbone: groups of equal training interactions, "
+           f"0 = tail (analysis.popularity.popularity_groups); bars: {CI_NOTE}; needs the sweep option fairness; "
+           f"{K_NOTE}."),
     Figure(5, "fig5-variance-epochs", ("variance",), variance_frame, plots.plot_variance_over_epochs,
-           "Sampled-negative score variance and mean positive score over epochs for SL at several temperatures; "
-           "needs the sweep option track_variance."),
+           "Sampled-negative score variance and mean positive score over epochs, one line per temperature tau; "
+           "top: the scores f, bottom: the logits f/tau the softmax sees (Var f / tau^2 and mean f / tau), on "
+           f"which the order of the temperatures can reverse; {CI_NOTE}; needs the sweep option track_variance."),
     Figure(6, "fig6-tau-ratio", ("tau-ratio",), ratio_frame, plot_ratio,
            "NDCG@K of BSL against the ratio tau1/tau2 (code parameter r, mode reweight; r = 1 is SL), "
-           f"per backbone; {K_NOTE}."),
+           f"per backbone; {CI_NOTE}; {K_NOTE}."),
     Figure(7, "fig7-tsne", ("noisy-positives",), tsne_frame, plots.plot_tsne,
-           "t-SNE of item embeddings (MF) for SL and BSL at 0 / 20% / 40% noisy positives, coloured by "
-           "popularity tercile (a third of the catalogue each by clean training count; "
-           "analysis.popularity.popularity_terciles)."),
+           "t-SNE of item embeddings (MF) for SL and BSL at the noisy-positive ratios 0, 0.2 and 0.4 the sweep "
+           "has (one run each, the first finished; no aggregation over seeds), coloured by popularity tercile "
+           "(a third of the catalogue each by clean training count; analysis.popularity.popularity_terciles)."),
     Figure(8, "fig8-dro", ("noisy-positives",), dro_figure_frames, plots.plot_dro_figure,
            "DRO equivalence on a trained SL model: primal vs dual over the KL radius; Q* vs the autograd "
            "gradient of SL's negative term; share of the positive-side gradient on noisy positives for SL "
            "and BSL across noise ratios r. Solid: in training (what the optimiser applied over the best "
            "epoch's batches); dashed: counterfactual on the final embeddings (softmax(f/tau1) over all of a "
            "user's positives at once, which training never applied unless batches grouped a user's "
-           "positives); grey dotted: the noisy fraction uniform weights give. Stores without in-training "
+           "positives); grey dotted: the noisy fraction uniform weights give; shares: " + CI_NOTE + ". The first "
+           "two panels use one run (the SL run with the fewest noisy positives). Stores without in-training "
            "accounting show the counterfactual only, titled so."),
     Figure(9, "fig9-bsl-batching", ("bsl-batching",), batching_frame, plot_batching,
            "BSL's positive side at work, SL vs BSL with shuffled-pair batches (pairs) or user-grouped batches "
-           "(users). Left: test NDCG@K against the noisy-positive ratio r, mean and sd over seeds. Right: "
+           "(users). Left: test NDCG@K against the noisy-positive ratio r, " + CI_NOTE + ". Right: "
            "in-training share of the positive-side gradient on noisy positives at the best epoch, with the "
            "noisy pair fraction dashed (SL's share equals it; BSL can only fall below it when a batch holds "
            f"several positives of a user); r = 0 has no noisy pairs and is left out; {K_NOTE}."),
     Figure(10, "fig10-iid-vs-ood", ("loss-comparison-ood",), ood_frame, plots.plot_iid_vs_ood,
-           "Test NDCG@20 per loss and backbone (MF, LightGCN, XSimGCL) on the given split (IID) and on the "
+           "Test NDCG@K per loss and backbone on the given split (IID) and on the "
            "popularity-shift split (OOD: test interactions drawn with probability proportional to 1/pop(i), "
-           "README: \"XSimGCL and the popularity-shift (OOD) test\"), mean and sd over seeds; right: the OOD/IID "
-           "ratio of the means."),
+           "README: \"XSimGCL and the popularity-shift (OOD) test\"), " + CI_NOTE + "; right: the OOD/IID "
+           f"ratio of the means; {K_NOTE}."),
     Figure(11, "fig11-negative-share", ("noisy-negatives",),
            functools.partial(negative_share.frame, missing=MissingData), negative_share.plot,
            "Share of the negative-side gradient on false negatives (sum of |dL/ds-| over false-negative slots / "
@@ -614,6 +863,14 @@ FIGURES: tuple[Figure, ...] = (
            "grey as the reference, the false-negative slot fraction (uniform weights) dotted; above it a loss "
            "up-weights false negatives. The losses, pools, seeds and run count drawn are printed under the "
            "figure; needs a noisy-negatives sweep run with the gradient-accounting probe (every sweep has it)."),
+    Figure(12, "fig12-fairness-vs-accuracy", ("loss-comparison",), fairness_accuracy_frame,
+           plots.plot_accuracy_vs_fairness,
+           "Fairness at matched accuracy: test NDCG@K (x) against popularity-fairness metrics (y, one row each: "
+           "aplt, recall_cond_cv, elliot_pop_reo, exposure_gini where the store has them; docs/METRICS.md), one "
+           "point per loss at its " + CI_NOTE.replace("a 95 % t-CI", "95 % t-CIs both ways") + ", one panel per "
+           "backbone and score function (losses are compared only under one score function); dashed: the Pareto "
+           "front, the losses no other loss beats on both accuracy and fairness; needs the sweep option "
+           f"fairness; {K_NOTE}."),
 )
 
 
@@ -780,11 +1037,11 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
             print(f"skipped {fig.stem}: needs a {' and a '.join(absent)} sweep folder", file=sys.stderr)
             continue
         try:
-            drawn, sources = fig.draw(sweeps)
+            drawn = fig.render(sweeps)
         except (MissingData, FileNotFoundError, RunFolderError) as err:  # e.g. run files a shipped example omits
             print(f"skipped {fig.stem}: {err}", file=sys.stderr)
             continue
-        written += save_figure(drawn, out, fig.stem, sources, fig.caption)
+        written += save_figure(drawn.figure, out, fig.stem, drawn.sources, drawn.caption)
     update_readme(out / README, figures_readme_block(sweeps, out))
     written.append(out / README)
     return written

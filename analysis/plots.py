@@ -5,9 +5,11 @@ function), builds its own `matplotlib.figure.Figure` (not registered with
 pyplot, so nothing accumulates in pyplot's global figure list, no backend is
 needed and nothing is shown) under a local seaborn style, labels its axes and
 returns it.  Save with ``fig.savefig(path)``; in a notebook the returned figure
-displays itself.  Extra columns are ignored; rows are aggregated by seaborn
-(mean with a standard-deviation band) where several share an x value, e.g.
-several seeds.
+displays itself.  Extra columns are ignored.  Rows that share a drawn point
+(several seeds of one setting) are drawn as their mean with the 95 % t-interval
+over seeds of `analysis.stats.seed_mean_ci` (`seed_ci`; no interval from one
+seed), and every such figure says under its axes how many seeds each point
+has (`annotate_seeds`): "n = 1" figures show means only.
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import seaborn as sns
 import torch
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+
+from analysis.stats import seed_mean_ci
 
 __all__ = [
     "plot_group_recall",
@@ -36,6 +40,11 @@ __all__ = [
     "plot_dro_figure",
     "plot_bsl_batching",
     "plot_iid_vs_ood",
+    "plot_accuracy_vs_fairness",
+    "seed_ci",
+    "seed_counts",
+    "seed_note",
+    "annotate_seeds",
     "IN_TRAINING",
     "COUNTERFACTUAL",
 ]
@@ -84,6 +93,43 @@ def _ratio_ticks(ax: Axes, values: Any) -> None:
         ax.set_xticklabels([f"{t:g}" for t in ticks])
 
 
+def seed_ci(values: Any) -> tuple[float, float]:
+    """seaborn ``errorbar`` callable: the 95 % t-interval over seeds of `analysis.stats.seed_mean_ci`.
+
+    ``values``: the rows of one drawn point (one per seed).  With one seed the
+    interval is (NaN, NaN) and seaborn draws no bar.
+    """
+    _, lo, hi, _ = seed_mean_ci(np.asarray(values, dtype=np.float64))
+    return lo, hi
+
+
+def seed_counts(df: pd.DataFrame, keys: Sequence[str], value: str) -> tuple[int, int]:
+    """(fewest, most) rows with a finite ``value`` per drawn point (a cell of ``keys``): the seeds behind each point."""
+    keys = [k for k in keys if k in df.columns]
+    d = df[np.isfinite(pd.to_numeric(df[value], errors="coerce"))] if value in df.columns else df
+    if d.empty:
+        return 0, 0
+    sizes = d.groupby(keys, dropna=False, observed=True).size() if keys else pd.Series([len(d)])
+    return int(sizes.min()), int(sizes.max())
+
+
+def seed_note(n: tuple[int, int]) -> str:
+    """What the error bars are and how many seeds each point has, e.g. "mean and 95 % t-CI over seeds, n = 3 per point"."""
+    lo, hi = n
+    if hi == 0:
+        return "no data drawn"
+    if hi == 1:
+        return "one seed per point (n = 1): means only, no CI"
+    count = f"n = {lo}" if lo == hi else f"n = {lo}–{hi}"
+    return f"mean and 95 % t-CI over seeds, {count} per point" + ("; no CI where n = 1" if lo == 1 else "")
+
+
+def annotate_seeds(fig: Any, n: tuple[int, int]) -> None:
+    """Write `seed_note` under the figure's axes (kept in ``fig.seed_counts`` for tests and callers)."""
+    fig.text(0.5, -0.01, seed_note(n), ha="center", va="top", fontsize="small", color="dimgrey")
+    fig.seed_counts = n
+
+
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
@@ -95,39 +141,62 @@ def plot_group_recall(df: pd.DataFrame, *, metric_label: str = "Recall@20") -> F
     """Per-popularity-group recall as grouped bars, one colour per loss.
 
     ``df`` columns: ``loss`` (str), ``group`` (int, 0 = tail … G−1 = head), ``recall``
-    (float; several rows per (loss, group), e.g. seeds, are averaged with an sd bar).
+    (float; several rows per (loss, group), e.g. seeds: mean with a 95 % CI bar, `seed_ci`).
     """
     _require(df, ["loss", "group", "recall"], "plot_group_recall")
     with _style():
         fig, (ax,) = _figure(width=7.0)
-        sns.barplot(data=df, x="group", y="recall", hue="loss", errorbar="sd", ax=ax)
+        sns.barplot(data=df, x="group", y="recall", hue="loss", errorbar=seed_ci, ax=ax)
         ax.set_xlabel("item popularity group (0 = tail, high = head)")
         ax.set_ylabel(f"per-group {metric_label}")
         ax.set_title("Recall by popularity group")
         ax.legend(title="loss")
+        annotate_seeds(fig, seed_counts(df, ["loss", "group"], "recall"))
     return fig
 
 
-def plot_variance_over_epochs(df: pd.DataFrame) -> Figure:
-    """Two panels over training epochs, one line per temperature τ.
+def plot_variance_over_epochs(df: pd.DataFrame, *, logits: bool = True) -> Figure:
+    """Score statistics over training epochs, one line per temperature τ, on the score and the logit scale.
 
-    Left: variance of negative scores (``neg_var``); right: mean positive score
-    (``pos_mean``).  ``df`` columns: ``epoch``, ``tau``, ``neg_var``, ``pos_mean``
-    (e.g. `VarianceTracker.to_frame()` with a ``tau`` column added per run).
+    Top row, the scores f the model outputs: variance of sampled-negative
+    scores (``neg_var``) and mean positive score (``pos_mean``).  Bottom row
+    (``logits=True``), the same statistics of the logits f/τ the softmax sees:
+    Var(f/τ) = ``neg_var``/τ² and E(f⁺/τ) = ``pos_mean``/τ.  The two scales can
+    order the temperatures oppositely (a small τ can shrink Var f while Var f/τ
+    grows), so a variance claim must say which scale it is on.  Rows without a
+    finite positive τ are left out of the logit row.  ``df`` columns:
+    ``epoch``, ``tau``, ``neg_var``, ``pos_mean`` (e.g.
+    `VarianceTracker.to_frame()` with a ``tau`` column added per run); several
+    rows per (τ, epoch) (seeds) give the mean with a 95 % CI band (`seed_ci`).
     """
     _require(df, ["epoch", "tau", "neg_var", "pos_mean"], "plot_variance_over_epochs")
     data = df.assign(τ=df["tau"].map(lambda t: f"{t:g}"))
     order = [f"{t:g}" for t in sorted(df["tau"].unique())]
+    tau = pd.to_numeric(df["tau"], errors="coerce")
+    ok = np.isfinite(tau) & (tau > 0)
+    data = data.assign(neg_var_logit=np.where(ok, df["neg_var"] / tau.where(ok) ** 2, np.nan),
+                       pos_mean_logit=np.where(ok, df["pos_mean"] / tau.where(ok), np.nan))
+    rows = [("", "neg_var", "pos_mean", "f")]
+    if logits:
+        rows.append((" in logits", "neg_var_logit", "pos_mean_logit", "f/τ"))
     with _style():
-        fig, (left, right) = _figure(ncols=2)
-        sns.lineplot(data=data, x="epoch", y="neg_var", hue="τ", hue_order=order, errorbar="sd", ax=left)
-        left.set_xlabel("epoch")
-        left.set_ylabel("variance of negative scores")
-        left.set_title("Var of negative scores")
-        sns.lineplot(data=data, x="epoch", y="pos_mean", hue="τ", hue_order=order, errorbar="sd", ax=right)
-        right.set_xlabel("epoch")
-        right.set_ylabel("mean positive score")
-        right.set_title("Mean of positive scores")
+        fig = Figure(figsize=(11.0, 4.0 * len(rows)), layout="constrained")
+        grid = fig.subplots(len(rows), 2, squeeze=False)
+        for (suffix, var_col, mean_col, sym), (left, right) in zip(rows, grid):
+            part = data[data[var_col].notna()]
+            if part.empty:
+                for ax in (left, right):
+                    ax.text(0.5, 0.5, "no finite τ: no logit scale", ha="center", va="center", transform=ax.transAxes)
+                continue
+            sns.lineplot(data=part, x="epoch", y=var_col, hue="τ", hue_order=order, errorbar=seed_ci, ax=left)
+            left.set_xlabel("epoch")
+            left.set_ylabel(f"Var of negative {sym}")
+            left.set_title(f"Var of negative scores{suffix}")
+            sns.lineplot(data=part, x="epoch", y=mean_col, hue="τ", hue_order=order, errorbar=seed_ci, ax=right)
+            right.set_xlabel("epoch")
+            right.set_ylabel(f"mean positive {sym}")
+            right.set_title(f"Mean of positive scores{suffix}")
+        annotate_seeds(fig, seed_counts(df, ["tau", "epoch"], "neg_var"))
     return fig
 
 
@@ -198,9 +267,9 @@ def plot_noisy_gradient_share(df: pd.DataFrame) -> Figure:
     data = df.assign(clean_share=1.0 - df["noisy_share"])
     with _style():
         fig, (left, right) = _figure(ncols=2)
-        sns.lineplot(data=data, x="noise_ratio", y="noisy_share", hue="loss", marker="o", errorbar="sd", ax=left)
-        sns.lineplot(data=data, x="noise_ratio", y="clean_share", hue="loss", marker="o", errorbar="sd", ax=right,
-                     legend=False)
+        sns.lineplot(data=data, x="noise_ratio", y="noisy_share", hue="loss", marker="o", errorbar=seed_ci, ax=left)
+        sns.lineplot(data=data, x="noise_ratio", y="clean_share", hue="loss", marker="o", errorbar=seed_ci,
+                     ax=right, legend=False)
         if "noisy_fraction" in df.columns:
             ref = df.groupby("noise_ratio", as_index=False)["noisy_fraction"].mean()
             left.plot(ref["noise_ratio"], ref["noisy_fraction"], "k--", linewidth=1, label="noisy fraction")
@@ -212,6 +281,7 @@ def plot_noisy_gradient_share(df: pd.DataFrame) -> Figure:
         right.set_xlabel("noisy positive ratio r")
         right.set_ylabel("gradient share on clean positives")
         right.set_title("Clean positives")
+        annotate_seeds(fig, seed_counts(df, ["loss", "noise_ratio"], "noisy_share"))
     return fig
 
 
@@ -221,15 +291,17 @@ def plot_metric_vs_noise(df: pd.DataFrame, metric: str, x: str, *, hue: str = "l
 
     ``df`` columns: ``hue`` (default ``loss``), ``x`` (e.g. ``noise_ratio`` or
     ``neg_prob``), ``metric`` (e.g. ``recall@20``); several rows per point (seeds)
-    give the mean with an sd band.
+    give the mean with a 95 % CI band (`seed_ci`).
     """
     _require(df, [hue, x, metric], "plot_metric_vs_noise")
     with _style():
         fig, (ax,) = _figure()
-        sns.lineplot(data=df, x=x, y=metric, hue=hue, style=hue, markers=True, dashes=False, errorbar="sd", ax=ax)
+        sns.lineplot(data=df, x=x, y=metric, hue=hue, style=hue, markers=True, dashes=False, errorbar=seed_ci,
+                     ax=ax)
         ax.set_xlabel(xlabel or x.replace("_", " "))
         ax.set_ylabel(ylabel or metric)
         ax.set_title(f"{ylabel or metric} vs {xlabel or x.replace('_', ' ')}")
+        annotate_seeds(fig, seed_counts(df, [hue, x], metric))
     return fig
 
 
@@ -274,10 +346,11 @@ def plot_loss_bars(df: pd.DataFrame) -> Figure:
     with _style():
         fig, axes = _figure(ncols=len(metrics))
         for ax, metric in zip(axes, metrics):
-            sns.barplot(data=df[df["metric"] == metric], x="model", y="value", hue="loss", errorbar="sd", ax=ax)
+            sns.barplot(data=df[df["metric"] == metric], x="model", y="value", hue="loss", errorbar=seed_ci, ax=ax)
             ax.set_xlabel("backbone")
             ax.set_ylabel(f"test {metric}")
             ax.set_title(metric)
+        annotate_seeds(fig, seed_counts(df, ["metric", "model", "loss"], "value"))
     return fig
 
 
@@ -285,7 +358,7 @@ def plot_metric_panels(df: pd.DataFrame, x: str, *, xlabel: str | None = None) -
     """One panel per metric of ``value`` against ``x``, one line per loss.
 
     ``df`` columns: ``loss``, ``x``, ``metric``, ``value`` (several rows per point
-    give the mean with an sd band).
+    give the mean with a 95 % CI band, `seed_ci`).
     """
     _require(df, ["loss", x, "metric", "value"], "plot_metric_panels")
     metrics = list(dict.fromkeys(df["metric"]))
@@ -293,10 +366,11 @@ def plot_metric_panels(df: pd.DataFrame, x: str, *, xlabel: str | None = None) -
         fig, axes = _figure(ncols=len(metrics))
         for ax, metric in zip(axes, metrics):
             sns.lineplot(data=df[df["metric"] == metric], x=x, y="value", hue="loss", style="loss", markers=True,
-                         dashes=False, errorbar="sd", ax=ax)
+                         dashes=False, errorbar=seed_ci, ax=ax)
             ax.set_xlabel(xlabel or x)
             ax.set_ylabel(f"test {metric}")
             ax.set_title(metric)
+        annotate_seeds(fig, seed_counts(df, ["metric", "loss", x], "value"))
     return fig
 
 
@@ -309,19 +383,21 @@ def plot_ratio_sensitivity(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
     with _style():
         fig, (ax,) = _figure()
         sns.lineplot(data=df, x="r", y=metric, hue="model", style="model", markers=True, dashes=False,
-                     errorbar="sd", ax=ax)
+                     errorbar=seed_ci, ax=ax)
         ax.axvline(1.0, color="grey", linestyle=":", linewidth=1, label="r = 1 (SL)")
         ax.set_xlabel("τ₁/τ₂ (code parameter r)")
         ax.set_ylabel(f"test {metric}")
         ax.set_title("BSL sensitivity to τ₁/τ₂")
         ax.legend()
+        annotate_seeds(fig, seed_counts(df, ["model", "r"], metric))
     return fig
 
 
 def plot_tsne(df: pd.DataFrame) -> Figure:
     """t-SNE maps of item embeddings: rows = loss, columns = noise ratio, colour = popularity.
 
-    ``df`` columns: ``loss``, ``ratio``, ``x``, ``y``, ``popularity`` (category).
+    ``df`` columns: ``loss``, ``ratio``, ``x``, ``y``, ``popularity`` (category);
+    optional ``seed`` (named in the note under the maps: one run per panel).
     """
     _require(df, ["loss", "ratio", "x", "y", "popularity"], "plot_tsne")
     losses = list(dict.fromkeys(df["loss"]))
@@ -341,6 +417,11 @@ def plot_tsne(df: pd.DataFrame) -> Figure:
                 ax.set_ylabel("t-SNE 2")
                 ax.set_xticks([])
                 ax.set_yticks([])
+        seeds = sorted(pd.Series(df["seed"]).dropna().unique().tolist()) if "seed" in df.columns else []
+        fig.text(0.5, -0.01, "one run per panel (n = 1, no aggregation over seeds)"
+                 + (f"; seed {', '.join(f'{s:g}' for s in seeds)}" if seeds else ""),
+                 ha="center", va="top", fontsize="small", color="dimgrey")
+        fig.seed_counts = (1, 1)
     return fig
 
 
@@ -359,7 +440,7 @@ def plot_dro_figure(primal_dual: pd.DataFrame, q_star: Any, grad: Any, shares: p
     `COUNTERFACTUAL`, the only measure older stores hold.  Optional
     ``noisy_fraction``: the share uniform weights would give, drawn as a grey
     dotted reference (from the in-training rows when there are any).  Several
-    rows per point (seeds) give the mean with an sd band.
+    rows per point (seeds) give the mean with a 95 % CI band (`seed_ci`).
     """
     _require(primal_dual, ["eta", "primal", "dual"], "plot_dro_figure")
     _require(shares, ["loss", "noise_ratio", "noisy_share"], "plot_dro_figure")
@@ -387,6 +468,7 @@ def plot_dro_figure(primal_dual: pd.DataFrame, q_star: Any, grad: Any, shares: p
         c.set_ylabel("gradient share on noisy positives")
         only_cf = set(shares["measure"]) <= {COUNTERFACTUAL}
         c.set_title("Where the positive gradient goes" + (" (counterfactual only)" if only_cf else ""))
+        annotate_seeds(fig, seed_counts(shares, ["loss", "measure", "noise_ratio"], "noisy_share"))
     return fig
 
 
@@ -401,7 +483,7 @@ def _draw_shares(ax: Axes, shares: pd.DataFrame) -> None:
     dashes = {m: ("" if m == IN_TRAINING else (4, 2)) for m in measures}
     markers = {m: ("o" if m == IN_TRAINING else "X") for m in measures}
     sns.lineplot(data=data, x="noise_ratio", y="noisy_share", hue="loss", hue_order=_loss_order(data["loss"]),
-                 style="measure", style_order=measures, dashes=dashes, markers=markers, errorbar="sd", ax=ax)
+                 style="measure", style_order=measures, dashes=dashes, markers=markers, errorbar=seed_ci, ax=ax)
     if "noisy_fraction" in data.columns and data["noisy_fraction"].notna().any():
         ref = data[data["measure"] == measures[0]].dropna(subset=["noisy_fraction"])
         ref = ref.groupby("noise_ratio", as_index=False)["noisy_fraction"].mean()
@@ -419,7 +501,7 @@ def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
     (test accuracy, default ``ndcg@20``), ``noisy_share`` (in-training share of
     the positive-side gradient on noisy positives; NaN at r = 0) and
     ``noisy_fraction`` (share of noisy training pairs; NaN at r = 0).  Several
-    rows per point (seeds) give the mean with ± sd error bars.
+    rows per point (seeds) give the mean with 95 % CI error bars (`seed_ci`).
 
     Left: ``metric`` against r, colour = loss (SL, BSL first), line style and
     marker = batching.  Right: ``noisy_share`` against r (rows with r = 0 or no
@@ -435,14 +517,14 @@ def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
     dashes = {b: ("" if k == 0 else (2, 1.5)) for k, b in enumerate(batchings)}
     markers = {b: m for b, m in zip(batchings, "osD^v<>")}
     style = dict(hue="loss", hue_order=losses, style="batching", style_order=batchings, dashes=dashes,
-                 markers=markers, errorbar="sd", err_style="bars", err_kws={"capsize": 3})
+                 markers=markers, errorbar=seed_ci, err_style="bars", err_kws={"capsize": 3})
     shares = df[(df["noise_ratio"] > 0) & df["noisy_share"].notna()]
     with _style():
         fig, (left, right) = _figure(ncols=2, width=5.4, height=4.3)
         sns.lineplot(data=df, x="noise_ratio", y=metric, ax=left, legend=shares.empty, **style)
         left.set_xlabel("noisy-positive ratio r")
         left.set_ylabel(f"test {metric}")
-        left.set_title("Accuracy (mean ± sd over seeds)")
+        left.set_title("Accuracy (mean, 95 % CI over seeds)")
         _ratio_ticks(left, df["noise_ratio"])
         if shares.empty:
             right.text(0.5, 0.5, "no in-training accounting recorded", ha="center", va="center",
@@ -459,6 +541,7 @@ def plot_bsl_batching(df: pd.DataFrame, metric: str = "ndcg@20") -> Figure:
         right.set_xlabel("noisy-positive ratio r")
         right.set_ylabel("gradient share on noisy positives")
         right.set_title("In training: positive-side gradient")
+        annotate_seeds(fig, seed_counts(df, ["loss", "batching", "noise_ratio"], metric))
     return fig
 
 
@@ -467,7 +550,7 @@ def plot_iid_vs_ood(df: pd.DataFrame, metric: str | None = None) -> Figure:
 
     ``df``: one row per run with columns ``model``, ``loss``, ``split``
     (``IID`` | ``OOD``) and ``metric`` (default: the frame's ``ndcg@K`` column); several rows per
-    bar (seeds) give the mean with ± sd error bars.  Left: one panel per
+    bar (seeds) give the mean with a 95 % CI bar (`seed_ci`; none from one seed).  Left: one panel per
     backbone, bars per loss, IID and OOD side by side.  Right: the OOD/IID
     ratio of the means per loss (one colour per backbone): how much of its
     accuracy a loss keeps when the test items are close to uniform in popularity.
@@ -485,7 +568,7 @@ def plot_iid_vs_ood(df: pd.DataFrame, metric: str | None = None) -> Figure:
         fig, axes = _figure(ncols=len(models) + 1, width=3.6, height=3.8)
         for ax, model in zip(axes, models):
             sns.barplot(data=df[df["model"] == model], x="loss", y=metric, hue="split", order=losses,
-                        hue_order=splits, errorbar="sd", ax=ax, legend=ax is axes[0])
+                        hue_order=splits, errorbar=seed_ci, ax=ax, legend=ax is axes[0])
             ax.set_title(model)
             ax.set_xlabel("loss")
             ax.set_ylabel(f"test {metric}" if ax is axes[0] else "")
@@ -505,4 +588,75 @@ def plot_iid_vs_ood(df: pd.DataFrame, metric: str | None = None) -> Figure:
         last.set_title("OOD / IID")
         last.set_xlabel("loss")
         last.set_ylabel(f"{metric} ratio")
+        annotate_seeds(fig, seed_counts(df, ["model", "loss", "split"], metric))
     return fig
+
+
+def _pareto(points: pd.DataFrame, sign: int) -> pd.DataFrame:
+    """The points no other point beats on both accuracy ``x`` (higher) and fairness ``y`` (``sign`` · y higher)."""
+    keep = []
+    for i, row in points.iterrows():
+        better = points[(points["x"] >= row["x"]) & (sign * points["y"] >= sign * row["y"])
+                        & ((points["x"] > row["x"]) | (sign * points["y"] > sign * row["y"]))]
+        if better.empty:
+            keep.append(i)
+    return points.loc[keep].sort_values("x")
+
+
+def plot_accuracy_vs_fairness(df: pd.DataFrame) -> Figure:
+    """Fairness at matched accuracy: one point per loss, accuracy on x, a fairness metric on y, with CIs both ways.
+
+    ``df``: long form, one row per run and fairness metric, columns ``model``,
+    ``score`` (the score function, ``model.score``: losses are compared only
+    within one backbone and score function), ``loss``, ``accuracy_metric``
+    (e.g. ``ndcg@20``), ``accuracy``, ``fairness_metric`` (a key of
+    `analysis.fairness.FAIRER`, e.g. ``aplt``), ``fairness``.  One panel per
+    (fairness metric, backbone · score function); each loss is drawn at its
+    mean over seeds with the 95 % t-interval of `seed_ci` in both directions
+    (none from one seed) and labelled; the dashed line joins the losses no
+    other loss beats on both accuracy and fairness (the Pareto front), so
+    losses of different accuracy are compared along it rather than by
+    fairness alone.  The y label says which direction is fairer.
+    """
+    from analysis.fairness import FAIRER
+
+    _require(df, ["model", "score", "loss", "accuracy_metric", "accuracy", "fairness_metric", "fairness"],
+             "plot_accuracy_vs_fairness")
+    metrics = list(dict.fromkeys(df["fairness_metric"]))
+    panels = list(dict.fromkeys(zip(df["model"], df["score"])))
+    losses = _loss_order(df["loss"])
+    colours = dict(zip(losses, sns.color_palette("tab20" if len(losses) > 10 else "tab10", len(losses))))
+    acc_name = str(df["accuracy_metric"].iloc[0]) if len(df) else "accuracy"
+    with _style():
+        fig = Figure(figsize=(4.6 * max(len(panels), 1), 3.9 * max(len(metrics), 1)), layout="constrained")
+        grid = fig.subplots(max(len(metrics), 1), max(len(panels), 1), squeeze=False)
+        for r, metric in enumerate(metrics):
+            sign = FAIRER.get(metric, +1)
+            for c, (model, score) in enumerate(panels):
+                ax = grid[r][c]
+                part = df[(df["fairness_metric"] == metric) & (df["model"] == model) & (df["score"] == score)]
+                rows = []
+                for loss, g in part.groupby("loss", sort=False):
+                    mx, xlo, xhi, _ = seed_mean_ci(g["accuracy"].to_numpy(dtype=float))
+                    my, ylo, yhi, _ = seed_mean_ci(g["fairness"].to_numpy(dtype=float))
+                    if not (np.isfinite(mx) and np.isfinite(my)):
+                        continue
+                    rows.append({"loss": loss, "x": mx, "y": my})
+                    xerr = [[mx - xlo], [xhi - mx]] if np.isfinite(xlo) else None
+                    yerr = [[my - ylo], [yhi - my]] if np.isfinite(ylo) else None
+                    ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt="o", color=colours[loss], capsize=3,
+                                markersize=6)
+                    ax.annotate(str(loss), (mx, my), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+                if rows:
+                    front = _pareto(pd.DataFrame(rows), sign)
+                    if len(front) > 1:
+                        ax.plot(front["x"], front["y"], "--", color="grey", linewidth=1, label="Pareto front")
+                        ax.legend(fontsize="x-small", loc="best")
+                else:
+                    ax.text(0.5, 0.5, "no runs with both values", ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(f"{model} · score {score}", fontsize="medium")
+                ax.set_xlabel(f"test {acc_name}")
+                ax.set_ylabel(f"{metric} ({'↑' if sign > 0 else '↓'} fairer)" if c == 0 else "")
+        annotate_seeds(fig, seed_counts(df, ["fairness_metric", "model", "score", "loss"], "fairness"))
+    return fig
+

@@ -49,7 +49,15 @@ def test_plot_variance_over_epochs(tmp_path):
     df = pd.DataFrame([{"epoch": e, "tau": tau, "neg_var": 0.1 / (e * tau), "pos_mean": 1 - 1 / e}
                        for tau in (0.05, 0.1, 0.5) for e in range(1, 11)])
     fig = plots.plot_variance_over_epochs(df)
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 4  # scores on top, logits f/τ below
+    assert [ax.get_title() for ax in fig.axes[2:]] == ["Var of negative scores in logits",
+                                                       "Mean of positive scores in logits"]
+    # the logit row draws Var f / τ² = 0.1 / (e τ³): the smallest τ now has the largest variance
+    ys = [np.asarray(line.get_ydata()) for line in fig.axes[2].lines if len(line.get_ydata()) == 10]
+    want = {tau: [0.1 / (e * tau) / tau ** 2 for e in range(1, 11)] for tau in (0.05, 0.1, 0.5)}
+    for tau, values in want.items():
+        assert any(np.allclose(y, values) for y in ys), tau
+    assert len(plots.plot_variance_over_epochs(df, logits=False).axes) == 2
     _check(fig, tmp_path, "variance")
 
 
