@@ -188,3 +188,34 @@ def test_missing_ray_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(RuntimeError, match=r'pip install "rankrobust\[ray\]"'):
         ray_executor.import_ray()
+
+
+def test_unmet_request_names_the_request_and_the_nodes():
+    from rankrobust.sweeps.executors import unmet_request
+
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0, "memory": 1e9}},
+             {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}}]  # a dead node does not count
+    assert unmet_request({"num_cpus": 2, "num_gpus": 0}, nodes) is None
+    line = unmet_request({"num_cpus": 1, "num_gpus": 0.25}, nodes)
+    assert line == "no node of the cluster can run a cell asking for CPU 1, GPU 0.25 (nodes have: CPU 2, GPU 0)"
+    assert "tpu 1" in unmet_request({"num_cpus": 1, "resources": {"tpu": 1}}, nodes)
+
+
+def test_ray_start_failure_is_one_line(monkeypatch):
+    from rankrobust.sweeps import executors
+
+    class FakeRay:
+        @staticmethod
+        def is_initialized():
+            return False
+
+        @staticmethod
+        def init(**kwargs):
+            raise ConnectionError("raylet gave up waiting for the dashboard agent\nTraceback ...\n  30 more lines")
+
+    monkeypatch.setattr(executors, "import_ray", lambda: FakeRay)
+    with pytest.raises(executors.RayStartError) as err:
+        executors.connect_ray("10.0.0.1:6379")
+    text = str(err.value)
+    assert "\n" not in text and "the cluster at 10.0.0.1:6379" in text and "dashboard agent" in text
+    assert executors.RAY_LOGS in text
