@@ -227,3 +227,24 @@ def test_loss_ignoring_negatives_records_none_end_to_end(tmp_path, monkeypatch):
     lines = accounting_lines(acc)
     assert len(lines) == 2 and "n/a" in lines[1] and "does not read them" in lines[1]
     assert real is not positives_only
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("scorer,bf16", [("gather", False), ("sparse", False), ("dense", True)])
+def test_watched_epoch_has_no_host_sync_on_cuda(scorer, bf16):
+    """Both sides of the accounting on (noisy positives and false negatives): still no host sync per batch."""
+    from rankrobust.probes import ProbeContext
+    from tests.conftest import epoch_without_host_sync
+
+    cfg = config_from_dict({"train": {"device": "cuda", "num_negatives": 64, "scorer": scorer, "bf16": bf16},
+                            "noise": {"neg_prob": 0.2, "pos_ratio": 0.2}})
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    trainer = Trainer(cfg, data, torch.device("cuda"))
+    probe = GradientShareProbe()
+    probe.start(ProbeContext(cfg, data, torch.device("cuda")))
+    trainer.probes = [probe]
+    epoch_without_host_sync(trainer)
+    out = probe.epoch_end(1, trainer.model, {})
+    assert 0 <= out["neg_grad_share_fn"] <= 1 and out["fn_slot_fraction"] == pytest.approx(0.2, abs=0.02)
+    assert 0 <= out["pos_grad_share_noisy"] <= 1
