@@ -859,7 +859,7 @@ FIGURES: tuple[Figure, ...] = (
            functools.partial(negative_share.frame, missing=MissingData), negative_share.plot,
            "Share of the negative-side gradient on false negatives (sum of |dL/ds-| over false-negative slots / "
            "over all slots, at the best epoch, in training) against the false-negative probability p, one line "
-           "per loss (mean and sd over seeds), one panel per loss family and pool (train, heldout); SL dashed "
+           "per loss (mean and 95% t-CI over seeds), one panel per loss family and pool (train, heldout); SL dashed "
            "grey as the reference, the false-negative slot fraction (uniform weights) dotted; above it a loss "
            "up-weights false negatives. The losses, pools, seeds and run count drawn are printed under the "
            "figure; needs a noisy-negatives sweep run with the gradient-accounting probe (every sweep has it)."),

@@ -33,13 +33,14 @@ MATCH = ("data.name", "model.name", "noise.neg_pool", "noise.neg_prob")
 
 def run_rows(store: pd.DataFrame) -> pd.DataFrame:
     """One row per finished run with negative-side accounting: the matching keys, ``loss``, ``seed``,
-    ``share``, ``fraction`` and ``ratio`` = share / fraction.
+    ``share``, ``fraction``, ``ratio`` = share / fraction and ``run_dir`` (so a figure's caption can name
+    the runs it drew, `analysis.figures.caption_facts`).
 
     Runs without the columns (p = 0, runs made before the accounting existed)
     and runs whose loss does not read s⁻ (share recorded as None) give no row.
     """
     if store.empty or SHARE not in store or FRACTION not in store:
-        return pd.DataFrame(columns=[*MATCH, "loss", "seed", "share", "fraction", "ratio"])
+        return pd.DataFrame(columns=[*MATCH, "loss", "seed", "share", "fraction", "ratio", "run_dir"])
     done = store[store["status"] == "done"] if "status" in store else store
     done = done.dropna(subset=[SHARE, FRACTION])
     done = done[done[FRACTION] > 0]
@@ -49,6 +50,7 @@ def run_rows(store: pd.DataFrame) -> pd.DataFrame:
     out["share"] = done[SHARE].astype(float)
     out["fraction"] = done[FRACTION].astype(float)
     out["ratio"] = out["share"] / out["fraction"]
+    out["run_dir"] = done["run_dir"] if "run_dir" in done else None
     return out.reset_index(drop=True)
 
 
@@ -141,8 +143,9 @@ def caption(rows: pd.DataFrame) -> str:
 
 def plot(rows: pd.DataFrame):
     """Share of the negative-side gradient on false negatives against p: one column per loss family, one row per
-    pool (and backbone); a line per loss (mean and sd over seeds), SL dashed grey as the reference in every
-    panel, the false-negative slot fraction (what uniform weights give) dotted black; `caption` under it."""
+    pool (and backbone); a line per loss (mean and 95 % t-CI over seeds, `analysis.plots.seed_ci`), SL dashed
+    grey as the reference in every panel, the false-negative slot fraction (what uniform weights give) dotted
+    black; `caption` and the seeds per point (`analysis.plots.annotate_seeds`) under it."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -171,7 +174,7 @@ def plot(rows: pd.DataFrame):
                                  errorbar=None, ax=ax, label="sl (ref.)")
                 sns.lineplot(data=part[part["loss"].isin(names)], x="noise.neg_prob", y="share", hue="loss",
                              hue_order=names, style="loss", style_order=names, markers=True, dashes=False,
-                             errorbar="sd", ax=ax)
+                             errorbar=plots.seed_ci, ax=ax)
                 where = f"pool = {pool}" + (f" · {model}" if len(models) > 1 and str(model) else "")
                 ax.set_title(f"{fam} · {where}", fontsize="medium")
                 ax.set_xlabel("false-negative probability p")
@@ -180,4 +183,6 @@ def plot(rows: pd.DataFrame):
                 ax.legend(fontsize="x-small", loc="upper left")
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         fig.text(0.01, 0.005, caption(rows), fontsize="x-small", ha="left", va="bottom")
+        plots.annotate_seeds(fig, plots.seed_counts(rows, ["noise.neg_pool", "model.name", "loss", "noise.neg_prob"],
+                                                    "share"))
     return fig

@@ -18,7 +18,8 @@ def fake_store() -> pd.DataFrame:
             for loss, boost in (("sl", 7.0), ("bpr", 2.7), ("dcl", 1.5), ("psl", 5.0)):
                 for seed in (0, 1):
                     row = {"status": "done", "data.name": "lastfm", "model.name": "mf", "noise.neg_pool": pool,
-                           "noise.neg_prob": p, "loss.name": loss, "train.seed": seed}
+                           "noise.neg_prob": p, "loss.name": loss, "train.seed": seed,
+                           "run_dir": f"runs/{pool}-{p}-{loss}-{seed}"}
                     if p > 0:  # p = 0 runs have no negative-side accounting
                         share = boost * p / (boost * p + 1 - p) + 0.001 * seed
                         row.update({SHARE: share, FRACTION: p + 0.0005 * seed})
@@ -63,8 +64,10 @@ def test_figure_entry_draws_with_a_caption_from_the_frame(tmp_path):
     (entry,) = [f for f in FIGURES if f.stem == "fig11-negative-share"]
     assert entry.needs == ("noisy-negatives",)
     sweep = Sweep(Path(tmp_path), "noisy-negatives-lastfm-quick", fake_store())
-    fig, sources = entry.draw({"noisy-negatives": sweep})
+    drawn = entry.render({"noisy-negatives": sweep})
+    fig = drawn.figure
     text = " ".join(t.get_text() for t in fig.texts)
+    assert "32 runs" in drawn.caption and "Drawn:" in drawn.caption  # the registry's caption names the runs drawn
     assert "losses: bpr, dcl, psl, sl; pools: heldout, train; backbones: mf; p: 0.1, 0.3; seeds: 0, 1; n = 32 runs" \
         in text
     assert len(fig.get_axes()) == 2 * 3  # pools × families present (classic, softmax, denoising)
