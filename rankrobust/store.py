@@ -29,6 +29,7 @@ from rankrobust import runs
 from rankrobust.config import SECTIONS, closest
 from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
+from rankrobust.noise import outdated_noise_protocol
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 from rankrobust.stats import (difference_of_drops, format_ci, hierarchical_bootstrap_ci, holm_family,
                               paired_seed_comparison, per_user_pooled_test, seed_mean_ci)
@@ -138,6 +139,21 @@ def stop_reason(metrics: dict[str, Any], epochs_cap: Any) -> str | None:
     return TIME_LIMIT
 
 
+def origin_columns(origin: dict[str, Any] | None) -> dict[str, Any]:
+    """Store columns saying where a run's tuned settings came from (its ``origin.json``); {} for an untuned run.
+
+    ``origin.arm``, ``origin.file`` (the best file), ``origin.study``,
+    ``origin.trial``, ``origin.objective`` and ``origin.value`` (the
+    validation value that selected the settings).
+    """
+    if not isinstance(origin, dict):
+        return {}
+    study = origin.get("origin") if isinstance(origin.get("origin"), dict) else {}
+    return {"origin.arm": origin.get("arm"), "origin.file": origin.get("file"), "origin.study": study.get("study"),
+            "origin.trial": study.get("trial"), "origin.objective": study.get("objective"),
+            "origin.value": study.get("value")}
+
+
 def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     """One store row for a run directory: status, config keys, metrics, timings, warnings.
 
@@ -159,6 +175,7 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     try:
         status = folder.status()
         row["status"] = status or "unfinished"
+        config: dict[str, Any] = {}
         try:
             config = folder.config()
             row.update(flatten(config))
@@ -177,6 +194,8 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
             for key in RUN_KEYS:
                 row[key] = metrics.get(key)
             row["stop_reason"] = stop_reason(metrics, row.get("train.epochs"))
+            row["outdated_protocol"] = outdated_noise_protocol(config, metrics)
+            row.update(origin_columns(folder.origin()))
             row["data_hash"] = recorded_digest(metrics)
             warnings = metrics.get("warnings") or []
             row["warnings"] = " | ".join(map(str, warnings)) if isinstance(warnings, list) else str(warnings)
@@ -280,7 +299,9 @@ def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     digests = frame["data_hash"] if "data_hash" in frame else [None] * n
     other_data = np.array([isinstance(data.get(i), str) and isinstance(d, str) and d != data[i]
                            for i, d in zip(ids, digests)], dtype=bool)
-    return stale, outdated | other_data
+    protocol = frame["outdated_protocol"].fillna(False).astype(bool).to_numpy() if "outdated_protocol" in frame \
+        else np.zeros(n, bool)  # trained on data the current noise protocol prepares otherwise
+    return stale, outdated | other_data | protocol
 
 
 def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:

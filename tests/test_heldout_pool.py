@@ -72,3 +72,6 @@ def test_old_heldout_p0_run_is_redone_by_a_sweep(tmp_path):
     del metrics["training_data"]  # as a run of the old protocol wrote it
     (out / "metrics.json").write_text(json.dumps(metrics))
     assert not is_finished(run, cfg.to_dict())
+    from rankrobust.store import run_row  # results leave it out as outdated, as the sweep redoes it
+
+    assert run_row(out)["outdated_protocol"] is True

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from rankrobust.config import ConfigError
+from rankrobust.store import load_store
 from rankrobust.runs import RunDir, SweepDir
 from rankrobust.sweeps import load_spec, run_sweep
 from tests.test_sweep import tiny_spec
@@ -99,6 +100,8 @@ def test_a_tiny_tuned_sweep_records_the_origin_in_each_run_folder(tmp_path):
     assert origin["file"].endswith("best/mf-sl.yaml")
     assert out.spec()["tuned"]["cells"] == {cell.cell_id: "mf-sl"}
     assert RunDir(tmp_path / "untuned").origin() is None
+    store = load_store(out.path)  # the store says which study and trial each run's settings came from
+    assert store.loc[0, "origin.arm"] == "mf-sl" and store.loc[0, "origin.trial"] == 17
 
 
 def test_a_cell_matching_no_arm_or_two_is_one_line_naming_the_arms(tmp_path):
@@ -151,3 +154,15 @@ def test_a_tuned_setting_that_acts_in_no_cell_is_an_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_spec(tuned_spec(tmp_path, losses=("sl",)))
     assert "loss.tau1 (set in tuned" in one_line(err)
+
+
+def test_the_store_names_the_origin_of_tuned_runs(tmp_path):
+    """A tuned sweep's store has origin.* columns (arm, study, trial, objective); an untuned run has none."""
+    from rankrobust.store import origin_columns
+
+    record = {"arm": "mf-sl", "file": "/t/best/mf-sl.yaml", "settings": {"loss.tau": 0.2},
+              "origin": {"study": "/t/study.db", "trial": 17, "objective": "valid.ndcg@20", "value": 0.41}}
+    assert origin_columns(record) == {"origin.arm": "mf-sl", "origin.file": "/t/best/mf-sl.yaml",
+                                      "origin.study": "/t/study.db", "origin.trial": 17,
+                                      "origin.objective": "valid.ndcg@20", "origin.value": 0.41}
+    assert origin_columns(None) == {}
