@@ -1,0 +1,322 @@
+"""rankrobust.tuning: tune specs, the Optuna engine (pruning, resume, workers), best files, results, Ray Tune."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rankrobust.cli import main
+from rankrobust.config import ConfigError
+from rankrobust.runs import RunDir, read_status
+from rankrobust.tuning.spec import parse_tune_spec
+from rankrobust.tuning.study import TrialResult, TuneDir, make_storage, open_study, run_tune
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_data(folder: Path) -> tuple[str, str]:
+    from rankrobust.data import split_per_user, write_lightgcn
+
+    from conftest import random_interactions
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = split_per_user(random_interactions(50, 80, 0.15, seed=0), (0.8, 0.2), seed=0)
+    write_lightgcn(train, folder / "train.txt")
+    write_lightgcn(test, folder / "test.txt")
+    return str(folder / "train.txt"), str(folder / "test.txt")
+
+
+def spec_doc(tmp_path: Path, losses=("sl",), trials=4, epochs=4, **tune) -> dict:
+    """A tiny tune spec (MF, dim 8, a 50 x 80 dataset, patience 2)."""
+    train, test = write_data(tmp_path / "data")
+    return {"name": "tiny",
+            "base": {"data": {"train_path": train, "test_path": test}, "model": {"name": "mf", "dim": 8},
+                     "train": {"epochs": epochs, "batch_size": 64, "num_negatives": 8, "device": "cpu",
+                               "ks": [5, 20], "patience": 2}},
+            "arms": {"loss.name": list(losses)},
+            "tune": {"trials": trials, **tune}}
+
+
+def studies(out: Path, spec) -> dict:
+    storage = make_storage(TuneDir(out).storage_url)
+    return {arm.label: open_study(spec, arm, storage) for arm in spec.arms}
+
+
+# ----------------------------------------------------------------------------- fake trials (no training)
+def lr_trial(cfg, run_dir: Path, report) -> TrialResult:
+    """Known optimum: valid = -(log10 lr + 2.5)^2, best at lr = 10^-2.5; test favours the opposite end."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    value = -(math.log10(cfg.train.lr) + 2.5) ** 2
+    return TrialResult(valid=value, test=-value, epochs=1)
+
+
+def marking_trial(cfg, run_dir: Path, report) -> TrialResult:
+    """Marks each start in its run folder, sleeps briefly: for worker and resume tests."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "starts", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    for epoch in range(1, 4):
+        time.sleep(0.1)
+        report(cfg.train.lr, epoch)
+    return TrialResult(valid=cfg.train.lr, test=0.0, epochs=3)
+
+
+# ----------------------------------------------------------------------------- spec
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.update(arms={"loss.name": ["sl", "nope"]}), "nope"),
+    (lambda d: d.update(arms={"loss.nam": ["sl"]}), "loss.nam"),
+    (lambda d: d["tune"].update(trials=0), "tune.trials"),
+    (lambda d: d["tune"].update(objective="test.ndcg@20"), "test split"),
+    (lambda d: d["tune"].update(nosie="clean"), "tune.nosie"),
+    (lambda d: d.update(bogus=1), "bogus"),
+    (lambda d: d["base"]["train"].update(patience=0), "train.patience"),
+])
+def test_bad_spec_is_one_clear_line(tmp_path, capsys, change, words):
+    doc = spec_doc(tmp_path)
+    change(doc)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["tune", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
+
+
+def test_empty_search_space_is_refused(tmp_path, capsys):
+    from rankrobust.config import config_from_dict, search_space
+
+    keys = list(search_space(config_from_dict({"loss": {"name": "sl"}})))
+    doc = spec_doc(tmp_path, exclude=keys)
+    with pytest.raises(ConfigError, match="empty search space"):
+        parse_tune_spec(doc)
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    assert main(["tune", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "arm sl: empty search space" in err
+
+
+def test_arms_labels_values_and_trial_base(tmp_path):
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), noise="clean")
+    doc["arms"] = {"model.name": ["mf"], "loss.name": ["sl", "bpr"]}
+    doc["base"]["noise"] = {"pos_ratio": 0.2}
+    spec = parse_tune_spec(doc)
+    assert [a.label for a in spec.arms] == ["mf-sl", "mf-bpr"]
+    sl = spec.arms[0]
+    assert sl.values["loss.name"] == "sl" and sl.values["model.name"] == "mf" and "data.name" in sl.values
+    assert sl.config.train.metric == "ndcg@20" and sl.config.noise.pos_ratio == 0.0  # clean: noise reset
+    assert "loss.tau" in sl.space and "loss.tau" not in spec.arms[1].space  # BPR is never searched over tau
+    doc["tune"]["noise"] = "cell"
+    assert parse_tune_spec(doc).arms[0].config.noise.pos_ratio == 0.2  # cell: the arm's own noise
+
+
+# ----------------------------------------------------------------------------- the engine on fake trials
+def test_toy_objective_optimum_is_found(tmp_path):
+    spec = parse_tune_spec(spec_doc(tmp_path, trials=30, pruner="none", sampler={"n_startup_trials": 8}))
+    out = tmp_path / "out"
+    run_tune(spec, out, progress=False, trial_fn=lr_trial)
+    best = yaml.safe_load((out / "best" / "sl.yaml").read_text())
+    assert abs(math.log10(best["settings"]["train.lr"]) + 2.5) < 0.3
+    assert set(best["settings"]) == set(spec.arms[0].space)
+    assert best["origin"]["objective"] == "valid.ndcg@20" and best["origin"]["direction"] == "maximize"
+    assert best["origin"]["noise"] == "clean" and best["origin"]["study_name"] == "sl"
+    protocol = json.loads((out / "protocol.json").read_text())["arms"]["sl"]
+    assert protocol["budget"] == 30 and protocol["sampler"]["seed"] == 0 and "train.lr" in protocol["space"]
+    trials = studies(out, spec)["sl"].trials
+    assert trials[0].user_attrs.get("prior") and trials[0].params["train.lr"] == 1e-3  # the prior is trial 0
+
+
+def test_selection_never_reads_test(tmp_path):
+    """test = -valid: the test split would pick the worst trial; the best file follows validation."""
+    spec = parse_tune_spec(spec_doc(tmp_path, trials=8, pruner="none"))
+    out = tmp_path / "out"
+    run_tune(spec, out, progress=False, trial_fn=lr_trial)
+    study = studies(out, spec)["sl"]
+    by_valid = max(study.trials, key=lambda t: t.value)
+    by_test = max(study.trials, key=lambda t: t.user_attrs["test_value"])
+    assert by_valid.number != by_test.number
+    best = yaml.safe_load((out / "best" / "sl.yaml").read_text())
+    assert best["origin"]["trial"] == by_valid.number and best["settings"] == by_valid.params
+
+
+def test_pruner_stops_the_clearly_worst_curve(tmp_path):
+    """Trials report a flat curve at their lr: the median pruner stops those below the running median."""
+    spec = parse_tune_spec(spec_doc(tmp_path, trials=10, pruner={"kind": "median", "n_startup_trials": 2,
+                                                                 "n_warmup_steps": 1}))
+    out = tmp_path / "out"
+
+    def curve_trial(cfg, run_dir, report):
+        value = cfg.train.lr
+        for epoch in range(1, 11):
+            if report(value, epoch):
+                return TrialResult(valid=value, pruned=True, epochs=epoch)
+        return TrialResult(valid=value, epochs=10)
+
+    run_tune(spec, out, progress=False, trial_fn=curve_trial)
+    trials = studies(out, spec)["sl"].trials
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and len(pruned) + len(complete) == 10
+    worst = min(trials, key=lambda t: t.params["train.lr"])
+    assert worst.state.name == "PRUNED" and max(worst.intermediate_values) < 10
+
+
+def test_two_workers_share_one_study(tmp_path):
+    spec = parse_tune_spec(spec_doc(tmp_path, losses=("sl", "bpr"), trials=5, pruner="none"))
+    out = tmp_path / "out"
+    run_tune(spec, out, jobs=2, progress=False, trial_fn=marking_trial)
+    for label, study in studies(out, spec).items():
+        finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+        assert len(finished) == 5 and len(study.trials) == 5, label
+        assert len({t.number for t in finished}) == 5
+        folders = sorted((out / "trials" / label).iterdir())
+        assert [f.name for f in folders] == [f"{n:04d}" for n in range(5)]
+        assert all(len((f / "starts").read_text().split()) == 1 for f in folders)  # none ran twice
+        pids = {(f / "starts").read_text().strip() for f in folders}
+        assert len(pids) == 2, f"{label}: trials ran in {pids}"  # both workers took trials
+
+
+def test_kill_and_rerun_continues_the_study(tmp_path):
+    """SIGKILL the driver mid-trial; the rerun marks that trial FAIL, redoes it, and repeats nothing complete."""
+    doc = spec_doc(tmp_path, trials=6, pruner="none")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    script = tmp_path / "drive.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, sys, time
+        sys.path[:0] = [{str(REPO)!r}]
+        from rankrobust.tuning import load_tune_spec
+        from rankrobust.tuning.study import TrialResult, run_tune
+
+        def slow(cfg, run_dir, report):
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "starts", "a") as f:
+                f.write("x\\n")
+            time.sleep(float(os.environ.get("TRIAL_SECONDS", "0.1")))
+            (run_dir / "done").write_text("")
+            return TrialResult(valid=cfg.train.lr, test=0.0, epochs=1)
+
+        run_tune(load_tune_spec({str(spec_path)!r}), {str(out)!r}, progress=False, trial_fn=slow)
+    """))
+    env = {**os.environ, "TRIAL_SECONDS": "0.6", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script)], env=env)
+    deadline = time.time() + 120
+    trials = out / "trials" / "sl"
+    while time.time() < deadline:  # wait for 2 finished trials and a third one started
+        started = [d for d in trials.iterdir() if (d / "starts").exists()] if trials.exists() else []
+        if len([d for d in started if (d / "done").exists()]) >= 2 and any(not (d / "done").exists() for d in started):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    spec = parse_tune_spec(doc)
+    before = {t.number: t.state.name for t in studies(out, spec)["sl"].trials}
+    assert "RUNNING" in before.values() and list(before.values()).count("COMPLETE") >= 2
+    killed = next(n for n, s in before.items() if s == "RUNNING")
+    env["TRIAL_SECONDS"] = "0.01"
+    assert subprocess.run([sys.executable, str(script)], env=env).returncode == 0
+    after = studies(out, spec)["sl"].trials
+    states = {t.number: t.state.name for t in after}
+    assert states[killed] == "FAIL"
+    assert sum(s == "COMPLETE" for s in states.values()) == 6  # the budget, not counting the failed trial
+    assert all(states[n] == "COMPLETE" for n, s in before.items() if s == "COMPLETE")
+    for d in trials.iterdir():  # no trial ran twice
+        assert len((d / "starts").read_text().split()) == 1, d
+    retried = [t for t in after if t.number > killed and t.params == after[killed].params]
+    assert retried, "the killed trial's parameters are tried again"
+
+
+# ----------------------------------------------------------------------------- real training
+def test_tune_command_end_to_end(tmp_path, capsys):
+    """Real tiny trials: run folders, pruning by probe, best file = best valid of metrics.json, results and plots."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=3, epochs=5,
+                   pruner={"kind": "median", "n_startup_trials": 1, "n_warmup_steps": 1})
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    assert main(["tune", str(spec_path), "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "test (label only, not used for selection)" in text and "sl" in text and "bpr" in text
+    spec = parse_tune_spec(doc)
+    for label, study in studies(out, spec).items():
+        assert len([t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]) == 3
+        for t in study.trials:
+            run = RunDir(out / t.user_attrs["run_dir"])
+            assert read_status(run.path) == "done"
+            metrics = run.metrics()
+            assert run.config()["train"]["metric"] == "ndcg@20"
+            if t.state.name == "COMPLETE":
+                assert t.value == pytest.approx(metrics["valid"]["ndcg@20"])
+                assert t.user_attrs["test_value"] == pytest.approx(metrics["test"]["ndcg@20"])
+            else:
+                assert metrics["stop_reason"] == "stopped_by_probe"
+        best = yaml.safe_load((out / "best" / f"{label}.yaml").read_text())
+        assert list(best) == ["arm", "values", "settings", "origin"]
+        assert best["origin"]["value"] == pytest.approx(study.best_value)
+        assert best["origin"]["study"] == str(out.absolute() / "study.db")
+    assert (out / "plots" / "sl-history.png").exists()
+    # a rerun has nothing left to do and changes nothing
+    before = (out / "best" / "sl.yaml").read_text()
+    assert main(["tune", str(spec_path), "--out", str(out), "--quiet"]) == 0
+    assert (out / "best" / "sl.yaml").read_text() == before
+    assert main(["tune-results", str(out), "--no-plots"]) == 0
+    assert main(["tune-results", str(tmp_path)]) == 2
+
+
+def test_pruning_probe_stops_fit_cleanly(tmp_path):
+    from rankrobust.tuning.study import train_trial
+
+    spec = parse_tune_spec(spec_doc(tmp_path, epochs=6))
+    cfg = spec.arms[0].trial_config(spec.arms[0].prior())
+    seen = []
+
+    def report(value, epoch):
+        seen.append(epoch)
+        return epoch == 2
+
+    result = train_trial(cfg, tmp_path / "run", report)
+    assert result.pruned and result.epochs == 2 and seen == [1, 2]
+    assert RunDir(tmp_path / "run").metrics()["stop_reason"] == "stopped_by_probe"
+
+
+def test_shipped_specs_parse():
+    for path in sorted((REPO / "configs" / "tune").glob("*.yaml")):
+        from rankrobust.tuning import load_tune_spec
+
+        spec = load_tune_spec(path)
+        assert spec.arms and spec.trials >= 1, path
+
+
+# ----------------------------------------------------------------------------- Ray Tune
+@pytest.mark.netns
+def test_ray_tune_path_in_process(tmp_path):
+    pytest.importorskip("ray.tune")
+    import ray
+
+    from rankrobust.tuning.ray_tune import run_tune_ray
+
+    doc = spec_doc(tmp_path, losses=("sl",), trials=3, epochs=4,
+                   pruner={"kind": "halving", "min_resource": 1, "reduction_factor": 2})
+    spec = parse_tune_spec(doc)
+    out = tmp_path / "out"
+    ray.init(address="local", num_cpus=2, include_dashboard=False)  # never another session's cluster
+    try:
+        run_tune_ray(spec, out, progress=False)
+    finally:
+        ray.shutdown()
+    study = studies(out, spec)["sl"]
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 3
+    best = yaml.safe_load((out / "best" / "sl.yaml").read_text())
+    assert best["origin"]["value"] == pytest.approx(study.best_value)
+    for t in study.trials:
+        assert (out / t.user_attrs["run_dir"] / "config.json").exists()
