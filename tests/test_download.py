@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import re
 import tarfile
 import threading
 import zipfile
@@ -283,3 +284,116 @@ def test_builtin_ml_members_are_the_local_copy():
     for output in SOURCES["ml"].outputs:
         data = gzip.decompress((local / f"{output.name}.gz").read_bytes())
         assert (sha(data), len(data)) == (output.sha256, output.size)
+
+
+# ----------------------------------------------------------------- issue 25: early end, endless stream, links, --dest
+def test_a_stream_that_ends_early_keeps_its_partial_file_and_says_so(tmp_path, mirror, monkeypatch):
+    """A server closing the connection halfway (a clean EOF, no error) is an interruption, not wrong bytes."""
+    root, sources = mirror
+    real = dl._open_from
+    monkeypatch.setattr(dl, "_open_from", lambda url, offset, timeout: (io.BytesIO(TRAIN[:5_000]), False))
+    with pytest.raises(DownloadError) as info:
+        download_dataset("toy", tmp_path / "data", mirror=root.as_uri(), sources=sources)
+    part = dl._part_path(tmp_path / "data" / "toy", sources["toy"].outputs[0].remote)
+    assert f"interrupted after 5,000 of {len(TRAIN):,} bytes" in str(info.value)
+    assert "run the same command again to resume" in str(info.value) and "wrong --mirror" not in str(info.value)
+    assert part.stat().st_size == 5_000
+    monkeypatch.setattr(dl, "_open_from", real)
+    got = download_dataset("toy", tmp_path / "data", mirror=root.as_uri(), sources=sources)
+    assert got["train.txt"] == len(TRAIN) - 5_000
+
+
+def test_an_endless_stream_is_cut_one_chunk_past_the_expected_size(tmp_path, mirror, monkeypatch):
+    root, sources = mirror
+    reads = []
+
+    class Endless(io.RawIOBase):
+        def read(self, n=-1):
+            reads.append(n)
+            return b"x" * n
+
+    monkeypatch.setattr(dl, "_CHUNK", 4096)
+    monkeypatch.setattr(dl, "_open_from", lambda url, offset, timeout: (Endless(), False))
+    with pytest.raises(DataFormatError, match="the stream went on"):
+        download_dataset("toy", tmp_path / "data", mirror=root.as_uri(), sources=sources)
+    assert sum(reads) <= len(TRAIN) + 2 * 4096  # stopped at the expected size + one chunk
+    assert not list((tmp_path / "data" / "toy").glob("*.part"))
+
+
+def test_a_planted_link_as_partial_file_or_lock_is_refused_never_written(tmp_path, mirror):
+    root, sources = mirror
+    folder = tmp_path / "data" / "toy"
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"precious\n")
+    part = dl._part_path(folder, sources["toy"].outputs[0].remote)
+    part.symlink_to(outside)
+    with pytest.raises(FileExistsError, match=rf"^{re.escape(str(part))} is a symbolic link \(to {outside}\)"):
+        download_dataset("toy", tmp_path / "data", mirror=root.as_uri(), sources=sources)
+    assert outside.read_bytes() == b"precious\n"
+    part.unlink()
+    (folder / ".download.lock").unlink()
+    (folder / ".download.lock").symlink_to(outside)
+    with pytest.raises(FileExistsError, match="download.lock is a symbolic link"):
+        download_dataset("toy", tmp_path / "data", mirror=root.as_uri(), sources=sources)
+    assert outside.read_bytes() == b"precious\n"
+
+
+def test_cli_download_dest_a_file_or_unwritable_is_one_line(tmp_path, mirror, monkeypatch, capsys):
+    root, sources = mirror
+    monkeypatch.setattr(dl, "SOURCES", {**SOURCES, **sources})
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["download", "toy", "--dest", str(afile), "--mirror", root.as_uri()]) == 2
+    assert capsys.readouterr().err == (f"rankrobust download: error: --dest {afile} is a file, not a folder; give a "
+                                       f"folder (NAME/ goes inside it)\n")
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert main(["download", "toy", "--dest", str(tmp_path / "ro"), "--mirror", root.as_uri()]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"rankrobust download: error: cannot write {tmp_path / 'ro' / 'toy'} (Read-only file system); "
+                   f"choose a writable folder with --dest\n")
+
+
+def test_the_mirror_download_gives_files_the_umask_mode(tmp_path):
+    from rankrobust.safe_io import file_mode
+
+    src = tmp_path / "mirror" / "toy"
+    src.mkdir(parents=True)
+    for name in ("train.txt.gz", "test.txt.gz"):
+        (src / name).write_bytes(gzip.compress(b"0 1\n"))
+    folder = dl.download("toy", tmp_path / "data", (tmp_path / "mirror").as_uri(), sha256={
+        n: sha((src / n).read_bytes()) for n in ("train.txt.gz", "test.txt.gz")})
+    assert all((folder / n).stat().st_mode & 0o777 == file_mode() for n in ("train.txt.gz", "test.txt.gz"))
+
+
+class _HalfHandler(_RangeHandler):
+    """Declares the whole file's Content-Length, sends half of it and closes the connection."""
+
+    def do_GET(self):  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(TRAIN)))
+        self.end_headers()
+        self.wfile.write(TRAIN[:len(TRAIN) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.mark.netns  # starts an HTTP server: inside the loopback-only namespace (tests/loopback.py)
+def test_http_server_closing_halfway_keeps_the_partial_file(tmp_path):
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _HalfHandler)
+    except OSError as err:
+        pytest.skip(f"no loopback server here ({err})")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sources = toy_sources()
+        with pytest.raises(DownloadError, match=rf"interrupted after {len(TRAIN) // 2:,} of {len(TRAIN):,} bytes"):
+            download_dataset("toy", tmp_path / "data", mirror=f"http://127.0.0.1:{server.server_port}",
+                             sources=sources)
+    finally:
+        server.shutdown()
+    assert dl._part_path(tmp_path / "data" / "toy", sources["toy"].outputs[0].remote).stat().st_size == len(TRAIN) // 2

@@ -54,6 +54,7 @@ from typing import Callable, Mapping
 
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.hashing import sha256_file
+from rankrobust.safe_io import LinkRefused, file_mode, open_nofollow, refuse_link
 
 __all__ = ["Remote", "Output", "DatasetSource", "SOURCES", "download_dataset", "download", "KNOWN_SHA256",
            "DownloadError"]
@@ -266,48 +267,84 @@ def fetch(url: str, remote: Remote, part: Path, *, timeout: float = 60.0, log: L
 
     Resumes from ``part``'s size (restarting from zero when the server ignores
     the range, or when a resumed file fails verification).  An interrupted
-    transfer keeps ``part`` for the next call and raises `DownloadError`; a
-    complete file whose size or sha256 differs from ``remote`` is deleted and
-    raises DataFormatError naming both digests.
+    transfer (an error, or a stream that ends early after bringing bytes)
+    keeps ``part`` for the next call and raises `DownloadError` saying how far
+    it got; a stream that goes on past ``remote.size`` is cut after one more
+    chunk (an endless stream never fills the disk).  A complete file whose
+    size or sha256 differs from ``remote`` (or a source that ends short and
+    brings nothing more on a resume) is deleted and raises DataFormatError
+    naming both digests.  ``part`` is never written through a symbolic link
+    (`rankrobust.runs.LinkRefused`).
     """
     transferred = 0
     for attempt in range(2):
+        refuse_link(part, "a download")
         offset = part.stat().st_size if part.exists() else 0
         if offset > remote.size:
             offset = 0
             part.unlink()
+        now, declared = 0, None  # bytes brought by this attempt; where the source says it ends
         if offset < remote.size:
             stream, resumed = _open_from(url, offset, timeout)
             if stream is not None:
                 if log:
                     log(f"fetching {url} ({remote.size / 2**20:.1f} MiB"
                         + (f", resuming at {offset / 2**20:.1f} MiB" if resumed and offset else "") + ")")
-                mode = "ab" if resumed else "wb"
+                flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resumed else os.O_TRUNC)
+                start = offset if resumed else 0
+                declared = _declared_end(stream, start)
                 try:
-                    with stream, open(part, mode) as out:
-                        while block := stream.read(_CHUNK):
-                            out.write(block)
-                            transferred += len(block)
+                    with stream, os.fdopen(open_nofollow(part, flags), "wb") as out:
+                        while start + now <= remote.size and (block := stream.read(_CHUNK)):
+                            out.write(block)  # at most one chunk past the expected size, then stop
+                            now += len(block)
                         out.flush()
                         os.fsync(out.fileno())
+                except LinkRefused:
+                    raise
                 except (OSError, urllib.error.URLError, http.client.HTTPException) as err:
+                    transferred += now
                     done = part.stat().st_size if part.exists() else 0
                     raise DownloadError(f"{url}: interrupted after {done:,} of {remote.size:,} bytes "
                                         f"({getattr(err, 'reason', err)}); run the same command again to resume "
                                         f"from {part}") from None
+                transferred += now
         size = part.stat().st_size
+        if size < remote.size and now and (declared is None or size < declared):
+            # the stream ended before the source's end (the server closed the connection early): resumable
+            raise DownloadError(f"{url}: interrupted after {size:,} of {remote.size:,} bytes (the connection "
+                                f"closed early); run the same command again to resume from {part}")
         got = sha256_file(part) if size == remote.size else None
         if got == remote.sha256:
             return transferred
         part.unlink(missing_ok=True)
-        if offset and attempt == 0:  # a stale or foreign partial file: start again from zero
+        if offset and attempt == 0 and size >= remote.size:  # a stale or foreign partial file: start again
             if log:
                 log(f"{part.name}: the resumed file did not verify; fetching it again from the start")
             continue
-        what = f"sha256 {got}" if got else f"{size:,} bytes"
+        what = (f"sha256 {got}" if got else f"more than {remote.size:,} bytes (the stream went on; cut after one "
+                f"more chunk)" if size > remote.size else f"{size:,} bytes")
         raise DataFormatError(url, f"expected {remote.size:,} bytes with sha256 {remote.sha256}, got {what}; the "
                                    f"file was discarded (a changed upstream file or a wrong --mirror)")
     raise AssertionError("unreachable")
+
+
+def _declared_end(stream: io.IOBase, start: int) -> int | None:
+    """Where the source says its bytes end: ``start`` + HTTP Content-Length, a local file's size; None: unknown.
+
+    (urllib returns a clean end of stream when a server closes the connection
+    before its Content-Length: fewer bytes than declared is an interruption.)
+    """
+    headers = getattr(stream, "headers", None)
+    if headers is not None:
+        length = headers.get("Content-Length")
+        return start + int(length) if length and length.isdigit() else None
+    if isinstance(stream, (io.BufferedReader, io.FileIO)):
+        try:
+            return os.fstat(stream.fileno()).st_size
+        except OSError:
+            return None
+    return None
 
 
 # ------------------------------------------------------------------ outputs
@@ -359,7 +396,8 @@ def _write_output(output: Output, fetched: Path, final: Path) -> None:
         raise DataFormatError(final, f"expected {output.size:,} bytes with sha256 {output.sha256} from "
                                      f"{output.member}, got {len(data):,} bytes with sha256 {got}; nothing written")
     tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # the umask applies, as for a plain file
+    Path(tmp).unlink(missing_ok=True)  # a leftover of this pid, or a planted link: removed, never followed
+    fd = open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)  # the umask applies, as for a plain file
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
@@ -402,7 +440,7 @@ def download_dataset(name: str, dest: str | os.PathLike, *, mirror: str | None =
     source = table[name]
     folder = Path(dest).expanduser() / name
     folder.mkdir(parents=True, exist_ok=True)
-    lock = os.open(folder / ".download.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    lock = open_nofollow(folder / ".download.lock", os.O_RDWR | os.O_CREAT)  # a planted link: refused
     try:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -498,6 +536,7 @@ def download(name: str, dest_dir: str | os.PathLike, base_url: str,
             elif got.lower() != want.lower():
                 raise DataFormatError(url, f"sha256 mismatch: expected {want}, got {got}; file discarded")
         for tmp, final in temps:
+            os.chmod(tmp, file_mode())  # mkstemp's 0600 → what a plain file gets
             os.replace(tmp, final)
         temps.clear()
     finally:
