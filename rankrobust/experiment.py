@@ -22,10 +22,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rankrobust.config import DataConfig, RunConfig
+from rankrobust.config import ConfigError, DataConfig, RunConfig
 from rankrobust.data import Dataset, load_dataset, load_files
 from rankrobust.data.identity import FileFingerprint, data_identity
-from rankrobust.data.splits import apply_split
+from rankrobust.data.splits import OOD_TEST_FRACTION, apply_split
 from rankrobust.determinism import Determinism
 from rankrobust.evaluate import ips_metrics
 from rankrobust.losses import groups_positives
@@ -88,8 +88,14 @@ def _read_data(dc: DataConfig) -> Dataset:
     else:
         dataset = load_dataset(dc.name, data_dir=dc.data_dir, valid_fraction=dc.valid_fraction, seed=dc.split_seed,
                                valid_is_test=dc.valid_is_test)
-    return apply_split(dataset, dc.split, test_fraction=dc.ood_test_fraction, valid_fraction=dc.valid_fraction,
-                       seed=dc.split_seed)
+    split = apply_split(dataset, dc.split, test_fraction=dc.ood_test_fraction, valid_fraction=dc.valid_fraction,
+                        seed=dc.split_seed)
+    if split.split is not None and split.test.nnz == 0:  # not the test file's fault: the draw was too small
+        total = dataset.train.union(dataset.valid).union(dataset.test).nnz
+        raise ConfigError(f"data.ood_test_fraction = {dc.ood_test_fraction} draws no test interaction from the "
+                          f"{total:,} interactions (data.split = {dc.split}); raise it (default "
+                          f"{OOD_TEST_FRACTION})")
+    return split
 
 
 def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFrame]:
@@ -237,8 +243,21 @@ def run_experiment(cfg: RunConfig, out: str | Path | None = None, *, device: tor
     run folder (e.g. ``analysis.probes.FairnessProbe``).  On failure the run
     directory gets ``status = failed`` with the traceback and the exception
     propagates.  Raises FileExistsError when ``out`` holds files and not
-    ``overwrite``.
+    ``overwrite``, and `rankrobust.runs.RunLocked` (a FileExistsError naming
+    the holder) at once when another process is writing ``out``: the folder is
+    locked (`RunDir.locked`) from before it is emptied until its status is
+    written.
     """
+    cfg.validate()  # before the folder is created
+    if out is None:
+        return _run_experiment(cfg, None, device=device, progress=progress, overwrite=overwrite, probes=probes)
+    with RunDir(out).locked():
+        return _run_experiment(cfg, out, device=device, progress=progress, overwrite=overwrite, probes=probes)
+
+
+def _run_experiment(cfg: RunConfig, out: str | Path | None, *, device: torch.device | str | None,
+                    progress: bool, overwrite: bool, probes: Sequence[Probe]) -> RunSummary:
+    """`run_experiment`'s work, under the run folder's lock when ``out`` is given."""
     cfg.validate()
     device = resolve_device(cfg.train.device) if device is None else torch.device(device)
     run_dir = RunDir(out) if out is not None else None

@@ -20,13 +20,17 @@ Reading never raises a bare parser error: a damaged or unreadable file raises
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import itertools
 import json
 import os
 import re
+import socket
+import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +38,8 @@ from typing import Any, Iterator
 
 import pandas as pd
 import torch
+
+from rankrobust.safe_io import LinkRefused, file_mode, open_nofollow, refuse_link, umask  # noqa: F401 (re-exported)
 
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
@@ -82,13 +88,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it onto ``path``.
 
     On an exception the temporary file is removed and ``path`` is untouched.
+    The file gets the mode a plain ``open`` would (``0o666`` less the umask,
+    not the temporary file's ``0600``).  A parent folder that is a symbolic
+    link is refused (`LinkRefused`): a planted link would move the write
+    outside the tool's folders.  A link *at* ``path`` is replaced, never
+    followed (``os.replace`` acts on the name).
     """
     path = Path(path)
+    refuse_link(path.parent, "into a folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -211,6 +224,8 @@ class RunDir:
     STATUS = "status"
     #: live progress of a running run (epoch reached), written by sweep cells for the driver's bar
     PROGRESS = "progress.json"
+    #: held (``flock``) by the one process writing the run (`locked`); holds its pid, host and start time
+    LOCK = ".run.lock"
     #: table name → file name (the suffix picks CSV or parquet)
     TABLES: dict[str, str] = {
         "epochs": "epochs.csv",
@@ -238,7 +253,7 @@ class RunDir:
     @classmethod
     def owns(cls, name: str) -> bool:
         """True for a file name `RunDir` writes: one of `file_names` or the temp file of one (``.NAME.*.tmp``)."""
-        if name in cls.file_names():
+        if name in cls.file_names() or name == cls.LOCK:
             return True
         return name.startswith(".") and name.endswith(".tmp") and \
             any(name.startswith(f".{known}.") for known in cls.file_names())
@@ -266,9 +281,10 @@ class RunDir:
         (a user's files, subfolders) is never emptied: FileExistsError naming
         them, and nothing is removed.
         """
+        refuse_link(self.path, "a run")
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"{self.path} is a file, not a folder; choose another --out")
-        if self.path.exists() and any(self.path.iterdir()):
+        if self.path.exists() and any(p.name != self.LOCK for p in self.path.iterdir()):
             if not overwrite and not self._failed_attempt():
                 raise FileExistsError(f"{self.path} already holds files; pass --overwrite or choose another --out")
             foreign = self.foreign_files()
@@ -279,8 +295,55 @@ class RunDir:
                                       f"empty --out")
             clear_status(self.path)  # first: a kill midway leaves an unfinished folder, never a 'done' one
             for entry in self.path.iterdir():
-                entry.unlink(missing_ok=True)
+                if entry.name != self.LOCK:  # held by this writer (`locked`): removing it would free the folder
+                    entry.unlink(missing_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Own the run folder while the block writes it; `RunLocked` at once when another process writes it.
+
+        An exclusive ``flock`` on ``.run.lock`` inside the folder (created,
+        never through a link), released by the kernel however its holder
+        ends; the file names the holder (pid, host, start, command) for the
+        message of a second writer, and is removed on release (a lock taken
+        on a file removed meanwhile is retaken on the new one).  The folder is
+        created when missing.
+        """
+        refuse_link(self.path, "a run")
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"{self.path} is a file, not a folder; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / self.LOCK
+        for _ in range(100):
+            fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunLocked(f"{self.path} is being written by {describe_holder(read_holder(lock), 'run')}; "
+                                f"wait for it to end or choose another --out") from None
+            except OSError:
+                break  # no flock on this file system: best effort, as before
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # its previous holder removed it as we opened it: take the current file
+        else:
+            raise RunLocked(f"{self.path}: could not take {lock}; another process keeps replacing it")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(holder_record()) + "\n").encode(), 0)
+            yield
+        finally:
+            try:
+                lock.unlink(missing_ok=True)  # while held: a waiter that opened it retakes the new file
+            except OSError:
+                pass
+            os.close(fd)
 
     def write_config(self, config_json: str) -> None:
         write_text(self.path / self.CONFIG, config_json.rstrip("\n") + "\n")
@@ -407,6 +470,39 @@ class RunDir:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # zip / unpickling errors of a damaged file
             raise RunFolderError(f"{path} cannot be read ({_first_line(err)}); {self.FIX}") from None
+
+
+class RunLocked(FileExistsError):
+    """The run folder is being written by another process (the message names it: pid, host, since when)."""
+
+
+def holder_record() -> dict[str, Any]:
+    """What a lock file holds about its holder: pid, host, start time and command line."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+            "command": " ".join(sys.argv) or "python"}
+
+
+def read_holder(lock: Path) -> dict[str, Any] | None:
+    """A lock file's holder record (`holder_record`), None when empty, unreadable or a link."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd) as handle:
+            info = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and "pid" in info else None
+
+
+def describe_holder(info: dict[str, Any] | None, what: str) -> str:
+    """``rankrobust run pid 1234 on HOST since 09:12`` (a vaguer text when the record is empty)."""
+    if not info:
+        return f"another rankrobust {what} (it has not written its pid yet)"
+    started = info.get("started")
+    when = ""
+    if isinstance(started, (int, float)):
+        local = time.localtime(started)
+        when = " since " + time.strftime("%H:%M" if local[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", local)
+    return f"rankrobust {what} pid {info.get('pid')} on {info.get('host', '?')}{when}"
 
 
 def _first_line(err: BaseException) -> str:

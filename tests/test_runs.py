@@ -1,3 +1,4 @@
+import os
 import json
 
 import pandas as pd
@@ -183,3 +184,71 @@ def test_a_file_given_for_a_run_folder_names_the_folder_to_pass(tmp_path):
     with pytest.raises(runs.RunFolderError, match=r"sweep\.json is a file, not a sweep folder: pass the folder "
                                                   r"that holds it"):
         runs.SweepDir(sweep.spec_path).spec()
+
+
+# ---------------------------------------------------------------------------- issue 25: links, modes, run lock
+def _umask() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def test_written_files_get_the_umask_mode_not_0600(tmp_path):
+    runs.write_json(tmp_path / "metrics.json", {"a": 1})
+    runs.write_parquet(tmp_path / "t.parquet", pd.DataFrame({"a": [1]}))
+    for name in ("metrics.json", "t.parquet"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_a_symlinked_run_folder_is_refused_never_written_through(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "run").symlink_to(outside)
+    run = runs.RunDir(tmp_path / "run")
+    for write in (lambda: run.fail("boom"), lambda: run.prepare(), lambda: run.write_metrics({}),
+                  lambda: run.locked().__enter__()):
+        with pytest.raises(runs.LinkRefused, match=rf"^{tmp_path / 'run'} is a symbolic link \(to {outside}\)"):
+            write()
+    assert list(outside.iterdir()) == []
+
+
+def test_a_symlinked_sweep_lock_is_refused_and_its_target_kept(tmp_path):
+    from rankrobust.sweeps.runner import locked
+
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me\n")
+    sweep = runs.SweepDir(tmp_path / "out")
+    sweep.path.mkdir()
+    sweep.lock_path.symlink_to(target)
+    with pytest.raises(runs.LinkRefused, match=r"\.sweep\.lock is a symbolic link"):
+        with locked(sweep):
+            pass
+    assert target.read_text() == "keep me\n"
+
+
+def test_a_run_folder_is_locked_while_a_run_writes_it(tmp_path):
+    run = runs.RunDir(tmp_path / "run")
+    with run.locked():
+        with pytest.raises(runs.RunLocked, match=rf"^{tmp_path / 'run'} is being written by rankrobust run pid "
+                                                 rf"{os.getpid()} on .*; wait for it to end or choose another --out"):
+            with run.locked():
+                pass
+        run.prepare(overwrite=True)  # the holder itself prepares the folder: its lock file is kept
+        assert (run.path / runs.RunDir.LOCK).exists()
+    assert list(run.path.iterdir()) == []  # released: the lock file is gone
+    with run.locked():  # and can be taken again
+        pass
+
+
+def test_a_second_train_into_a_locked_run_folder_stops_at_once(tmp_path):
+    from rankrobust.config import config_from_dict
+    from rankrobust.experiment import run_experiment
+
+    run = runs.RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.write_config('{"mine": true}')
+    run.finish()
+    with run.locked():  # another process writing it
+        with pytest.raises(runs.RunLocked):
+            run_experiment(config_from_dict({"train": {"epochs": 1}}), run.path, progress=False, overwrite=True)
+    assert run.config() == {"mine": True} and run.status() == "done"  # untouched

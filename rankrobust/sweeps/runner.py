@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rankrobust.config import ConfigError, closest
 from rankrobust.data.identity import current_digest
-from rankrobust.runs import STATUS_DONE, RunDir, SweepDir
+from rankrobust.runs import STATUS_DONE, RunDir, SweepDir, open_nofollow, refuse_link
 from rankrobust.store import write_store
 from rankrobust.sweeps.cell import is_finished
 from rankrobust.sweeps.executors import CONNECT, EXECUTORS
@@ -160,10 +160,13 @@ def locked(sweep: SweepDir) -> Iterator[None]:
     without ``flock`` (some network file systems) the file decides, best
     effort: a live process on this host, or any process on another host (its
     liveness cannot be checked from here), keeps the folder; a dead one's file
-    is taken over.
+    is taken over.  A lock file, sweep folder or ``runs/`` that is a symbolic
+    link is refused (`rankrobust.runs.LinkRefused`), never written through.
     """
+    refuse_link(sweep.path, "a sweep")
     sweep.path.mkdir(parents=True, exist_ok=True)
-    fd = os.open(sweep.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    refuse_link(sweep.runs_path, "a sweep's runs")  # a planted link would put every run elsewhere
+    fd = open_nofollow(sweep.lock_path, os.O_RDWR | os.O_CREAT)  # a planted link is refused, never truncated
     held = False
     try:
         try:
@@ -260,6 +263,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown executor {executor!r}{closest(executor, EXECUTORS)}; choose one of {list(EXECUTORS)}")
     sweep = SweepDir(Path(out).expanduser().absolute())  # tasks may run in another working directory
+    held = [n for n in (RunDir.CONFIG, RunDir.METRICS, RunDir.STATUS) if (sweep.path / n).is_file()]
+    if held:  # a `rankrobust train --out` folder: a sweep inside it would mix its files with the run's
+        raise ConfigError(f"--out {sweep.path} is a single run folder (it holds {held[0]}), not a sweep folder; "
+                          f"choose another --out for the sweep")
     if executor in CONNECT:
         CONNECT[executor](address)  # before the signal handlers below: ray.init replaces them with its own
     with locked(sweep), sigterm_stops():
