@@ -50,7 +50,8 @@ from rankrobust.scoring import SCORERS
 
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
            "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
-           "prune_inapplicable", "SECTIONS", "Searched", "search_space", "PATH_KEYS", "with_absolute_paths"]
+           "prune_inapplicable", "SECTIONS", "Searched", "search_space", "PATH_KEYS", "with_absolute_paths",
+           "load_yaml", "yaml_problem", "YAML_MAX_NODES"]
 
 
 def _dataset_name(value: Any) -> str | None:
@@ -109,6 +110,9 @@ class DataConfig:
     def validate(self) -> None:
         if self.train_path is not None and self.test_path is None:
             raise ConfigError("data.train_path is set but data.test_path is not")
+        if self.split != "popularity" and self.ood_test_fraction != OOD_TEST_FRACTION:
+            raise ConfigError(f"data.ood_test_fraction = {self.ood_test_fraction} acts only with data.split = "
+                              f"popularity (here {self.split!r}); add --split popularity or remove it")
 
 
 @dataclass
@@ -521,9 +525,11 @@ def read_config_tree(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} is not a file (a folder?); give the path of a YAML config")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}; fix the file") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
     try:
         config_from_dict(data)
     except ConfigError as err:
@@ -548,11 +554,91 @@ def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse ``key=value`` with a YAML value (``train.ks=[10,20]``, ``loss.tau=0.1``)."""
+    """Parse ``key=value`` with a YAML value (``train.ks=[10,20]``, ``loss.tau=0.1``).
+
+    A value that is not plain YAML (``train.lr=[``, a ``!!python/…`` tag)
+    is one ConfigError line naming the key and the fix.
+    """
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} must look like section.key=value")
-    return key.strip(), yaml.safe_load(raw)
+    try:
+        return key.strip(), load_yaml(raw, f"--set {key.strip()}")
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {text}: the value of {key.strip()} is not a plain YAML value "
+                          f"({yaml_problem(err)}); write a number, word, true/false or [list], quoting text that "
+                          f"holds YAML characters (--set '{key.strip()}=\"...\"')") from None
+
+
+#: the most values (scalars, lists, mappings) a YAML document may expand to, an alias counting at every use: a
+#: config or spec holds hundreds; a few hundred bytes of nested aliases ("billion laughs") would expand to billions
+YAML_MAX_NODES = 100_000
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in a few words with its line (``expected ',' or ']', but got '<stream end>' at line 1``)."""
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    if "constructor for the tag" in problem:
+        problem = f"{problem}: YAML tags such as !!python/... are not read"
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}" if mark is not None else problem
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """The data of one YAML document, read with the safe loader and bounded: the one YAML reader of rankrobust.
+
+    Before anything is built, the document's node graph is measured as it
+    would expand (each alias counting its whole target at every use): more
+    than `YAML_MAX_NODES` values, an alias that refers to itself, or nesting
+    too deep to measure is one ConfigError line naming ``where`` (a file, a
+    ``--set`` key), so a few hundred bytes of nested aliases cannot take the
+    CPU and memory of what later walks the data.  A malformed document
+    raises yaml.YAMLError (callers name the file).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _bounded(node, where)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{where}: the YAML document is nested too deeply; flatten it") from None
+    finally:
+        loader.dispose()
+
+
+def _bounded(root: "yaml.Node", where: str) -> None:
+    """ConfigError when ``root`` expands to more than `YAML_MAX_NODES` values or holds a recursive alias."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: "yaml.Node") -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError(f"{where}: a YAML alias refers to a node that contains it (a recursive anchor); "
+                              f"write the values out")
+        active.add(key)
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child)
+            if total > YAML_MAX_NODES:
+                raise ConfigError(f"{where}: the YAML document expands to more than {YAML_MAX_NODES:,} values "
+                                  f"through its aliases (*name); a config or spec needs far fewer: write the "
+                                  f"values out or use fewer aliases")
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 # --------------------------------------------------------------------------- flags

@@ -82,3 +82,52 @@ def test_a_boolean_override_that_is_not_one_names_the_value(text, shown):
     key, value = parse_override(f"train.bf16={text}")
     with pytest.raises(ConfigError, match=f"train.bf16 must be true or false, got {shown}"):
         config_from_dict({"train": {"bf16": value}})
+
+
+# ---------------------------------------------------------------------------- issue 25: bounded YAML, --set, ood
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+
+
+def test_billion_laughs_config_is_one_line_within_a_second(tmp_path, capsys):
+    import time
+
+    from rankrobust.cli import main
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS)
+    assert len(LAUGHS) < 400
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match="expands to more than 100,000 values"):
+        load_config(path)
+    assert time.perf_counter() - start < 1.0
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"rankrobust train: error: {path}: the YAML document expands to more than 100,000 values through "
+                   f"its aliases (*name); a config or spec needs far fewer: write the values out or use fewer "
+                   f"aliases\n")
+
+
+def test_a_recursive_alias_is_refused(tmp_path):
+    path = tmp_path / "loop.yaml"
+    path.write_text("train: &t {ks: [5, *t]}\n")
+    with pytest.raises(ConfigError, match="recursive anchor"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("train.lr=[", "expected the node content, but found '<stream end>' at line 1"),
+    ("train.lr=!!python/object/apply:os.system [ls]", "YAML tags such as !!python/... are not read"),
+])
+def test_set_with_bad_yaml_is_one_line_naming_the_key(text, problem):
+    with pytest.raises(ConfigError) as info:
+        parse_override(text)
+    assert str(info.value).startswith(f"--set {text}: the value of train.lr is not a plain YAML value (")
+    assert problem in str(info.value) and "\n" not in str(info.value)
+
+
+def test_ood_test_fraction_without_the_popularity_split_is_refused():
+    with pytest.raises(ConfigError, match=r"^data.ood_test_fraction = 0.3 acts only with data.split = popularity "
+                                          r"\(here 'given'\); add --split popularity or remove it$"):
+        config_from_dict({"data": {"ood_test_fraction": 0.3}})
+    config_from_dict({"data": {"ood_test_fraction": 0.3, "split": "popularity"}})

@@ -85,3 +85,38 @@ def test_record_lists_every_cell_with_its_config_hash(tmp_path):
 def test_unreadable_spec_path_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot be read"):
         load_spec(tmp_path)  # a folder, not a file
+
+
+# ---------------------------------------------------------------------------- issue 25: bounded YAML, same-config cells
+def test_billion_laughs_spec_is_one_line_within_a_second(tmp_path):
+    import time
+
+    from tests.test_config import LAUGHS
+
+    path = tmp_path / "laughs.yaml"
+    path.write_text(LAUGHS)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=rf"^sweep spec {path}: the YAML document expands to more than 100,000"):
+        load_spec(path)
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("seeds", [0.5, "0", [0, 1.5], [], [True]])
+def test_seeds_that_are_not_whole_numbers_are_one_line(seeds):
+    with pytest.raises(ConfigError, match=r"seeds must be a whole number or a non-empty list of whole numbers"):
+        parse_spec({"name": "s", "grid": {"loss.name": ["sl"]}, "seeds": seeds})
+
+
+def test_cells_that_resolve_to_the_same_config_run_once(tmp_path):
+    """loss.tau acts for SL and not for BPR: the two BPR cells of each seed are one config, so one cell."""
+    data = {"name": "s", "grid": {"loss.name": ["sl", "bpr"], "loss.tau": [0.1, 0.2]}, "seeds": [0, 1]}
+    with pytest.warns(UserWarning, match=r"loss.tau does not act in some cells .* 2 cell\(s\) resolve to the same "
+                                         r"config as another and run once, as that cell \(e.g. "
+                                         r"loss.name=bpr__loss.tau=0.2__seed=0 is loss.name=bpr__loss.tau=0.1__seed=0\)"):
+        spec = parse_spec(data)
+    ids = [c.cell_id for c in spec.cells]
+    assert ids == [cell_id({"loss.name": "sl", "loss.tau": t}, s) for t in (0.1, 0.2) for s in (0, 1)] + \
+        [cell_id({"loss.name": "bpr", "loss.tau": 0.1}, s) for s in (0, 1)]
+    hashes = [c.config.to_dict() for c in spec.cells]
+    assert all(hashes.count(h) == 1 for h in hashes)  # every config once
+    assert set(spec.record()["cells"]) == set(ids)  # the other BPR folder would be stale: left out of results

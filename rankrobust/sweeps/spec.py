@@ -51,8 +51,8 @@ from typing import Any
 
 import yaml
 
-from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config_from_dict, prune_inapplicable,
-                               read_config_tree, set_dotted, with_absolute_paths)
+from rankrobust.config import (SECTIONS, ConfigError, RunConfig, closest, config_from_dict, load_yaml,
+                               prune_inapplicable, read_config_tree, set_dotted, with_absolute_paths, yaml_problem)
 from rankrobust.runs import cell_id, config_hash
 
 __all__ = ["Cell", "SweepSpec", "TunedArm", "cell_id", "load_spec", "load_tuned", "parse_spec"]
@@ -170,7 +170,7 @@ def _dotted_keys(mapping: Any, what: str, path: Path) -> dict[str, Any]:
 def _read_best(path: Path) -> TunedArm:
     """One best file (`BEST_KEYS`); a malformed one is one ConfigError line naming it."""
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), str(path))
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path} cannot be read ({getattr(err, 'strerror', None) or err}); rerun the tuning "
                           f"or remove the file") from None
@@ -307,7 +307,37 @@ def _expand(spec: SweepSpec) -> list[Cell]:
     ids = [c.cell_id for c in cells]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"sweep {spec.name}: grid values give duplicate cell ids")
-    return cells
+    return _distinct(spec, cells)
+
+
+def _distinct(spec: SweepSpec, cells: list[Cell]) -> list[Cell]:
+    """``cells`` with those that resolve to the config of an earlier cell left out (one run per config), warning.
+
+    A grid axis that acts only in some cells (``loss.tau`` × ``loss.name: [sl,
+    bpr]``: BPR takes no temperature) gives cells whose resolved configs
+    (`RunConfig.to_dict`, compared as `config_hash`) are equal; running each
+    would train the same run twice and count one seed as two.  The first such
+    cell (spec order) is kept under its own id; the warning names the axes that
+    did not act and an example pair.  Tuned cells compare with their origin.
+    """
+    first: dict[tuple[str, str], Cell] = {}
+    kept: list[Cell] = []
+    dropped: list[tuple[Cell, Cell]] = []
+    for cell in cells:
+        key = (config_hash(cell.config.to_dict()), config_hash({"origin": cell.origin}))
+        if key in first:
+            dropped.append((cell, first[key]))
+        else:
+            first[key] = cell
+            kept.append(cell)
+    if dropped:
+        axes = sorted({k for cell, same in dropped for k in cell.values if cell.values[k] != same.values.get(k)})
+        cell, same = dropped[0]
+        warnings.warn(f"sweep {spec.name}: {', '.join(axes)} does not act in some cells (their entries do not take "
+                      f"it), so {len(dropped)} cell(s) resolve to the same config as another and run once, as that "
+                      f"cell (e.g. {cell.cell_id} is {same.cell_id}); results count each config once",
+                      stacklevel=3)
+    return kept
 
 
 def _cell_tree(spec: SweepSpec, settings: dict[str, Any], values: dict[str, Any], rules: list[int]) -> dict[str, Any]:
@@ -369,7 +399,11 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise ConfigError(f"{where}options.max_concurrent must be a whole number >= 1 (tasks in flight), got {cap!r}")
     seeds = data.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    seeds = [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else seeds
+    if not isinstance(seeds, list) or not seeds or \
+            any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ConfigError(f"{where}seeds must be a whole number or a non-empty list of whole numbers (seeds: [0, 1, "
+                          f"2]), got {seeds!r}")
     try:
         spec = SweepSpec(name=str(data.get("name") or (source.stem if source else "sweep")),
                          base=_base_tree(data.get("base") or {}, source), grid=grid, seeds=seeds,
@@ -397,10 +431,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not path.exists():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), f"sweep spec {path}")
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"sweep spec {path} cannot be read ({getattr(err, 'strerror', None) or err}); "
                           f"pass a sweep spec YAML file") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}; fix the spec") from None
     return parse_spec(data, path)
