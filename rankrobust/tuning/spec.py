@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from rankrobust.config import ConfigError, RunConfig, Searched, closest, config_from_dict, prune_inapplicable, \
-    search_space, set_dotted
+    search_space, set_dotted, load_yaml
 from rankrobust.evaluate import METRIC_NAMES
 
 __all__ = ["Arm", "TuneSpec", "load_tune_spec", "parse_tune_spec", "SPEC_KEYS", "TUNE_KEYS", "PRUNERS"]
@@ -284,7 +284,7 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
         raise ConfigError(f"tune spec {path} {'is not a file' if path.exists() else 'does not exist'}; "
                           f"pass a tune spec YAML (see configs/tune/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(), f"tune spec {path}")  # bounded (rankrobust.config.load_yaml)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"tune spec {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
     except yaml.YAMLError as err:
