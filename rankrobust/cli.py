@@ -202,12 +202,21 @@ def cmd_download(args: argparse.Namespace) -> int:
               f"download. (--source fetches the upstream split it is built from: {source.origin}.)")
         return 0
     dest = Path(args.dest or os.environ.get(ENV_VAR) or "data")
+    if dest.exists() and not dest.is_dir():
+        raise ConfigError(f"--dest {dest} is a file, not a folder; give a folder (NAME/ goes inside it)")
     print(f"{name}: {source.origin}")
     print(f"terms: {source.terms}")
     try:
         download_dataset(name, dest, mirror=args.mirror, log=print)
-    except DownloadError as err:
+    except (DownloadError, FileExistsError) as err:  # FileExistsError: a held folder or a planted link
         print(f"rankrobust download: error: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # a read-only mount, no permission, a full disk, a file on the way
+        where = err.filename or dest
+        print(f"rankrobust download: error: cannot write {where} ({err.strerror or err}); choose a writable "
+              f"folder with --dest", file=sys.stderr)
         return 2
     folder = dest / name
     print(f"{name} is ready in {folder} ({', '.join(o.name for o in source.outputs)}, sha256 verified)")
@@ -218,12 +227,21 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train one config; SIGTERM stops it like Ctrl-C: its run folder says ``failed`` (stopped by SIGTERM), exit 143."""
     from analysis.probes import accounting_lines, probes_for
     from rankrobust.experiment import run_experiment
+    from rankrobust.sweeps.runner import SweepTerminated, sigterm_stops
 
     cfg = train_config(args)
     probes = probes_for(fairness=args.fairness, track_variance=args.track_variance)
-    summary = run_experiment(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, probes=probes)
+    try:
+        with sigterm_stops():  # the run folder's status records the stop (`run_experiment`), so a rerun may replace it
+            summary = run_experiment(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, probes=probes)
+    except SweepTerminated:
+        kept = f"; {args.out} is marked failed (stopped by SIGTERM): rerun the same command to run it again" \
+            if args.out else ""
+        print(f"rankrobust train: stopped by SIGTERM{kept}", file=sys.stderr)
+        return 143
     m = summary.metrics
     print(metrics_table({"valid" + (" (= test, leaky)" if m["leaky_validation"] else ""): m["valid"],
                          "test": m["test"]}))
@@ -330,7 +348,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (EPOCH_CAP, arm_label, capped_warning, compare_drops, compare_runs,
+    from rankrobust.store import (EPOCH_CAP, arm_label, capped_warning, cells_progress, compare_drops, compare_runs,
                                   compare_runs_per_user, format_summary, grid_axes, load_store, main_metrics,
                                   missing_cutoff, noise_axis, parse_arm, selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
@@ -341,6 +359,9 @@ def _results(args: argparse.Namespace) -> int:
     axes = grid_axes(folder, frame)
     counts = frame["status"].value_counts().to_dict()
     print(f"{args.dir}: {len(frame)} runs " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    progress = cells_progress(folder, frame)
+    if progress:
+        print(f"note: {progress}")
     owner = running_owner(SweepDir(folder))
     if owner:
         print(f"note: {describe_owner(owner)} is still writing this folder; the numbers may change")
@@ -350,10 +371,13 @@ def _results(args: argparse.Namespace) -> int:
     if lacking:
         print(f"warning: {lacking}; pass --metric test.recall@K with one of those")
     for metric in args.metric or ():
-        if metric not in frame.columns:
-            known = sorted(c for c in frame.columns if c.startswith(("test.", "valid.", "fairness.", "gradient_")))
-            raise ConfigError(f"--metric {metric!r} is not a column of the store{closest(metric, known)}; "
-                              f"columns: {', '.join(known[:20])}{' …' if len(known) > 20 else ''}")
+        if metric not in frame.columns or not pd.api.types.is_numeric_dtype(frame[metric]) \
+                or pd.api.types.is_bool_dtype(frame[metric]):
+            known = sorted(c for c in frame.columns if c.startswith(("test.", "valid.", "fairness.", "gradient_"))
+                           and pd.api.types.is_numeric_dtype(frame[c]))
+            what = "not a numeric metric column" if metric in frame.columns else "not a column"
+            raise ConfigError(f"--metric {metric!r} is {what} of the store{closest(metric, known)}; "
+                              f"metrics: {', '.join(known[:20])}{' …' if len(known) > 20 else ''}")
     print(format_summary(summarize(frame, axes, tuple(args.metric or main_metrics(frame)))))
     done = frame[frame["status"] == "done"]
     capped = int((done.get("stop_reason", pd.Series(dtype=object)) == EPOCH_CAP).sum())
@@ -420,6 +444,15 @@ def _warn_capped(line: str | None) -> None:
 def cmd_figures(args: argparse.Namespace) -> int:
     from analysis.figures import make_figures
 
+    from rankrobust.store import cells_progress, load_store
+
+    for folder in args.dirs:  # a sweep with cells not run (yet): say so before drawing what there is
+        try:
+            progress = cells_progress(Path(folder), load_store(folder))
+        except (OSError, ValueError):
+            progress = None  # make_figures reports an unreadable folder itself
+        if progress:
+            print(f"note: {folder}: {progress}", file=sys.stderr)
     made = make_figures([Path(d) for d in args.dirs], Path(args.out), only=args.only)
     for path in made:
         print(path)

@@ -43,7 +43,8 @@ EVAL_BLOCKS = 3
 #: how to shrink what one config key sizes
 FIXES = {"model.dim": "lower model.dim (--dim)", "train.batch_size": "lower train.batch_size (--batch-size)",
          "train.num_negatives": "lower train.num_negatives (--negatives)",
-         "train.eval_chunk": "lower train.eval_chunk (--set train.eval_chunk=N)"}
+         "train.eval_chunk": "lower train.eval_chunk (--set train.eval_chunk=N)",
+         "model.layers": "lower model.layers (--layers)"}
 
 
 @dataclass(frozen=True)
@@ -88,12 +89,15 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
     rows = n_users + n_items
     blocks = []
     layers = getattr(opts, "layers", None)
-    emb = rows * dim * FLOAT * (EMBEDDING_COPIES + (2 * (layers + 1) if layers is not None else 0))
     blocks.append(MemoryBlock(("model.dim",), (dim,),
                               f"the embedding tables ({n_users:,} users + {n_items:,} items) with their gradients, "
-                              f"optimiser state and copies" + (f" and {layers + 1} propagated layers"
-                                                                if layers is not None else ""),
-                              emb, "lower model.dim (--dim)"))
+                              f"optimiser state and copies", rows * dim * FLOAT * EMBEDDING_COPIES,
+                              "lower model.dim (--dim)"))
+    if layers is not None:  # LightGCN: its own block, so a huge model.layers is named, not model.dim
+        blocks.append(MemoryBlock(("model.layers", "model.dim"), (int(layers), dim),
+                                  f"the {int(layers) + 1:,} propagated layers of the [{rows:,} × {dim:,}] embedding "
+                                  f"tables with their gradients", rows * dim * FLOAT * 2 * (int(layers) + 1),
+                                  "lower model.layers (--layers) or model.dim (--dim)"))
     b = max(1, min(int(tc.batch_size), int(n_pairs)))
     kind = negative_kind(tc.sampler)
     if kind == "in_batch":
@@ -113,8 +117,11 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
         if scorer == "dense":
             blocks.append(MemoryBlock(("train.batch_size",), (int(tc.batch_size),),
                                       f"one batch's [{b:,} × {n_items:,}] dense score blocks (train.scorer = dense)",
-                                      dense_bytes(b, n_items) + b * m * INDEX,
-                                      "lower train.batch_size (--batch-size) or set train.scorer=sparse"))
+                                      dense_bytes(b, n_items), "lower train.batch_size (--batch-size) or set "
+                                                               "train.scorer=sparse"))
+            blocks.append(MemoryBlock(("train.num_negatives", "train.batch_size"), (m, int(tc.batch_size)),
+                                      f"one batch's [{b:,} × {m:,}] sampled negative ids", b * m * INDEX,
+                                      f"lower train.num_negatives (--negatives; the catalog has {n_items:,} items)"))
         elif scorer == "sparse":  # CSR pattern: column ids, COO row ids, scores and their gradient
             blocks.append(MemoryBlock(("train.batch_size", "train.num_negatives"), (int(tc.batch_size), m),
                                       f"one batch's [{b:,} × {m + 1:,}] sparse score pattern (train.scorer = sparse)",

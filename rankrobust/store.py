@@ -256,12 +256,46 @@ def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFra
     for column in BASE_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
-    frame["run_dir"] = [str(folder / d) for d in frame["run_dir"]]  # relative to the sweep folder
+    frame["run_dir"] = [_run_path(folder, d) for d in frame["run_dir"]]
     _fill_stop_reason(frame)
     stale, outdated = _not_current(folder, frame)
     if include_stale:
         return frame.assign(stale=stale, outdated=outdated)
     return frame[~(stale | outdated)].reset_index(drop=True)
+
+
+def cells_progress(folder: str | Path, frame: pd.DataFrame) -> str | None:
+    """``3 of 4 cells done; missing: <cell ids>; …`` for a sweep whose recorded cells are not all done, else None.
+
+    ``frame``: the current rows of the folder's store (`load_store`); the cells
+    are those of the recorded spec (``sweep.json``; None without one).  A
+    cell counts as done when its row's status is ``done``.
+    """
+    cells = SweepDir(folder).cells()
+    if not cells:
+        return None
+    done = set(frame.loc[frame["status"] == runs.STATUS_DONE, "cell_id"].astype(str)) if len(frame) else set()
+    missing = [c for c in cells if c not in done]
+    if not missing:
+        return None
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return (f"{len(cells) - len(missing)} of {len(cells)} cells done; missing: {shown}; rerun `rankrobust sweep "
+            f"SPEC --out {folder}` to run them")
+
+
+def _run_path(folder: Path, stored: Any) -> str:
+    """A store's ``run_dir`` entry as a path: relative entries (``runs/<cell id>``) are read from ``folder``.
+
+    Stores of the previous layout hold absolute paths, those of the folder the
+    sweep ran in: a copied or moved sweep folder would read the original's runs
+    (changed since, or gone).  An absolute ``…/runs/<cell id>`` is therefore
+    read as ``folder/runs/<cell id>``, the store's own run; any other absolute
+    path is kept as it is.
+    """
+    path = Path(str(stored))
+    if path.is_absolute() and path.parent.name == SweepDir.RUNS:
+        return str(folder / SweepDir.RUNS / path.name)
+    return str(folder / path)
 
 
 def _fill_stop_reason(frame: pd.DataFrame) -> None:

@@ -148,3 +148,71 @@ def test_results_on_a_shipped_store_prints_seed_level_cis_and_capped_runs(capsys
     out = capsys.readouterr().out
     assert "(n=1, no CI)" in out and re.search(r"\n +0\.3 +0\.3123 \(n=1, no CI\) .* 0/1", out)  # bce, early stopped
     assert "18 of 20 finished runs stopped at their epoch cap" in out
+
+
+# ---------------------------------------------------------------------------- issue 25: one-line errors, SIGTERM
+def test_results_metric_that_is_not_numeric_is_one_line(capsys):
+    from rankrobust import EXAMPLES_DIR
+
+    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--metric", "status"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rankrobust results: error: --metric 'status' is not a numeric metric column of the store")
+    assert err.count("\n") == 1
+
+
+def test_results_names_the_cells_not_done(tmp_path, capsys):
+    import shutil
+
+    import pandas as pd
+
+    from rankrobust import EXAMPLES_DIR
+
+    folder = tmp_path / "np"
+    shutil.copytree(EXAMPLES_DIR / "np-quick", folder)
+    store = pd.read_parquet(folder / "store.parquet")
+    gone = store["cell_id"].iloc[0]
+    store.iloc[1:].to_parquet(folder / "store.parquet")
+    assert main(["results", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: {len(store) - 1} of {len(store)} cells done; missing: {gone}; rerun `rankrobust sweep SPEC " \
+           f"--out {folder}` to run them" in out
+
+
+def test_sigterm_during_train_marks_the_run_failed_and_a_plain_rerun_replaces_it(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import analysis.probes
+    from rankrobust.probes import Probe
+    from rankrobust.runs import RunDir
+
+    class Kill(Probe):
+        name = "kill"
+
+        def epoch_end(self, epoch, model, row):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    train, test = write_tiny_data(tmp_path / "data")
+    monkeypatch.setattr(analysis.probes, "probes_for", lambda **kw: [Kill()])
+    args = ["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", "--epochs", "3",
+            "--dim", "8", "--device", "cpu", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(args) == 143
+    assert "rankrobust train: stopped by SIGTERM;" in capsys.readouterr().err
+    run = RunDir(tmp_path / "run")
+    assert run.status() == "failed" and run.failure().endswith("stopped by SIGTERM")
+    monkeypatch.setattr(analysis.probes, "probes_for", lambda **kw: [])
+    assert main(args) == 0 and run.status() == "done"  # a plain rerun replaces the stopped attempt
+
+
+def test_sweep_out_a_single_run_folder_is_refused(tmp_path, capsys):
+    from tests.test_sweep import tiny_spec
+
+    spec = tiny_spec(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}\n")
+    (run / "status").write_text("done\n")
+    assert main(["sweep", str(spec), "--out", str(run), "--quiet"]) == 2
+    assert capsys.readouterr().err == (f"rankrobust sweep: error: --out {run} is a single run folder (it holds "
+                                       f"config.json), not a sweep folder; choose another --out for the sweep\n")
+    assert sorted(p.name for p in run.iterdir()) == ["config.json", "status"]

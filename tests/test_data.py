@@ -571,3 +571,16 @@ def test_a_dataset_folder_missing_one_split_names_it(tmp_path):
         load_dataset("ml-100k", data_dir=tmp_path)
     with pytest.raises(DataNotFoundError, match="not found"):  # nothing there at all: the general message
         load_dataset("ml-100k", data_dir=tmp_path / "nothing")
+
+
+def test_a_user_item_rating_timestamp_file_is_not_read_as_lightgcn(tmp_path):
+    """MovieLens u.data rows (user item rating timestamp, users repeating): ratings would become item ids."""
+    from rankrobust.data.readers import read_lightgcn
+
+    path = tmp_path / "u.data.txt"
+    path.write_text("1\t5\t3\t881250949\n1\t7\t4\t881250950\n2\t5\t1\t881250951\n")
+    with pytest.raises(DataFormatError, match=r"every line holds 4 numbers and user ids repeat across lines: a table "
+                                              r"of 'user item rating timestamp' rows, not LightGCN lines"):
+        read_lightgcn(path)
+    path.write_text("1 5 3 8\n2 5 1 9\n")  # one line per user: LightGCN, however many items
+    assert read_lightgcn(path)[1].tolist() == [5, 3, 8, 5, 1, 9]

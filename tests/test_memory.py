@@ -81,3 +81,17 @@ def test_huge_ids_in_user_files_are_remapped_not_allocated(tmp_path):
     (tmp_path / "test.txt").write_text("7 42\n900000000000000 1000000000000000\n")
     ds = load_files(tmp_path / "train.txt", tmp_path / "test.txt", valid_fraction=0.0)
     assert ds.train.shape == (3, 3)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"train.num_negatives": 10**9, "train.scorer": "dense"},
+     "train.num_negatives × train.batch_size = 1,000,000,000 × 1,024 needs about 7.5 TiB for one batch's [1,024 × "
+     "1,000,000,000] sampled negative ids"),
+    ({"model.name": "lightgcn", "model.layers": 10**9},
+     "model.layers × model.dim = 1,000,000,000 × 64 needs about"),
+])
+def test_the_refusal_names_the_key_that_is_absurd(overrides, named):
+    cfg = config_from_template({"train.device": "cpu", **overrides})
+    with pytest.raises(ConfigError) as info:
+        memory.check_memory(cfg, 1_812, 2_762, 66_688, "cpu", budget=16 * GiB)
+    assert str(info.value).startswith(named)

@@ -358,3 +358,22 @@ def test_compare_with_a_value_not_in_the_store_names_it(tmp_path, capsys):
     with pytest.raises(ValueError, match="no run of the store has loss.name = 'bls' \\(did you mean 'bsl'\\?\\)"):
         compare_runs(load_store(sweep.path), ["loss.name"], {"loss.name": "sl"}, {"loss.name": "bls"})
     assert main(["results", str(sweep.path), "--compare", "sl", "bsl"]) == 0  # both occur: the test runs
+
+
+def test_an_old_layout_store_copied_reads_its_own_runs(tmp_path):
+    """Stores written before run_dir was relative hold absolute paths of the original folder: a copy reads its own."""
+    import shutil
+
+    from rankrobust.store import load_store
+
+    original = tmp_path / "orig"
+    for cell, value in (("a", 0.29), ("b", 0.30)):
+        run = RunDir(original / "runs" / cell)
+        run.path.mkdir(parents=True)
+        run.write_table("per_user", pd.DataFrame({"user": [0], "value": [value]}))
+    pd.DataFrame({"cell_id": ["a", "b"], "run_dir": [str(original / "runs" / c) for c in "ab"],
+                  "status": ["done", "done"]}).to_parquet(original / "store.parquet")
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    frame = load_store(copy)
+    assert list(frame["run_dir"]) == [str(copy / "runs" / "a"), str(copy / "runs" / "b")]

@@ -120,9 +120,30 @@ def _parse_lightgcn(data: bytes, path) -> tuple[np.ndarray, np.ndarray, int]:
 
     line_users = values[first]
     group = np.cumsum(first) - 1
+    _refuse_row_table(path, np.bincount(group), line_users)
     users = line_users[group[~first]]
     items = values[~first]
     return users.astype(np.int64), items.astype(np.int64), int(line_users.max()) + 1
+
+
+def _refuse_row_table(path, tokens_per_line: np.ndarray, line_users: np.ndarray) -> None:
+    """DataFormatError for a table of ``user item rating [timestamp]`` rows given where LightGCN lines are read.
+
+    LightGCN text has one line per user; a file whose every line holds the
+    same 3 or 4 numbers with user ids repeating across lines is a row table
+    (MovieLens ``u.data``): read as LightGCN, its ratings and timestamps would
+    become item ids, silently.
+    """
+    if len(line_users) < 2 or tokens_per_line.min() != tokens_per_line.max() or tokens_per_line[0] not in (3, 4):
+        return
+    if len(np.unique(line_users)) == len(line_users):
+        return
+    k = int(tokens_per_line[0])
+    columns = "user item rating" + (" timestamp" if k == 4 else "")
+    raise DataFormatError(path, f"every line holds {k} numbers and user ids repeat across lines: a table of "
+                                f"'{columns}' rows, not LightGCN lines (one line per user: user item item ...); "
+                                f"add a header line ({columns.replace(' ', ', ')}) and give it a .tsv or .csv name "
+                                f"(read as a table of user, item[, timestamp])")
 
 
 def _read_lightgcn_full(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, int]:
