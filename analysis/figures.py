@@ -100,8 +100,16 @@ class Figure:
     caption: str
 
     def render(self, sweeps: Mapping[str, Sweep]) -> "Drawn":
-        """Frame, draw and caption the figure from ``sweeps`` (KeyError if a needed kind is absent)."""
+        """Frame, draw and caption the figure from ``sweeps`` (KeyError if a needed kind is absent).
+
+        A needed sweep without one finished run (stopped during its first
+        cell) raises `MissingData` naming it: its store has no metric columns.
+        """
         chosen = [sweeps[kind] for kind in self.needs]
+        for sweep in chosen:
+            if sweep.done.empty:
+                raise MissingData(f"{sweep.path} has no finished run yet ({len(sweep.store)} run folder(s), none "
+                                  f"done); rerun its `rankrobust sweep SPEC --out {sweep.path}`")
         data = self.frame(*chosen)
         fig = self.plot(*data) if isinstance(data, tuple) else self.plot(data)
         facts = caption_facts(data, chosen)

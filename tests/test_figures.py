@@ -156,3 +156,26 @@ def test_no_usable_sweep_is_one_error_line(tiny_results, tmp_path, capsys):
     assert main(["figures", str(tmp_path / "nope"), str(tiny_results / TINY_FOLDERS["tau-ratio"]), "--out",
                  str(out), "--only", "fig1-loss-comparison"]) == 0
     assert f"ignored {tmp_path / 'nope'}: {tmp_path / 'nope'} does not exist" in capsys.readouterr().err
+
+
+def test_figures_of_a_sweep_stopped_in_its_first_cell_skip_it_in_one_line(tmp_path, capsys):
+    """No finished run: no metric columns in the store; the figure is skipped naming the folder (no KeyError)."""
+    from rankrobust.cli import main
+    from rankrobust.runs import SweepDir
+    from rankrobust.store import write_store
+    from rankrobust.sweeps import load_spec
+    from rankrobust.sweeps.runner import prepare_out
+    from tests.test_sweep import tiny_spec
+
+    spec = load_spec(tiny_spec(tmp_path, name="noisy-positives-stopped"))
+    sweep = SweepDir(tmp_path / "out")
+    sweep.path.mkdir()
+    prepare_out(spec, sweep)
+    cell = spec.cells[0]
+    sweep.run(cell.cell_id).path.mkdir(parents=True)
+    sweep.run(cell.cell_id).write_config(cell.config.to_json())  # stopped before its status
+    write_store(sweep.path)
+    assert main(["figures", str(sweep.path), "--out", str(tmp_path / "figs"), "--only", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped fig2-noisy-positives: {sweep.path} has no finished run yet" in err
+    assert f"note: {sweep.path}: 0 of {len(spec.cells)} cells done; missing: " in err

@@ -23,6 +23,7 @@ import pandas as pd
 
 from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
+from rankrobust.safe_io import open_nofollow
 
 __all__ = ["read_lightgcn", "read_table", "TableData", "write_lightgcn"]
 
@@ -192,7 +193,8 @@ def write_lightgcn(inter: Interactions, path: str | os.PathLike, *, skip_empty: 
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
     try:
-        with open(tmp, "wb") as fh:
+        tmp.unlink(missing_ok=True)  # a leftover, or a planted link: removed, never written through
+        with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as fh:
             if p.suffix == ".gz":
                 with gzip.GzipFile(filename="", mode="wb", fileobj=fh, compresslevel=9, mtime=0) as gz:
                     gz.write(payload)
