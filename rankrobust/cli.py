@@ -304,6 +304,7 @@ def _one_line_os_errors(command: str, handler):
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep (or list it with --dry-run); SIGTERM stops it like Ctrl-C, keeping finished runs."""
     from rankrobust.sweeps import load_spec, pending_cells, run_sweep
+    from rankrobust.sweeps.cell import unfinished_reason
     from rankrobust.sweeps.runner import SweepTerminated, stale_run_names
 
     if args.jobs < 1:
@@ -316,8 +317,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def dry_run() -> int:
         todo, done = pending_cells(spec, sweep)
         print(f"{spec.name}: {done + len(todo)} runs, {done} done, {len(todo)} to run")
-        for cell in todo:
-            print(f"  {cell.cell_id}")
+        for cell in todo:  # why a run folder on disk does not count (an outdated config names its key)
+            why = unfinished_reason(sweep.run(cell.cell_id), cell.config.to_dict())
+            print(f"  {cell.cell_id}" + (f"  ({why})" if why else ""))
         stale = stale_run_names(spec, sweep)
         if stale:
             verb = "--prune would delete" if args.prune else "left out of results; --prune deletes them"

@@ -51,7 +51,8 @@ from rankrobust.scoring import SCORERS
 __all__ = ["ConfigError", "closest", "DataConfig", "NoiseConfig", "ModelConfig", "LossConfig", "TrainConfig",
            "RunConfig", "config_from_dict", "config_from_template", "load_config", "set_dotted", "parse_override",
            "prune_inapplicable", "SECTIONS", "Searched", "search_space", "PATH_KEYS", "with_absolute_paths",
-           "load_yaml", "yaml_problem", "YAML_MAX_NODES"]
+           "CONFIG_SCHEMA", "MIGRATIONS", "Migration", "OutdatedConfig", "migrate_config", "canonical_config",
+           "stored_config", "option_defaults", "load_yaml", "yaml_problem", "YAML_MAX_NODES"]
 
 
 def _dataset_name(value: Any) -> str | None:
@@ -458,10 +459,16 @@ def _build_section(cls: type, data: Any, path: str):
 
 
 def config_from_dict(data: dict[str, Any]) -> RunConfig:
-    """Build and validate a `RunConfig` from a nested dict (unknown keys → ConfigError)."""
+    """Build and validate a `RunConfig` from a nested dict (unknown keys → ConfigError).
+
+    A stored ``config.json`` (with its ``"schema"``) is first brought to the current layout
+    (`migrate_config`: `OutdatedConfig` when it cannot be); a dict without ``"schema"`` is read as it is.
+    """
     data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config must be a mapping, got {type(data).__name__}")
+    if "schema" in data:
+        data = migrate_config(data)
     sections = {}
     for key, value in data.items():
         if key not in SECTIONS:
@@ -691,3 +698,145 @@ def config_flags() -> list[Flag]:
                     text += f"; default {default})" if default is not None else ")"
                     flags[name] = Flag(name, f"{section}.{f.name}", _base_type(hints[f.name]), text)
     return list(flags.values())
+
+
+# --------------------------------------------------------------------------- run identity
+#: version of the stored config layout: ``config.json`` carries it as its top-level ``"schema"`` (`stored_config`);
+#: a file without one was written before versions existed and is version 1.  Raise it with each new `MIGRATIONS`
+#: rule (the rule's ``schema``).
+CONFIG_SCHEMA = 2
+
+
+class OutdatedConfig(ConfigError):
+    """A stored config that this version cannot read as a run it would make (an option removed or renamed
+    without a rule in `MIGRATIONS`, a value no longer valid, a newer schema).  Not an error for readers: such a
+    run is outdated.  The message is one line naming the key."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One change of the stored config layout, applied to stored configs of a schema below ``schema``.
+
+    ``kind``:
+
+    - ``"default"``: option ``key`` was added with a default that behaves otherwise than the code did before
+      it existed; a stored config without ``key`` gets ``value`` (the old behaviour), only where every
+      ``when`` key has its value.  An option whose default *is* the old behaviour needs no rule.
+    - ``"rename"``: option ``key`` is now called ``to``; its stored value moves there.
+    - ``"remove"``: option ``key`` no longer exists and the code now always behaves as ``key = value``; a
+      stored ``value`` is dropped, any other value makes the run outdated (`OutdatedConfig`).
+    """
+
+    schema: int
+    kind: str
+    key: str
+    value: Any = None
+    to: str | None = None
+    when: tuple[tuple[str, Any], ...] = ()
+    doc: str = ""
+
+
+#: The one place where a stored config (``config.json``) of an older schema is brought to the current layout,
+#: in order (`canonical_config`).  Options added since version 1 whose default is the old behaviour need no rule:
+#: data.split = given (the dataset's own test), data.ood_test_fraction (acts with split = popularity only),
+#: train.ips_gamma = None (off), train.deterministic = false, train.scorer = auto (every scorer computes the
+#: same scores; it only picks the computation path).  Changing the default of an existing option also needs a
+#: ``"default"`` rule with the old default (configs written before that option existed get the old behaviour)
+#: and a new `CONFIG_SCHEMA`; tests/test_run_identity.py compares every default with its frozen snapshot.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(2, "default", "loss.tau", 1.0, when=(("loss.name", "bce"),),
+              doc="BCE read plain logits (τ = 1) before it took a temperature; loss.tau defaults to 0.1 since"),
+)
+
+
+def _get_dotted(tree: dict[str, Any], key: str, missing: Any = None) -> Any:
+    section, _, name = key.partition(".")
+    node = tree.get(section)
+    return node.get(name, missing) if isinstance(node, dict) else missing
+
+
+def _pop_dotted(tree: dict[str, Any], key: str) -> None:
+    section, _, name = key.partition(".")
+    if isinstance(tree.get(section), dict):
+        tree[section].pop(name, None)
+
+
+def migrate_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """A stored config tree brought to the current layout: every `MIGRATIONS` rule above its schema, in order.
+
+    ``tree``: the content of a ``config.json``; its ``"schema"`` (1 when absent) says which rules it already
+    follows.  Returns a new tree without ``"schema"`` (the input is not changed).  Raises `OutdatedConfig`
+    (one line naming the key) for a schema that is not a whole number from 1 to `CONFIG_SCHEMA`, a renamed
+    option set under both names, or a removed option at a value this version no longer reproduces.
+    """
+    if not isinstance(tree, dict):
+        raise OutdatedConfig(f"config must be a mapping, got {type(tree).__name__}")
+    version = tree.get("schema", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise OutdatedConfig(f"schema = {version!r} is not a config schema (a whole number from 1)")
+    if version > CONFIG_SCHEMA:
+        raise OutdatedConfig(f"schema = {version} was written by a newer rankrobust (this version reads schemas up "
+                             f"to {CONFIG_SCHEMA}); upgrade rankrobust to read it")
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in tree.items() if k != "schema"}
+    missing = object()
+    for rule in MIGRATIONS:
+        if rule.schema <= version:
+            continue
+        present = _get_dotted(out, rule.key, missing)
+        if rule.kind == "default":
+            if present is missing and all(_get_dotted(out, k, missing) == v for k, v in rule.when):
+                set_dotted(out, rule.key, rule.value)
+        elif rule.kind == "rename":
+            if present is not missing:
+                if _get_dotted(out, rule.to, missing) is not missing:
+                    raise OutdatedConfig(f"{rule.key} was renamed {rule.to} (config schema {rule.schema}) and both "
+                                         f"are set; keep one")
+                _pop_dotted(out, rule.key)
+                set_dotted(out, rule.to, present)
+        elif rule.kind == "remove":
+            if present is not missing:
+                if present != rule.value:
+                    raise OutdatedConfig(f"{rule.key} = {present!r}: option removed in config schema {rule.schema} "
+                                         f"({rule.doc}); this version only makes {rule.key} = {rule.value!r} runs")
+                _pop_dotted(out, rule.key)
+        else:
+            raise ValueError(f"MIGRATIONS: unknown kind {rule.kind!r} of the rule for {rule.key}")
+    return out
+
+
+def canonical_config(tree: dict[str, Any]) -> dict[str, Any]:
+    """The canonical form of a stored config (a ``config.json``): migrated, every default filled, as `to_dict`.
+
+    Two runs are the same run exactly when their canonical forms are equal, so an option added later with a
+    default equal to the old behaviour leaves old runs current.  ``tree`` without ``"schema"`` is read as a
+    version-1 file (`migrate_config`); the result has no ``"schema"``.  A fresh `RunConfig`'s ``to_dict()`` is
+    its own canonical form.  Raises `OutdatedConfig` (one line naming the key: an option this version does not
+    know, a value it no longer accepts) when the config is not one this version would make.
+    """
+    migrated = migrate_config(tree)
+    try:
+        return config_from_dict(migrated).to_dict()
+    except ConfigError as err:
+        reason = str(err).strip().splitlines()[0].partition("; valid keys")[0] if str(err).strip() else "invalid"
+        raise OutdatedConfig(f"not a config of this version: {reason} (an option removed or renamed without a rule "
+                             f"in rankrobust.config.MIGRATIONS?)") from None
+
+
+def stored_config(cfg: RunConfig) -> dict[str, Any]:
+    """What ``config.json`` holds for ``cfg``: its `to_dict` with the layout's version (``"schema"``: `CONFIG_SCHEMA`)."""
+    return {"schema": CONFIG_SCHEMA, **cfg.to_dict()}
+
+
+def option_defaults() -> dict[str, Any]:
+    """Every option's default by key: ``section.key`` for the sections' own options, ``section.entry.key`` for
+    the options of each registered entry (``loss.bce.tau``).  What the frozen snapshot
+    ``tests/data/option_defaults.json`` is compared with."""
+    found: dict[str, Any] = {}
+    for section, cls in SECTIONS.items():
+        for f in _plain_fields(cls):
+            found[f"{section}.{f.name}"] = _plain(field_default(f))
+        for _, registry in _selectors(cls).values():
+            for entry in registry.entries():
+                for f in dataclasses.fields(entry.options):
+                    found[f"{section}.{entry.name}.{f.name}"] = _plain(field_default(f))
+    return found

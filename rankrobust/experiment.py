@@ -9,6 +9,7 @@ this module never imports the analysis layer.
 """
 from __future__ import annotations
 
+import json
 import math
 import platform
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from rankrobust.config import ConfigError, DataConfig, RunConfig
+from rankrobust.config import ConfigError, DataConfig, RunConfig, stored_config
 from rankrobust.data import Dataset, load_dataset, load_files
 from rankrobust.data.identity import FileFingerprint, data_identity
 from rankrobust.data.splits import OOD_TEST_FRACTION, apply_split
@@ -263,7 +264,7 @@ def _run_experiment(cfg: RunConfig, out: str | Path | None, *, device: torch.dev
     run_dir = RunDir(out) if out is not None else None
     if run_dir is not None:
         run_dir.prepare(overwrite)
-        run_dir.write_config(cfg.to_json())
+        run_dir.write_config(json.dumps(stored_config(cfg), indent=2, sort_keys=True))  # with its schema
     determinism = Determinism(False)
     try:
         dataset, data_files = load_data_identified(cfg.data)

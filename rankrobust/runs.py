@@ -72,7 +72,14 @@ def read_json(path: Path, fix: str) -> Any:
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    """A short fingerprint of a resolved config dict (as stored in ``config.json``): equal configs, equal hash."""
+    """A short fingerprint of a config dict: equal dicts, equal hash.
+
+    Hash canonical forms (`rankrobust.config.canonical_config` of a stored
+    ``config.json``, ``RunConfig.to_dict()`` of a fresh config): they are what
+    ``sweep.json`` → ``cells`` and the store's ``config_hash`` column record.
+    Records written before canonical forms hold the hash of the stored dict
+    as it was (`RunDir.identity_hashes` gives both).
+    """
     text = json.dumps(json.loads(json.dumps(config)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -417,12 +424,44 @@ class RunDir:
                                  f"{self.FIX}")
         return data
 
-    def config(self) -> dict[str, Any]:
-        """``config.json`` as a dict; FileNotFoundError naming the folder when missing, RunFolderError when damaged."""
+    def stored_config(self) -> dict[str, Any]:
+        """``config.json`` exactly as stored, its ``"schema"`` included (absent in files written before versions);
+        FileNotFoundError naming the folder when missing, RunFolderError when damaged."""
         require_folder(self.path)
         if not (self.path / self.CONFIG).exists():
             raise FileNotFoundError(f"{self.path} is not a run directory (no {self.CONFIG})")
         return self._read_dict(self.CONFIG)
+
+    def config(self) -> dict[str, Any]:
+        """``config.json``'s sections as a dict (its ``"schema"`` left out), as stored: options added since the
+        run are missing (`canonical_config` fills them).  Errors as `stored_config`."""
+        return {k: v for k, v in self.stored_config().items() if k != "schema"}
+
+    def canonical_config(self) -> dict[str, Any]:
+        """The run's config in canonical form (`rankrobust.config.canonical_config`: migrated to the current
+        layout, every default filled): what run identity compares.  Errors as `stored_config`, and
+        `rankrobust.config.OutdatedConfig` (a ValueError, one line naming the key) for a config this version
+        would not make (an option removed without a migration): such a run is outdated."""
+        from rankrobust.config import OutdatedConfig, canonical_config  # runs.py stays free of the registries
+
+        try:
+            return canonical_config(self.stored_config())
+        except OutdatedConfig as err:
+            raise OutdatedConfig(f"{self.path / self.CONFIG}: {err}") from None
+
+    def identity_hashes(self) -> set[str]:
+        """The `config_hash` values that identify this run: of its canonical form (recorded from now on) and of
+        ``config.json`` as stored, ``"schema"`` left out (what records made before canonical forms hold).  The
+        canonical one is missing when the config is outdated (`canonical_config` raises).  Errors as
+        `stored_config`."""
+        from rankrobust.config import OutdatedConfig
+
+        found = {config_hash(self.config())}
+        try:
+            found.add(config_hash(self.canonical_config()))
+        except OutdatedConfig:  # only the stored form identifies it
+            pass
+        return found
 
     def metrics(self) -> dict[str, Any]:
         """``metrics.json`` as a dict ({} when the run has none yet); RunFolderError naming it when damaged."""

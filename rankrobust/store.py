@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from rankrobust import runs
-from rankrobust.config import SECTIONS, closest
+from rankrobust.config import SECTIONS, OutdatedConfig, closest
 from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
 from rankrobust.noise import outdated_noise_protocol
@@ -162,7 +162,12 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     or ``gradient_accounting``) becomes a column ``section.key``;
     ``stop_reason`` says why training ended (`stop_reason`: early stopping,
     epoch cap, time limit or a probe);
-    ``config_hash`` fingerprints the run's config and ``data_hash`` the
+    The config columns are the keys of ``config.json`` as stored;
+    ``config_hash`` fingerprints the run's config in canonical form
+    (`RunDir.canonical_config`: migrated, every default filled: what run
+    identity compares), or as stored when this version would not make it (an
+    option removed without a migration; ``outdated_config`` says why in one
+    line naming the key, and the run is outdated); ``data_hash`` fingerprints the
     content of the data files it read (`rankrobust.data.identity`; missing
     for runs that recorded none).  Runs on user files (``data.train_path``)
     get ``data.name`` = `files_label` of the train file instead of the unused
@@ -179,6 +184,10 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
         try:
             config = folder.config()
             row.update(flatten(config))
+            try:
+                config = folder.canonical_config()  # run identity: defaults filled, migrated
+            except OutdatedConfig as err:
+                row["outdated_config"] = str(err)
             row["config_hash"] = config_hash(config)
             if row.get("data.train_path"):  # user files: label the run by them, not by the unused data.name
                 row["data.name"] = files_label(row["data.train_path"])
@@ -216,7 +225,10 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     rows = [run_row(d) for d in sweep.run_dirs()]
     for row in rows:
         row["run_dir"] = str(Path(row["run_dir"]).relative_to(sweep.path))
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "outdated_config" not in frame:  # present in every store written now (`_fill_outdated_config`)
+        frame["outdated_config"] = pd.Series(None, index=frame.index, dtype=object)
+    return frame
 
 
 def write_store(sweep_dir: str | Path) -> pd.DataFrame:
@@ -258,6 +270,7 @@ def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFra
             frame[column] = pd.Series(dtype=object)
     frame["run_dir"] = [_run_path(folder, d) for d in frame["run_dir"]]
     _fill_stop_reason(frame)
+    _fill_outdated_config(frame)
     stale, outdated = _not_current(folder, frame)
     if include_stale:
         return frame.assign(stale=stale, outdated=outdated)
@@ -318,8 +331,46 @@ def _fill_stop_reason(frame: pd.DataFrame) -> None:
             pass
 
 
+def _fill_outdated_config(frame: pd.DataFrame) -> None:
+    """Give a store written before run identity used canonical forms its ``outdated_config`` column: why a run's
+    config is not one this version would make (`RunDir.canonical_config`), None for the others.
+
+    Only stores lacking the column are read (one config.json per row); an unreadable one leaves None (that run
+    is reported corrupt elsewhere).
+    """
+    if "outdated_config" in frame:
+        return
+    reasons: list[str | None] = []
+    for run_dir, status in zip(frame["run_dir"], frame["status"]):
+        reason = None
+        if status not in (STATUS_CORRUPT, "unfinished"):
+            try:
+                RunDir(run_dir).canonical_config()
+            except OutdatedConfig as err:
+                reason = str(err)
+            except (RunFolderError, OSError):
+                pass
+        reasons.append(reason)
+    frame["outdated_config"] = pd.Series(reasons, index=frame.index, dtype=object)
+
+
+def _same_run(run_dir: Any, recorded: str) -> bool:
+    """True when the run folder's config has the recorded hash in one of its identities (`RunDir.identity_hashes`:
+    canonical form, or the stored form that records made before canonical forms hold)."""
+    try:
+        return recorded in RunDir(run_dir).identity_hashes()
+    except (RunFolderError, OSError):
+        return False
+
+
 def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(stale, outdated) masks of the store's rows against the cells recorded in ``folder/sweep.json``."""
+    """(stale, outdated) masks of the store's rows against the cells recorded in ``folder/sweep.json``.
+
+    A row is outdated when its ``config_hash`` differs from the recorded cell's and no identity of its run's
+    config has the recorded hash either (`_same_run`: the store or the record may predate canonical forms), when
+    this version would not make its config (``outdated_config``), when its data files changed, or when it was
+    trained under an older noise protocol.
+    """
     n = len(frame)
     ids = [str(i) for i in frame["cell_id"]]
     cells = SweepDir(folder).current_cells(ids)
@@ -328,7 +379,11 @@ def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     stale = np.array([i not in cells for i in ids], dtype=bool)
     hashes = frame["config_hash"] if "config_hash" in frame else [None] * n
     outdated = np.array([i in cells and cells[i] is not None and isinstance(h, str) and h != cells[i]
-                         for i, h in zip(ids, hashes)], dtype=bool)
+                         and not _same_run(d, cells[i]) for i, h, d in zip(ids, hashes, frame["run_dir"])],
+                        dtype=bool)
+    outdated |= np.array([i in cells and isinstance(r, str) for i, r in zip(ids, frame["outdated_config"])],
+                         dtype=bool) \
+        if "outdated_config" in frame else np.zeros(n, bool)
     data = SweepDir(folder).recorded_data()  # the data's identity when the last sweep started
     digests = frame["data_hash"] if "data_hash" in frame else [None] * n
     other_data = np.array([isinstance(data.get(i), str) and isinstance(d, str) and d != data[i]
@@ -357,8 +412,15 @@ def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:
         mask = frame["stale"].to_numpy(bool)
         lines.append(f"{mask.sum()} stale run folder(s) left out (cells not in the current spec, sweep.json), "
                      f"e.g. {first(mask)}; delete them with `{command} --prune`")
-    if "outdated" in frame and frame["outdated"].any():
-        mask = frame["outdated"].to_numpy(bool)
+    unreadable = np.array([isinstance(r, str) for r in frame["outdated_config"]], dtype=bool) \
+        if "outdated_config" in frame and "outdated" in frame else np.zeros(len(frame), bool)
+    unreadable &= frame["outdated"].to_numpy(bool) if "outdated" in frame else unreadable
+    if unreadable.any():  # one line naming the key, from `RunDir.canonical_config`
+        reason = str(frame.loc[unreadable, "outdated_config"].iloc[0])
+        lines.append(f"{unreadable.sum()} outdated run(s) left out (made with options this version does not "
+                     f"have), e.g. {reason}; rerun `{command}` to redo them")
+    if "outdated" in frame and (frame["outdated"].to_numpy(bool) & ~unreadable).any():
+        mask = frame["outdated"].to_numpy(bool) & ~unreadable
         lines.append(f"{mask.sum()} outdated run(s) left out (made with another config than the current spec's, or "
                      f"from data files that have changed since), e.g. {first(mask)}; rerun `{command}` to redo them")
     current = ~(frame.get("stale", pd.Series(False, index=frame.index)).to_numpy(bool)

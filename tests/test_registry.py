@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from rankrobust.batching import BATCHINGS
 from rankrobust.cli import main
-from rankrobust.config import ConfigError, config_flags, config_from_dict
+from rankrobust.config import CONFIG_SCHEMA, ConfigError, config_flags, config_from_dict
 from rankrobust.data.registry import DATASETS
 from rankrobust.experiment import load_data, prepare_data, run_experiment
 from rankrobust.losses import LOSSES, _check_shapes, _masked_sum, _neg_count, get_loss
@@ -164,7 +164,8 @@ def test_bpr_run_config_json_has_no_tau(tmp_path):
     run_experiment(cfg, tmp_path / "run", progress=False)
     stored = json.loads((tmp_path / "run" / "config.json").read_text())
     assert stored["loss"] == {"name": "bpr"}
-    assert config_from_dict(stored).to_dict() == stored  # the stored config reads back as itself
+    sections = {k: v for k, v in stored.items() if k != "schema"}  # config.json carries its layout's version
+    assert stored["schema"] == CONFIG_SCHEMA and config_from_dict(stored).to_dict() == sections  # reads back as itself
 
 
 # ---------------------------------------------------------------------------- sweep templates

@@ -15,7 +15,7 @@ import socket
 import traceback
 from typing import Any
 
-from rankrobust.config import RunConfig
+from rankrobust.config import OutdatedConfig, RunConfig
 from rankrobust.data.identity import current_digest, recorded_digest
 from rankrobust.experiment import run_experiment
 from rankrobust.noise import outdated_noise_protocol
@@ -79,35 +79,53 @@ class OriginProbe(Probe):
             ctx.run_dir.write_origin(self.origin)
 
 
-def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None = None) -> bool:
-    """True when ``run_dir`` holds a finished run of exactly ``config`` (and of the data ``data_digest``).
+def unfinished_reason(run_dir: RunDir, config: dict[str, Any], data_digest: str | None = None) -> str | None:
+    """None when ``run_dir`` holds a finished run of ``config`` (and of the data ``data_digest``); else why not,
+    in a few words (``""`` when there is no finished run at all).
 
-    A run made with another config (the spec was edited since) counts as
-    unfinished, so a resumed sweep re-runs it instead of keeping stale numbers;
-    so does a run whose ``config.json`` or ``metrics.json`` cannot be read
-    (damaged, truncated: `RunFolderError`), so a damaged run is redone instead
-    of blocking the sweep.  ``data_digest``: the identity of the data files as
-    they are now (`rankrobust.data.identity.current_digest`); a run that
-    recorded other data files (rewritten since at the same path) is
-    unfinished too.  None, or a run that recorded no data files (made before
+    Run identity is the canonical form: the run's ``config.json`` is
+    migrated and has every default filled (`RunDir.canonical_config`,
+    `rankrobust.config.canonical_config`) before it is compared with
+    ``config``, a fresh ``RunConfig.to_dict()`` (itself canonical), so an
+    option added since the run, with a default that is the old behaviour,
+    leaves the run finished.  A run made with another config (the spec was
+    edited since) is not finished, so a resumed sweep re-runs it instead of
+    keeping stale numbers; nor is a run whose config this version would not
+    make (an option removed without a migration: the reason names the key),
+    nor one whose ``config.json`` or ``metrics.json`` cannot be read
+    (damaged, truncated: `RunFolderError`), so a damaged run is redone
+    instead of blocking the sweep.  ``data_digest``: the identity of the data
+    files as they are now (`rankrobust.data.identity.current_digest`); a run
+    that recorded other data files (rewritten since at the same path) is not
+    finished either.  None, or a run that recorded no data files (made before
     rankrobust recorded them), skips that check.  A run whose training data
     the current noise protocol prepares differently (a ``heldout`` p = 0 run
     made before the pool was withheld at every p:
-    `rankrobust.noise.outdated_noise_protocol`) is unfinished as well.
+    `rankrobust.noise.outdated_noise_protocol`) is not finished as well.
     """
     try:
         if run_dir.status() != STATUS_DONE:
-            return False
-        stored = run_dir.config()
+            return ""
         metrics = run_dir.metrics()  # readable, or the run is redone
-    except (OSError, ValueError):  # RunFolderError is a ValueError
-        return False
+        stored = run_dir.canonical_config()
+    except OutdatedConfig as err:
+        return f"outdated: {err}"
+    except (OSError, ValueError) as err:  # RunFolderError is a ValueError
+        return f"unreadable: {err}"
     if stored != json.loads(json.dumps(config)):
-        return False
+        return "made with another config"
     if outdated_noise_protocol(stored, metrics):  # trained on data the current noise protocol prepares otherwise
-        return False
+        return "made under an older noise protocol"
     recorded = recorded_digest(metrics)
-    return data_digest is None or recorded is None or recorded == data_digest
+    if data_digest is not None and recorded is not None and recorded != data_digest:
+        return "data files changed since"
+    return None
+
+
+def is_finished(run_dir: RunDir, config: dict[str, Any], data_digest: str | None = None) -> bool:
+    """True when ``run_dir`` holds a finished run of ``config`` in canonical form (and of the data
+    ``data_digest``); see `unfinished_reason`."""
+    return unfinished_reason(run_dir, config, data_digest) is None
 
 
 def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str | None = None) -> dict[str, Any]:
