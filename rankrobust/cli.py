@@ -469,6 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rankrobust`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "out", None):  # the folder the user named, through any link of their own (results -> /scratch);
+        args.out = str(Path(args.out).expanduser().resolve())  # links planted inside it are still refused
     try:
         return HANDLERS[args.command](args)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as err:

@@ -216,3 +216,16 @@ def test_sweep_out_a_single_run_folder_is_refused(tmp_path, capsys):
     assert capsys.readouterr().err == (f"rankrobust sweep: error: --out {run} is a single run folder (it holds "
                                        f"config.json), not a sweep folder; choose another --out for the sweep\n")
     assert sorted(p.name for p in run.iterdir()) == ["config.json", "status"]
+
+
+def test_an_out_folder_the_user_linked_is_followed_once(tmp_path, capsys):
+    """`--out results` where results -> /scratch/... (the user's own link) writes into the real folder."""
+    from rankrobust.cli import main
+
+    real = tmp_path / "scratch"
+    real.mkdir()
+    (tmp_path / "results").symlink_to(real)
+    rc = main(["train", "--dataset", "lastfm", "--epochs", "1", "--dim", "8", "--quiet",
+               "--out", str(tmp_path / "results" / "run")])
+    assert rc == 0, capsys.readouterr().err
+    assert (real / "run" / "status").read_text().startswith("done")

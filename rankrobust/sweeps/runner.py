@@ -194,19 +194,21 @@ def locked(sweep: SweepDir) -> Iterator[None]:
 
 
 @contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """While the block runs, SIGTERM raises `SweepTerminated` and SIGINT `KeyboardInterrupt` in the main thread.
+def sigterm_stops(error: type[KeyboardInterrupt] = SweepTerminated) -> Iterator[None]:
+    """While the block runs, SIGTERM raises ``error`` and SIGINT `KeyboardInterrupt` in the main thread.
 
-    Installed after any backend has connected (`rankrobust.sweeps.executors.CONNECT`):
-    ``ray.init`` puts in handlers of its own, which would otherwise replace these.
-    Elsewhere than in the main thread: no change.
+    ``error``: `SweepTerminated` for sweeps, `rankrobust.tuning.study.TuneTerminated`
+    for tuning (both KeyboardInterrupt, so every ``finally`` runs).  Installed
+    after any backend has connected (`rankrobust.sweeps.executors.connect_ray`):
+    ``ray.init`` puts in handlers of its own, which would otherwise replace
+    these.  Elsewhere than in the main thread: no change.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum, frame):
-        raise SweepTerminated("stopped by SIGTERM")
+        raise error("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)

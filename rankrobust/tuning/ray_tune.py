@@ -27,8 +27,10 @@ from typing import Any
 
 from rankrobust.config import RunConfig
 from rankrobust.runs import RunDir, read_status
+from rankrobust.sweeps.executors import connect_ray, unmet_request
+from rankrobust.sweeps.runner import sigterm_stops
 from rankrobust.tuning.spec import Arm, TuneSpec
-from rankrobust.tuning.study import (PruningProbe, TuneDir, _distribution, _optuna, counts, make_storage, open_study,
+from rankrobust.tuning.study import (PruningProbe, TuneDir, TuneTerminated, _distribution, _optuna, counts, make_storage, open_study,
                                      record_protocol, write_best)
 
 __all__ = ["run_tune_ray", "RAY_TUNE_HINT"]
@@ -153,8 +155,17 @@ def run_tune_ray(spec: TuneSpec, out: str | Path, *, address: str | None = None,
     """
     ray, tune, ASHAScheduler, FIFOScheduler, OptunaSearch = _import_tune()
     optuna = _optuna()
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    ray = connect_ray(address)  # the sweeps' connection: one-line start failures, before our signal handlers
+    problem = unmet_request(spec.resources, ray.nodes())
+    if problem:  # Ray Tune would wait forever for such a trial
+        raise RuntimeError(f"{problem}; change tune.resources in {spec.source or 'the tune spec'} or add such a node")
+    with sigterm_stops(TuneTerminated):  # SIGTERM: a clean stop (143), finished trials kept, as for sweeps
+        return _tune_arms(spec, out, ray, tune, ASHAScheduler, FIFOScheduler, OptunaSearch, optuna, jobs, progress)
+
+
+def _tune_arms(spec: TuneSpec, out: str | Path, ray, tune, ASHAScheduler, FIFOScheduler, OptunaSearch, optuna,
+               jobs: int, progress: bool) -> TuneDir:
+    """The arms of `run_tune_ray`, one Ray Tune run each, inside its connection and signal handling."""
     folder = TuneDir(out)
     folder.path.mkdir(parents=True, exist_ok=True)
     storage = make_storage(folder.storage_url)

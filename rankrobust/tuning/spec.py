@@ -41,6 +41,7 @@ import yaml
 from rankrobust.config import ConfigError, RunConfig, Searched, closest, config_from_dict, prune_inapplicable, \
     search_space, set_dotted, load_yaml
 from rankrobust.evaluate import METRIC_NAMES
+from rankrobust.sweeps.spec import check_resources
 
 __all__ = ["Arm", "TuneSpec", "load_tune_spec", "parse_tune_spec", "SPEC_KEYS", "TUNE_KEYS", "PRUNERS"]
 
@@ -176,8 +177,7 @@ def _tune_section(raw: Any, where: str) -> dict[str, Any]:
     if not isinstance(exclude, list):
         raise ConfigError(f"{where}tune.exclude must be a list of dotted keys, got {exclude!r}")
     resources = raw.get("resources") or {"num_cpus": 1}
-    if not isinstance(resources, dict):
-        raise ConfigError(f"{where}tune.resources must be a mapping such as {{num_cpus: 1, num_gpus: 0}}")
+    check_resources(resources, f"{where}tune.resources")  # the sweeps' rule: Ray's task option names
     return {"trials": trials, "objective": f"valid.{metric}", "noise": noise, "seed": seed,
             "sampler": {**SAMPLER_DEFAULTS, **sampler}, "pruner": {"kind": kind, **PRUNERS[kind], **pruner},
             "exclude": [str(k) for k in exclude], "resources": dict(resources)}

@@ -46,6 +46,7 @@ import yaml
 from rankrobust.config import ConfigError, RunConfig
 from rankrobust.probes import Probe, StopTraining
 from rankrobust.runs import read_json, write_json, write_text
+from rankrobust.sweeps.runner import sigterm_stops
 from rankrobust.tuning.spec import Arm, TuneSpec
 
 __all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
@@ -455,23 +456,6 @@ def _worker_main(spec: TuneSpec, path: str, url: str, parent: int, jobs: int, tr
     work(spec, TuneDir(path), url, trial_fn=trial_fn)
 
 
-@contextmanager
-def sigterm_stops() -> Iterator[None]:
-    """While the block runs (main thread only), SIGTERM raises `TuneTerminated`."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise TuneTerminated("stopped by SIGTERM")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class Progress:
     """One tqdm bar per driver: finished trials / total budget, postfix done / pruned / running / best."""
 
@@ -528,7 +512,7 @@ def run_tune(spec: TuneSpec, out: str | Path, *, jobs: int = 1, storage_url: str
     processes = []
     finished = False
     try:
-        with sigterm_stops():
+        with sigterm_stops(TuneTerminated):
             bar.update()
             if jobs == 1:
                 work(spec, folder, url, trial_fn=trial_fn, on_change=bar.update)
