@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from rankrobust.config import ConfigError, closest
 from rankrobust.data.identity import current_digest
-from rankrobust.runs import STATUS_DONE, RunDir, SweepDir, open_nofollow, refuse_link
+from rankrobust.runs import STATUS_DONE, RunDir, SweepDir, describe_holder, open_nofollow, refuse_link
 from rankrobust.store import write_store
 from rankrobust.sweeps.cell import is_finished
 from rankrobust.sweeps.executors import CONNECT, EXECUTORS
@@ -105,7 +105,8 @@ def stale_run_names(spec: SweepSpec, sweep: SweepDir) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the folder lock
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` exists on this machine (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -128,21 +129,14 @@ def running_owner(sweep: SweepDir) -> dict[str, Any] | None:
     """The lock file's owner if it is a live process on this host (read-only check, takes no lock)."""
     info = lock_owner(sweep)
     if info and info.get("host") == socket.gethostname() and isinstance(info.get("pid"), int) \
-            and info["pid"] != os.getpid() and _pid_alive(info["pid"]):
+            and info["pid"] != os.getpid() and pid_alive(info["pid"]):
         return info
     return None
 
 
 def describe_owner(info: dict[str, Any] | None) -> str:
     """``rankrobust sweep pid 1234 on HOST since 09:12`` (or a vaguer text when the lock file is empty)."""
-    if not info:
-        return "another rankrobust sweep (it has not written its pid yet)"
-    started = info.get("started")
-    when = ""
-    if isinstance(started, (int, float)):
-        local = time.localtime(started)
-        when = " since " + time.strftime("%H:%M" if local[:3] == time.localtime()[:3] else "%Y-%m-%d %H:%M", local)
-    return f"rankrobust sweep pid {info.get('pid')} on {info.get('host', '?')}{when}"
+    return describe_holder(info, "sweep")
 
 
 def locked_message(sweep: SweepDir, info: dict[str, Any] | None) -> str:

@@ -46,7 +46,7 @@ import yaml
 from rankrobust.config import ConfigError, RunConfig
 from rankrobust.probes import Probe, StopTraining
 from rankrobust.runs import read_json, write_json, write_text
-from rankrobust.sweeps.runner import sigterm_stops
+from rankrobust.sweeps.runner import pid_alive, sigterm_stops
 from rankrobust.tuning.spec import Arm, TuneSpec
 
 __all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
@@ -242,16 +242,6 @@ def _flock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_trials(study) -> list[int]:
     """Mark FAIL the running trials whose owner is gone: a dead process on this host, or a stale heartbeat.
 
@@ -266,7 +256,7 @@ def fail_dead_trials(study) -> list[int]:
     storage = study._storage
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("owner") or {}
-        if owner.get("host") == host and isinstance(owner.get("pid"), int) and not _pid_alive(owner["pid"]):
+        if owner.get("host") == host and isinstance(owner.get("pid"), int) and not pid_alive(owner["pid"]):
             if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
                 failed.append(t.number)
                 callback = storage.get_heartbeat_stale_trial_callback()
