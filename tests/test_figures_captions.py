@@ -17,7 +17,8 @@ from tests.conftest import TINY_FOLDERS
 #: per figure, the frame columns that make one drawn setting (the seeds of a setting are averaged)
 CELLS = {1: ["model", "loss"], 2: ["loss", "noise.pos_ratio"], 3: ["loss", "noise.neg_prob", "noise.neg_pool"],
          4: ["loss"], 5: ["tau"], 6: ["model", "r"], 7: ["loss", "ratio"], 8: ["loss", "noise_ratio"],
-         9: ["loss", "batching", "noise_ratio"], 10: ["model", "loss", "split"], 12: ["model", "score", "loss"]}
+         9: ["loss", "batching", "noise_ratio"], 10: ["model", "loss", "split"],
+         11: ["data.name", "model.name", "noise.neg_pool", "noise.neg_prob", "loss"], 12: ["model", "score", "loss"]}
 
 
 @pytest.fixture(scope="module")
