@@ -234,6 +234,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = train_config(args)
     probes = probes_for(fairness=args.fairness, track_variance=args.track_variance)
+    if not args.out:  # said before the (possibly long) training, not after it
+        print(f"note: no --out: this run is printed, not saved (up to {cfg.train.epochs} epochs); add --out "
+              f"runs/NAME to keep its config, metrics and model", file=sys.stderr)
     try:
         with sigterm_stops():  # the run folder's status records the stop (`run_experiment`), so a rerun may replace it
             summary = run_experiment(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, probes=probes)
@@ -251,6 +254,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"best epoch {m['best_epoch']} of {m['epochs_run']}, {m['train_seconds']:.1f} s training "
           f"({m['seconds_per_epoch']:.2f} s/epoch) on {m['device']}; mean same-user group size per pair "
           f"{m['group_size_mean']:.2f} ({cfg.train.batching} batching)")
+    files = m.get("data_files") or {}
+    if files:  # the files the run read (their sizes and sha256 are in metrics.json, data_files)
+        print("data: " + ", ".join(f"{split} {record['path']}" for split, record in files.items()))
     split = m.get("split")
     if split:  # data.split = popularity (PROTOCOLS.md §11)
         print(f"{split['kind']} split (seed {split['seed']}): test holds {split['test']:,} interactions "
@@ -267,8 +273,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(format_group_table(summary.extra["fairness_groups"]))
         print("  ".join(f"{k}={v:.4g}" for k, v in summary.metrics["fairness"].items()
                         if isinstance(v, (int, float))))
-    if args.out:
-        print(f"run written to {args.out}")
+    print(f"run written to {args.out}" if args.out else "nothing written (no --out)")
     return 0
 
 

@@ -86,12 +86,17 @@ class DataConfig:
     """Which dataset and how validation is made.
 
     ``name`` is a registered dataset (see ``rankrobust datasets``) unless
-    ``train_path``/``test_path`` point to files.  ``valid_is_test`` reproduces
+    ``train_path``/``test_path`` point to files: then ``name`` is None (the
+    run is not on a registered dataset, whatever ``name`` said; the store
+    labels it by its files, `rankrobust.data.registry.files_label`), so
+    ``config.json`` never claims ``lastfm`` for user data and runs stored
+    before this rule keep their identity.  ``valid_is_test`` reproduces
     the authors' leaky protocol (valid = test).  Frozen (hashable), so a loaded
     dataset can be cached by its `DataConfig`.
     """
 
-    name: str = option("lastfm", "dataset name (see `rankrobust datasets`)", check=_dataset_name, flag="--dataset")
+    name: str | None = option("lastfm", "dataset name (see `rankrobust datasets`; none with data.train_path)",
+                              check=_dataset_name, flag="--dataset")
     data_dir: str | None = option(None, "folder holding yelp2018/, gowalla/, ml/, ml-100k/ (default $RANKROBUST_DATA "
                                         "or ../shared/data)", flag="--data-dir")
     train_path: str | None = option(None, "your own training file (LightGCN text, CSV/TSV/parquet)")
@@ -111,6 +116,11 @@ class DataConfig:
     def validate(self) -> None:
         if self.train_path is not None and self.test_path is None:
             raise ConfigError("data.train_path is set but data.test_path is not")
+        if self.train_path is not None:  # user files: no registered dataset is read
+            object.__setattr__(self, "name", None)
+        elif self.name is None:
+            raise ConfigError("data.name is not set: name a dataset (--dataset lastfm) or give your files with "
+                              "--set data.train_path=FILE --set data.test_path=FILE")
         if self.split != "popularity" and self.ood_test_fraction != OOD_TEST_FRACTION:
             raise ConfigError(f"data.ood_test_fraction = {self.ood_test_fraction} acts only with data.split = "
                               f"popularity (here {self.split!r}); add --split popularity or remove it")

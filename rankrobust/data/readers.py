@@ -283,8 +283,10 @@ def _read_table_frame(path, user_col: str, item_col: str, sep: str | None,
         raise DataFormatError(path, f"cannot read table: {exc}") from None
     missing = [c for c in (user_col, item_col) if c not in frame.columns]
     if missing:
+        header = "" if not text_table else (f"; a table's first line is its header: start the file with the line "
+                                            f"'{(sep or ',').replace(chr(9), '<TAB>').join((user_col, item_col))}'")
         raise DataFormatError(path, f"missing column(s) {', '.join(map(repr, missing))}; "
-                                    f"columns present: {', '.join(map(repr, map(str, frame.columns)))}")
+                                    f"columns present: {', '.join(map(repr, map(str, frame.columns)))}{header}")
     cols = {user_col: "user", item_col: "item"}
     if time_col is not None and time_col in frame.columns:
         cols[time_col] = "timestamp"

@@ -1,0 +1,48 @@
+"""A newcomer's first hour (issue 25): own data is not labelled lastfm, a run says what it read and whether it
+is kept, results folders resolve as documented, figures stay out of the tracked folder, the CLI's help."""
+from __future__ import annotations
+
+import json
+
+from rankrobust import load_run
+from rankrobust.cli import main
+from rankrobust.config import canonical_config, config_from_dict
+from tests.test_sweep import write_tiny_data
+
+TINY = ["--epochs", "1", "--negatives", "8", "--batch-size", "64", "--device", "cpu", "--dim", "8", "--quiet"]
+
+
+def test_own_data_is_not_labelled_lastfm(tmp_path, capsys):
+    """config.json and load_run(...).config hold data.name null beside the files; the console names them."""
+    train, test = write_tiny_data(tmp_path / "data")
+    out = tmp_path / "run"
+    assert main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", *TINY,
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["data"]["name"] is None and stored["data"]["train_path"] == str(train)
+    assert load_run(out).config["data"]["name"] is None
+    assert f"train {train}" in printed and f"test {test}" in printed
+
+
+def test_own_data_runs_stored_with_lastfm_keep_their_identity():
+    """A run stored before the rule (data.name lastfm beside train_path) is the same run as one made now."""
+    now = config_from_dict({"data": {"train_path": "a.txt", "test_path": "b.txt"}}).to_dict()
+    before = {"schema": 2, **now, "data": {**now["data"], "name": "lastfm"}}
+    assert canonical_config(before) == now
+
+
+def test_train_without_out_says_so(tmp_path, capsys):
+    train, test = write_tiny_data(tmp_path / "data")
+    assert main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", *TINY]) == 0
+    captured = capsys.readouterr()
+    assert "no --out: this run is printed, not saved" in captured.err
+    assert "nothing written (no --out)" in captured.out
+
+
+def test_csv_without_header_names_the_header(tmp_path, capsys):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.write_text("0,5\n0,6\n1,5\n")
+    test.write_text("user,item\n0,7\n")
+    assert main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", *TINY]) == 2
+    assert "start the file with the line 'user,item'" in capsys.readouterr().err
