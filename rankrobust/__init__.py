@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from pathlib import Path
 
 __version__ = "0.1.0"
@@ -63,15 +64,45 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 __all__ = sorted(_EXPORTS) + ["__version__", "results_dir", "RESULTS_ENV", "EXAMPLES_DIR"]
 
 
-def results_dir() -> Path:
+def results_dir(sweep: str | None = None) -> Path:
     """Where notebooks read sweep results: ``$RANKROBUST_RESULTS`` if set, else the shipped examples.
 
     The examples (``rankrobust/examples/``) are the quick lastfm sweeps'
     stores with the per-run files the notebooks need, so a fresh clone can run
-    every notebook before any sweep has been run.
+    every notebook before any sweep has been run.  A relative
+    ``$RANKROBUST_RESULTS`` (``export RANKROBUST_RESULTS=results``) is read
+    against the working folder, else against ``$PWD``, the folder of the shell
+    it was set in (a Jupyter kernel runs in ``notebooks/`` but keeps its
+    launching shell's ``$PWD``).
+
+    ``results_dir("np-quick")`` is that sweep's folder: under
+    ``$RANKROBUST_RESULTS`` when it holds the sweep's store, otherwise the
+    shipped example of that name, with a printed note naming the folder that
+    lacks it (so a notebook runs whichever of its sweeps you have run).
     """
     env = os.environ.get(RESULTS_ENV)
-    return Path(env) if env else EXAMPLES_DIR
+    base = _resolve_results(env) if env else EXAMPLES_DIR
+    if sweep is None:
+        return base
+    from rankrobust.runs import SweepDir
+
+    folder = base / sweep
+    store = SweepDir(folder).store_path
+    if env and not store.is_file() and (EXAMPLES_DIR / sweep).is_dir():
+        print(f"note: {RESULTS_ENV}={env} has no sweep {sweep!r} ({store} does not exist); reading the shipped "
+              f"example {EXAMPLES_DIR / sweep} instead (examples, not results to cite)", file=sys.stderr)
+        return EXAMPLES_DIR / sweep
+    return folder
+
+
+def _resolve_results(value: str) -> Path:
+    """``$RANKROBUST_RESULTS`` as an absolute folder (a relative value: the working folder's, else ``$PWD``'s)."""
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    here = Path.cwd() / path
+    shell = Path(os.environ.get("PWD") or Path.cwd()) / path
+    return here.resolve() if here.is_dir() or not shell.is_dir() else shell.resolve()
 
 
 def __getattr__(name: str):

@@ -5,17 +5,17 @@ The notebooks read ``results_dir()``: ``$RANKROBUST_RESULTS`` when set, else
 ``rankrobust/examples/``.  This script fills that folder with small copies of
 the quick lastfm sweeps so that every notebook runs on a fresh clone:
 
-=========  ==================================  ======================================================
- example    source folder (in SRC)              per-run files kept (besides config, metrics, status)
-=========  ==================================  ======================================================
- np-quick   np-quick                            per_user of the SL and BSL runs (notebook 01's paired
-                                                test); the final user/item embeddings of ONE SL run,
-                                                the one `dro_frames` reads (notebook 03)
- lc-quick   lc-quick                            fairness (notebook 02's per-group recall)
- var-quick  var-quick                           variance (notebook 02's score statistics per epoch)
- bb-quick   bsl-batching-quick (or bb-quick)    epochs (notebook 04's per-epoch gradient share);
-                                                per_user of the BSL runs (its paired test)
-=========  ==================================  ======================================================
+==================  ==================================  ======================================================
+ example             source folder (in SRC)              per-run files kept (besides config, metrics, status)
+==================  ==================================  ======================================================
+ np-quick            np-quick                            per_user of the SL and BSL runs (notebook 01's paired
+                                                         test); the final user/item embeddings of ONE SL run,
+                                                         the one `dro_frames` reads (notebook 03)
+ lc-quick            lc-quick                            fairness (notebook 02's per-group recall)
+ var-quick           var-quick                           variance (notebook 02's score statistics per epoch)
+ bsl-batching-quick  bsl-batching-quick (or bb-quick)    epochs (notebook 04's per-epoch gradient share);
+                                                         per_user of the BSL runs (its paired test)
+==================  ==================================  ======================================================
 
 Every run folder keeps ``config``, ``metrics`` and ``status`` so the copied
 store agrees with its runs.  Nothing is rebuilt or retrained: the sweep's spec
@@ -103,7 +103,7 @@ EXAMPLES = (
             None, "02-fairness-variance"),
     Example("var-quick", ("var-quick",), {"variance": (_all, "variance (all runs)")},
             None, "02-fairness-variance"),
-    Example("bb-quick", ("bsl-batching-quick", "bb-quick"),
+    Example("bsl-batching-quick", ("bsl-batching-quick", "bb-quick"),
             {"epochs": (_all, "epochs (all runs)"), "per_user": (_loss_in("bsl"), "per_user (BSL runs)")},
             None, "04-bsl-batching"),
 )

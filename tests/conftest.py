@@ -68,7 +68,7 @@ def pytest_collection_modifyitems(config, items):
 
 #: sweep kind → folder of its tiny sweep in `tiny_results` (the first five as results/*-quick)
 TINY_FOLDERS = {"noisy-positives": "np-quick", "noisy-negatives": "nn-quick", "loss-comparison": "lc-quick",
-                "tau-ratio": "tr-quick", "variance": "var-quick", "bsl-batching": "bb-quick",
+                "tau-ratio": "tr-quick", "variance": "var-quick", "bsl-batching": "bsl-batching-quick",
                 "loss-comparison-ood": "ood-quick"}
 
 

@@ -131,10 +131,10 @@ def test_user_facing_text_cites_no_unshipped_protocols_file(capsys):
 
 
 def test_results_on_a_shipped_store_prints_seed_level_cis_and_capped_runs(capsys):
-    """bb-quick: 3 seeds per cell, every run stopped at its 15-epoch cap; --compare warns about it."""
+    """bsl-batching-quick: 3 seeds per cell, every run stopped at its 15-epoch cap; --compare warns about it."""
     from rankrobust import EXAMPLES_DIR
 
-    store = str(EXAMPLES_DIR / "bb-quick")
+    store = str(EXAMPLES_DIR / "bsl-batching-quick")
     assert main(["results", store, "--compare", "loss.name=bsl,train.batching=pairs",
                  "loss.name=bsl,train.batching=users", "--robustness", "sl", "bsl"]) == 0
     out = capsys.readouterr().out

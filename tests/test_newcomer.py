@@ -46,3 +46,32 @@ def test_csv_without_header_names_the_header(tmp_path, capsys):
     test.write_text("user,item\n0,7\n")
     assert main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", *TINY]) == 2
     assert "start the file with the line 'user,item'" in capsys.readouterr().err
+
+
+def test_results_dir_reads_a_relative_variable_against_the_shell_folder(tmp_path, monkeypatch):
+    """`export RANKROBUST_RESULTS=results` in the repository root, notebook kernel in notebooks/: root/results."""
+    from rankrobust import RESULTS_ENV, results_dir
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    monkeypatch.chdir(tmp_path / "notebooks")
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv(RESULTS_ENV, "results")
+    assert results_dir() == tmp_path / "results"
+    (tmp_path / "notebooks" / "results").mkdir()  # the working folder wins where it has one
+    assert results_dir() == tmp_path / "notebooks" / "results"
+
+
+def test_results_dir_falls_back_per_sweep_with_a_note(tmp_path, monkeypatch, capsys):
+    from rankrobust import EXAMPLES_DIR, RESULTS_ENV, results_dir
+
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path))
+    (tmp_path / "np-quick").mkdir()
+    (tmp_path / "np-quick" / "store.parquet").write_bytes(b"")
+    assert results_dir("np-quick") == tmp_path / "np-quick"
+    assert capsys.readouterr().err == ""
+    assert results_dir("bsl-batching-quick") == EXAMPLES_DIR / "bsl-batching-quick"
+    note = capsys.readouterr().err
+    assert "has no sweep 'bsl-batching-quick'" in note and str(EXAMPLES_DIR / "bsl-batching-quick") in note
+    monkeypatch.delenv(RESULTS_ENV)
+    assert results_dir("np-quick") == EXAMPLES_DIR / "np-quick"

@@ -20,7 +20,7 @@ nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev e
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 IDS = [p.stem for p in NOTEBOOKS]
 #: the sweep folders notebooks read from results_dir() (as in results/ and rankrobust/examples/)
-FOLDERS = ("np-quick", "lc-quick", "var-quick", "bb-quick")
+FOLDERS = ("np-quick", "lc-quick", "var-quick", "bsl-batching-quick")
 STRIP = ("jupyter nbconvert --clear-output --ClearMetadataPreprocessor.enabled=True "
          "--ClearMetadataPreprocessor.preserve_nb_metadata_mask=kernelspec --inplace notebooks/*.ipynb")
 
@@ -115,4 +115,26 @@ def test_notebook_runs_on_shipped_examples(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     nb = execute(copy / path.name, copy)
     assert f"reading sweeps from {EXAMPLES_DIR}" in outputs_text(nb), "results_dir() did not fall back to the examples"
+    assert_shows_figure(nb, path.name)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_falls_back_per_sweep(path, tmp_path, monkeypatch):
+    """(c) as after `export RANKROBUST_RESULTS=results` in a clone with no sweep run yet: the relative value is
+    read against the shell's folder ($PWD), and every sweep the folder lacks comes from the shipped examples,
+    with a note."""
+    missing = [f for f in folders_read(path) if not SweepDir(EXAMPLES_DIR / f).store_path.exists()]
+    if missing:
+        pytest.skip(f"{EXAMPLES_DIR} is not populated ({', '.join(missing)} missing)")
+    copy = tmp_path / "notebooks"
+    shutil.copytree(path.parent, copy)
+    (tmp_path / "results").mkdir()
+    monkeypatch.setenv(RESULTS_ENV, "results")
+    monkeypatch.setenv("PWD", str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nb = execute(copy / path.name, copy)
+    text = outputs_text(nb)
+    assert f"reading sweeps from {tmp_path / 'results'}" in text
+    for folder in folders_read(path):
+        assert f"has no sweep {folder!r}" in text and str(EXAMPLES_DIR / folder) in text
     assert_shows_figure(nb, path.name)

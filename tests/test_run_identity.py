@@ -51,7 +51,7 @@ def fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
             if p.is_file()}
 
 
-@pytest.mark.parametrize("name", ["np-quick", "bb-quick", "lc-quick", "var-quick"])
+@pytest.mark.parametrize("name", ["np-quick", "bsl-batching-quick", "lc-quick", "var-quick"])
 def test_example_stores_resume_as_done(name, recwarn):
     """"Resume as done": on the current code, every cell of the example's sweep (`example_spec`) is done
     (`pending_cells`: 0 to run, the count equals the run folders), no run folder is stale, and the store

@@ -170,9 +170,9 @@ def test_stop_reason_recorded_or_derived_for_old_runs(tmp_path):
 
 
 def test_shipped_store_stop_reasons_and_capped_counts():
-    frame = load_store(EXAMPLES_DIR / "bb-quick")
+    frame = load_store(EXAMPLES_DIR / "bsl-batching-quick")
     assert (frame["stop_reason"] == "epoch_cap").all()  # all 60 runs hit the 15-epoch cap
-    table = summarize(frame, grid_axes(EXAMPLES_DIR / "bb-quick", frame))
+    table = summarize(frame, grid_axes(EXAMPLES_DIR / "bsl-batching-quick", frame))
     assert (table[("runs", "capped")] == 3).all() and (table[("runs", "n")] == 3).all()
     assert set(table[("test.ndcg@20", "ci_method")]) == {"t", "bootstrap+t"}  # per-user tables: BSL runs only
     np_quick = load_store(EXAMPLES_DIR / "np-quick")
