@@ -887,6 +887,15 @@ def sweep_kinds() -> tuple[str, ...]:
     return tuple(dict.fromkeys(kind for fig in FIGURES for kind in fig.needs))
 
 
+def figure_list() -> str:
+    """``rankrobust figures --list``: each figure's number, stem, the sweeps it needs and its caption's first clause."""
+    lines = []
+    for fig in FIGURES:
+        needs = " and ".join(f"a {kind} sweep (configs/sweeps/{kind}-*.yaml)" for kind in fig.needs)
+        lines.append(f"{fig.number:>2}  {fig.stem}\n    needs {needs}\n    {fig.caption.split(';')[0]}")
+    return "\n".join(lines)
+
+
 def select(only: Iterable[str] | None = None) -> list[Figure]:
     """Registry entries named in ``only`` (numbers ``"2"`` or stems ``"fig2-noisy-positives"``); all when None.
 
@@ -1044,6 +1053,7 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
         if absent:
             print(f"skipped {fig.stem}: needs a {' and a '.join(absent)} sweep folder", file=sys.stderr)
             continue
+        print(f"drawing {fig.stem} ...", file=sys.stderr, flush=True)  # a figure over many runs takes a while
         try:
             drawn = fig.render(sweeps)
         except (MissingData, FileNotFoundError, RunFolderError) as err:  # e.g. run files a shipped example omits

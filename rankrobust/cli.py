@@ -51,7 +51,10 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> Parser:
     """The full command-line parser."""
+    from rankrobust import __version__
+
     parser = Parser(prog="rankrobust", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"rankrobust {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     p = sub.add_parser("datasets", help="list datasets and their statistics")
@@ -85,13 +88,18 @@ def build_parser() -> Parser:
                    help="a run directory written by `rankrobust train --out` (checks (a)-(e)); or a sweep folder, or "
                         "several run directories: check (e), the negative-side gradient on false negatives per loss "
                         "and p, SL against BPR")
-    p.add_argument("--tol", type=float, default=1e-6, help="tolerance of checks (a)-(c)")
+    p.add_argument("--tol", type=float, default=1e-6, help="tolerance of checks (a)-(c) (default %(default)g)")
 
     p = sub.add_parser("sweep", help="run a grid of runs from a sweep spec (resumable)")
     p.add_argument("spec", help="sweep spec YAML (see configs/sweeps/)")
     p.add_argument("--out", required=True, help="sweep folder (runs/ and store.parquet go here)")
-    p.add_argument("--jobs", type=int, default=1, help="parallel processes (one GPU each where several exist)")
-    p.add_argument("--executor", default="local", help="local or ray")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="parallel processes (one GPU each where several exist; default %(default)s; the README's "
+                        "quick sweeps use 2)")
+    p.add_argument("--executor", default="local", help="local or ray (default %(default)s)")
+    p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
+                   help="run these seeds instead of the spec's (recorded in the sweep's spec, like the spec's own)")
+    p.add_argument("--device", help="train.device of every cell instead of the spec's: auto, cpu or cuda[:N]")
     p.add_argument("--address", help="Ray cluster address (with --executor ray), e.g. auto or HOST:6379")
     p.add_argument("--dry-run", action="store_true", help="list the cells and what is left to run (changes nothing)")
     p.add_argument("--prune", action="store_true",
@@ -121,11 +129,16 @@ def build_parser() -> Parser:
                    help="add the exact sign-flip permutation test over seeds (p_perm; its smallest p is 2/2^n)")
     p.add_argument("--compare-metric",
                    help="test metric for --compare and --robustness (default ndcg@K, K of train.metric)")
+    p.add_argument("--csv", metavar="FILE",
+                   help="also write the tables shown (per-cell summary; --compare, --robustness) as CSV: FILE, and "
+                        "FILE's stem + -compare.csv / -robustness.csv")
 
     p = sub.add_parser("figures", help="regenerate the paper's figures from sweep stores")
-    p.add_argument("dirs", nargs="+", help="sweep folders (quick or full results)")
-    p.add_argument("--out", default="figures", help="folder for PNG/PDF and sidecar texts")
+    p.add_argument("dirs", nargs="*", help="sweep folders (quick or full results)")
+    p.add_argument("--out", help="folder for PNG/PDF and sidecar texts (default: figures/ beside the sweep folders, "
+                                 "e.g. results/figures; --out figures replaces the repository's committed figures)")
     p.add_argument("--only", action="append", help="figure numbers or names to make (default all)")
+    p.add_argument("--list", action="store_true", help="list the figures and the sweeps each needs, draw nothing")
 
     from rankrobust.tuning.cli import add_parsers as add_tuning_parsers  # tune, tune-results
 
@@ -174,6 +187,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         row = {"name": info.name, "available": info.available, "where": str(info.where),
                "description": info.description}
         if not args.no_stats and info.available:
+            print(f"reading {info.name} ...", file=sys.stderr, flush=True)  # a large dataset takes a while
             ds = load_dataset(info.name, data_dir=args.data_dir)
             s = dataset_stats(ds.train.union(ds.valid).union(ds.test))
             row.update(users=s["users"], items=s["items"], interactions=s["interactions"],
@@ -184,6 +198,10 @@ def cmd_datasets(args: argparse.Namespace) -> int:
         if column in frame:
             frame[column] = [("-" if pd.isna(v) else f"{int(v)}") for v in frame[column]]
     print(frame.fillna("-").to_string(index=False))
+    missing = [str(name) for name, there in zip(frame["name"], frame["available"]) if not there]
+    if missing:
+        print(f"\nnot here: {', '.join(missing)}; fetch one with `rankrobust download NAME --dest DIR` and pass "
+              f"--data-dir DIR (or set RANKROBUST_DATA=DIR)")
     return 0
 
 
@@ -314,7 +332,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {args.jobs}")
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, seeds=args.seeds, device=args.device)
     sweep = SweepDir(args.out)
     if sweep.path.exists() and not sweep.path.is_dir():
         raise ConfigError(f"--out {sweep.path} is a file, not a folder; choose a folder for the sweep")
@@ -334,6 +352,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
 
     def run() -> int:
+        if not args.quiet:  # the bar moves only when a run ends (minutes on a CPU): say what is starting
+            print(f"{spec.name}: {len(spec.cells)} runs into {sweep.path} with {args.jobs} process"
+                  f"{'es' if args.jobs > 1 else ''} ({args.executor}); the bar moves as runs finish, each run "
+                  f"takes seconds to minutes", file=sys.stderr, flush=True)
         try:
             report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
                                progress=not args.quiet, prune=args.prune)
@@ -385,7 +407,11 @@ def _results(args: argparse.Namespace) -> int:
             what = "not a numeric metric column" if metric in frame.columns else "not a column"
             raise ConfigError(f"--metric {metric!r} is {what} of the store{closest(metric, known)}; "
                               f"metrics: {', '.join(known[:20])}{' …' if len(known) > 20 else ''}")
-    print(format_summary(summarize(frame, axes, tuple(args.metric or main_metrics(frame)))))
+    summary = summarize(frame, axes, tuple(args.metric or main_metrics(frame)))
+    print(format_summary(summary))
+    csv = Path(args.csv) if args.csv else None
+    if csv:
+        _write_csv(summary, csv)
     done = frame[frame["status"] == "done"]
     capped = int((done.get("stop_reason", pd.Series(dtype=object)) == EPOCH_CAP).sum())
     if capped:
@@ -419,6 +445,8 @@ def _results(args: argparse.Namespace) -> int:
               f"p of the paired t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
         print(table.to_string(**show))
         _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
+        if csv:
+            _write_csv(table, csv.with_name(f"{csv.stem}-compare.csv"))
         if args.per_user:
             secondary = compare_runs_per_user(frame, axes, a, b, metric=metric)
             print(f"\n{secondary['view'].iloc[-1] if len(secondary) else 'secondary: per-user'}: per-user {lb} - "
@@ -440,7 +468,19 @@ def _results(args: argparse.Namespace) -> int:
               f"t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
         print(table.to_string(**show))
         _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
+        if csv:
+            _write_csv(table, csv.with_name(f"{csv.stem}-robustness.csv"))
     return 0
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    """Write a results table as CSV (flat column names: ``test.ndcg@20 mean``) and say where."""
+    flat = table.reset_index() if not isinstance(table.index, pd.RangeIndex) else table.copy()
+    if isinstance(flat.columns, pd.MultiIndex):
+        flat.columns = [" ".join(str(p) for p in col if str(p)) for col in flat.columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    flat.to_csv(path, index=False)
+    print(f"wrote {path}")
 
 
 def _warn_capped(line: str | None) -> None:
@@ -449,10 +489,18 @@ def _warn_capped(line: str | None) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    from analysis.figures import make_figures
+    from analysis.figures import figure_list, make_figures
 
     from rankrobust.store import cells_progress, load_store
 
+    if args.list:
+        return _one_line_os_errors("figures", lambda: print(figure_list()) or 0)  # `--list | head` ends quietly
+    if not args.dirs:
+        raise ConfigError("name the sweep folders to draw from (rankrobust figures results/np-quick ...); "
+                          "--list shows the figures and the sweeps each needs")
+    out = Path(args.out) if args.out else default_figures_dir(args.dirs)
+    if not args.out:  # the default folder is not one the user named: say where the files go
+        print(f"writing figures to {out} (--out to choose)", file=sys.stderr, flush=True)
     for folder in args.dirs:  # a sweep with cells not run (yet): say so before drawing what there is
         try:
             progress = cells_progress(Path(folder), load_store(folder))
@@ -460,10 +508,18 @@ def cmd_figures(args: argparse.Namespace) -> int:
             progress = None  # make_figures reports an unreadable folder itself
         if progress:
             print(f"note: {folder}: {progress}", file=sys.stderr)
-    made = make_figures([Path(d) for d in args.dirs], Path(args.out), only=args.only)
+    made = make_figures([Path(d) for d in args.dirs], out, only=args.only)
     for path in made:
         print(path)
     return 0
+
+
+def default_figures_dir(dirs: Sequence[str]) -> Path:
+    """Where ``figures`` writes without ``--out``: ``figures/`` in the folder holding the sweep folders
+    (their common parent: ``results/np-quick results/lc-quick`` → ``results/figures``), never the repository's
+    committed ``figures/`` unless asked."""
+    parents = [Path(d).expanduser().resolve().parent for d in dirs]
+    return Path(os.path.commonpath(parents)) / "figures"
 
 
 HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_train, "dro-check": cmd_dro_check,

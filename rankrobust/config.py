@@ -692,7 +692,7 @@ def config_flags() -> list[Flag]:
             if choices is not None:
                 text += f": {', '.join(map(str, choices))}"
             default = field_default(f)
-            if default not in (None, False, ""):
+            if default is not None and default is not False and default != "":  # 0 and 0.0 are shown
                 text += f" (default {default})"
             flags[f.metadata["flag"]] = Flag(f.metadata["flag"], f"{section}.{f.name}", _base_type(hints[f.name]), text)
         for _, registry in selectors.values():

@@ -75,3 +75,55 @@ def test_results_dir_falls_back_per_sweep_with_a_note(tmp_path, monkeypatch, cap
     assert "has no sweep 'bsl-batching-quick'" in note and str(EXAMPLES_DIR / "bsl-batching-quick") in note
     monkeypatch.delenv(RESULTS_ENV)
     assert results_dir("np-quick") == EXAMPLES_DIR / "np-quick"
+
+
+def test_help_version_and_defaults(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.startswith("rankrobust ")
+    from rankrobust.cli import build_parser
+
+    helps = {name: sub.format_help() for name, sub in build_parser()._subparsers._group_actions[0].choices.items()}
+    assert "seed of the run (default 0)" in " ".join(helps["train"].split())
+    for needle in ("default 1", "(default local)", "--seeds", "--device"):
+        assert needle in " ".join(helps["sweep"].split())
+    assert "default 1e-06" in " ".join(helps["dro-check"].split())
+    assert "results/figures" in " ".join(helps["figures"].split()) and "--list" in helps["figures"]
+    assert "--csv" in helps["results"]
+
+
+def test_figures_default_out_is_beside_the_sweeps_and_list(tmp_path, capsys):
+    import shutil
+
+    from rankrobust import EXAMPLES_DIR
+
+    assert main(["figures", "--list"]) == 0
+    assert "fig9-bsl-batching" in capsys.readouterr().out
+    shutil.copytree(EXAMPLES_DIR / "var-quick", tmp_path / "results" / "var-quick")
+    assert main(["figures", str(tmp_path / "results" / "var-quick"), "--only", "5"]) == 0
+    assert (tmp_path / "results" / "figures" / "fig5-variance-epochs.png").is_file()
+    assert "drawing fig5-variance-epochs" in capsys.readouterr().err
+
+
+def test_results_csv(tmp_path, capsys):
+    from rankrobust import EXAMPLES_DIR
+
+    csv = tmp_path / "out" / "np.csv"
+    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--compare", "sl", "bsl", "--csv", str(csv)]) == 0
+    assert csv.is_file() and (tmp_path / "out" / "np-compare.csv").is_file()
+    assert "test.ndcg@20 mean" in csv.read_text().splitlines()[0]
+
+
+def test_sweep_seeds_and_device_override(tmp_path):
+    from rankrobust.sweeps import load_spec
+
+    spec = load_spec("configs/sweeps/untuned/noisy-positives-lastfm-quick.yaml", seeds=[7], device="cpu")
+    assert spec.seeds == [7] and {c.config.train.seed for c in spec.cells} == {7}
+    assert {c.config.train.device for c in spec.cells} == {"cpu"}
+
+
+def test_datasets_suggests_download(capsys):
+    assert main(["datasets", "--no-stats", "--data-dir", "/nonexistent-folder"]) == 0
+    assert "rankrobust download NAME" in capsys.readouterr().out

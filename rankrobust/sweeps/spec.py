@@ -425,8 +425,12 @@ def parse_spec(data: dict[str, Any], source: Path | None = None) -> SweepSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> SweepSpec:
-    """Read, validate and expand a sweep spec YAML."""
+def load_spec(path: str | Path, *, seeds: list[int] | None = None, device: str | None = None) -> SweepSpec:
+    """Read, validate and expand a sweep spec YAML.
+
+    ``seeds`` replaces the spec's seeds and ``device`` sets ``train.device`` in its base (``rankrobust sweep
+    --seeds``, ``--device``): both become part of the cells' configs and of the recorded spec, as if written in it.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sweep spec {path} does not exist")
@@ -437,4 +441,9 @@ def load_spec(path: str | Path) -> SweepSpec:
                           f"pass a sweep spec YAML file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}; fix the spec") from None
+    if isinstance(data, dict) and seeds is not None:
+        data["seeds"] = list(seeds)
+    if isinstance(data, dict) and device is not None:
+        base = data["base"] = dict(data.get("base") or {})
+        base["train"] = {**(base.get("train") or {}), "device": device}
     return parse_spec(data, path)
