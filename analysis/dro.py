@@ -1,4 +1,4 @@
-"""The DRO reading of the softmax losses, checked numerically (PROTOCOLS §7).
+"""The DRO reading of the softmax losses, checked numerically (docs/PROTOCOLS.md §7).
 
 For scores f over a finite support with base distribution P₀ (uniform over
 the sampled or all items unless given):
@@ -551,7 +551,7 @@ def _families(ns: Sequence[int], seeds: Iterable[int], include_ties: bool,
 @_one_blas_thread
 def run_checks(n: Sequence[int] | int = (5, 20, 50), seeds: Iterable[int] = (0, 1), include_ties: bool = True,
                include_extremes: bool = True, tol: float = 1e-6, q_tol: float = 1e-5) -> list[CheckResult]:
-    """Run checks (a)–(c) of PROTOCOLS §7 on random, tied and extreme score vectors, in float64.
+    """Run checks (a)–(c) of docs/PROTOCOLS.md §7 on random, tied and extreme score vectors, in float64.
 
     For every case (score vector f, base P₀, temperatures τ) and every τ:
 

@@ -1,6 +1,6 @@
 """DRO-equivalence checks on a trained run (`rankrobust dro-check RUN_DIR`).
 
-Checks (a)–(c) of PROTOCOLS.md §7 are run on synthetic score vectors and on
+Checks (a)–(c) of docs/PROTOCOLS.md §7 are run on synthetic score vectors and on
 the run's own scores (a few seeded users against a sample of items, at the
 run's τ); check (d) measures, on the run's final embeddings and its injected
 noisy positives (``noise.parquet``), the share of the positive-side gradient
@@ -83,7 +83,7 @@ def real_score_checks(user_emb: torch.Tensor, item_emb: torch.Tensor, tau: float
 
 
 def in_training_lines(epochs, accounting: dict[str, Any]) -> list[str]:
-    """Report lines of the in-training gradient accounting stored with a run (PROTOCOLS §9)."""
+    """Report lines of the in-training gradient accounting stored with a run (docs/PROTOCOLS.md §9)."""
     if epochs is None or "pos_grad_share_noisy" not in epochs:
         return ["    in training: not recorded for this run (runs trained before gradient accounting existed)"]
     e = epochs.dropna(subset=["pos_grad_share_noisy"])

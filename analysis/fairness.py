@@ -1,4 +1,4 @@
-"""Popularity fairness of top-K recommendations (PROTOCOLS §5).
+"""Popularity fairness of top-K recommendations (docs/PROTOCOLS.md §5).
 
 Everything is computed from the evaluator's top-K matrix (``EvalResult.topk``,
 ``[n_eval, K_max]`` item ids, −1 = padding, ignored), its hit matrix and the

@@ -517,7 +517,7 @@ def _item_popularity(run: runs.Run) -> np.ndarray:
     return load_data(config_from_dict(run.config).data).train.item_counts()
 
 
-#: store columns of the noisy-positive gradient share: in training (PROTOCOLS §9) and counterfactual (§7 d)
+#: store columns of the noisy-positive gradient share: in training (docs/PROTOCOLS.md §9) and counterfactual (§7 d)
 IN_TRAINING_SHARE = "gradient_accounting.pos_grad_share_noisy_best"
 IN_TRAINING_FRACTION = "gradient_accounting.noisy_pair_fraction_best"
 COUNTERFACTUAL_SHARE = {"sl": "gradient_share.sl_noisy_share", "bsl": "gradient_share.bsl_noisy_share"}
@@ -639,7 +639,7 @@ def batching_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
                          "run_dir": done["run_dir"]}).reset_index(drop=True)
 
 
-#: ``data.split`` value → label of the test it gives (PROTOCOLS.md §11)
+#: ``data.split`` value → label of the test it gives (docs/PROTOCOLS.md §11)
 SPLIT_LABELS = {"given": "IID", "popularity": "OOD"}
 
 

@@ -1,4 +1,4 @@
-"""In-training gradient accounting on the positive scores (PROTOCOLS.md §9).
+"""In-training gradient accounting on the positive scores (docs/PROTOCOLS.md §9).
 
 For every training batch of B pairs, g_k = B·|∂L/∂s⁺_k| is the magnitude of
 the loss gradient on the positive score of pair k (scaled by B, since L is the

@@ -52,9 +52,9 @@ __all__ = [
 STYLE = "whitegrid"
 CONTEXT = "notebook"
 
-#: ``measure`` label of the noisy-positive gradient share as training applied it (PROTOCOLS §9)
+#: ``measure`` label of the noisy-positive gradient share as training applied it (docs/PROTOCOLS.md §9)
 IN_TRAINING = "in training"
-#: ``measure`` label of the share softmax(f/τ₁) over all of a user's positives would give (PROTOCOLS §7 d)
+#: ``measure`` label of the share softmax(f/τ₁) over all of a user's positives would give (docs/PROTOCOLS.md §7 d)
 COUNTERFACTUAL = "counterfactual, final embeddings"
 
 

@@ -12,7 +12,7 @@ in two modes), each kept because a protocol or a figure needs exactly it:
   (0 = tail … G−1 = head) of ≈ equal *interactions*.  Items are sorted
   ascending by φ (ties: lower id first); the item at sorted position p goes to
   group ⌊G·C_p/C⌋, C_p = φ of the items before it, C = Σφ.  Used for the
-  per-group metrics, PopREO and PopRSP of PROTOCOLS §5 (`analysis.fairness`,
+  per-group metrics, PopREO and PopRSP of docs/PROTOCOLS.md §5 (`analysis.fairness`,
   G = 10) and fig. 4.
 - `popularity_groups` with ``mode="items"``: the same order cut into G groups
   of equal *item* counts (±1), position p → ⌊G·p/n_items⌋.  Used for the
@@ -28,7 +28,7 @@ in two modes), each kept because a protocol or a figure needs exactly it:
   and long tail, `analysis.fairness`; docs/METRICS.md).
 - `head_items`: head = the ⌈0.2·n_items⌉ items with the largest φ (ties: lower
   id first); the rest is "not head".  Used for the popularity score gap of
-  `analysis.variance` (PROTOCOLS §6).
+  `analysis.variance` (docs/PROTOCOLS.md §6).
 
 How they relate: the interactions-mode groups and `long_tail_mask` both cut by
 *interaction mass*, whereas the items-mode groups, the terciles and
@@ -171,7 +171,8 @@ def short_head_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -
 
 
 def long_tail_mask(item_counts: np.ndarray | Tensor, head_share: float = 0.8) -> Tensor:
-    """BoolTensor [n_items], True for long-tail items: every item outside `short_head_mask` (APLT's tail, PROTOCOLS §5)."""
+    """BoolTensor [n_items], True for long-tail items: every item outside `short_head_mask` (APLT's tail,
+    docs/PROTOCOLS.md §5)."""
     return ~short_head_mask(item_counts, head_share)
 
 

@@ -34,7 +34,7 @@ def _cutoff(metric: str) -> int:
 
 
 class FairnessProbe(Probe):
-    """Per-popularity-group metrics of the test evaluation at the validation metric's cutoff (PROTOCOLS §5)."""
+    """Per-popularity-group metrics of the test evaluation at the validation metric's cutoff (docs/PROTOCOLS.md §5)."""
 
     name = "fairness"
 
@@ -46,7 +46,7 @@ class FairnessProbe(Probe):
 
 
 class VarianceProbe(Probe):
-    """Score statistics every epoch (PROTOCOLS §6), written to the run's ``variance`` table as it goes."""
+    """Score statistics every epoch (docs/PROTOCOLS.md §6), written to the run's ``variance`` table as it goes."""
 
     name = "variance"
 

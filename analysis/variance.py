@@ -1,4 +1,4 @@
-"""Prediction variance of a recommender's scores (PROTOCOLS §6).
+"""Prediction variance of a recommender's scores (docs/PROTOCOLS.md §6).
 
 SL's negative term has the second-order expansion
 
@@ -152,7 +152,7 @@ def score_statistics(user_emb: Tensor, item_emb: Tensor, users: Tensor,
     ``users [b]``, ``n_pos [b]``, ``pos_mean [b]``, ``pos_var [b]`` (NaN when the user has
     no positive), and where computed ``neg_mean [b]``, ``neg_var [b]``, ``all_mean [b]``,
     ``all_var [b]``.  Variances are population variances (ddof = 0), matching the
-    Var_{P} of PROTOCOLS §6 with P uniform over the set.  Positives are gathered with
+    Var_{P} of docs/PROTOCOLS.md §6 with P uniform over the set.  Positives are gathered with
     segment sums over the CSR rows (vectorised, no per-user loop).
     """
     device = user_emb.device
@@ -268,7 +268,7 @@ class VarianceTracker:
 
     On a fixed, seeded sample of ``n_users_sample`` users (among those with at
     least one training positive) and fixed negatives (``n_neg`` per user, uniform
-    with replacement over all items, PROTOCOLS §2 ``uniform``), each call records
+    with replacement over all items, docs/PROTOCOLS.md §2 ``uniform``), each call records
     one row: ``epoch``; for every ``s`` in `STATS` the mean over users (column
     ``s``) and the median (``s_median``); ``pop_gap`` (`popularity_score_gap` with
     training counts); ``n_users``; ``seconds`` (time spent in the tracker).  With

@@ -1,4 +1,4 @@
-"""Overhead of in-training gradient accounting (PROTOCOLS.md §9) on the epoch time, measured as a ratio.
+"""Overhead of in-training gradient accounting (docs/PROTOCOLS.md §9) on the epoch time, measured as a ratio.
 
     python benchmarks/accounting.py --dataset lastfm --loss bsl --noise-pos 0.3 --rounds 6 --append
 

@@ -1,4 +1,4 @@
-"""Epoch orders of the training pairs, and same-user group statistics (PROTOCOLS.md §9).
+"""Epoch orders of the training pairs, and same-user group statistics (docs/PROTOCOLS.md §9).
 
 An epoch visits every training pair (u, i⁺) exactly once: the trainer takes a
 permutation ``order`` [N] of the N pairs and cuts batches of B consecutive
@@ -155,7 +155,7 @@ def group_size_mean(users: Tensor) -> Tensor:
 
 
 def expected_group_size_pairs(user_counts, batch_size: int) -> float:
-    """Expected same-user group size per pair under ``pairs`` batching (PROTOCOLS.md §9).
+    """Expected same-user group size per pair under ``pairs`` batching (docs/PROTOCOLS.md §9).
 
     With n_u training pairs per user (``user_counts``), N = Σ_u n_u and a batch
     that is a uniform B-subset of the pairs (B = ``batch_size``, clipped to N),

@@ -276,7 +276,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if files:  # the files the run read (their sizes and sha256 are in metrics.json, data_files)
         print("data: " + ", ".join(f"{split} {record['path']}" for split, record in files.items()))
     split = m.get("split")
-    if split:  # data.split = popularity (PROTOCOLS.md §11)
+    if split:  # data.split = popularity (docs/PROTOCOLS.md §11)
         print(f"{split['kind']} split (seed {split['seed']}): test holds {split['test']:,} interactions "
               f"({split['test_fraction']:.3f} of all), Gini of its item counts {split['test_item_gini']:.3f} "
               f"(the given test: {split['given_test_item_gini']:.3f})")

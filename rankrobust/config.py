@@ -128,7 +128,7 @@ class DataConfig:
 
 @dataclass
 class NoiseConfig:
-    """Controlled corruption of the training data (PROTOCOLS.md §3).
+    """Controlled corruption of the training data (docs/PROTOCOLS.md §3).
 
     ``pos_ratio`` r: each user gets floor(r·|P_u|) (or ceil) fake positives.
     ``neg_prob`` p: each sampled negative is replaced by a false negative from

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation on the device (PROTOCOLS §4).
+"""Full-ranking evaluation on the device (docs/PROTOCOLS.md §4).
 
 For every user with a non-empty ground-truth set T_u the evaluator scores all
 items, masks the items of the ``exclude`` matrices (training, and validation
@@ -332,7 +332,7 @@ def ips_metrics(result: EvalResult, popularity: np.ndarray, gamma: float,
                 ks: Sequence[int] | None = None) -> dict[str, float]:
     """Inverse-propensity-weighted Recall@K and NDCG@K of an evaluation → ``{"ips_recall@K", "ips_ndcg@K"}``.
 
-    Propensity p_i ∝ pop(i)^γ (PROTOCOLS.md §11), weight w_i = 1/p_i (`ips_weights`).
+    Propensity p_i ∝ pop(i)^γ (docs/PROTOCOLS.md §11), weight w_i = 1/p_i (`ips_weights`).
     For user u with truth T_u and top-K list L (the evaluation's own ``topk``/``hits``):
 
     - IPS-Recall@K(u) = Σ_{i ∈ L ∩ T_u} w_i / Σ_{i ∈ T_u} w_i

@@ -180,7 +180,7 @@ def id_table(dataset: Dataset) -> pd.DataFrame:
 
 
 def group_size_warning(cfg: RunConfig, group_size: float) -> str | None:
-    """The warning for a grouped positive term that barely acts, or None (PROTOCOLS.md §9).
+    """The warning for a grouped positive term that barely acts, or None (docs/PROTOCOLS.md §9).
 
     BSL ``paper``/``multi`` take a log-mean-exp over the positives of the same
     user in the same batch; with a mean same-user group size below 2 most

@@ -1,7 +1,7 @@
 """State that a loss carries between batches: one mechanism for every stateful loss.
 
 Most losses are pure functions of the batch's scores (`rankrobust.losses`).
-A few successors need more (PROTOCOLS.md §10): SL@K a per-user score
+A few successors need more (docs/PROTOCOLS.md §10): SL@K a per-user score
 quantile refreshed every T epochs, DrRL a learnable per-user margin,
 AdvInfoNCE an adversarial hardness model trained by gradient *ascent*, T-CE a
 drop rate that grows with the step count.  They all go through this one

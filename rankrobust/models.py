@@ -198,7 +198,7 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, 
 
 
 class XSimGCL(Recommender):
-    """XSimGCL (Yu et al., TKDE 2023; PROTOCOLS.md §11): noisy LightGCN propagation + cross-layer InfoNCE.
+    """XSimGCL (Yu et al., TKDE 2023; docs/PROTOCOLS.md §11): noisy LightGCN propagation + cross-layer InfoNCE.
 
     Propagation: e⁽⁰⁾ = [users; items], e⁽ˡ⁾ = Â e⁽ˡ⁻¹⁾ for l = 1..L, and while
     *training* e⁽ˡ⁾ ← e⁽ˡ⁾ + ε · sign(e⁽ˡ⁾) ⊙ normalize(Δ), Δ ~ U(0, 1) row-wise; the

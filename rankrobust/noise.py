@@ -1,4 +1,4 @@
-"""Controlled, seeded, recorded corruption of training data (PROTOCOLS.md §3).
+"""Controlled, seeded, recorded corruption of training data (docs/PROTOCOLS.md §3).
 
 - `add_noisy_positives`: false positives — every user gets ⌊r·|P_u|⌋ (or ⌈·⌉)
   extra "positives" drawn uniformly without replacement from the items the user

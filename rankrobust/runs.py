@@ -1,6 +1,6 @@
 """Run directories: one folder per training run, written atomically.
 
-Layout (see ../shared/DESIGN.md)::
+Layout (this module is the only owner of these names)::
 
     config.json        resolved RunConfig
     metrics.json       {"valid": {...}, "test": {...}, "best_epoch": n, "leaky_validation": bool, ...}

@@ -1,4 +1,4 @@
-"""Negative samplers, vectorised on the training device (PROTOCOLS.md §2, §3).
+"""Negative samplers, vectorised on the training device (docs/PROTOCOLS.md §2, §3).
 
 Every sampler is a callable::
 
@@ -221,7 +221,7 @@ class AllItemsSampler:
     batch against the whole catalog (`rankrobust.scoring.score_batch` with
     ``negatives='all'``), leaving out each row's positive and, with
     ``mask_positives``, the user's other training positives.  With it, SL is
-    the exact softmax over the catalog (the P_n of the DRO reading, PROTOCOLS.md
+    the exact softmax over the catalog (the P_n of the DRO reading, docs/PROTOCOLS.md
     §7) and BSL's negative term its exact log-sum-exp; BPR, BCE, MSE and CCL
     average or sum over all items instead of a sample.  ``num_negatives`` is
     ``None`` (M = n_items).
@@ -247,7 +247,7 @@ class FalseNegativeMixer:
 
     The replacement is uniform over ``pool`` row u (``indptr[u] + ⌊U·len_u⌋``),
     so with the ``train`` pool it is one of u's own training positives and with
-    the ``heldout`` pool one of its held-out positives (PROTOCOLS.md §3).  Users
+    the ``heldout`` pool one of its held-out positives (docs/PROTOCOLS.md §3).  Users
     with an empty pool row keep the base negative, so the realised rate is
     p · (share of pairs whose user has a non-empty row).  Fully vectorised;
     two extra [B, M] uniform draws per batch when p > 0, none when p = 0

@@ -30,7 +30,7 @@ Two more kinds of negatives share the code:
 * all items (``train.sampler = full``): the [B, n_items] matrix *is* the
   negative block; ``neg_mask`` hides each row's positive, and with
   ``mask_positives`` the user's other training positives too.  SL on it is the
-  exact softmax over the catalog (PROTOCOLS.md §1, §7: the distribution in
+  exact softmax over the catalog (docs/PROTOCOLS.md §1, §7: the distribution in
   which SL is DRO over the negatives), not its sampled estimate.
 
 Nothing here syncs with the host.

@@ -229,7 +229,7 @@ class Trainer:
         """One pass over the training pairs in the order of ``train.batching``.
 
         Returns a device tensor [2]: the mean batch loss and the mean same-user
-        group size per pair (PROTOCOLS.md §9), read by the caller in one sync.
+        group size per pair (docs/PROTOCOLS.md §9), read by the caller in one sync.
         ``on_batch`` is called after each batch (a progress bar; it must not read device values).
         """
         self.model.train()

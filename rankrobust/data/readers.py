@@ -1,6 +1,6 @@
 """Readers for interaction files.
 
-* `read_lightgcn`: the LightGCN text format (PROTOCOLS.md §8), one line per
+* `read_lightgcn`: the LightGCN text format (docs/PROTOCOLS.md §8), one line per
   user, ``user item item ...`` with 0-based integer ids, plain or gzip.  The
   parser is vectorised over the raw bytes (no per-line Python loop), so the
   1.2M-pair Yelp2018 train file reads in well under a second; when the bytes

@@ -205,7 +205,7 @@ def dataset_stats(inter: Interactions) -> dict:
 
 
 # ----------------------------------------------------------------- popularity shift (OOD)
-#: ``data.split`` values: the dataset's own split, or PSL's popularity-shift test (PROTOCOLS.md §11)
+#: ``data.split`` values: the dataset's own split, or PSL's popularity-shift test (docs/PROTOCOLS.md §11)
 SPLITS = ("given", "popularity")
 #: PSL's OOD sets (IR-Benchmark ``data_ood/*-popularity``) hold out 20% of all interactions as test
 OOD_TEST_FRACTION = 0.2

@@ -1,4 +1,4 @@
-"""Recommendation losses as small pure functions, one registry (PROTOCOLS.md §1, §10; docs/LOSSES.md).
+"""Recommendation losses as small pure functions, one registry (docs/PROTOCOLS.md §1, §10; docs/LOSSES.md).
 
 Fifteen losses, by family:
 

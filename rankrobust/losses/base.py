@@ -1,4 +1,4 @@
-"""Today's six losses, the helpers every loss shares, and the `LOSSES` registry (PROTOCOLS.md §1).
+"""Today's six losses, the helpers every loss shares, and the `LOSSES` registry (docs/PROTOCOLS.md §1).
 
 The package `rankrobust.losses` re-exports everything here; the successor
 losses (`rankrobust.losses.successors`) and the denoising baselines
@@ -269,7 +269,7 @@ def sl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tenso
 
 def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tensor | None = None, mode: str = "paper",
         tau: float = 0.1, tau1: float | None = None, tau2: float | None = None, r: float = 1.0) -> Tensor:
-    """Bilateral softmax loss (PROTOCOLS.md §1), mean over the B pairs of ℓ_k.
+    """Bilateral softmax loss (docs/PROTOCOLS.md §1), mean over the B pairs of ℓ_k.
 
     Modes (G(k) = the pairs of the batch whose user is u_k; with ``users=None``
     every pair is its own group):
@@ -402,7 +402,7 @@ def groups_positives(options) -> bool:
 
     Such a term (BSL ``paper`` and ``multi``) is a log-mean-exp over the
     positives of the same user in the same batch, so it only acts when
-    batches hold several positives per user (PROTOCOLS.md §9).  A loss says so
+    batches hold several positives per user (docs/PROTOCOLS.md §9).  A loss says so
     with a ``groups_positives`` attribute on its options class.
     """
     return bool(getattr(options, "groups_positives", False))

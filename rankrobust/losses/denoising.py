@@ -1,4 +1,4 @@
-"""The noise-robust baselines (PROTOCOLS.md §10): T-CE, R-CE (noisy positives), DCL, RINCE (false negatives).
+"""The noise-robust baselines (docs/PROTOCOLS.md §10): T-CE, R-CE (noisy positives), DCL, RINCE (false negatives).
 
 Same interface and guarantees as every loss (`rankrobust.losses.base`).  T-CE
 is stateful: its drop rate grows with the number of optimiser steps, counted

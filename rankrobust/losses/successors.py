@@ -1,4 +1,4 @@
-"""The losses after BSL (PROTOCOLS.md §10): PSL, SL@K, AdvInfoNCE, LLPAUC and DrRL.
+"""The losses after BSL (docs/PROTOCOLS.md §10): PSL, SL@K, AdvInfoNCE, LLPAUC and DrRL.
 
 Same interface as every loss (`rankrobust.losses.base`): ``fn(pos [B], neg
 [B, M], *, users=None, neg_mask=None, **hyper) -> scalar`` (mean over the B
