@@ -363,7 +363,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             by = "SIGTERM" if isinstance(stop, SweepTerminated) else "Ctrl-C"
             print(f"rankrobust sweep: stopped by {by}; running cells ended (workers or Ray tasks), finished runs "
                   f"kept in {sweep.path.absolute()}; rerun the same command to resume", file=sys.stderr)
-            return 143 if isinstance(stop, SweepTerminated) else 130
+            code = 143 if isinstance(stop, SweepTerminated) else 130
+            if args.executor == "ray":  # everything is written; Ray's core worker can abort while the interpreter
+                sys.stdout.flush()     # tears down after its tasks were ended, which would replace this exit code
+                sys.stderr.flush()
+                os._exit(code)
+            return code
         print(report)
         print(f"store: {sweep.store_path}")
         return 1 if report.failed else 0

@@ -304,9 +304,9 @@ def execute_ray(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1
     sweep (RuntimeError, one line) instead of waiting forever.  At most
     ``options.max_concurrent`` (or ``jobs`` > 1) tasks are in flight.
     Every ``poll_seconds`` the epochs reached by the running cells go to
-    ``on_progress``.  Closing the generator (SIGTERM, Ctrl-C, an error)
-    cancels the tasks in flight; their cells stay unfinished and a rerun
-    redoes them.  Tasks get the driver's data folder (``RANKROBUST_DATA``,
+    ``on_progress``.  Closing the generator (SIGTERM, Ctrl-C, an error) with
+    tasks in flight disconnects from Ray, which ends the tasks this driver
+    started; their cells stay unfinished and a rerun redoes them.  Tasks get the driver's data folder (``RANKROBUST_DATA``,
     absolute) unless set on the nodes.
     """
     from rankrobust.data.registry import ENV_VAR, resolve_data_dir
@@ -346,11 +346,8 @@ def execute_ray(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1
                     result = {"status": "failed", "error": f"{type(err).__name__}: {err}".splitlines()[0]}
                 yield cell, result
     finally:
-        for ref in in_flight:  # stopped early: nothing keeps running on the cluster
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # already finished or its node is gone
-                pass
+        if in_flight:  # stopped early: end this driver's Ray job, which ends every task it started on the cluster
+            ray.shutdown()  # (ray.cancel(force=True) then exiting can trip a fatal check in Ray's core worker)
 
 
 def cell_resources(spec: SweepSpec, cell: Cell) -> dict[str, Any]:

@@ -201,13 +201,20 @@ def sigterm_stops(error: type[KeyboardInterrupt] = SweepTerminated) -> Iterator[
         yield
         return
 
+    fired: list[int] = []
+
     def handler(signum, frame):
+        fired.append(signum)
         raise error("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
     previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
+    except KeyboardInterrupt as err:  # a library (Ray's wait) may turn ours into a plain KeyboardInterrupt
+        if fired and not isinstance(err, error):
+            raise error("stopped by SIGTERM") from None
+        raise
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
