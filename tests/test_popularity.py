@@ -24,7 +24,7 @@ def test_old_homes_re_export_the_same_functions():
 def test_every_notion_is_documented_in_the_module_docstring():
     doc = popularity.__doc__
     for name in ("popularity_groups", "popularity_terciles", "long_tail_mask", "head_items",
-                 '"interactions"', '"items"', "fig. 7", "APLT", "PROTOCOLS §5", "§6"):
+                 '"interactions"', '"items"', "fig. 7", "APLT", "PROTOCOLS.md §5", "§6"):
         assert name in doc, name
 
 
