@@ -320,3 +320,29 @@ def test_ray_tune_path_in_process(tmp_path):
     assert best["origin"]["value"] == pytest.approx(study.best_value)
     for t in study.trials:
         assert (out / t.user_attrs["run_dir"] / "config.json").exists()
+
+
+def test_asks_draw_new_settings_and_a_failed_prior_is_tried_again(tmp_path):
+    """Every ask reseeds the arm's sampler by the trials asked so far (two workers or a rerun never repeat the
+    same random draw), and the documented settings come back when their first trial failed."""
+    import optuna
+
+    from rankrobust.tuning.study import TuneDir, _ask, make_storage, open_study
+
+    spec = parse_tune_spec(spec_doc(tmp_path, losses=("sl",), trials=8, epochs=2))
+    arm = spec.arms[0]
+    folder = TuneDir(tmp_path / "out")
+    folder.path.mkdir(parents=True)
+    study = open_study(spec, arm, make_storage(folder.storage_url))
+    first = _ask(spec, arm, study, folder)
+    assert first.user_attrs.get("prior")
+    study.tell(first, state=optuna.trial.TrialState.FAIL)
+    again = _ask(spec, arm, study, folder)
+    assert again.user_attrs.get("prior") and again.params == first.params
+    study.tell(again, 0.1)
+    drawn = []
+    for _ in range(5):
+        t = _ask(spec, arm, study, folder)
+        drawn.append(tuple(sorted(t.params.items())))
+        study.tell(t, 0.1)
+    assert len(set(drawn)) == len(drawn)

@@ -191,11 +191,20 @@ def make_pruner(settings: dict[str, Any]):
 def open_study(spec: TuneSpec, arm: Arm, storage: Any):
     """The study of ``arm`` (created on first use; seeded TPE sampler, the spec's pruner)."""
     optuna = _optuna()
+    return optuna.create_study(study_name=arm.label, storage=storage, direction="maximize",
+                               sampler=make_sampler(spec, arm, 0), pruner=make_pruner(spec.pruner),
+                               load_if_exists=True)
+
+
+def make_sampler(spec: TuneSpec, arm: Arm, asked: int):
+    """The arm's TPE sampler for its next trial, seeded by the spec's seed, the arm and the trials ``asked`` so far.
+
+    Called under the ask lock before every ask, so each trial's random draws
+    are distinct across workers and reruns and the same for the same order of asks.
+    """
     s = spec.sampler
-    sampler = optuna.samplers.TPESampler(seed=spec.seed + arm.index, n_startup_trials=s["n_startup_trials"],
-                                         multivariate=s["multivariate"])
-    return optuna.create_study(study_name=arm.label, storage=storage, direction="maximize", sampler=sampler,
-                               pruner=make_pruner(spec.pruner), load_if_exists=True)
+    return _optuna().samplers.TPESampler(seed=spec.seed + 1000 * arm.index + asked,
+                                         n_startup_trials=s["n_startup_trials"], multivariate=s["multivariate"])
 
 
 def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
@@ -310,8 +319,12 @@ def _ask(spec: TuneSpec, arm: Arm, study, folder: TuneDir):
         if c["complete"] + c["pruned"] + c["running"] >= spec.trials:
             return None
         prior = arm.prior()
-        if prior and sum(c.values()) == 0:  # the documented settings are trial 0 of every arm
-            study.enqueue_trial(prior, user_attrs={"prior": True}, skip_if_exists=True)
+        tried = any(t.user_attrs.get("prior") and t.state.name != "FAIL" for t in study.trials)
+        if prior and not tried:  # the documented settings are the first trial of every arm (again if it failed)
+            study.enqueue_trial(prior, user_attrs={"prior": True})
+        # a sampler seeded by the arm and the number of trials asked so far: workers and reruns each draw
+        # new settings (one seed per process made every worker repeat the same random start-up draws)
+        study.sampler = make_sampler(spec, arm, len(study.trials))
         trial = study.ask({key: _distribution(s.space) for key, s in arm.space.items()})
         trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
         return trial
