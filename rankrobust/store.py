@@ -287,8 +287,11 @@ def cells_progress(folder: str | Path, frame: pd.DataFrame) -> str | None:
     cells = SweepDir(folder).cells()
     if not cells:
         return None
-    done = set(frame.loc[frame["status"] == runs.STATUS_DONE, "cell_id"].astype(str)) if len(frame) else set()
-    missing = [c for c in cells if c not in done]
+    def key(name: str) -> str:  # an old record may list a cell's grid keys in another order than its folder name
+        return "__".join(sorted(str(name).split("__")))
+
+    done = {key(c) for c in frame.loc[frame["status"] == runs.STATUS_DONE, "cell_id"]} if len(frame) else set()
+    missing = [c for c in cells if key(c) not in done]
     if not missing:
         return None
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
