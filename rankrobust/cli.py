@@ -1,4 +1,4 @@
-"""The ``rankrobust`` command: datasets, download, train, dro-check, sweep, results, figures.
+"""The ``rankrobust`` command: datasets, download, train, dro-check, sweep, results, figures, tune, tune-results.
 
 Each subcommand is a small function taking parsed arguments; the heavy lifting
 lives in the library modules so that notebooks can call the same code.  The
