@@ -212,7 +212,9 @@ def test_kill_and_rerun_continues_the_study(tmp_path):
     deadline = time.time() + 120
     trials = out / "trials" / "sl"
     while time.time() < deadline:  # wait for 2 finished trials and a third one started
-        started = [d for d in trials.iterdir() if (d / "starts").exists()] if trials.exists() else []
+        # a start counts once its line is written (a kill between open and write would leave it empty)
+        started = [d for d in trials.iterdir() if (d / "starts").exists() and (d / "starts").read_text()] \
+            if trials.exists() else []
         if len([d for d in started if (d / "done").exists()]) >= 2 and any(not (d / "done").exists() for d in started):
             break
         time.sleep(0.02)
