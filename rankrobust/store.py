@@ -661,6 +661,17 @@ def _finish(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def _comparison_runs(frame: pd.DataFrame, metric: str | None, a: dict[str, Any],
+                     b: dict[str, Any]) -> tuple[str, pd.DataFrame]:
+    """(metric column, finished runs) of a comparison of arms ``a`` and ``b``; `check_arm` on both when any run is done."""
+    column = _metric_column(metric, frame)
+    done = frame[frame["status"] == runs.STATUS_DONE]
+    if not done.empty:
+        check_arm(frame, a)
+        check_arm(frame, b)
+    return column, done
+
+
 def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dict[str, Any],
                  metric: str | None = None, level: float = 0.95, permutation: bool = False) -> pd.DataFrame:
     """Arm ``b`` vs arm ``a`` per cell, over matched seeds (the unit is the seed), one Holm family for the table.
@@ -681,12 +692,9 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
     cell: no CI, no p.  A value the store lacks: ValueError naming the
     values it has.
     """
-    column = _metric_column(metric, frame)
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    column, done = _comparison_runs(frame, metric, a, b)
     if done.empty:
         return pd.DataFrame()
-    check_arm(frame, a)
-    check_arm(frame, b)
     if column not in done:
         raise ValueError(f"the store has no column {column!r}")
     others = [x for x in axes if x not in set(a) | set(b) and x != "train.seed"]
@@ -743,12 +751,9 @@ def compare_drops(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: di
     clean run serves several rows but counts once there).  Columns ``drop <metric> <arm>`` are
     the arms' mean drops.
     """
-    column = _metric_column(metric, frame)
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    column, done = _comparison_runs(frame, metric, a, b)
     if done.empty:
         return pd.DataFrame()
-    check_arm(frame, a)
-    check_arm(frame, b)
     noise = noise or noise_axis(frame, axes)
     if noise not in done:
         raise ValueError(f"the store has no column {noise!r}")

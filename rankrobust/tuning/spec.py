@@ -127,15 +127,19 @@ def _label(values: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.+=-]", "-", "-".join(str(v) for v in values.values()))
 
 
+def _known_keys(mapping: dict, valid: tuple[str, ...], what: str, prefix: str, where: str) -> None:
+    """ConfigError naming the first key of ``mapping`` not in ``valid`` (and the closest valid one)."""
+    for key in mapping:
+        if key not in valid:
+            raise ConfigError(f"{where}unknown {what} '{prefix}{key}'{closest(key, valid)}; valid: {', '.join(valid)}")
+
+
 def _tune_section(raw: Any, where: str) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}tune must be a mapping with {', '.join(TUNE_KEYS)}")
-    for key in raw:
-        if key not in TUNE_KEYS:
-            raise ConfigError(f"{where}unknown tune key 'tune.{key}'{closest(key, TUNE_KEYS)}; valid: "
-                              f"{', '.join(TUNE_KEYS)}")
+    _known_keys(raw, TUNE_KEYS, "tune key", "tune.", where)
     trials = raw.get("trials")
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
         raise ConfigError(f"{where}tune.trials must be an integer >= 1 (the trial budget of every arm), "
@@ -248,10 +252,7 @@ def parse_tune_spec(data: Any, source: Path | None = None) -> TuneSpec:
     where = f"{source}: " if source else ""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}a tune spec must be a mapping with {', '.join(SPEC_KEYS)}")
-    for key in data:
-        if key not in SPEC_KEYS:
-            raise ConfigError(f"{where}unknown tune spec key '{key}'{closest(key, SPEC_KEYS)}; valid: "
-                              f"{', '.join(SPEC_KEYS)}")
+    _known_keys(data, SPEC_KEYS, "tune spec key", "", where)
     axes = data.get("arms")
     if not isinstance(axes, dict) or not axes or any(not isinstance(v, list) or not v for v in axes.values()):
         raise ConfigError(f"{where}arms must map dotted config keys to non-empty lists, e.g. "
