@@ -360,3 +360,59 @@ def test_closest_suggests_near_misses_only():
     scorers = ["auto", "gather", "sparse", "dense"]
     assert closest("sprase", scorers) == " (did you mean 'sparse'?)"
     assert closest("fast", scorers) == ""
+
+
+# ---------------------------------------------------------------------------- option defaults live in the options class
+def _signature_disagreements(fn, options: type, where: str) -> list[str]:
+    """'where: key = signature default vs options default' for every keyword of ``fn`` that is an option of
+    ``options`` and carries a default other than the option's (no default, or the same one, is fine)."""
+    import inspect
+
+    from rankrobust.registry import field_default
+
+    defaults = {f.name: field_default(f) for f in dataclasses.fields(options)}
+    found = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.name in defaults and p.default is not p.empty and p.default != defaults[p.name]:
+            found.append(f"{where}: {p.name} = {p.default!r} in the signature, {defaults[p.name]!r} in "
+                         f"{options.__name__}")
+    return found
+
+
+def _model_constructors(entry):
+    """The ``__init__`` of every class of the model ``entry`` builds (its MRO below ``torch.nn.Module``)."""
+    from rankrobust.data.interactions import Interactions
+
+    train = Interactions.from_pairs([0, 0, 1], [0, 1, 2], n_users=2, n_items=4)
+    model = entry.target(train, entry.make_options(), torch.Generator().manual_seed(0), False)
+    stop = type(model).__mro__.index(torch.nn.Module)
+    return [(cls.__name__, cls.__init__) for cls in type(model).__mro__[:stop] if "__init__" in vars(cls)]
+
+
+def test_signature_defaults_equal_the_options_defaults():
+    """One home for an option's default: the options class.  A registered loss function, a model factory and
+    the constructors of the model it builds carry either no default for an option keyword or the same one
+    (the 33 keyword defaults of the loss functions, ``dim = 64`` of `Recommender`, ``layers`` of LightGCN…)."""
+    found = []
+    for entry in LOSSES.entries():
+        found += _signature_disagreements(entry.target, entry.options, f"loss {entry.name}")
+    for entry in MODELS.entries():
+        found += _signature_disagreements(entry.target, entry.options, f"model {entry.name}")
+        for cls, init in _model_constructors(entry):
+            found += _signature_disagreements(init, entry.options, f"model {entry.name} ({cls}.__init__)")
+    assert not found, "\n".join(found)
+
+
+def test_signature_check_finds_a_disagreeing_default():
+    """The check above fails on a loss whose signature says margin = 0.5 while its options say 1.0."""
+
+    def hinge_half(pos, neg, *, users=None, neg_mask=None, margin: float = 0.5):
+        return hinge(pos, neg, neg_mask=neg_mask, margin=margin)
+
+    def hinge_bare(pos, neg, *, users=None, neg_mask=None, margin: float):
+        return hinge(pos, neg, neg_mask=neg_mask, margin=margin)
+
+    assert _signature_disagreements(hinge_half, HingeOptions, "loss h") == [
+        "loss h: margin = 0.5 in the signature, 1.0 in HingeOptions"]
+    assert _signature_disagreements(hinge_bare, HingeOptions, "loss h") == []
+    assert _signature_disagreements(hinge, HingeOptions, "loss h") == []
