@@ -88,3 +88,15 @@ def test_data_dir_reaches_the_memory_and_reproduce_scripts(tmp_path):
                          ("benchmarks/reproduce.py", ("--config", "configs/mf-ml-sl.yaml", "--time-limit", "1"))):
         err = _run(script, *args, "--data-dir", str(tmp_path / "nowhere"), returncode=2)
         assert err.strip().splitlines() == [err.strip()] and "not found" in err and str(tmp_path / "nowhere") in err
+
+
+def test_tune_pruning_specs_are_valid_and_differ_only_in_the_pruner():
+    """The two studies of benchmarks/tune_pruning.py: same arms, budget and seed; median pruner vs none."""
+    from benchmarks.tune_pruning import spec_for
+    from rankrobust.tuning.spec import parse_tune_spec
+
+    median, none = (parse_tune_spec(spec_for(kind, ["sl", "bsl"], 3)) for kind in ("median", "none"))
+    assert [a.label for a in median.arms] == [a.label for a in none.arms] == ["mf-sl", "mf-bsl"]
+    assert median.trials == none.trials == 3 and median.seed == none.seed
+    assert median.pruner["kind"] == "median" and none.pruner["kind"] == "none"
+    assert none.arms[1].config.loss.mode == "paper"
