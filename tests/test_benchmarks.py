@@ -99,4 +99,4 @@ def test_tune_pruning_specs_are_valid_and_differ_only_in_the_pruner():
     assert [a.label for a in median.arms] == [a.label for a in none.arms] == ["mf-sl", "mf-bsl"]
     assert median.trials == none.trials == 3 and median.seed == none.seed
     assert median.pruner["kind"] == "median" and none.pruner["kind"] == "none"
-    assert none.arms[1].config.loss.mode == "paper"
+    assert none.arms[1].config.loss.options.mode == "paper"
