@@ -678,7 +678,9 @@ def config_flags() -> list[Flag]:
     """Every flag declared with ``option(..., flag=...)`` in the sections and in the registries' options.
 
     A selector's help lists its registered names; an entry option's help says
-    which entries take it (``loss.tau`` → "(loss sl, bsl)").  One flag per key.
+    which entries take it and each one's default (`_shared_help`: ``--layers`` →
+    "model lightgcn: LightGCN propagation layers (hops) (default 3); xsimgcl:
+    propagation layers L … (default 2)").  One flag per key.
     """
     flags: dict[str, Flag] = {}
     for section, cls in SECTIONS.items():
@@ -702,12 +704,46 @@ def config_flags() -> list[Flag]:
                     name = f.metadata.get("flag")
                     if not name or name in flags:
                         continue
-                    owners = registry.owners(f.name)
-                    text = f"{f.metadata['doc']} ({registry.kind} {', '.join(owners)}"
-                    default = field_default(f)
-                    text += f"; default {default})" if default is not None else ")"
+                    text = _shared_help(registry, f.name)
                     flags[name] = Flag(name, f"{section}.{f.name}", _base_type(hints[f.name]), text)
     return list(flags.values())
+
+
+def _shared_help(registry: Registry, key: str) -> str:
+    """The help of an entry option ``key`` that one or several entries of ``registry`` declare, naming each
+    entry's own doc line and default (an entry's help never shows another's default).
+
+    One doc line and one default: "DOC (loss sl, bsl; default 0.1)".  One doc line, defaults that differ:
+    "DOC (model lightgcn: default 3; xsimgcl: default 2)".  Doc lines that differ: each group of entries with
+    its own, "loss bce, sl: DOC₁ (default 0.1); psl: DOC₂ (default 0.05)".  A default of None is not shown.
+    """
+    docs: dict[str, dict[str, Any]] = {}  # doc line -> {entry name: default}, in registration order
+    for entry in registry.entries():
+        for f in dataclasses.fields(entry.options):
+            if f.name == key:
+                docs.setdefault(f.metadata["doc"], {})[entry.name] = field_default(f)
+
+    def defaults(by_entry: dict[str, Any], with_names: bool) -> str:
+        groups: dict[str, list[str]] = {}  # shown default -> entries
+        for name, default in by_entry.items():
+            groups.setdefault(str(default), []).append(name)
+        shown = [(names, d) for d, names in groups.items() if d != "None"]
+        if not with_names or len(groups) == 1:
+            return "; ".join(f"default {d}" for _, d in shown)
+        return "; ".join(f"{', '.join(names)}: default {d}" for names, d in shown)
+
+    if len(docs) == 1:
+        (doc, by_entry), = docs.items()
+        names = ", ".join(by_entry)
+        text = defaults(by_entry, with_names=True)
+        if len({str(v) for v in by_entry.values()}) == 1:
+            return f"{doc} ({registry.kind} {names}" + (f"; {text})" if text else ")")
+        return f"{doc} ({registry.kind} {text})"
+    parts = []
+    for doc, by_entry in docs.items():
+        text = defaults(by_entry, with_names=True)
+        parts.append(f"{', '.join(by_entry)}: {doc}" + (f" ({text})" if text else ""))
+    return f"{registry.kind} " + "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- run identity

@@ -115,11 +115,36 @@ def test_dataset_flag_lists_every_dataset():
 
 def test_flag_help_names_the_owners():
     flags = {f.flag: f for f in config_flags()}
-    assert f"(loss {', '.join(LOSSES.owners('tau'))};" in flags["--tau"].help
-    assert f"(model {', '.join(MODELS.owners('layers'))};" in flags["--layers"].help
+    assert all(f"{name}" in flags["--tau"].help for name in LOSSES.owners("tau"))
+    assert flags["--tau"].help.startswith("loss bce, sl, bsl: temperature τ")
+    assert "; psl: PSL robustness temperature τ* (τ*/c plays SL's τ) (default 0.05);" in flags["--tau"].help
+    assert flags["--layers"].help == ("model lightgcn: LightGCN propagation layers (hops) (default 3); xsimgcl: "
+                                      "propagation layers L (XSimGCL: mean of layers 1..L, no layer-0 term) "
+                                      "(default 2)")
+    assert flags["--dim"].help == f"embedding size d (model {', '.join(MODELS.owners('dim'))}; default 64)"
     assert "(batching users;" in flags["--positives-per-user"].help
     assert f"(sampler {', '.join(SAMPLERS.owners('num_negatives'))};" in flags["--negatives"].help
     assert len(flags) == len({f.key for f in flags.values()})  # one flag per key
+
+
+def test_shared_flag_lists_each_entrys_default(monkeypatch):
+    """An entry that shares a flag and its doc line but not its default (a SimGCL beside XSimGCL, τ_cl = 0.2)
+    shows its own default in the flag's help, not the first entry's (issue 24)."""
+    from rankrobust.models import XSimGCLOptions
+
+    @dataclass
+    class SimGCLOptions(XSimGCLOptions):
+        cl_tau: float = option(0.2, XSimGCLOptions.__dataclass_fields__["cl_tau"].metadata["doc"],
+                               check=positive, flag="--cl-tau")
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))
+    MODELS.register("simgcl_example", SimGCLOptions)(MODELS["xsimgcl"])
+    help_ = {f.flag: f for f in config_flags()}["--cl-tau"].help
+    assert help_ == "temperature τ_cl of XSimGCL's cross-layer InfoNCE (model xsimgcl: default 0.1; simgcl_example: default 0.2)"
+    same = {f.flag: f for f in config_flags()}["--eps"].help  # inherited unchanged: one default, both names
+    assert same.endswith("(model xsimgcl, simgcl_example; default 0.1)")
+    no_default = {f.flag: f for f in config_flags()}["--tau1"].help  # None is not shown as a default
+    assert "default None" not in no_default
 
 
 # ---------------------------------------------------------------------------- options of another entry
@@ -259,7 +284,8 @@ def test_registered_hinge_is_a_config_a_flag_and_trains_through_the_cli(with_hin
         config_from_dict({"loss": {"name": "hinge", "tau": 0.1}})
     flags = {f.flag: f for f in config_flags()}
     assert "hinge" in flags["--loss"].help
-    assert f"(loss {', '.join(with_hinge.owners('margin'))}; default 0.8)" in flags["--margin"].help  # CCL's default
+    assert flags["--margin"].help == ("loss ccl: CCL margin m on negative cosine scores (default 0.8); hinge: hinge "
+                                      "margin m between s⁺ and each s⁻ (default 1.0)")  # each loss's own default
     train, test = write_tiny_data(tmp_path / "data")
     code = main(["train", "--set", f"data.train_path={train}", "--set", f"data.test_path={test}", "--loss", "hinge",
                  "--margin", "0.5", "--epochs", "1", "--negatives", "8", "--batch-size", "64", "--device", "cpu",
