@@ -68,6 +68,7 @@ from torch import Tensor
 
 from analysis.popularity import GROUP_MODES, as_counts, head_groups, long_tail_mask, popularity_groups
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
 from rankrobust.evaluate import EvalResult, truth_membership
 
 __all__ = [
@@ -296,7 +297,7 @@ def group_metrics(
     # item side
     g_items = torch.bincount(groups, minlength=G)[:G].to(dt)
     if item_counts is None:
-        item_counts = train.item_counts() if train is not None else np.zeros(n_items, np.int64)
+        item_counts = item_popularity(train, "seen") if train is not None else np.zeros(n_items, np.int64)
     ic = as_counts(item_counts, device)
     n_inter = torch.bincount(groups, weights=ic.to(dt), minlength=G)[:G]
     big = torch.iinfo(torch.int64).max
@@ -430,7 +431,7 @@ def elliot_popularity_metrics(
         np.std / np.mean (ddof = 0) of the two rates, NaN when a rate is
         undefined or both are 0 (as Elliot's division gives).
     """
-    counts = train.item_counts() if item_counts is None else item_counts
+    counts = item_popularity(train, "seen") if item_counts is None else item_counts
     groups = head_groups(counts, head_share, device=result.topk.device)
     gdf = group_metrics(result, groups, k, item_counts=counts, train=train, n_groups=2)
     return gdf, {"elliot_pop_reo": _elliot_cv(gdf["recall_cond"].to_numpy()),
@@ -460,7 +461,7 @@ def fairness_report(
         and ``ndcg@k`` (sum of the group contributions) and ``n_users``;
         docs/METRICS.md has them side by side).
     """
-    counts = train.item_counts()
+    counts = item_popularity(train, "seen")
     device = eval_result.topk.device
     groups = popularity_groups(counts, n_groups, mode, device=device)
     gdf = group_metrics(eval_result, groups, k, item_counts=counts, train=train, n_groups=n_groups)

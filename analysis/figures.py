@@ -25,6 +25,7 @@ import functools
 import os
 import shlex
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -41,6 +42,7 @@ from analysis import negative_share, plots  # noqa: E402
 from analysis.fairness import migrate_metric_names  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
+from rankrobust.data.popularity import item_popularity  # noqa: E402
 from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
 from rankrobust.store import load_store, missing_cutoff, selection_cutoff  # noqa: E402
 
@@ -514,7 +516,7 @@ def _item_popularity(run: runs.Run) -> np.ndarray:
     from rankrobust.config import config_from_dict
     from rankrobust.experiment import load_data
 
-    return load_data(config_from_dict(run.config).data).train.item_counts()
+    return item_popularity(load_data(config_from_dict(run.config).data).train, "clean")
 
 
 #: store columns of the noisy-positive gradient share: in training (docs/PROTOCOLS.md §9) and counterfactual (§7 d)
@@ -887,12 +889,32 @@ def sweep_kinds() -> tuple[str, ...]:
     return tuple(dict.fromkeys(kind for fig in FIGURES for kind in fig.needs))
 
 
-def figure_list() -> str:
-    """``rankrobust figures --list``: each figure's number, stem, the sweeps it needs and its caption's first clause."""
+def caption_summary(caption: str) -> str:
+    """A caption's lead: the text up to its first ``;`` or sentence end (``. `` + capital, or the last ``.``)
+    outside parentheses, so a parenthesis opened in it is always closed (``(code parameter r, mode reweight;
+    r = 1 is SL)`` stays whole).  The whole caption when it has no such boundary."""
+    depth = 0
+    for i, char in enumerate(caption):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth:
+            continue
+        if char == ";":
+            return caption[:i]
+        if char == "." and (i + 1 == len(caption) or caption[i + 1:i + 3].startswith(" ")
+                            and caption[i + 2:i + 3].isupper()):
+            return caption[:i]
+    return caption
+
+
+def figure_list(width: int = 100) -> str:
+    """``rankrobust figures --list``: each figure's number, stem, the sweeps it needs and its caption's lead
+    (`caption_summary`), wrapped at ``width`` characters."""
     lines = []
     for fig in FIGURES:
         needs = " and ".join(f"a {kind} sweep (configs/sweeps/{kind}-*.yaml)" for kind in fig.needs)
-        lines.append(f"{fig.number:>2}  {fig.stem}\n    needs {needs}\n    {fig.caption.split(';')[0]}")
+        lead = textwrap.fill(caption_summary(fig.caption), width, initial_indent="    ", subsequent_indent="    ",
+                             break_on_hyphens=False)
+        lines.append(f"{fig.number:>2}  {fig.stem}\n    needs {needs}\n{lead}")
     return "\n".join(lines)
 
 

@@ -1,9 +1,10 @@
 """Item popularity: the one place that says what "head", "tail" and "popularity group" mean.
 
-**Popularity** φ(i) of item i is its interaction count in the *training*
-matrix (``Interactions.item_counts()``): the matrix the model was trained on
-for the fairness and variance probes (injected noisy positives included), the
-clean training split for the t-SNE colours of fig. 7.  Every notion below is a
+**Popularity** φ(i) of item i is `rankrobust.data.popularity.item_popularity`,
+the one definition (users with item i in a training matrix) and the place that
+says which matrix each protocol counts: the ``"seen"`` one (clean ∪ injected
+noisy positives) for the fairness probe, the ``"trained"`` one for the variance
+probe's head, the ``"clean"`` split for the t-SNE colours of fig. 7.  Every notion below is a
 function of φ alone, deterministic, with ties broken by item id, so the same
 counts always give the same split.  There are four notions (the groups come
 in two modes), each kept because a protocol or a figure needs exactly it:

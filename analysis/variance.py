@@ -37,6 +37,7 @@ from torch import Tensor
 
 from analysis.popularity import head_items
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
 from rankrobust.runs import RunDir, write_csv
 
 __all__ = [
@@ -292,7 +293,7 @@ class VarianceTracker:
         # the sampled users' positives, flattened once (segment ids + item ids)
         indptr, indices = dataset_train.to_torch("cpu")
         self.seg, self.pos_items, self.counts = _gather_rows(indptr, indices, self.users)
-        head = head_items(dataset_train.item_counts(), head_fraction)
+        head = head_items(item_popularity(dataset_train, "trained"), head_fraction)
         # contrast weights: head @ I = mean I_head − mean I_tail
         self.head = torch.where(head, 1.0 / head.sum(), -1.0 / (~head).sum()).to(torch.float32)
         self.path = None if path is None else (Path(path) if str(path).endswith(".csv")

@@ -26,6 +26,7 @@ import torch
 from rankrobust.config import ConfigError, DataConfig, RunConfig, stored_config
 from rankrobust.data import Dataset, load_dataset, load_files
 from rankrobust.data.identity import FileFingerprint, data_identity
+from rankrobust.data.popularity import item_popularity
 from rankrobust.data.splits import OOD_TEST_FRACTION, apply_split
 from rankrobust.determinism import Determinism
 from rankrobust.evaluate import ips_metrics
@@ -283,7 +284,7 @@ def _run_experiment(cfg: RunConfig, out: str | Path | None, *, device: torch.dev
         metrics["training_data"] = training_data_record(data)  # what it trained on (noise protocol version)
         if cfg.train.ips_gamma is not None:  # IPS-weighted Recall/NDCG on test, propensity ∝ (clean) train pop^γ
             metrics["test"] = {**metrics["test"],
-                               **ips_metrics(result.test, dataset.train.item_counts(), cfg.train.ips_gamma)}
+                               **ips_metrics(result.test, item_popularity(dataset.train, "clean"), cfg.train.ips_gamma)}
         if dataset.split is not None:  # the re-drawn split (data.split), e.g. the popularity-shift test
             metrics["split"] = dataset.split
         tables: dict[str, pd.DataFrame] = {}

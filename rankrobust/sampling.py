@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
 from rankrobust.registry import NoOptions, Registry, non_negative, option, positive, uniform
 
 __all__ = [
@@ -327,7 +328,7 @@ def _make_uniform_exclude(train: Interactions, options: NegativesOptions, device
 @SAMPLERS.register("popularity", PopularityOptions)
 def _make_popularity(train: Interactions, options: PopularityOptions, device) -> PopularitySampler:
     """P(i) ∝ training count^α (harder negatives)."""
-    return PopularitySampler(train.item_counts(), options.num_negatives, alpha=options.pop_alpha, device=device)
+    return PopularitySampler(item_popularity(train, "trained"), options.num_negatives, alpha=options.pop_alpha, device=device)
 
 
 @SAMPLERS.register("in_batch", NoOptions)

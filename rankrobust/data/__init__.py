@@ -10,6 +10,7 @@ from rankrobust.data.errors import DataFormatError, DataNotFoundError
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.readers import TableData, read_lightgcn, read_table, write_lightgcn
 from rankrobust.data.downloads import download_dataset
+from rankrobust.data.popularity import POPULARITY_VARIANTS, item_popularity
 from rankrobust.data.registry import DatasetInfo, dataset_files, download, list_datasets, load_dataset, load_files
 from rankrobust.data.splits import Dataset, carve_validation, dataset_stats, split_per_user
 
@@ -32,4 +33,6 @@ __all__ = [
     "download",
     "download_dataset",
     "dataset_files",
+    "item_popularity",
+    "POPULARITY_VARIANTS",
 ]

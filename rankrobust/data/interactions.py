@@ -106,7 +106,8 @@ class Interactions:
         return np.diff(self.indptr)
 
     def item_counts(self) -> np.ndarray:
-        """Interactions per item (popularity), int64 [n_items]."""
+        """Interactions per item, int64 [n_items] (as a popularity: `rankrobust.data.popularity.item_popularity`,
+        which names the matrix counted)."""
         return np.bincount(self.indices, minlength=self.n_items).astype(np.int64)
 
     def row(self, u: int) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
 
 __all__ = ["Dataset", "split_per_user", "carve_validation", "dataset_stats", "popularity_shift_split", "apply_split",
            "gini", "SPLITS", "OOD_TEST_FRACTION"]
@@ -256,7 +257,7 @@ def popularity_shift_split(inter: Interactions, test_fraction: float = OOD_TEST_
     users, items = inter.to_pairs()
     nnz = len(users)
     rng = np.random.default_rng(seed)
-    pop = inter.item_counts().astype(np.float64)
+    pop = item_popularity(inter, "all").astype(np.float64)
     keys = pop[items] * np.log1p(-rng.random(nnz))               # log U with U = 1 − random ∈ (0, 1]
     n_test = int(round(test_fraction * nnz))
     test = np.zeros(nnz, dtype=bool)
