@@ -22,10 +22,17 @@ passes over the table; cosine scores normalise the whole item table every batch)
 
 `CatalogColumns` scores against the whole catalog with one matrix product and
 picks the columns (``train.scorer = dense``).
+
+`propagate_layers(adj, x, layers, ...)` is the graph propagation of LightGCN
+and XSimGCL: the mean of the layers ``x_l = Â x_{l-1}`` (and one kept layer),
+all layers in one forward pass that saves nothing but ``Â``, and a backward
+pass of the same number of sparse × dense products (``Â`` is symmetric, so
+its transpose is itself: no transposed copy, no saved layers).
 """
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -228,3 +235,69 @@ class CatalogColumns:
         dtype = self.dtype or u.dtype
         ws = self._workspace.take(u.shape[0], table.shape[0], dtype, u.device)
         return _CatalogColumns.apply(u, table, ws, *columns)
+
+
+class _PropagateLayers(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, adj: Tensor, layers: int, first: int, keep: int | None,
+                perturb: Callable[[Tensor], Tensor] | None) -> Tensor | tuple[Tensor, Tensor]:
+        ctx.set_materialize_grads(False)  # an unused output (the kept layer without a contrastive loss) costs nothing
+        ctx.save_for_backward(adj)
+        ctx.layers, ctx.first, ctx.keep = layers, first, keep
+        with torch.autocast(x.device.type, enabled=False):  # the propagation stays in the table's precision
+            h = x
+            total = x if first == 0 else None
+            kept = None
+            for layer in range(1, layers + 1):
+                h = adj @ h
+                if perturb is not None:
+                    h = perturb(h)
+                if layer >= first:
+                    total = h if total is None else total + h
+                if layer == keep:
+                    kept = h
+            mean = total / (layers - first + 1)
+        return mean if keep is None else (mean, kept)
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor | None, grad_kept: Tensor | None = None):
+        (adj,) = ctx.saved_tensors
+        layers, first, keep = ctx.layers, ctx.first, ctx.keep
+        scaled = grad_mean / (layers - first + 1) if grad_mean is not None else None
+        # ∂L/∂x = Σ_l (Âᵀ)^l G_l with G_l the gradient reaching layer l; Horner: G_0 + Â(G_1 + Â(G_2 + …)), Âᵀ = Â
+        h = None
+        with torch.autocast(adj.device.type, enabled=False):
+            for layer in range(layers, -1, -1):
+                if h is not None:
+                    h = adj @ h
+                for g in (scaled if layer >= first else None, grad_kept if layer == keep else None):
+                    if g is not None:
+                        h = g if h is None else h + g
+        return h, None, None, None, None, None
+
+
+def propagate_layers(adj: Tensor, x: Tensor, layers: int, first: int = 0, keep: int | None = None,
+                     perturb: Callable[[Tensor], Tensor] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """Mean of the propagated layers ``x_first .. x_layers`` of ``x [n, d]`` over a symmetric ``adj [n, n]``.
+
+    ``x_0 = x`` and ``x_l = perturb(Â x_{l-1})`` for l = 1..L (``perturb`` defaults to
+    the identity); returns ``mean = Σ_{l=first}^{L} x_l / (L − first + 1)`` [n, d], and
+    with ``keep = l*`` (1 ≤ l* ≤ L) the pair ``(mean, x_{l*})``.  LightGCN is
+    ``first = 0`` (He et al., SIGIR 2020, eq. 8 with α_l = 1/(L+1)); XSimGCL is
+    ``first = 1``, ``keep = l*`` and ``perturb(h) = h + ε·sign(h) ⊙ normalize(Δ)``
+    (docs/PROTOCOLS.md §11).
+
+    ``perturb`` must add a term whose gradient with respect to ``h`` is zero (as
+    ``sign`` has almost everywhere): the backward pass treats it as a constant, so
+    the map is affine and ``∂L/∂x = Σ_l Â^l G_l`` (``Âᵀ = Â``), G_l the gradient
+    reaching layer l, computed as ``G_0 + Â(G_1 + Â(G_2 + …))``: L sparse × dense
+    products, nothing saved from the forward pass but ``adj``.  ``adj`` may be any
+    layout ``adj @ x`` accepts (CSR is the fast one: `rankrobust.models.normalized_adjacency`)
+    and must be symmetric (not checked: the bipartite D^-1/2 A D^-1/2 is).  Autocast is
+    off inside: the products run in ``x``'s dtype, which must be ``adj``'s.
+    Same values and gradients as the layer loop under plain autograd (tests/test_propagation.py).
+    """
+    if layers < 0 or not 0 <= first <= max(layers, 0) or (keep is not None and not 1 <= keep <= layers):
+        raise ValueError(f"propagate_layers needs 0 <= first <= layers and 1 <= keep <= layers, got "
+                         f"layers={layers}, first={first}, keep={keep}")
+    return _PropagateLayers.apply(x, adj, layers, first, keep, perturb)

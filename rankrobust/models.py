@@ -29,20 +29,25 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot
+from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot, propagate_layers
 from rankrobust.registry import (ConfigError, Registry, choice, integers, log_uniform, non_negative, one_of, option,
                                  positive, uniform, unit_interval)
 
 SCORES = ("cosine", "dot")
 
 
-def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Symmetric-normalised bipartite adjacency D^-1/2 A D^-1/2 as a coalesced sparse COO tensor.
+def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu",
+                         dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Symmetric-normalised bipartite adjacency Â = D^-1/2 A D^-1/2 as a sparse CSR tensor.
 
-    Shape [n_users + n_items, n_users + n_items]; nodes are users then items.
-    Built once with scipy (vectorised), isolated nodes get zero rows.
+    Shape [n_users + n_items, n_users + n_items]; nodes are users then items;
+    A = [[0, R], [Rᵀ, 0]] with R the [n_users, n_items] training matrix, D its
+    degrees.  Built once with scipy (vectorised); isolated nodes get zero rows.
+    CSR (int64 indices, the layout torch's CPU kernel and cuSPARSE multiply a
+    dense [n, d] table with fastest: on ml-100k 10× faster than COO on one
+    core) is also what the backward pass multiplies with, since Âᵀ = Â
+    (`rankrobust.kernels.propagate_layers`).
     """
-    n_u, n_i = train.shape
     r = train.to_scipy()
     adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float64)
     deg = np.asarray(adj.sum(axis=1)).ravel()
@@ -50,10 +55,12 @@ def normalized_adjacency(train: Interactions, device: torch.device | str = "cpu"
     nz = deg > 0
     inv_sqrt[nz] = deg[nz] ** -0.5
     d = sp.diags(inv_sqrt)
-    norm = (d @ adj @ d).tocoo().astype(np.float32)
-    indices = torch.as_tensor(np.vstack([norm.row, norm.col]), dtype=torch.int64)
-    return torch.sparse_coo_tensor(indices, torch.as_tensor(norm.data), size=norm.shape,
-                                   check_invariants=True).coalesce().to(device)
+    norm = (d @ adj @ d).tocsr()
+    norm.sort_indices()
+    return torch.sparse_csr_tensor(torch.as_tensor(norm.indptr, dtype=torch.int64),
+                                   torch.as_tensor(norm.indices, dtype=torch.int64),
+                                   torch.as_tensor(norm.data, dtype=dtype), size=norm.shape,
+                                   check_invariants=True).to(device)
 
 
 class Recommender(nn.Module):
@@ -150,8 +157,9 @@ class MF(Recommender):
 class LightGCN(Recommender):
     """LightGCN: mean of ``layers + 1`` propagations over the normalised bipartite graph.
 
-    The adjacency is built once from the training interactions (one sparse
-    product per layer per call of ``propagate``).
+    The adjacency is built once from the training interactions (CSR); each call
+    of ``propagate`` is ``layers`` sparse × dense products forward and as many
+    backward, no layer saved for the backward pass (`rankrobust.kernels.propagate_layers`).
     """
 
     def __init__(self, train: Interactions, dim: int = 64, layers: int = 3, score: str = "cosine",
@@ -161,12 +169,8 @@ class LightGCN(Recommender):
         self.register_buffer("adjacency", normalized_adjacency(train), persistent=False)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([self.user_emb, self.item_emb])
-        total = x
-        for _ in range(self.layers):
-            x = self.adjacency @ x
-            total = total + x
-        mean = total / (self.layers + 1)
+        """(U, I): the mean of Â^l [users; items] over l = 0..layers, split into users and items."""
+        mean = propagate_layers(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.layers)
         return mean[: self.n_users], mean[self.n_users:]
 
 
@@ -235,19 +239,20 @@ class XSimGCL(Recommender):
         return gen
 
     def layer_embeddings(self, noisy: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean of layers 1..L, layer l*) as [n_users + n_items, d] tables; ``noisy`` adds the perturbation."""
+        """(mean of layers 1..L, layer l*) as [n_users + n_items, d] tables; ``noisy`` adds the perturbation.
+
+        One pass of `rankrobust.kernels.propagate_layers` (``first = 1``, ``keep = l*``); the noise
+        of layer l is drawn right after Â e⁽ˡ⁻¹⁾, layer by layer, from the model's generator.
+        """
         x = torch.cat([self.user_emb, self.item_emb])
-        gen = self.noise_generator(x.device) if noisy else None
-        total, contrast = None, x
-        for layer in range(1, self.layers + 1):
-            x = self.adjacency @ x
-            if noisy:
-                delta = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-                x = x + self.eps * torch.sign(x) * F.normalize(delta, dim=-1)
-            total = x if total is None else total + x
-            if layer == self.cl_layer:
-                contrast = x
-        return total / self.layers, contrast
+        perturb = None
+        if noisy:
+            gen = self.noise_generator(x.device)
+
+            def perturb(h: torch.Tensor) -> torch.Tensor:  # ε·sign(h) ⊙ normalize(Δ): no gradient through sign
+                delta = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+                return h + self.eps * torch.sign(h) * F.normalize(delta, dim=-1)
+        return propagate_layers(self.adjacency, x, self.layers, first=1, keep=self.cl_layer, perturb=perturb)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the noisy layer mean (keeping the views for `extra_loss`); eval: the clean layer mean."""

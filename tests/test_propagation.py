@@ -1,0 +1,200 @@
+"""Graph propagation (rankrobust.kernels.propagate_layers, models.normalized_adjacency) against float64 oracles.
+
+The oracle is the propagation as it was before the CSR path, written here
+independently: a dense Â = D^-1/2 A D^-1/2 built with numpy, the layer loop
+``x_l = Â x_{l-1}`` under plain autograd, the mean of the layers.  Graphs are
+small and random, with isolated users and items (zero rows of Â).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rankrobust.data import Interactions
+from rankrobust.kernels import propagate_layers
+from rankrobust.models import build_model, normalized_adjacency
+
+
+def _graph(seed: int, n_users: int = 9, n_items: int = 12, density: float = 0.3) -> Interactions:
+    """A random bipartite graph whose last user and last two items have no interaction."""
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n_users, n_items)) < density
+    mask[-1, :] = False
+    mask[:, -2:] = False
+    u, i = np.nonzero(mask)
+    return Interactions.from_pairs(u, i, n_users, n_items)
+
+
+def _dense_adjacency(train: Interactions) -> np.ndarray:
+    """Â of the bipartite graph in float64, entry by entry: 1/sqrt(deg(x) deg(y)) on each edge, 0 elsewhere."""
+    n_u, n_i = train.shape
+    n = n_u + n_i
+    edges = np.zeros((n, n), dtype=bool)
+    for u, i in zip(*train.to_pairs()):
+        edges[u, n_u + i] = edges[n_u + i, u] = True
+    deg = edges.sum(1)
+    out = np.zeros((n, n))
+    for x, y in zip(*np.nonzero(edges)):
+        out[x, y] = 1.0 / np.sqrt(deg[x] * deg[y])
+    return out
+
+
+def _dense_layers(a_hat: torch.Tensor, x: torch.Tensor, layers: int, perturb=None) -> list[torch.Tensor]:
+    """[x_0, x_1, …, x_L] by plain autograd on the dense matrix."""
+    out = [x]
+    for _ in range(layers):
+        h = a_hat @ out[-1]
+        out.append(perturb(h) if perturb is not None else h)
+    return out
+
+
+def test_adjacency_is_csr_and_equals_the_dense_oracle():
+    train = _graph(0)
+    adj = normalized_adjacency(train, dtype=torch.float64)
+    assert adj.layout == torch.sparse_csr and adj.dtype == torch.float64
+    dense = adj.to_dense().numpy()
+    oracle = _dense_adjacency(train)
+    np.testing.assert_allclose(dense, oracle, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(dense, dense.T)  # the backward pass relies on Âᵀ = Â
+    n_u = train.n_users
+    assert not dense[n_u - 1].any() and not dense[-1].any() and not dense[-2].any()  # isolated nodes: zero rows
+    # the default float32 table is the float64 one rounded
+    np.testing.assert_allclose(normalized_adjacency(train).to_dense().numpy(), oracle, rtol=1e-7, atol=0)
+
+
+@pytest.mark.parametrize("layers, first, keep", [(0, 0, None), (1, 0, None), (3, 0, None), (1, 1, 1), (3, 1, 1),
+                                                  (3, 1, 3), (2, 1, None), (4, 2, 3)])
+def test_layers_and_gradients_equal_the_dense_loop(layers, first, keep):
+    train = _graph(layers + 10 * first)
+    adj = normalized_adjacency(train, dtype=torch.float64)
+    a_hat = torch.as_tensor(_dense_adjacency(train))
+    gen = torch.Generator().manual_seed(layers)
+    x0 = torch.randn(adj.shape[0], 5, dtype=torch.float64, generator=gen)
+    g_mean = torch.randn(x0.shape, dtype=torch.float64, generator=gen)
+    g_kept = torch.randn(x0.shape, dtype=torch.float64, generator=gen)
+
+    x = x0.clone().requires_grad_()
+    out = propagate_layers(adj, x, layers, first=first, keep=keep)
+    mean, kept = out if keep is not None else (out, None)
+    loss = (mean * g_mean).sum() + ((kept * g_kept).sum() if kept is not None else 0)
+    loss.backward()
+
+    ref_x = x0.clone().requires_grad_()
+    ref = _dense_layers(a_hat, ref_x, layers)
+    ref_mean = torch.stack(ref[first:]).mean(0)
+    ref_loss = (ref_mean * g_mean).sum() + ((ref[keep] * g_kept).sum() if keep is not None else 0)
+    ref_loss.backward()
+
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-13)
+    if keep is not None:
+        torch.testing.assert_close(kept, ref[keep], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("keep", [None, 2])
+def test_gradcheck(keep):
+    adj = normalized_adjacency(_graph(3, 5, 6, 0.4), dtype=torch.float64)
+    x = torch.randn(adj.shape[0], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0),
+                    requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: propagate_layers(adj, t, 3, first=1, keep=keep), (x,))
+
+
+def test_only_the_kept_layer_used():
+    """The gradient of a loss on the kept layer alone (the mean's gradient is None) is Â^{l*}ᵀ g."""
+    train = _graph(5)
+    adj = normalized_adjacency(train, dtype=torch.float64)
+    a_hat = torch.as_tensor(_dense_adjacency(train))
+    x = torch.randn(adj.shape[0], 4, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(adj.shape[0], 4, dtype=torch.float64)
+    _, kept = propagate_layers(adj, x, 3, first=1, keep=2)
+    (kept * g).sum().backward()
+    torch.testing.assert_close(x.grad, a_hat.T @ (a_hat.T @ g), rtol=1e-12, atol=1e-13)
+
+
+def test_perturbation_is_a_constant_of_the_backward_pass():
+    """XSimGCL's sign-noise: values and gradients as the dense loop under autograd (sign has zero gradient)."""
+    train = _graph(7)
+    adj = normalized_adjacency(train, dtype=torch.float64)
+    a_hat = torch.as_tensor(_dense_adjacency(train))
+    x0 = torch.randn(adj.shape[0], 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+    def noise(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return lambda h: h + 0.1 * torch.sign(h) * F.normalize(torch.rand(h.shape, generator=gen, dtype=h.dtype), dim=-1)
+
+    x = x0.clone().requires_grad_()
+    mean, kept = propagate_layers(adj, x, 3, first=1, keep=1, perturb=noise(4))
+    (mean.pow(2).sum() + kept.sin().sum()).backward()
+    ref_x = x0.clone().requires_grad_()
+    ref = _dense_layers(a_hat, ref_x, 3, perturb=noise(4))
+    ref_mean = torch.stack(ref[1:]).mean(0)
+    (ref_mean.pow(2).sum() + ref[1].sin().sum()).backward()
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(kept, ref[1], rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(x.grad, ref_x.grad, rtol=1e-12, atol=1e-13)
+
+
+def _float64(model, train: Interactions):
+    model = model.double()
+    model.adjacency = normalized_adjacency(train, dtype=torch.float64)
+    return model
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_lightgcn_tables_and_gradients_equal_the_dense_oracle(layers):
+    train = _graph(20 + layers)
+    model = _float64(build_model("lightgcn", train, dim=4, layers=layers, score="dot", seed=2), train)
+    U, I = model.propagate()
+    (U.pow(3).sum() + I.cos().sum()).backward()
+
+    a_hat = torch.as_tensor(_dense_adjacency(train))
+    e0 = torch.cat([model.user_emb, model.item_emb]).detach().requires_grad_()
+    ref = torch.stack(_dense_layers(a_hat, e0, layers)).mean(0)
+    n_u = train.n_users
+    (ref[:n_u].pow(3).sum() + ref[n_u:].cos().sum()).backward()
+    torch.testing.assert_close(torch.cat([U, I]), ref, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(torch.cat([model.user_emb.grad, model.item_emb.grad]), e0.grad, rtol=1e-12, atol=1e-13)
+    FU, FI = model.final_embeddings()  # evaluation: the same propagation, no graph kept
+    torch.testing.assert_close(torch.cat([FU, FI]), ref.detach(), rtol=1e-12, atol=1e-13)
+    assert not FU.requires_grad
+
+
+def test_xsimgcl_noisy_step_equals_the_dense_oracle_with_the_same_draws():
+    """Training propagation (noise from the model's seeded generator) and the contrastive views, values and grads."""
+    train = _graph(30)
+    model = _float64(build_model("xsimgcl", train, dim=5, layers=3, cl_layer=2, eps=0.2, score="dot", seed=4), train)
+    model.train()
+    U, I = model.propagate()
+    users, items = torch.tensor([0, 2, 2, 5]), torch.tensor([[1], [3], [7], [1]])
+    (U.pow(2).sum() + I.sin().sum() + model.extra_loss(users, items)).backward()
+
+    a_hat = torch.as_tensor(_dense_adjacency(train))
+    gen = torch.Generator().manual_seed(model.noise_seed)  # the model's draws, in the same order
+
+    def perturb(h):
+        return h + 0.2 * torch.sign(h) * F.normalize(torch.rand(h.shape, generator=gen, dtype=h.dtype), dim=-1)
+
+    e0 = torch.cat([model.user_emb, model.item_emb]).detach().requires_grad_()
+    ref = _dense_layers(a_hat, e0, 3, perturb)
+    mean = torch.stack(ref[1:]).mean(0)
+    n_u, tau = train.n_users, 0.1
+
+    def infonce(a, b, ids):  # over the distinct ids, brute force
+        ids = torch.unique(ids)
+        logits = F.normalize(a[ids], dim=1) @ F.normalize(b[ids], dim=1).T / tau
+        return -(logits.diagonal() - torch.logsumexp(logits, 1)).mean()
+
+    aux = 0.2 * (infonce(mean[:n_u], ref[2][:n_u], users) + infonce(mean[n_u:], ref[2][n_u:], items[:, 0]))
+    (mean[:n_u].pow(2).sum() + mean[n_u:].sin().sum() + aux).backward()
+    torch.testing.assert_close(torch.cat([U, I]), mean, rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(torch.cat([model.user_emb.grad, model.item_emb.grad]), e0.grad, rtol=1e-11, atol=1e-12)
+
+
+def test_bad_arguments_raise():
+    adj = normalized_adjacency(_graph(0))
+    x = torch.zeros(adj.shape[0], 2)
+    for kwargs in ({"layers": -1}, {"layers": 2, "first": 3}, {"layers": 2, "keep": 0}, {"layers": 2, "keep": 3}):
+        with pytest.raises(ValueError, match="propagate_layers needs"):
+            propagate_layers(adj, x, **kwargs)
