@@ -107,6 +107,24 @@ def test_figures_default_out_is_beside_the_sweeps_and_list(tmp_path, capsys):
     assert "drawing fig5-variance-epochs" in capsys.readouterr().err
 
 
+def test_figures_list_shows_each_captions_lead_whole(capsys):
+    """--list used to cut captions at the first ';', inside parentheses ("(code parameter r, mode reweight"):
+    each figure's lead now ends at a ';' or sentence end outside parentheses, with every parenthesis closed."""
+    from analysis.figures import FIGURES, caption_summary
+
+    assert main(["figures", "--list"]) == 0
+    listed = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for fig in FIGURES:
+        lead = caption_summary(fig.caption)
+        assert lead and fig.caption.startswith(lead) and lead in listed, fig.stem
+        assert lead.count("(") == lead.count(")"), (fig.stem, lead)
+        rest = fig.caption[len(lead):]
+        assert rest == "" or rest[0] in ";.", (fig.stem, rest[:20])
+    assert "(code parameter r, mode reweight; r = 1 is SL), per backbone" in listed
+    assert "(one run each, the first finished; no aggregation over seeds), coloured by popularity tercile" in listed
+    assert caption_summary("A (b; c). D e; f.") == "A (b; c)" and caption_summary("A b (c. D)") == "A b (c. D)"
+
+
 def test_results_csv(tmp_path, capsys):
     from rankrobust import EXAMPLES_DIR
 

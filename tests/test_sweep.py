@@ -352,3 +352,51 @@ def test_truncated_metrics_is_reported_and_redone(tmp_path, capsys):
     assert len(lines) == 1 and str(run.path / "metrics.json") in lines[0]
     report = run_sweep(spec, out, progress=False)
     assert report.skipped == 1 and report.done == 1 and (load_store(out)["status"] == "done").all()
+
+
+# ---------------------------------------------------------------------------- issue 25: a sign of progress early on
+def _slow_cell(config, run_dir, options, device=None):
+    """A stand-in for `run_cell`: one epoch's progress file written, then 1.5 s of 'training'."""
+    from rankrobust.runs import RunDir
+
+    folder = RunDir(run_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    folder.write_progress({"epoch": 1, "epochs": 3, "metric": "recall@20", "best": 0.5})
+    time.sleep(1.5)
+    return {"status": "done"}
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_local_sweep_reports_running_cells_before_any_ends(tmp_path, jobs):
+    """The bar used to sit at 0/N with no postfix until the first run ended (minutes): now the local executor
+    sends the running cells' epoch and best validation value every poll, with one process or several."""
+    from rankrobust.sweeps.executors import execute_local
+
+    spec = load_spec(tiny_spec(tmp_path))
+    seen: list[tuple[int, str]] = []
+    finished: list[str] = []
+    for cell, result in execute_local(spec, spec.cells[:2], runs.SweepDir(tmp_path / "out"), jobs,
+                                      target=_slow_cell, on_progress=lambda t: seen.append((len(finished), t)),
+                                      poll_seconds=0.2):
+        assert result["status"] == "done"
+        finished.append(cell.cell_id)
+    before_first = [text for done, text in seen if done == 0]
+    assert before_first, "no progress was reported while the first cells ran"
+    want = (f"{jobs} running: epoch 1/3 (best recall@20 0.5000)" + (", 1/3 (0.5000)" if jobs == 2 else ""))
+    assert want in before_first, before_first
+
+
+def test_a_sweep_cell_records_its_epoch_and_best_validation_value(tmp_path):
+    """`CellProbe` writes epoch, cap, metric and the best validation value so far (host values, per epoch)."""
+    from rankrobust.sweeps.cell import run_cell
+    from rankrobust.sweeps.executors import running_summary
+
+    spec = load_spec(tiny_spec(tmp_path, losses=("sl",), ratios=(0.0,), epochs=2))
+    cell = spec.cells[0]
+    run_dir = tmp_path / "out" / "runs" / cell.cell_id
+    assert run_cell(cell.config, str(run_dir), {})["status"] == "done"
+    progress = runs.RunDir(run_dir).progress()
+    epochs = pd.read_csv(run_dir / "epochs.csv")
+    best = epochs["valid_recall@20"].max()
+    assert progress == {"epoch": 2, "epochs": 2, "metric": "recall@20", "best": pytest.approx(best)}
+    assert running_summary([str(run_dir)]) == f"1 running: epoch 2/2 (best recall@20 {best:.4f})"

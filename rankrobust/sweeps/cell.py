@@ -9,6 +9,7 @@ and re-run, and a failure never raises.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import socket
@@ -42,20 +43,29 @@ def ray_node_id() -> str | None:
 class CellProbe(Probe):
     """What a sweep cell adds to its run: live progress for the driver, and where it ran.
 
-    After each epoch it writes ``{"epoch", "epochs"}`` to the run folder's
-    progress file (`RunDir.write_progress`; the Ray driver's bar reads it);
-    at the end, ``metrics.json`` → ``placement`` records the host, the Ray
-    node id (None outside Ray), the process id and the absolute folder written.
+    After each epoch it writes ``{"epoch", "epochs", "metric", "best"}`` to
+    the run folder's progress file (`RunDir.write_progress`; the sweep's bar
+    reads it, `rankrobust.sweeps.executors.running_summary`): ``best`` is the
+    largest validation value of ``train.metric`` so far (``row["valid_<metric>"]``,
+    already on the host: no extra device sync), None before the first
+    validation round.  At the end, ``metrics.json`` → ``placement`` records
+    the host, the Ray node id (None outside Ray), the process id and the
+    absolute folder written.
     """
 
     name = "placement"
 
-    def __init__(self, run_dir: RunDir, epochs: int) -> None:
-        self.run_dir, self.epochs = run_dir, epochs
+    def __init__(self, run_dir: RunDir, epochs: int, metric: str | None = None) -> None:
+        self.run_dir, self.epochs, self.metric = run_dir, epochs, metric
+        self.best: float | None = None
 
     def epoch_end(self, epoch, model, row):
+        value = row.get(f"valid_{self.metric}") if self.metric else None
+        if isinstance(value, (int, float)) and math.isfinite(value) and (self.best is None or value > self.best):
+            self.best = float(value)
         try:
-            self.run_dir.write_progress({"epoch": epoch, "epochs": self.epochs})
+            self.run_dir.write_progress({"epoch": epoch, "epochs": self.epochs, "metric": self.metric,
+                                         "best": self.best})
         except OSError:
             pass  # progress is a convenience; never fail a run for it
         return None
@@ -150,7 +160,7 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
         origin = (options.get(ORIGINS) or {}).get(folder.path.name)  # the spec's `tuned:` (cell id = folder name)
         if origin is not None:
             probes = [*probes, OriginProbe(origin)]
-        probes = [*probes, CellProbe(folder, cfg.train.epochs)]
+        probes = [*probes, CellProbe(folder, cfg.train.epochs, cfg.train.metric)]
         run_experiment(cfg, folder.path, device=device, progress=False, overwrite=True, probes=probes)
         return {"status": STATUS_DONE}
     except Exception:

@@ -30,9 +30,10 @@ import signal
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from multiprocessing import get_context
 from multiprocessing.connection import wait
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from rankrobust.runs import RunDir, SweepDir
 from rankrobust.sweeps.cell import run_cell
@@ -156,16 +157,24 @@ class _Worker:
 
 
 def execute_local(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int = 1, *,
-                  target: Callable[..., dict] = run_cell, **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
+                  target: Callable[..., dict] = run_cell, on_progress: Callable[[str], None] | None = None,
+                  poll_seconds: float = 2.0, **_: Any) -> Iterable[tuple[Cell, dict[str, Any]]]:
     """Run cells in this process (``jobs = 1``) or in ``jobs`` spawned worker processes (one GPU each when several).
 
     ``target(config, run_dir, options, device)`` runs one cell (`run_cell`).
     Workers end with the sweep and a dying worker fails only its cell (module
-    docstring).
+    docstring).  Every ``poll_seconds`` while cells run, `running_summary` of
+    their progress files goes to ``on_progress`` (the bar's postfix: epoch
+    reached and best validation value so far), so the first minutes of a
+    sweep, before any cell ends, show movement; with ``jobs = 1`` a
+    background thread reads the files while the cell trains in this thread.
     """
     if jobs <= 1:
         for cell in cells:
-            yield cell, target(cell.config, str(out.run(cell.cell_id).path), spec.options)
+            run_dir = str(out.run(cell.cell_id).path)
+            with _reporting(on_progress, [run_dir], poll_seconds):
+                result = target(cell.config, run_dir, spec.options)
+            yield cell, result
         return
     ctx = get_context("spawn")
     devices = _devices(jobs)
@@ -187,7 +196,10 @@ def execute_local(spec: SweepSpec, cells: list[Cell], out: SweepDir, jobs: int =
             busy = [w for w in workers if w.cell is not None]
             if not busy:
                 break
-            wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            if not wait([w.conn for w in busy] + [w.process.sentinel for w in busy], timeout=poll_seconds):
+                if on_progress is not None:  # nothing ended yet: show how far the running cells are
+                    on_progress(running_summary([w.run_dir for w in busy]))
+                continue
             for j, worker in enumerate(workers):
                 if worker.cell is None:
                     continue
@@ -365,11 +377,47 @@ def ray_options(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def running_summary(run_dirs: list[str]) -> str:
-    """``"3 running: epochs 12/100, 4/100, 1/100"`` from the progress files of running cells."""
-    seen = [progress_of(d) for d in run_dirs]
-    epochs = [f"{p['epoch']}/{p['epochs']}" for p in seen if p]
-    return f"{len(run_dirs)} running" + (f": epochs {', '.join(epochs[:6])}" + (" …" if len(epochs) > 6 else "")
-                                         if epochs else "")
+    """``"3 running: epoch 12/100 (best recall@20 0.2311), 4/100, 1/100"`` from the running cells' progress files.
+
+    One entry per cell that has finished an epoch (`CellProbe` writes them):
+    epoch reached / epoch cap, and the best validation value of its
+    ``train.metric`` so far where there is one (the metric is named once,
+    on the first entry that has it).  Cells still loading data or in their
+    first epoch are only counted.
+    """
+    entries, named = [], False
+    for progress in filter(None, (progress_of(d) for d in run_dirs)):
+        text = f"{progress.get('epoch')}/{progress.get('epochs')}"
+        best = progress.get("best")
+        if isinstance(best, (int, float)):
+            text += f" (best {progress.get('metric')} {best:.4f})" if not named else f" ({best:.4f})"
+            named = True
+        entries.append(text)
+    shown = ", ".join(entries[:6]) + (" …" if len(entries) > 6 else "")
+    return f"{len(run_dirs)} running" + (f": epoch {shown}" if entries else "")
+
+
+@contextmanager
+def _reporting(on_progress: Callable[[str], None] | None, run_dirs: list[str],
+               poll_seconds: float) -> Iterator[None]:
+    """While the block runs (a cell training in this thread), a daemon thread sends `running_summary` of
+    ``run_dirs`` to ``on_progress`` every ``poll_seconds``; it stops when the block ends, however it ends."""
+    if on_progress is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(poll_seconds):
+            on_progress(running_summary(run_dirs))
+
+    thread = threading.Thread(target=tick, name="sweep-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 #: executor name → a function connecting to its backend, called by `run_sweep` before its signal handlers go in
