@@ -55,9 +55,9 @@ class GradientAccountant:
         self.noisy = torch.as_tensor(np.asarray(noisy, dtype=bool), device=device)
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)  # Σg, Σ_noisy g, #noisy pairs
 
-    def watch(self, index: Tensor, pos_scores: Tensor) -> None:
+    def watch(self, index: Tensor, pos_scores: Tensor | None) -> None:
         """Register the gradient hook of one batch (``index`` [B], ``pos_scores`` [B] requiring grad)."""
-        if not pos_scores.requires_grad:
+        if pos_scores is None or not pos_scores.requires_grad:  # None: the loss read no score (never computed)
             return
         noisy = self.noisy[index]
 

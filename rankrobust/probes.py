@@ -16,7 +16,9 @@ Hooks, in call order (each optional; the base class does nothing):
     (``view.index`` [B] pair ids into ``ctx.data.train`` CSR order,
     ``view.users``, ``view.items``, ``view.pos_scores`` [B] requiring grad — a
     probe may ``register_hook`` on it; a probe with ``wants_negatives`` also
-    gets ``view.neg_scores`` [B, M], ``view.neg_mask`` and ``view.fn_mask``).
+    gets ``view.neg_scores`` [B, M], ``view.neg_mask`` and ``view.fn_mask``;
+    the scores are None for a loss that reads none: what a loss reads is
+    declared on its registry entry, ``rankrobust.losses.loss_reads(name)``).
     Must not synchronise with the host.
 ``epoch_end(epoch, model, row)``
     after each epoch (and its validation, if any); may read device
@@ -63,7 +65,8 @@ class BatchView:
     ``index`` [B]: positions of the batch's pairs in ``data.train``'s CSR order;
     ``users`` [B], ``items`` [B]: the pairs; ``pos_scores`` [B]: s⁺ of each pair
     (part of the autograd graph: ``pos_scores.register_hook(fn)`` receives
-    ∂L/∂s⁺ during backward).
+    ∂L/∂s⁺ during backward), or None when the loss reads no score (DirectAU:
+    the step never computes them).
 
     Filled only when a watching probe has ``wants_negatives`` (None otherwise):
     ``neg_scores`` [B, M]: the negative scores exactly as the loss receives

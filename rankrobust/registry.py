@@ -286,15 +286,22 @@ class Registry(Mapping[str, T]):
     `Entry`; an unknown name raises `ConfigError` naming the closest one.
     """
 
+    #: the class of this registry's entries: a registry whose entries declare more than `Entry` (the losses'
+    #: ``reads`` and ``family``, `rankrobust.losses.base.LossEntry`) names a subclass, whose extra fields are the
+    #: keywords of `register`
+    entry_type: type = Entry
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, options: type = NoOptions, summary: str | None = None) -> Callable[[T], T]:
+    def register(self, name: str, options: type = NoOptions, summary: str | None = None,
+                 **declared: Any) -> Callable[[T], T]:
         """Decorator registering ``target`` under ``name`` with its ``options`` dataclass.
 
         ``summary`` defaults to the target's ``description`` attribute or the
-        first line of its docstring.
+        first line of its docstring; ``declared`` are the extra fields of this
+        registry's `entry_type` (TypeError for a keyword it does not have).
         Registering a name twice raises ValueError.
         """
 
@@ -305,7 +312,7 @@ class Registry(Mapping[str, T]):
                 raise TypeError(f"options of {self.kind} {name!r} must be a dataclass")
             doc = getattr(target, "description", None) or getattr(target, "__doc__", None) or ""
             line = summary or (doc.strip().splitlines() or [""])[0]
-            self._entries[name] = Entry(name, target, options, line)
+            self._entries[name] = self.entry_type(name, target, options, line, **declared)
             return target
 
         return add

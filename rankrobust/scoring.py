@@ -52,7 +52,7 @@ from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "dense_bytes", "slow_choice_warning",
+           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "penalised_items", "dense_bytes", "slow_choice_warning",
            "unused_bf16_warning", "oversampling_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
@@ -81,9 +81,15 @@ class BatchScores:
 
     @cached_property
     def items(self) -> Tensor:
-        if self.regularise_negatives:
-            return torch.cat([self.pos_items[:, None], self.neg_items], dim=1)
-        return self.pos_items[:, None]
+        return penalised_items(self.pos_items, self.neg_items, self.regularise_negatives)
+
+
+def penalised_items(pos_items: Tensor, neg_items: Tensor, with_negatives: bool) -> Tensor:
+    """The item ids [B, 1 + M'] whose raw rows the L2 term and auxiliary losses see: the positive first, then the
+    sampled negatives when ``with_negatives`` (sampled negatives only; `BatchScores.items`)."""
+    if with_negatives:
+        return torch.cat([pos_items[:, None], neg_items], dim=1)
+    return pos_items[:, None]
 
 
 class PositivesBitmap:

@@ -26,11 +26,11 @@ from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
 from rankrobust.loss_state import LossState, make_loss_state
-from rankrobust.losses import get_loss
+from rankrobust.losses import LOSSES, LossBatch, LossEntry, apply_loss, score_only_entry
 from rankrobust.models import Recommender, build_model
 from rankrobust.probes import BatchView, Probe, StopTraining
 from rankrobust.sampling import build_sampler, sample_with_fn_mask
-from rankrobust.scoring import PositivesBitmap, choose_scorer, column_scorer, score_batch
+from rankrobust.scoring import PositivesBitmap, choose_scorer, column_scorer, penalised_items, score_batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -90,18 +90,22 @@ class FitResult:
 STOP_REASONS = ("early_stopping", "epoch_cap", "time_limit", "stopped_by_probe")
 
 
-def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any], l2: float, *,
+def make_step(model: Recommender, loss: LossEntry | Callable, loss_kwargs: dict[str, Any], l2: float, *,
               negatives: str = "sampled", scorer: str = "gather", fused: bool = True,
               positives: PositivesBitmap | None = None,
               loss_state: LossState | None = None, product_dtype: torch.dtype | None = None,
-              with_negatives: bool = False,
+              popularity: torch.Tensor | None = None, with_negatives: bool = False,
               ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
-    """The differentiable part of one batch: scores → loss (+ L2, + the backbone's auxiliary loss).
+    """The differentiable part of one batch: a `LossBatch` → loss (+ L2, + the backbone's auxiliary loss).
 
     Returns ``step(users [B], pos [B], neg [B, M]) -> (loss scalar, pos_scores [B])``;
     with ``with_negatives`` ``(loss, pos_scores, neg_scores [B, M'], neg_mask [B, M'] or None)``,
-    the negative scores as the loss received them (for `rankrobust.probes.BatchView`).
-    The scores come from `rankrobust.scoring.score_batch`: ``negatives`` is
+    the scores as the loss received them (for `rankrobust.probes.BatchView`); all three are None when the
+    loss read no score (they are never computed for it).
+    ``loss`` is the registered `LossEntry` (what it reads, how it is called:
+    `rankrobust.losses.apply_loss`), or a bare score-only loss function
+    (called on the scores, ``users`` passed).  The step hands the loss one
+    `LossBatch`; its scores come lazily from `rankrobust.scoring.score_batch`: ``negatives`` is
     ``sampled`` (the ids ``neg``, scored by the resolved ``scorer``: gather,
     sparse or dense, `rankrobust.scoring.column_scorer`; ``fused=False``: the
     gather path by plain autograd), ``in_batch`` (the other users' positives of the batch: the [B, B]
@@ -114,25 +118,34 @@ def make_step(model: Recommender, loss_fn: Callable, loss_kwargs: dict[str, Any]
     (`rankrobust.losses`).  ``loss_state`` (`rankrobust.loss_state`) adds its
     per-batch keyword tensors to the loss's.  ``product_dtype`` (bfloat16 with
     ``train.bf16`` on CPU) is the precision of the dense and all-items matrix products.
+    ``popularity`` [n_items] is the batch's ``popularity`` field (needed only by a loss that reads it).
     """
     columns = column_scorer(scorer, product_dtype, fused)  # read for sampled negatives only
     auxiliary = type(model).extra_loss is not Recommender.extra_loss  # MF, LightGCN: none (no [B, 1 + M] ids built)
+    entry = loss if isinstance(loss, LossEntry) else score_only_entry(loss)
+    final = model.final_embeddings if "final_embeddings" in entry.reads else None
+    sampled = negatives == "sampled"
 
     def step(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, ...]:
         U, I = model.score_tables()
-        s = score_batch(model, U, I, users, pos, neg, negatives=negatives, columns=columns, positives=positives,
-                        product_dtype=product_dtype)
-        kwargs = loss_kwargs if loss_state is None else {**loss_kwargs,
-                                                         **loss_state.batch_kwargs(users, pos, s.neg_items)}
-        loss = loss_fn(s.pos, s.neg, users=users, neg_mask=s.neg_mask, **kwargs)
-        if l2 > 0:
-            loss = loss + l2 * model.l2_penalty(users, s.items)
-        extra = model.extra_loss(users, s.items) if auxiliary else None
-        if extra is not None:
-            loss = loss + extra
+        batch = LossBatch(users, pos, tables=(U, I), popularity=popularity, final_embeddings=final,
+                          reads=entry.reads,
+                          scores=lambda: score_batch(model, U, I, users, pos, neg, negatives=negatives, columns=columns,
+                                                     positives=positives, product_dtype=product_dtype))
+        kwargs = loss_kwargs if loss_state is None else {
+            **loss_kwargs, **loss_state.batch_kwargs(users, pos, batch.scores().neg_items)}
+        value = apply_loss(entry, batch, kwargs)
+        if l2 > 0 or auxiliary:
+            items = penalised_items(pos, neg, sampled)
+            if l2 > 0:
+                value = value + l2 * model.l2_penalty(users, items)
+            extra = model.extra_loss(users, items) if auxiliary else None
+            if extra is not None:
+                value = value + extra
+        s = batch.scored
         if with_negatives:
-            return loss, s.pos, s.neg, s.neg_mask
-        return loss, s.pos
+            return (value, None, None, None) if s is None else (value, s.pos, s.neg, s.neg_mask)
+        return value, None if s is None else s.pos
 
     return step
 
@@ -205,11 +218,15 @@ class Trainer:
         positives = (PositivesBitmap(data.train, device) if negatives == "all" and self.sampler.mask_positives
                      else None)
         product_dtype = torch.bfloat16 if tc.bf16 and device.type == "cpu" else None
-        build_step = functools.partial(make_step, self.model, get_loss(cfg.loss.name), cfg.loss.kwargs(), tc.l2,
+        loss = LOSSES.entry(cfg.loss.name)
+        popularity = (torch.as_tensor(data.train.item_counts(), dtype=torch.float32, device=device)
+                      if "popularity" in loss.reads else None)
+        build_step = functools.partial(make_step, self.model, loss, cfg.loss.kwargs(), tc.l2,
                                        negatives=negatives,
                                        scorer=self.scorer.scorer if self.scorer is not None else "gather",
                                        fused=tc.fast, positives=positives,
-                                       loss_state=self.loss_state, product_dtype=product_dtype)
+                                       loss_state=self.loss_state, product_dtype=product_dtype,
+                                       popularity=popularity)
         self.step = maybe_compile(build_step(), tc.compile, device)
         #: the step of the epochs that probes watch (`rankrobust.probes.BatchView`): it also returns the negative
         #: scores, and it is never compiled, since a hook on an output of a compiled graph never receives the

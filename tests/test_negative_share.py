@@ -128,17 +128,13 @@ class _Capture(Probe):
 @pytest.mark.parametrize("scorer", ["gather", "sparse", "dense"])
 def test_view_holds_the_scores_the_loss_receives(tmp_path, monkeypatch, scorer):
     seen = []
-    real = train_mod.get_loss
+    real = train_mod.apply_loss
 
-    def recording(name):
-        fn = real(name)
+    def recording(entry, batch, kwargs):  # the one boundary between the step and the loss
+        seen.append(batch.neg)
+        return real(entry, batch, kwargs)
 
-        def loss(pos, neg, **kw):
-            seen.append(neg)
-            return fn(pos, neg, **kw)
-        return loss
-
-    monkeypatch.setattr(train_mod, "get_loss", recording)
+    monkeypatch.setattr(train_mod, "apply_loss", recording)
     cfg = tiny_config(tmp_path, train={"scorer": scorer, "epochs": 1}, noise={"neg_prob": 0.3})
     data, _ = prepare_data(cfg, load_data(cfg.data))
     trainer = Trainer(cfg, data, torch.device("cpu"))
@@ -210,14 +206,13 @@ def test_end_to_end_columns_and_metrics(tmp_path, loss, p):
 
 
 def test_loss_ignoring_negatives_records_none_end_to_end(tmp_path, monkeypatch):
-    real = train_mod.get_loss
+    """A loss declared as reading s⁻ whose value does not depend on it: the hook never fires, the share is None."""
+    real = train_mod.apply_loss
 
-    def positives_only(name):
-        def loss(pos, neg, **kw):
-            return -pos.mean()
-        return loss
+    def positives_only(entry, batch, kwargs):
+        return -batch.pos.mean()
 
-    monkeypatch.setattr(train_mod, "get_loss", positives_only)
+    monkeypatch.setattr(train_mod, "apply_loss", positives_only)
     cfg = tiny_config(tmp_path, noise={"neg_prob": 0.2, "pos_ratio": 0.2}, train={"epochs": 2})
     summary = run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for())
     acc = summary.metrics["gradient_accounting"]

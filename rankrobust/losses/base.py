@@ -1,11 +1,16 @@
-"""Today's six losses, the helpers every loss shares, and the `LOSSES` registry (docs/PROTOCOLS.md §1).
+"""The loss contract (`LossBatch`), the `LOSSES` registry, the shared helpers and six losses (docs/PROTOCOLS.md §1).
 
 The package `rankrobust.losses` re-exports everything here; the successor
 losses (`rankrobust.losses.successors`) and the denoising baselines
 (`rankrobust.losses.denoising`) import their helpers and the registry from
 this module only (no import cycles).
 
-Every loss has the signature::
+The training step hands a loss one `LossBatch` (the contract: what it holds,
+what is lazy, how a loss declares what it reads, and the two call forms are
+stated in its docstring).  A *score-only* loss (it reads nothing but
+``pos``, ``neg``, ``neg_mask`` and ``users``: every loss in this module, in
+``successors`` and in ``denoising``) is a pure function of the scores, with
+the signature::
 
     fn(pos: Tensor[B], neg: Tensor[B, M], *, users: Tensor[B] | None = None,
        neg_mask: Tensor[B, M] | None = None, **hyper) -> Tensor[]
@@ -28,10 +33,11 @@ All losses are written with ``softplus``/``logsumexp`` (never ``exp`` then
 traced by ``torch.compile``.  Hyper-parameters are plain Python numbers checked
 up front; a bad value raises ``ValueError``.
 
-Each loss is registered once in ``LOSSES`` (a `rankrobust.registry.Registry`)
-together with an options dataclass holding its typed hyper-parameters
-(defaults, checks, docs, CLI flags); configs and the command line read names
-and options from there.  ``LOSSES[name]`` is the function, ``LOSSES.entry(name)``
+Each loss is registered once in ``LOSSES`` (a `rankrobust.registry.Registry`
+of `LossEntry`) together with an options dataclass holding its typed
+hyper-parameters (defaults, checks, docs, CLI flags), the set of `LossBatch`
+fields it reads (``reads``) and its family (``family``, the panels of the
+figures); configs and the command line read names and options from there.  ``LOSSES[name]`` is the function, ``LOSSES.entry(name)``
 the whole entry, ``get_loss(name)`` looks a loss up and suggests the closest
 valid name on a typo.  A loss with state between batches (a quantile, a
 margin, an adversary, a schedule) declares it on its options class
@@ -51,13 +57,171 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from rankrobust.batching import group_ids
-from rankrobust.registry import (ConfigError, NoOptions, Registry, log_uniform, non_negative, one_of, option,
-                                 positive, uniform)
+from rankrobust.registry import (ConfigError, Entry, NoOptions, Registry, log_uniform, non_negative, one_of,
+                                 option, positive, uniform)
 
 __all__ = ["bpr", "bce", "mse", "ccl", "sl", "bsl", "LOSSES", "BSL_MODES", "get_loss", "bsl_temperatures",
-           "groups_positives", "state_keywords", "SLOptions", "CCLOptions", "BSLOptions", "TAU"]
+           "groups_positives", "state_keywords", "SLOptions", "CCLOptions", "BSLOptions", "TAU", "LossBatch",
+           "LossEntry", "LOSS_INPUTS", "SCORES", "SCORE_INPUTS", "apply_loss", "loss_reads", "score_only_entry"]
 
 BSL_MODES = ("paper", "reweight", "multi")
+
+
+# --------------------------------------------------------------------------- the loss contract
+#: every field of `LossBatch` a loss may declare in ``reads`` (what each holds: `LossBatch`)
+LOSS_INPUTS = ("pos", "neg", "neg_mask", "users", "pos_items", "neg_items", "user_rows", "pos_rows", "neg_rows",
+               "popularity", "final_embeddings")
+#: what a loss that ranks by the sampled scores reads: the default ``reads`` of a registered loss
+SCORES = frozenset({"pos", "neg", "neg_mask"})
+#: the fields a score-only loss may read: such a loss is called as ``fn(pos, neg, users=, neg_mask=, **hyper)``
+SCORE_INPUTS = SCORES | {"users"}
+
+
+class LossBatch:
+    """One training batch as a loss sees it: the one object the training step hands every loss.
+
+    The contract (docs/EXTENDING.md §1):
+
+    - **What it holds.**  For the batch's B training pairs k = (u_k, i⁺_k) and
+      their M negatives (sampled ids, the other rows' positives with in-batch
+      negatives, or every item):
+
+      ==================  ===============  ===================================================================
+      field               shape            what
+      ==================  ===============  ===================================================================
+      ``pos``             [B]              s⁺_k, the score of pair k (the model's score function)
+      ``neg``             [B, M]           s⁻_kj, the score of its j-th negative
+      ``neg_mask``        [B, M] or None   True where ``neg[k, j]`` is a real negative (None: all are)
+      ``users``           [B] int          u_k
+      ``pos_items``       [B] int          i⁺_k
+      ``neg_items``       [B, M] int       the item id of each ``neg`` column
+      ``user_rows``       [B, d]           U[u_k] of the tables the scores come from
+                                           (``model.score_tables()``: for LightGCN/XSimGCL the propagated
+                                           layer mean; before dropout and normalisation)
+      ``pos_rows``        [B, d]           I[i⁺_k] of the same tables (normalised when the model scores by
+                                           cosine)
+      ``neg_rows``        [B, M, d]        I[neg_items] (a [B, M, d] gather: read it only when needed; with
+                                           all-items negatives it is [B, n_items, d])
+      ``popularity``      [n_items] float  training interactions per item (``data.train.item_counts()``:
+                                           the pairs the model learns from, injected noisy positives included)
+      ``final_embeddings``  ()→(U, I)      the model's evaluation tables (``model.final_embeddings()``:
+                                           no gradient; computed once per batch, on first call)
+      ==================  ===============  ===================================================================
+
+      Every row tensor (``pos``, ``neg``, ``*_rows``) is part of the autograd
+      graph: the loss's gradient flows through it into the model.
+    - **Lazy.**  The scores (``pos``, ``neg``, ``neg_mask``, ``neg_items``) are
+      computed on first read, the rows gathered on first read and
+      ``final_embeddings`` run on first call; a loss pays for what it reads
+      only (DirectAU never scores the sampled negatives).  Nothing here syncs
+      with the host.
+    - **Declared.**  Each registered loss declares the fields it reads
+      (``LOSSES.register(name, Options, reads={...})``, default `SCORES`;
+      `loss_reads`).  Reading an undeclared field raises AttributeError, so
+      the declaration cannot drift from the code; the probes and the analysis
+      read it (gradient accounting on s⁺ applies only to a loss that reads
+      ``pos``, on s⁻ only to one that reads ``neg``).
+    - **Two call forms** (`apply_loss`, the one boundary).  A loss whose
+      ``reads`` lie within `SCORE_INPUTS` stays a pure function of the scores:
+      ``fn(pos, neg, *, users=None, neg_mask=None, **hyper)`` (``users`` is
+      passed only when declared).  Any other loss takes the batch:
+      ``fn(batch: LossBatch, **hyper)``.  Either returns the scalar mean loss.
+
+    ``scores`` is a callable returning an object with attributes ``pos``,
+    ``neg``, ``neg_mask``, ``neg_items`` (`rankrobust.scoring.BatchScores`);
+    ``tables`` the (U, I) of ``model.score_tables()``; ``popularity`` a
+    [n_items] tensor or None; ``final_embeddings`` a callable or None;
+    ``reads`` the declared fields (all of `LOSS_INPUTS` when None, for tests
+    and tools).
+    """
+
+    def __init__(self, users: Tensor, pos_items: Tensor, *, scores: Callable[[], object],
+                 tables: tuple[Tensor, Tensor] | None = None, popularity: Tensor | None = None,
+                 final_embeddings: Callable[[], tuple[Tensor, Tensor]] | None = None,
+                 reads: frozenset[str] | None = None) -> None:
+        self._users, self._pos_items = users, pos_items
+        self._score_fn, self._tables = scores, tables
+        self._popularity, self._final_fn = popularity, final_embeddings
+        self._reads = frozenset(LOSS_INPUTS) if reads is None else reads
+        self.scored = None  #: the scores once computed (None while no one has read them)
+        self._final = None
+
+    # the one gate: a loss reads only what it declared
+    def _check(self, name: str) -> None:
+        if name not in self._reads:
+            raise AttributeError(f"the loss reads LossBatch.{name} but does not declare it: add {name!r} to the "
+                                 f"reads= of its LOSSES.register call (it declares {sorted(self._reads)})")
+
+    def scores(self):
+        """The batch's scores, computed on first call (for the trainer and the loss state; no declaration check)."""
+        if self.scored is None:
+            self.scored = self._score_fn()
+        return self.scored
+
+    def _table(self, side: int, name: str) -> Tensor:
+        self._check(name)
+        if self._tables is None:
+            raise AttributeError(f"LossBatch.{name}: this batch was built without the model's tables")
+        return self._tables[side]
+
+    @property
+    def pos(self) -> Tensor:
+        self._check("pos")
+        return self.scores().pos
+
+    @property
+    def neg(self) -> Tensor:
+        self._check("neg")
+        return self.scores().neg
+
+    @property
+    def neg_mask(self) -> Tensor | None:
+        self._check("neg_mask")
+        return self.scores().neg_mask
+
+    @property
+    def neg_items(self) -> Tensor:
+        self._check("neg_items")
+        return self.scores().neg_items
+
+    @property
+    def users(self) -> Tensor:
+        self._check("users")
+        return self._users
+
+    @property
+    def pos_items(self) -> Tensor:
+        self._check("pos_items")
+        return self._pos_items
+
+    @property
+    def user_rows(self) -> Tensor:
+        return self._table(0, "user_rows")[self._users]
+
+    @property
+    def pos_rows(self) -> Tensor:
+        return self._table(1, "pos_rows")[self._pos_items]
+
+    @property
+    def neg_rows(self) -> Tensor:
+        items = self._table(1, "neg_rows")
+        return items[self.scores().neg_items]
+
+    @property
+    def popularity(self) -> Tensor:
+        self._check("popularity")
+        if self._popularity is None:
+            raise AttributeError("LossBatch.popularity: this batch was built without item popularity")
+        return self._popularity
+
+    def final_embeddings(self) -> tuple[Tensor, Tensor]:
+        """(U [n_users, d], I [n_items, d]) with U @ I.T the evaluation scores; no gradient; once per batch."""
+        self._check("final_embeddings")
+        if self._final_fn is None:
+            raise AttributeError("LossBatch.final_embeddings: this batch was built without the model")
+        if self._final is None:
+            self._final = self._final_fn()
+        return self._final
 
 
 # --------------------------------------------------------------------------- helpers
@@ -305,7 +469,66 @@ def bsl(pos: Tensor, neg: Tensor, *, users: Tensor | None = None, neg_mask: Tens
 
 
 # --------------------------------------------------------------------------- registry
-LOSSES: Registry[Callable[..., Tensor]] = Registry("loss")
+@dataclass(frozen=True)
+class LossEntry(Entry):
+    """A registered loss: `rankrobust.registry.Entry` plus what it reads and its family.
+
+    ``reads``: the `LossBatch` fields the loss reads (a subset of `LOSS_INPUTS`;
+    default `SCORES`); within `SCORE_INPUTS` the loss is called on the scores,
+    otherwise on the batch (`apply_loss`).  ``family``: the loss family that
+    figures and tables group it under (`rankrobust.losses.LOSS_FAMILIES` is
+    read from the entries, in registration order).  ValueError at
+    registration for a field that `LossBatch` does not have.
+    """
+
+    reads: frozenset = SCORES
+    family: str = "other"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", frozenset(self.reads))
+        unknown = sorted(self.reads - set(LOSS_INPUTS))
+        if unknown:
+            raise ValueError(f"loss {self.name!r} declares reads={unknown}, which LossBatch does not have; "
+                             f"valid fields are {list(LOSS_INPUTS)}")
+
+    @property
+    def score_only(self) -> bool:
+        """True when the loss reads nothing but scores (called as ``fn(pos, neg, users=, neg_mask=)``)."""
+        return self.reads <= SCORE_INPUTS
+
+
+class LossRegistry(Registry):
+    """The registry of losses: entries are `LossEntry` (``register(name, Options, reads=..., family=...)``)."""
+
+    entry_type = LossEntry
+
+
+LOSSES: LossRegistry = LossRegistry("loss")
+
+
+def loss_reads(name: str) -> frozenset[str]:
+    """The `LossBatch` fields loss ``name`` declares it reads (ConfigError for an unknown name)."""
+    return LOSSES.entry(name).reads
+
+
+def score_only_entry(fn: Callable[..., Tensor]) -> LossEntry:
+    """The registered entry whose function is ``fn``, else an unregistered score-only entry for it (a loss
+    function handed straight to the training step, as tests and benchmarks do: called on the scores, ``users``
+    passed)."""
+    found = next((e for e in LOSSES.entries() if e.target is fn), None)
+    if found is not None:
+        return found
+    name = getattr(fn, "__name__", "loss")
+    return LossEntry(name, fn, NoOptions, "", reads=SCORE_INPUTS)
+
+
+def apply_loss(entry: LossEntry, batch: LossBatch, kwargs: dict) -> Tensor:
+    """The loss of ``entry`` on ``batch`` with hyper-parameters ``kwargs``: the one boundary between the
+    training step and the two call forms of `LossBatch` (score-only losses get the scores, others the batch)."""
+    if entry.score_only:
+        users = batch.users if "users" in entry.reads else None
+        return entry.target(batch.pos, batch.neg, users=users, neg_mask=batch.neg_mask, **kwargs)
+    return entry.target(batch, **kwargs)
 
 TAU = ("temperature τ: the loss reads scores / τ (SL and the softmax family; BCE-type logits, τ = 1 on dot "
        "scores; BSL reweight/multi; the default of BSL's τ₁, τ₂)")
@@ -381,12 +604,12 @@ class BSLOptions:
         return self.loss_kwargs().get("tau1", self.tau)
 
 
-LOSSES.register("bpr", NoOptions)(bpr)
-LOSSES.register("bce", BCEOptions)(bce)
-LOSSES.register("mse", NoOptions)(mse)
-LOSSES.register("ccl", CCLOptions)(ccl)
-LOSSES.register("sl", SLOptions)(sl)
-LOSSES.register("bsl", BSLOptions)(bsl)
+LOSSES.register("bpr", NoOptions, family="classic")(bpr)
+LOSSES.register("bce", BCEOptions, family="classic")(bce)
+LOSSES.register("mse", NoOptions, family="classic")(mse)
+LOSSES.register("ccl", CCLOptions, family="classic")(ccl)
+LOSSES.register("sl", SLOptions, family="softmax")(sl)
+LOSSES.register("bsl", BSLOptions, reads=SCORE_INPUTS, family="softmax")(bsl)  # users: the in-batch groups
 
 def state_keywords(options) -> tuple[str, ...]:
     """Names of the keyword tensors a stateful loss receives from its state every batch (() for most).

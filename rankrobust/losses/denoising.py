@@ -210,7 +210,7 @@ class RINCEOptions:
             raise ConfigError(f"loss.q must be in (0, 1], got {self.q!r}")
 
 
-LOSSES.register("tce", TCEOptions)(tce)
-LOSSES.register("rce", RCEOptions)(rce)
-LOSSES.register("dcl", DCLOptions)(dcl)
-LOSSES.register("rince", RINCEOptions)(rince)
+LOSSES.register("tce", TCEOptions, family="denoising")(tce)
+LOSSES.register("rce", RCEOptions, family="denoising")(rce)
+LOSSES.register("dcl", DCLOptions, family="denoising")(dcl)
+LOSSES.register("rince", RINCEOptions, family="denoising")(rince)

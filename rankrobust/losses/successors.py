@@ -498,8 +498,8 @@ class DrRLOptions:
         return DrRLState(train.n_users, self.margin_init, self.margin_lr)
 
 
-LOSSES.register("psl", PSLOptions)(psl)
-LOSSES.register("slatk", SLatKOptions)(slatk)
-LOSSES.register("advinfonce", AdvInfoNCEOptions)(advinfonce)
-LOSSES.register("llpauc", LLPAUCOptions)(llpauc)
-LOSSES.register("drrl", DrRLOptions)(drrl)
+LOSSES.register("psl", PSLOptions, family="softmax")(psl)
+LOSSES.register("slatk", SLatKOptions, family="softmax")(slatk)
+LOSSES.register("advinfonce", AdvInfoNCEOptions, family="softmax")(advinfonce)
+LOSSES.register("llpauc", LLPAUCOptions, family="ranking-dro")(llpauc)
+LOSSES.register("drrl", DrRLOptions, family="ranking-dro")(drrl)
