@@ -354,8 +354,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def run() -> int:
         if not args.quiet:  # the bar moves only when a run ends (minutes on a CPU): say what is starting
             print(f"{spec.name}: {len(spec.cells)} runs into {sweep.path} with {args.jobs} process"
-                  f"{'es' if args.jobs > 1 else ''} ({args.executor}); the bar moves as runs finish, each run "
-                  f"takes seconds to minutes", file=sys.stderr, flush=True)
+                  f"{'es' if args.jobs > 1 else ''} ({args.executor}); the bar moves as runs finish (each takes "
+                  f"seconds to minutes); its end shows the running runs' epoch and best validation value", file=sys.stderr, flush=True)
         try:
             report = run_sweep(spec, args.out, jobs=args.jobs, executor=args.executor, address=args.address,
                                progress=not args.quiet, prune=args.prune)
@@ -447,16 +447,25 @@ def _results(args: argparse.Namespace) -> int:
             return 1
         la, lb = arm_label(a), arm_label(b)
         print(f"\n{lb} vs {la}, test {metric}, over matched seeds: diff = {lb} - {la} with its 95% CI (t), d_z, "
-              f"p of the paired t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
+              f"p of the paired t-test over seeds; {_holm_family(table)}")
         print(table.to_string(**show))
         _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
         if csv:
             _write_csv(table, csv.with_name(f"{csv.stem}-compare.csv"))
-        if args.per_user:
-            secondary = compare_runs_per_user(frame, axes, a, b, metric=metric)
+        tested = int(table["p"].notna().sum())
+        if args.per_user or not tested:  # no seed-level test: the per-user view is all there is (labelled secondary)
+            try:
+                secondary = compare_runs_per_user(frame, axes, a, b, metric=metric)
+            except FileNotFoundError as err:
+                if args.per_user:
+                    raise
+                print(f"(no per-user view either: {err})")
+                return 0
             print(f"\n{secondary['view'].iloc[-1] if len(secondary) else 'secondary: per-user'}: per-user {lb} - "
                   f"{la} averaged over the matched seeds, Wilcoxon signed-rank over users (its unit is the user: "
-                  f"it ignores training variance; the seed-level table above is the test)")
+                  f"it ignores training variance; " + ("the seed-level table above is the test)" if tested else
+                                                       "shown because no seed-level test is possible: not a "
+                                                       "substitute for one)"))
             print(secondary.drop(columns="view").to_string(**show))
     if args.robustness:
         a, b = (parse_arm(x) for x in args.robustness)
@@ -470,7 +479,7 @@ def _results(args: argparse.Namespace) -> int:
         x, y = arm_label(a), arm_label(b)
         print(f"\nrobustness, test {metric}: drop = value at {noise} = {clean:g} minus value at the noisy level; "
               f"diff = drop {x} - drop {y} over matched seeds (positive: {y} loses less), 95% CI (t), d_z, paired "
-              f"t-test over seeds; p_holm: one Holm family of {int(table['p'].notna().sum())} tests")
+              f"t-test over seeds; {_holm_family(table)}")
         print(table.to_string(**show))
         _warn_capped(capped_warning(table.attrs["capped"], table.attrs["runs"]))
         if csv:
@@ -486,6 +495,17 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     flat.to_csv(path, index=False)
     print(f"wrote {path}")
+
+
+def _holm_family(table: pd.DataFrame) -> str:
+    """``p_holm: one Holm family of N tests``, or, where no cell has the 2 matched seeds a paired test over seeds
+    needs, a line saying so (the table's p and p_holm are then empty: not an error of the store)."""
+    tested = int(table["p"].notna().sum())
+    if tested:
+        return f"p_holm: one Holm family of {tested} tests"
+    most = int(table["seeds"].max()) if "seeds" in table and len(table) else 0
+    return (f"no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most "
+            f"{most} (p, p_holm empty); run more seeds (rankrobust sweep SPEC --seeds 0 1 2 --out DIR)")
 
 
 def _warn_capped(line: str | None) -> None:

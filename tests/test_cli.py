@@ -229,3 +229,26 @@ def test_an_out_folder_the_user_linked_is_followed_once(tmp_path, capsys):
                "--out", str(tmp_path / "results" / "run")])
     assert rc == 0, capsys.readouterr().err
     assert (real / "run" / "status").read_text().startswith("done")
+
+
+def test_compare_with_one_seed_says_no_seed_level_test_and_shows_the_per_user_view(capsys):
+    """One seed per cell: the Holm family used to come out empty ("one Holm family of 0 tests") with no word why.
+    Now one line says a seed-level test needs >= 2 matched seeds, and the per-user view follows, labelled as
+    secondary; where the runs have no per-user tables, one line says so."""
+    from rankrobust import EXAMPLES_DIR
+
+    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--compare", "sl", "bsl"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm family of 0 tests" not in out
+    assert "no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most 1" in out
+    assert re.search(r"secondary: per-user, pooled over 1 seeds: .*not a substitute for one\)\n +noise\.pos_ratio "
+                     r"+seeds +users +diff +p +p_holm\n", out)
+    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--robustness", "sl", "bsl"]) == 0
+    out = capsys.readouterr().out
+    assert "Holm family of 0 tests" not in out and "needs >= 2 matched seeds" in out
+    assert main(["results", str(EXAMPLES_DIR / "lc-quick"), "--compare", "sl", "bpr"]) == 0  # no per_user tables
+    out = capsys.readouterr().out
+    assert "needs >= 2 matched seeds" in out and "(no per-user view either: " in out
+    assert main(["results", str(EXAMPLES_DIR / "bsl-batching-quick"), "--compare", "sl", "bsl"]) == 0  # 3 seeds
+    out = capsys.readouterr().out
+    assert "p_holm: one Holm family of" in out and "needs >= 2 matched seeds" not in out and "secondary" not in out
