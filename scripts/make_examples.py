@@ -233,8 +233,8 @@ def readme(all_facts: list[dict], machine: str | None, total_bytes: int) -> str:
         "",
         "**These are examples, not results to cite.** They are small copies of the quick lastfm sweeps "
         "(MF/LightGCN, 15 epochs, sized for 2 CPU cores), shipped so that every notebook in `notebooks/` runs "
-        "on a fresh clone: `rankrobust.results_dir()` returns this folder unless `RANKROBUST_RESULTS` names "
-        "another. For numbers to report, run the sweeps yourself (commands below), point "
+        "on a fresh clone: `rankrobust.results_dir(\"np-quick\")` returns the sweep of that name under "
+        "`RANKROBUST_RESULTS` when that folder holds it, else this folder's copy (with a printed note). For numbers to report, run the sweeps yourself (commands below), point "
         "`RANKROBUST_RESULTS` at their folder, and read the full stores.",
         "",
         "Written by `python scripts/make_examples.py SRC_RESULTS_DIR` from the sweep folders listed below; "
