@@ -23,6 +23,12 @@ passes over the table; cosine scores normalise the whole item table every batch)
 `CatalogColumns` scores against the whole catalog with one matrix product and
 picks the columns (``train.scorer = dense``).
 
+`row_infonce(a, b, weight)` is the InfoNCE of two [B, d] views with
+row weights (XSimGCL's contrastive loss over a batch's distinct ids): one
+[B, B] logit block, exponentiated once, its softmax kept for the backward
+pass, two products back (autograd's masked logsumexp made about a dozen
+passes over the block).
+
 `propagate_layers(adj, x, layers, ...)` is the graph propagation of LightGCN
 and XSimGCL: the mean of the layers ``x_l = Â x_{l-1}`` (and one kept layer),
 all layers in one forward pass that saves nothing but ``Â``, and a backward
@@ -301,3 +307,45 @@ def propagate_layers(adj: Tensor, x: Tensor, layers: int, first: int = 0, keep: 
         raise ValueError(f"propagate_layers needs 0 <= first <= layers and 1 <= keep <= layers, got "
                          f"layers={layers}, first={first}, keep={keep}")
     return _PropagateLayers.apply(x, adj, layers, first, keep, perturb)
+
+
+class _RowInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+        keep = weight > 0
+        logits = a @ b.T                                              # [B, B]
+        logits.masked_fill_(~keep[None, :], float("-inf"))
+        top = logits.amax(dim=1, keepdim=True)                        # finite: a weighted row keeps its own column
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        probs = logits.sub_(top).exp_()                               # in place: the block is exponentiated once
+        total = probs.sum(dim=1, keepdim=True)
+        lse = (top + total.log()).squeeze(1)
+        own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
+        probs.div_(total)                                             # softmax over the kept columns
+        ctx.save_for_backward(a, b, weight, probs)
+        return -(weight * torch.where(keep, own - lse, torch.zeros_like(own))).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b, weight, probs = ctx.saved_tensors
+        # L = −Σ_r w_r (s_rr − lse_r) ⇒ ∂L/∂s_rc = w_r (P_rc − δ_rc)
+        scale = grad * weight
+        d_logits = probs * scale[:, None]
+        d_logits.diagonal().sub_(scale)
+        grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
+        grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b, None
+
+
+def row_infonce(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+    """Weighted InfoNCE ``−Σ_r w_r log softmax_{c: w_c > 0}(a_r · b_c)[r]`` → scalar.
+
+    ``a, b [B, d]`` (temperature and normalisation already applied: logits are
+    ``a @ b.T``), ``weight [B]`` ≥ 0: row r counts with weight w_r, and only the
+    columns of rows with w_c > 0 enter the softmax (a row's own column is among
+    them when w_r > 0).  Forward: one product and one exponentiation of the
+    [B, B] block, max-shifted (the log-sum-exp of each row); backward:
+    ``∂L/∂logits = w_r (P_rc − δ_rc)`` from the saved softmax P and two products.
+    Same value and gradients as the masked ``torch.logsumexp`` under autograd (tests).
+    """
+    return _RowInfoNCE.apply(a, b, weight)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot, propagate_layers
+from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot, propagate_layers, row_infonce
 from rankrobust.registry import (ConfigError, Registry, choice, integers, log_uniform, non_negative, one_of, option,
                                  positive, uniform, unit_interval)
 
@@ -175,10 +175,15 @@ class LightGCN(Recommender):
 
 
 def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
-    """Bool [B]: True where ``ids[k]`` did not occur at an earlier position (a mask, no host sync)."""
-    same = ids[:, None] == ids[None, :]
-    earlier = torch.ones_like(same).tril(-1)
-    return ~(same & earlier).any(dim=1)
+    """Bool [B]: True where ``ids[k]`` did not occur at an earlier position (a mask, no host sync).
+
+    A stable sort puts the repeats of an id in their batch order, so an id's
+    first position is the one whose sorted predecessor differs: O(B log B), no [B, B] comparison.
+    """
+    ordered, order = torch.sort(ids, stable=True)
+    new = torch.ones_like(ordered, dtype=torch.bool)
+    new[1:] = ordered[1:] != ordered[:-1]
+    return torch.empty_like(new).scatter_(0, order, new)
 
 
 def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, tau: float) -> torch.Tensor:
@@ -188,17 +193,15 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, 
     Over the set S of distinct ids, with a = normalize(view1[s]), b = normalize(view2[s]):
     ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
     the unique users / items of the batch).  Duplicates are masked rather than removed
-    (``torch.unique`` would sync with the host): a repeated id is left out as a row and as
-    a column, so the value equals the loss over the unique ids.
+    (``torch.unique`` would sync with the host): a repeated id has weight 0 as a row and
+    is left out as a column, so the value equals the loss over the unique ids
+    (`rankrobust.kernels.row_infonce` with weights 1/|S| on the first occurrences).
     """
     first = _first_occurrence(ids)
-    a = F.normalize(view1[ids], dim=1) / tau                   # 1/τ on [B, d] rather than on [B, B]
-    b = F.normalize(view2[ids], dim=1)
-    logits = a @ b.T                                           # [B, B]
-    logits = logits.masked_fill(~first[None, :], float("-inf"))
-    row = logits.diagonal() - torch.logsumexp(logits, dim=1)   # log-softmax of each row's own column
-    row = torch.where(first, row, torch.zeros_like(row))
-    return -row.sum() / first.sum().clamp_min(1).to(row.dtype)
+    weight = first.to(view1.dtype) / first.sum().clamp_min(1).to(view1.dtype)
+    a = normalize_rows(view1[ids]) / tau                      # 1/τ on [B, d] rather than on [B, B]
+    b = normalize_rows(view2[ids])
+    return row_infonce(a, b, weight)
 
 
 class XSimGCL(Recommender):

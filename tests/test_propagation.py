@@ -198,3 +198,42 @@ def test_bad_arguments_raise():
     for kwargs in ({"layers": -1}, {"layers": 2, "first": 3}, {"layers": 2, "keep": 0}, {"layers": 2, "keep": 3}):
         with pytest.raises(ValueError, match="propagate_layers needs"):
             propagate_layers(adj, x, **kwargs)
+
+
+# --------------------------------------------------------------------------- XSimGCL's contrastive loss
+def test_first_occurrence_equals_the_brute_force_scan():
+    from rankrobust.models import _first_occurrence
+
+    ids = torch.tensor([5, 3, 5, 0, 3, 3, 9, 0, 1])
+    expect = [ids[k].item() not in ids[:k].tolist() for k in range(len(ids))]
+    assert _first_occurrence(ids).tolist() == expect
+    rng = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 40, (300,), generator=rng)
+    assert _first_occurrence(ids).tolist() == [ids[k].item() not in ids[:k].tolist() for k in range(len(ids))]
+
+
+def _masked_infonce(a, b, weight):
+    """The loss as autograd's masked logsumexp: −Σ_r w_r (s_rr − logsumexp_{c: w_c > 0} s_rc)."""
+    logits = (a @ b.T).masked_fill(~(weight > 0)[None, :], float("-inf"))
+    row = logits.diagonal() - torch.logsumexp(logits, dim=1)
+    return -(weight * torch.where(weight > 0, row, torch.zeros_like(row))).sum()
+
+
+@pytest.mark.parametrize("scale", [1.0, 100.0])  # 100: logits far beyond exp's range without the max shift
+def test_row_infonce_equals_the_masked_logsumexp(scale):
+    from rankrobust.kernels import row_infonce
+
+    gen = torch.Generator().manual_seed(3)
+    a0 = torch.randn(12, 4, dtype=torch.float64, generator=gen) * scale
+    b0 = torch.randn(12, 4, dtype=torch.float64, generator=gen)
+    weight = torch.rand(12, dtype=torch.float64, generator=gen) * (torch.rand(12, generator=gen) > 0.3)
+    a, b, ra, rb = (t.clone().requires_grad_() for t in (a0, b0, a0, b0))
+    got, ref = row_infonce(a, b, weight), _masked_infonce(ra, rb, weight)
+    (3 * got).backward()
+    (3 * ref).backward()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a.grad, ra.grad, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-10, atol=1e-12)
+    if scale == 1.0:
+        assert torch.autograd.gradcheck(lambda x, y: row_infonce(x, y, weight), (a0.clone().requires_grad_(),
+                                                                                 b0.clone().requires_grad_()))
