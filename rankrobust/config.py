@@ -41,7 +41,7 @@ from rankrobust.data.splits import OOD_TEST_FRACTION, SPLITS
 from rankrobust.evaluate import METRIC_NAMES
 from rankrobust.losses import LOSSES
 from rankrobust.models import MODELS
-from rankrobust.noise import FN_POOL_KINDS
+from rankrobust.noise import FN_POOL_KINDS, NOISE_KINDS
 from rankrobust.registry import (ConfigError, Registry, Space, check_options, choice, closest, field_default,
                                  log_uniform, non_negative, one_of, option, option_prior, option_space, positive,
                                  probability, searchable_fields, unit_interval)
@@ -130,11 +130,14 @@ class DataConfig:
 class NoiseConfig:
     """Controlled corruption of the training data (docs/PROTOCOLS.md §3).
 
-    ``pos_ratio`` r: each user gets floor(r·|P_u|) (or ceil) fake positives.
+    ``pos_ratio`` r: each user gets floor(r·|P_u|) (or ceil) fake positives,
+    drawn by the noise kind ``pos_kind`` (`rankrobust.noise.NOISE_KINDS`:
+    ``uniform``, ``popularity``; its options flat in the section).
     ``neg_prob`` p: each sampled negative is replaced by a false negative from
     the user's ``neg_pool`` (``train`` positives, or a ``heldout`` 10%).
     """
 
+    SELECTORS: ClassVar[dict[str, tuple[str, Registry]]] = {"pos_kind": ("pos_options", NOISE_KINDS)}
     pos_ratio: float = option(0.0, "noisy-positive ratio r", check=_closed(0.0, 10.0), flag="--noise-pos")
     pos_rounding: str = option("floor", "floor or ceil of r·|P_u|", check=one_of("floor", "ceil"))
     neg_prob: float = option(0.0, "false-negative probability p", check=probability, flag="--noise-neg")
@@ -143,6 +146,8 @@ class NoiseConfig:
     heldout_fraction: float = option(0.1, "share of positives held out as the false-negative pool",
                                      check=_open(0.0, 1.0))
     seed: int | None = option(None, "noise seed (default: train.seed)")
+    pos_kind: str = option("uniform", "how noisy positives are drawn among a user's free items", flag="--noise-kind")
+    pos_options: Any = None
 
 
 @dataclass

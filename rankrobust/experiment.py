@@ -32,7 +32,7 @@ from rankrobust.determinism import Determinism
 from rankrobust.evaluate import ips_metrics
 from rankrobust.losses import groups_positives
 from rankrobust.memory import check_memory
-from rankrobust.noise import NOISE_PROTOCOL, add_noisy_positives, false_negative_pool, noise_table, pair_mask
+from rankrobust.noise import NOISE_PROTOCOL, false_negative_pool, inject_positives, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir
 from rankrobust.sampling import negative_kind
@@ -103,9 +103,12 @@ def _read_data(dc: DataConfig) -> Dataset:
 def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFrame]:
     """Apply the noise protocol of ``cfg.noise`` to ``dataset``.
 
-    Returns the `TrainData` and the table of injected pairs (``noise.parquet``).
-    Noisy positives are drawn from items the user has in none of train, valid
-    or test, so a fake positive is never a held-out true one.  The ``heldout``
+    Returns the `TrainData` and the table of injected pairs (``noise.parquet``:
+    the rows the noise kind ``noise.pos_kind`` records, then the held-out pool).
+    Noisy positives are drawn by that kind from items the user has in none of
+    train, valid or test, so a fake positive is never a held-out true one; a
+    kind that weighs items reads the clean split's popularity (`item_popularity`
+    variant ``"clean"``).  The ``heldout``
     false-negative pool is withheld from the positives at every ``neg_prob``,
     0 included, with a seed independent of it: all cells of a sweep over p
     train on the same positives (`rankrobust.noise.NOISE_PROTOCOL`).
@@ -122,11 +125,12 @@ def prepare_data(cfg: RunConfig, dataset: Dataset) -> tuple[TrainData, pd.DataFr
     seen, noisy = clean, None
     if nc.pos_ratio > 0:
         held_out = dataset.test if dataset.leaky_validation else dataset.valid.union(dataset.test)
-        train, injected = add_noisy_positives(train, nc.pos_ratio, seed=seed, rounding=nc.pos_rounding,
-                                              exclude=held_out.union(clean))
+        train, injected, recorded = inject_positives(train, nc.pos_ratio, seed=seed, rounding=nc.pos_rounding,
+                                                     exclude=held_out.union(clean), kind=nc.pos_kind,
+                                                     options=nc.pos_options, popularity=item_popularity(clean, "clean"))
         seen = clean.union(injected)
         noisy = pair_mask(train, injected)
-        frames.insert(0, noise_table(injected, "noisy_positive"))
+        frames.insert(0, recorded)
     table = pd.concat(frames, ignore_index=True) if frames else noise_table(clean.empty(*clean.shape), "none")
     data = TrainData(train=train, seen=seen, valid=dataset.valid, test=dataset.test, fn_pool=pool,
                      leaky=dataset.leaky_validation, noisy=noisy)

@@ -1,8 +1,13 @@
 """Controlled, seeded, recorded corruption of training data (docs/PROTOCOLS.md §3).
 
 - `add_noisy_positives`: false positives — every user gets ⌊r·|P_u|⌋ (or ⌈·⌉)
-  extra "positives" drawn uniformly without replacement from the items the user
-  has not interacted with.
+  extra "positives" drawn without replacement from the items the user has not
+  interacted with, by a registered *noise kind* (`NOISE_KINDS`, chosen by
+  ``noise.pos_kind``): ``uniform`` (every free item alike) or ``popularity``
+  (item j ∝ φ_j^α, φ the clean training popularity).  A kind is a subclass of
+  `PositiveNoise` with an options dataclass, registered once: it picks the
+  items (`PositiveNoise.draw`) and says what ``noise.parquet`` records of
+  them (`PositiveNoise.table`); docs/EXTENDING.md, "A noise kind".
 - `false_negative_pool` / `heldout_false_negative_pool`: the pools that
   `rankrobust.sampling.FalseNegativeMixer` draws false negatives from.  The
   ``heldout`` pool is withheld from training at every p, p = 0 included, so
@@ -15,13 +20,19 @@ the same inputs and seed give the same pairs.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
+from rankrobust.registry import NoOptions, Registry, non_negative, option
 
 __all__ = ["add_noisy_positives", "heldout_false_negative_pool", "false_negative_pool", "noise_table",
-           "FN_POOL_KINDS", "NOISE_PROTOCOL", "outdated_noise_protocol"]
+           "FN_POOL_KINDS", "NOISE_PROTOCOL", "outdated_noise_protocol", "NOISE_KINDS", "NoiseDraw",
+           "PositiveNoise", "UniformPositives", "PopularityPositives", "PopularityNoiseOptions",
+           "weighted_free_items", "NOISY_POSITIVE", "inject_positives"]
 
 FN_POOL_KINDS = ("train", "heldout")
 
@@ -136,19 +147,229 @@ def _ranks_to_items(forbidden: Interactions, users: np.ndarray, ranks: np.ndarra
     return ranks + below
 
 
+# --------------------------------------------------------------------------- noise kinds
+#: the ``kind`` value of the noisy-positive rows of ``noise.parquet`` (every noisy-positive kind records it)
+NOISY_POSITIVE = "noisy_positive"
+
+#: noisy-positive kinds by name (``noise.pos_kind``): entry target a `PositiveNoise` subclass, options its dataclass
+NOISE_KINDS: Registry[type] = Registry("noise kind")
+
+
+@dataclass(frozen=True)
+class NoiseDraw:
+    """What a noisy-positive kind is asked to draw (built by `add_noisy_positives`).
+
+    ``counts`` k_u int64 [n_users]: how many fake positives user u gets, already
+    capped at the user's free items; ``forbidden``: the pairs a fake positive
+    may not be (train ∪ exclude); ``popularity`` φ int64 [n_items]: item
+    popularity, `rankrobust.data.popularity.item_popularity` of the clean
+    training split (variant ``"clean"``); ``rng``: the seeded generator, the
+    only source of randomness.
+    """
+
+    counts: np.ndarray
+    forbidden: Interactions
+    popularity: np.ndarray
+    rng: np.random.Generator
+
+    @property
+    def free(self) -> np.ndarray:
+        """Free items per user, int64 [n_users]: n_items − |forbidden row|."""
+        return self.forbidden.n_items - self.forbidden.user_counts()
+
+
+class PositiveNoise:
+    """A noisy-positive kind: which free items become fake positives, and what ``noise.parquet`` records.
+
+    Subclass it, give it an options dataclass and register it once::
+
+        NOISE_KINDS.register("name", NameOptions)(NamePositives)
+
+    ``__init__(options)`` keeps the options; `draw` returns the injected pairs
+    (exactly ``request.counts[u]`` distinct items of user u, none in
+    ``request.forbidden``, all randomness from ``request.rng``, vectorised);
+    `table` the rows recorded in ``noise.parquet`` (columns ``user``,
+    ``item``, ``kind`` = `NOISY_POSITIVE`, then any of the kind's own).  A kind
+    that cannot give some user k_u items lowers ``counts`` first in
+    `capacity` (the zero-weight items of a weighted kind).
+    """
+
+    def __init__(self, options=None) -> None:
+        self.options = options
+
+    def capacity(self, request: NoiseDraw) -> np.ndarray:
+        """The most fake positives each user can get, int64 [n_users] (default: its free items)."""
+        return request.free
+
+    def draw(self, request: NoiseDraw) -> Interactions:
+        raise NotImplementedError
+
+    def table(self, injected: Interactions, request: NoiseDraw) -> pd.DataFrame:
+        """The rows of ``noise.parquet`` for ``injected`` (default: user, item, kind)."""
+        return noise_table(injected, NOISY_POSITIVE)
+
+
+@NOISE_KINDS.register("uniform", NoOptions)
+class UniformPositives(PositiveNoise):
+    """Fake positives uniform over the user's free items (docs/PROTOCOLS.md §3)."""
+
+    def draw(self, request: NoiseDraw) -> Interactions:
+        """k_u ranks uniform without replacement in [0, free_u), mapped to the free items (`_sample_free_ranks`)."""
+        users, ranks = _sample_free_ranks(request.rng, request.counts, request.free)
+        items = _ranks_to_items(request.forbidden, users, ranks)
+        return Interactions.from_pairs(users, items, *request.forbidden.shape)
+
+
+@dataclass
+class PopularityNoiseOptions:
+    pos_alpha: float = option(1.0, "popularity noise kind: a fake positive is item j with probability ∝ φ_j^α "
+                                   "among the user's free items (φ: clean training popularity; 0: uniform)",
+                              check=non_negative, flag="--noise-alpha")
+
+
+@NOISE_KINDS.register("popularity", PopularityNoiseOptions)
+class PopularityPositives(PositiveNoise):
+    """Fake positives ∝ item popularity φ_j^α among the user's free items (docs/PROTOCOLS.md §3).
+
+    Successive sampling: each of a user's k_u fake positives is drawn with
+    probability φ_j^α / Σ_{free, not yet drawn} φ^α (`weighted_free_items`).
+    With α > 0 an item nobody has in the clean training split is never drawn,
+    so a user gets at most its free items of positive popularity.  Its rows
+    of ``noise.parquet`` also record ``popularity`` (φ_j, int64).
+    """
+
+    def weights(self, request: NoiseDraw) -> np.ndarray:
+        return np.power(request.popularity.astype(np.float64), float(self.options.pos_alpha))  # 0 ** 0 == 1
+
+    def capacity(self, request: NoiseDraw) -> np.ndarray:
+        return _positive_free(request.forbidden, self.weights(request))
+
+    def draw(self, request: NoiseDraw) -> Interactions:
+        return weighted_free_items(request.rng, request.counts, request.forbidden, self.weights(request))
+
+    def table(self, injected: Interactions, request: NoiseDraw) -> pd.DataFrame:
+        frame = noise_table(injected, NOISY_POSITIVE)
+        frame["popularity"] = request.popularity[frame["item"].to_numpy()].astype(np.int64)
+        return frame
+
+
+def _positive_free(forbidden: Interactions, weights: np.ndarray) -> np.ndarray:
+    """Free items of positive weight per user, int64 [n_users]."""
+    positive = weights > 0
+    rows = _rows_of(forbidden.indptr)
+    taken = np.bincount(rows, weights=positive[forbidden.indices], minlength=forbidden.n_users)
+    return int(positive.sum()) - taken.astype(np.int64)
+
+
+#: the most (user, item) cells `weighted_free_items` lays out at once for users it enumerates
+_DENSE_CHUNK = 1 << 22
+
+
+def weighted_free_items(rng: np.random.Generator, k: np.ndarray, forbidden: Interactions,
+                        weights: np.ndarray) -> Interactions:
+    """For every user u, k[u] distinct items outside row u of ``forbidden``, by successive sampling ∝ ``weights``.
+
+    Each draw picks free item j with probability w_j / Σ w over the user's
+    free items not drawn yet (sampling without replacement ∝ w).  Requires
+    k[u] <= the user's free items of positive weight (`_positive_free`).
+    ``weights`` float64 [n_items], >= 0.  Returns the pairs as `Interactions`.
+
+    Two exact ways, picked per user by cost: draw items ∝ w with replacement
+    over the whole catalogue (one ``searchsorted`` per draw), drop forbidden
+    ones and keep the first k distinct in draw order (the law of successive
+    sampling restricted to the free items), about k / m_u draws with m_u the
+    user's free share of the weight, redrawn with twice as many for users left
+    short; or, where that would take more than n_items draws, lay out the
+    user's free items and keep the k smallest of E_j / w_j, E_j ∼ Exp(1)
+    (Efraimidis & Spirakis' keys, the same law).
+    """
+    n_users, n_items = forbidden.shape
+    weights = np.asarray(weights, dtype=np.float64)
+    total = float(weights.sum())
+    rows = _rows_of(forbidden.indptr)
+    forbidden_keys = rows * n_items + forbidden.indices  # sorted (CSR)
+    free_share = np.zeros(n_users) if total <= 0 else np.clip(
+        1.0 - np.bincount(rows, weights=weights[forbidden.indices], minlength=n_users) / total, 0.0, 1.0)
+    cdf = np.cumsum(weights)
+    users_out, items_out = [], []
+    todo = np.flatnonzero(k > 0)
+    dense: list[np.ndarray] = []
+    factor = 2.0
+    while len(todo):
+        m = np.ceil(factor * k[todo] / np.maximum(free_share[todo], 1e-300)) + 8
+        cheap = m <= n_items
+        dense.append(todo[~cheap])
+        todo, m = todo[cheap], m[cheap].astype(np.int64)
+        if not len(todo):
+            break
+        draw_rows = np.repeat(todo, m)
+        items = np.searchsorted(cdf, rng.random(len(draw_rows)) * total, side="right")
+        items = np.minimum(items, n_items - 1)
+        keys = draw_rows * n_items + items
+        ok = (weights[items] > 0) & ~_in_sorted(keys, forbidden_keys)
+        draw_rows, items, keys = draw_rows[ok], items[ok], keys[ok]
+        _, first = np.unique(keys, return_index=True)  # first occurrence of each (user, item), in draw order
+        first.sort()
+        draw_rows, items = draw_rows[first], items[first]
+        enough = np.bincount(draw_rows, minlength=n_users)[todo] >= k[todo]
+        keep = np.isin(draw_rows, todo[enough]) & _first_k_per_group(draw_rows, k)
+        users_out.append(draw_rows[keep])
+        items_out.append(items[keep])
+        todo = todo[~enough]
+        factor *= 2.0
+    dense_users = np.sort(np.concatenate(dense)) if dense else np.zeros(0, dtype=np.int64)
+    per_chunk = max(1, _DENSE_CHUNK // max(n_items, 1))
+    for start in range(0, len(dense_users), per_chunk):
+        chunk = dense_users[start:start + per_chunk]
+        cell_rows = np.repeat(chunk, n_items)
+        cell_items = np.tile(np.arange(n_items, dtype=np.int64), len(chunk))
+        ok = (weights[cell_items] > 0) & ~_in_sorted(cell_rows * n_items + cell_items, forbidden_keys)
+        cell_rows, cell_items = cell_rows[ok], cell_items[ok]
+        key = rng.exponential(size=len(cell_rows)) / weights[cell_items]
+        order = np.lexsort((key, cell_rows))
+        cell_rows, cell_items = cell_rows[order], cell_items[order]
+        keep = _first_k_per_group(cell_rows, k)
+        users_out.append(cell_rows[keep])
+        items_out.append(cell_items[keep])
+    if not users_out:
+        return Interactions.empty(n_users, n_items)
+    return Interactions.from_pairs(np.concatenate(users_out), np.concatenate(items_out), n_users, n_items)
+
+
+def _in_sorted(a: np.ndarray, sorted_b: np.ndarray) -> np.ndarray:
+    """Boolean mask [len(a)]: which values of ``a`` occur in the sorted array ``sorted_b``."""
+    if len(sorted_b) == 0:
+        return np.zeros(len(a), dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_b, a), len(sorted_b) - 1)
+    return sorted_b[pos] == a
+
+
 def add_noisy_positives(train: Interactions, ratio: float, seed: int, rounding: str = "floor",
-                        exclude: Interactions | None = None) -> tuple[Interactions, Interactions]:
+                        exclude: Interactions | None = None, kind: str = "uniform", options=None,
+                        popularity: np.ndarray | None = None) -> tuple[Interactions, Interactions]:
     """Inject false positives: (noisy_train = train ∪ injected, injected).
 
     For every user u, ``k_u = ⌊ratio·|P_u|⌋`` (``rounding="ceil"``: ⌈·⌉; the
     product is rounded to 9 decimals first so 0.1·30 counts as 3) items are drawn
-    uniformly without replacement from the items u has in neither ``train`` nor
+    without replacement from the items u has in neither ``train`` nor
     ``exclude`` (e.g. valid ∪ test, so a fake positive is never a held-out true
-    one).  A user with fewer free items than k_u gets all of them (as many as
-    possible).  ``ratio = 0`` injects nothing.  Seeded: same inputs and seed →
-    same pairs.  Both results have the shape of ``train``; ``injected`` is
-    disjoint from ``train`` and ``exclude``.
+    one), by the noise kind ``kind`` (`NOISE_KINDS`; ``uniform``: all free
+    items alike; ``popularity``: ∝ φ_j^α) with its ``options`` (default: the
+    kind's defaults).  ``popularity`` φ [n_items] is what a kind weighs by:
+    pass the clean split's (`item_popularity` variant ``"clean"``); default
+    φ of ``train``.  A user with fewer free items than k_u (for a weighted
+    kind: of positive weight) gets all of them (as many as possible).
+    ``ratio = 0`` injects nothing.  Seeded: same inputs and seed → same pairs.
+    Both results have the shape of ``train``; ``injected`` is disjoint from
+    ``train`` and ``exclude``.  ValueError for a bad ratio, rounding or shape;
+    ConfigError for an unknown kind.
     """
+    noisy, injected, _ = inject_positives(train, ratio, seed, rounding, exclude, kind, options, popularity)
+    return noisy, injected
+
+
+def _positive_request(train, ratio, seed, rounding, exclude, kind, options, popularity):
+    """(the kind's `PositiveNoise`, its `NoiseDraw`) for `add_noisy_positives`' arguments, checked."""
     if not (isinstance(ratio, (int, float)) and np.isfinite(ratio) and ratio >= 0):
         raise ValueError(f"noise ratio must be a finite number >= 0, got {ratio!r}")
     if rounding not in ("floor", "ceil"):
@@ -158,14 +379,26 @@ def add_noisy_positives(train: Interactions, ratio: float, seed: int, rounding: 
         if exclude.shape != train.shape:
             raise ValueError(f"exclude shape {exclude.shape} differs from train shape {train.shape}")
         forbidden = train.union(exclude)
+    entry = NOISE_KINDS.entry(kind)
+    noise = entry.target(options if options is not None else entry.make_options())
+    if popularity is None:
+        popularity = item_popularity(train, "clean")
+    popularity = np.asarray(popularity)
+    if popularity.shape != (train.n_items,):
+        raise ValueError(f"popularity must have shape ({train.n_items},), got {popularity.shape}")
     k = _round_counts(ratio * train.user_counts().astype(np.float64), rounding)
-    free = train.n_items - forbidden.user_counts()
-    k = np.minimum(k, free)
-    rng = np.random.default_rng(seed)
-    users, ranks = _sample_free_ranks(rng, k, free)
-    items = _ranks_to_items(forbidden, users, ranks)
-    injected = Interactions.from_pairs(users, items, train.n_users, train.n_items)
-    return train.union(injected), injected
+    request = NoiseDraw(k, forbidden, popularity, np.random.default_rng(seed))
+    request = NoiseDraw(np.minimum(k, noise.capacity(request)), forbidden, popularity, request.rng)
+    return noise, request
+
+
+def inject_positives(train: Interactions, ratio: float, seed: int, rounding: str = "floor",
+                     exclude: Interactions | None = None, kind: str = "uniform", options=None,
+                     popularity: np.ndarray | None = None) -> tuple[Interactions, Interactions, pd.DataFrame]:
+    """`add_noisy_positives` plus the kind's recorded table: (noisy_train, injected, rows of ``noise.parquet``)."""
+    noise, request = _positive_request(train, ratio, seed, rounding, exclude, kind, options, popularity)
+    injected = noise.draw(request)
+    return train.union(injected), injected, noise.table(injected, request)
 
 
 def heldout_false_negative_pool(train: Interactions, fraction: float = 0.1,

@@ -175,3 +175,138 @@ def test_pair_mask_matches_brute_force():
     expect = np.array([(u, i) in set(zip(users[pick], items[pick])) for u, i in zip(users, items)])
     assert (mask == expect).all()
     assert not pair_mask(train, train.empty(*train.shape)).any()
+
+
+# --------------------------------------------------------------------------- noise kinds (NOISE_KINDS)
+def test_uniform_kind_gives_the_pairs_of_before_the_registry():
+    """Seeds give the same injected pairs as the code before noise kinds existed (recorded with commit 2f5a879's
+    rankrobust/noise.py): the exhaustive path (a dense case) and the sampling path (a sparse one)."""
+    _, dense = add_noisy_positives(random_interactions(6, 12, 0.3, seed=1), 1.0, seed=5)
+    assert sorted(pairs(dense)) == [
+        (0, 1), (0, 3), (0, 8), (1, 2), (1, 3), (1, 5), (1, 8), (1, 11), (2, 0), (2, 1), (2, 6), (2, 8), (3, 2),
+        (3, 4), (3, 8), (3, 10), (4, 1), (4, 2), (4, 5), (4, 10), (5, 2), (5, 3), (5, 4), (5, 8), (5, 9), (5, 11)]
+    _, sparse = add_noisy_positives(random_interactions(30, 400, 0.05, seed=2), 0.5, seed=11, rounding="ceil",
+                                    kind="uniform")
+    u, i = sparse.to_pairs()
+    assert sparse.nnz == 321 and list(zip(u[:12].tolist(), i[:12].tolist())) == [
+        (0, 10), (0, 26), (0, 51), (0, 58), (0, 203), (0, 244), (0, 252), (0, 370), (0, 378), (1, 34), (1, 55),
+        (1, 101)]
+
+
+def successive_inclusion(weights: list[float], free: list[int], k: int) -> dict[int, float]:
+    """P(item j among k successive draws ∝ w without replacement from ``free``), by enumerating every ordered
+    draw sequence in float64 (the oracle of the popularity kind)."""
+    out = {j: 0.0 for j in free}
+
+    def walk(left: list[int], prob: float, depth: int, chosen: tuple[int, ...]) -> None:
+        if depth == k:
+            for j in chosen:
+                out[j] += prob
+            return
+        total = sum(weights[j] for j in left)
+        for j in left:
+            if weights[j] > 0:
+                walk([x for x in left if x != j], prob * weights[j] / total, depth + 1, chosen + (j,))
+
+    walk(list(free), 1.0, 0, ())
+    return out
+
+
+@pytest.mark.parametrize("forbid,k", [([1, 4], 1), ([1, 4], 3), (list(range(4, 40)), 2)],
+                         ids=["k=1", "k=3", "dense-path"])
+def test_popularity_kind_matches_successive_sampling(forbid, k):
+    """Many users with one row: the share of users drawing item j equals the exact inclusion probability of
+    successive sampling ∝ φ_j^α among the free items (α = 1.5; a zero-popularity item is never drawn).  The
+    first two draw ∝ φ^α with replacement and drop forbidden draws; the third forbids 36 of 40 items, with most
+    of the weight, which takes the exhaustive (Efraimidis–Spirakis) path."""
+    from rankrobust.noise import PopularityNoiseOptions
+
+    n_users, n_items, alpha = 3000, 40, 1.5
+    popularity = np.random.default_rng(0).integers(1, 10, n_items)
+    popularity[3] = 0
+    users = np.repeat(np.arange(n_users), len(forbid))
+    train = Interactions.from_pairs(users, np.tile(forbid, n_users), n_users, n_items)
+    ratio = k / len(forbid)
+    w = popularity.astype(float) ** alpha
+    first_draws = math.ceil(2 * k / (1 - w[forbid].sum() / w.sum())) + 8  # weighted_free_items' first round
+    assert (first_draws > n_items) == (len(forbid) > 30)  # > n_items: the exhaustive path
+    _, inj = add_noisy_positives(train, ratio, seed=3, kind="popularity", options=PopularityNoiseOptions(alpha),
+                                 popularity=popularity)
+    assert (inj.user_counts() == k).all()
+    free = [j for j in range(n_items) if j not in forbid]
+    expect = successive_inclusion((popularity.astype(float) ** alpha).tolist(), free, k)
+    hits = inj.item_counts()
+    assert hits[forbid].sum() == 0 and hits[3] == 0
+    observed = np.array([hits[j] for j in free if expect[j] > 0])
+    expected = np.array([expect[j] * n_users for j in free if expect[j] > 0])
+    assert expected.sum() == pytest.approx(k * n_users)
+    assert stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+
+
+def test_popularity_kind_counts_caps_and_seeds():
+    """Exact k_u, disjoint from train and exclude, capped at the free items of positive popularity; α = 0 is
+    uniform over every free item (cold ones included); seeded."""
+    from rankrobust.noise import PopularityNoiseOptions
+
+    train = random_interactions(60, 90, 0.1, seed=6)
+    exclude = random_interactions(60, 90, 0.05, seed=7).difference(train)
+    popularity = train.item_counts()
+    popularity[:30] = 0  # cold items
+    opts = PopularityNoiseOptions(1.0)
+    _, a = add_noisy_positives(train, 0.7, seed=1, exclude=exclude, kind="popularity", options=opts,
+                               popularity=popularity)
+    _, b = add_noisy_positives(train, 0.7, seed=1, exclude=exclude, kind="popularity", options=opts,
+                               popularity=popularity)
+    _, c = add_noisy_positives(train, 0.7, seed=2, exclude=exclude, kind="popularity", options=opts,
+                               popularity=popularity)
+    assert pairs(a) == pairs(b) and pairs(a) != pairs(c)
+    assert not pairs(a) & (pairs(train) | pairs(exclude)) and (a.item_counts()[:30] == 0).all()
+    forbidden = train.union(exclude)
+    warm_free = [sum(1 for j in range(30, 90) if j not in set(forbidden.row(u))) for u in range(60)]
+    want = [expected_count(len(train.row(u)), 0.7, "floor") for u in range(60)]
+    assert a.user_counts().tolist() == [min(w, f) for w, f in zip(want, warm_free)]
+    _, cold = add_noisy_positives(train, 3.0, seed=1, kind="popularity", options=PopularityNoiseOptions(0.0),
+                                  popularity=popularity)
+    assert cold.item_counts()[:30].sum() > 0
+
+
+def test_unknown_noise_kind_names_the_valid_ones():
+    from rankrobust.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match=r"noise.pos_kind = 'popular' is not valid: unknown noise kind 'popular' "
+                                          r"\(did you mean 'popularity'\?\); valid noise kinds are \['uniform', "
+                                          r"'popularity'"):
+        config_from_dict({"noise": {"pos_ratio": 0.2, "pos_kind": "popular"}})
+    with pytest.raises(ConfigError, match="noise.pos_alpha does not apply to noise.pos_kind = 'uniform'; it is an "
+                                          "option of noise kind popularity"):
+        config_from_dict({"noise": {"pos_ratio": 0.2, "pos_alpha": 0.5}})
+
+
+def test_popularity_kind_through_the_config_flags_and_recorded_table(tmp_path):
+    """``--noise-kind popularity --noise-alpha 2`` configures the run; prepare_data weighs by the clean split's
+    popularity and noise.parquet records each fake positive's φ; a config without pos_kind reads as uniform."""
+    from rankrobust.config import canonical_config, config_flags, config_from_dict
+    from rankrobust.data.popularity import item_popularity
+    from rankrobust.experiment import load_data, prepare_data
+    from tests.test_train import tiny_config
+
+    flags = {f.flag: f for f in config_flags()}
+    assert flags["--noise-kind"].key == "noise.pos_kind" and "uniform, popularity" in flags["--noise-kind"].help
+    assert flags["--noise-alpha"].key == "noise.pos_alpha" and "(noise kind popularity; default 1.0)" in \
+        flags["--noise-alpha"].help
+    cfg = tiny_config(tmp_path, noise={"pos_ratio": 0.5, "pos_kind": "popularity", "pos_alpha": 2.0,
+                                       "neg_pool": "heldout"})
+    assert cfg.to_dict()["noise"]["pos_alpha"] == 2.0
+    dataset = load_data(cfg.data)
+    data, table = prepare_data(cfg, dataset)
+    clean = item_popularity(dataset.train, "clean")
+    rows = table[table["kind"] == "noisy_positive"]
+    assert len(rows) == data.seen.nnz - dataset.train.nnz > 0
+    assert (rows["popularity"].to_numpy() == clean[rows["item"].to_numpy()]).all()
+    assert (rows["popularity"] > 0).all()
+    uniform = tiny_config(tmp_path, noise={"pos_ratio": 0.5})
+    _, plain = prepare_data(uniform, dataset)
+    assert list(plain.columns) == ["user", "item", "kind"]
+    old = uniform.to_dict()
+    del old["noise"]["pos_kind"]
+    assert canonical_config(old) == uniform.to_dict() and uniform.noise.pos_kind == "uniform"
