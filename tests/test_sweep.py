@@ -400,3 +400,19 @@ def test_a_sweep_cell_records_its_epoch_and_best_validation_value(tmp_path):
     best = epochs["valid_recall@20"].max()
     assert progress == {"epoch": 2, "epochs": 2, "metric": "recall@20", "best": pytest.approx(best)}
     assert running_summary([str(run_dir)]) == f"1 running: epoch 2/2 (best recall@20 {best:.4f})"
+
+
+def test_a_run_folder_planted_as_a_link_fails_its_cell_naming_the_link(tmp_path):
+    """runs/<cell> as a symbolic link to a folder elsewhere: nothing is written or deleted there, and the cell's
+    failure names the link (it used to read "OSError: Cannot call rmtree on a symbolic link")."""
+    spec = load_spec(tiny_spec(tmp_path, losses=("sl",), ratios=(0.0, 0.2), epochs=1))
+    out = tmp_path / "out"
+    outside = tmp_path / "outside"
+    (outside / "mine").mkdir(parents=True)
+    (out / "runs").mkdir(parents=True)
+    link = out / "runs" / spec.cells[0].cell_id
+    link.symlink_to(outside)
+    report = run_sweep(spec, out, progress=False)
+    assert report.done == 1 and len(report.failed) == 1
+    assert f"{link} is a symbolic link (to {outside})" in report.failed[0]
+    assert sorted(p.name for p in outside.iterdir()) == ["mine"] and link.is_symlink()

@@ -22,6 +22,7 @@ from rankrobust.experiment import run_experiment
 from rankrobust.noise import outdated_noise_protocol
 from rankrobust.probes import Probe, ProbeOutput
 from rankrobust.runs import STATUS_DONE, STATUS_FAILED, RunDir
+from rankrobust.safe_io import refuse_link
 from rankrobust.sweeps.spec import ORIGINS
 
 
@@ -154,7 +155,8 @@ def run_cell(cfg: RunConfig, run_dir: str, options: dict[str, Any], device: str 
     if is_finished(folder, cfg.to_dict(), current_digest(cfg.data)):
         return {"status": STATUS_DONE, "skipped": True}
     try:
-        if folder.path.exists():
+        refuse_link(folder.path, "a run")  # a planted link in runs/: one line naming it (rmtree would only say
+        if folder.path.exists():           # "Cannot call rmtree on a symbolic link"); nothing written through it
             shutil.rmtree(folder.path)
         probes = probes_for(fairness=bool(options.get("fairness")), track_variance=bool(options.get("track_variance")))
         origin = (options.get(ORIGINS) or {}).get(folder.path.name)  # the spec's `tuned:` (cell id = folder name)
