@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import sys
+import types
 
 import numpy as np
 import pandas as pd
@@ -310,3 +312,61 @@ def test_popularity_kind_through_the_config_flags_and_recorded_table(tmp_path):
     old = uniform.to_dict()
     del old["noise"]["pos_kind"]
     assert canonical_config(old) == uniform.to_dict() and uniform.noise.pos_kind == "uniform"
+
+
+def _extending_block(heading: str) -> str:
+    """The first ```python block after ``heading`` in docs/EXTENDING.md, as written there."""
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "EXTENDING.md").read_text()
+    section = text[text.index(heading):]
+    start = section.index("```python\n") + len("```python\n")
+    return section[start:section.index("```", start)]
+
+
+def test_extending_noise_kind_example(monkeypatch, tmp_path):
+    """docs/EXTENDING.md section 6, run as written in a copy of NOISE_KINDS: the ``tail`` kind draws ∝ (φ+1)^−β
+    (exact law, many users with one row), parses from config and flags, and records its table through
+    prepare_data; nothing is left registered after the test."""
+    from rankrobust.config import ConfigError, config_flags, config_from_dict
+    from rankrobust.experiment import load_data, prepare_data
+    from rankrobust.noise import NOISE_KINDS
+    from tests.test_train import tiny_config
+
+    monkeypatch.setattr(NOISE_KINDS, "_entries", dict(NOISE_KINDS._entries))
+    module = types.ModuleType("extending_noise_kind")  # dataclasses look their module up in sys.modules
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(_extending_block("## 6. A noise kind"), "docs/EXTENDING.md#6", "exec"), module.__dict__)
+    namespace = module.__dict__
+    assert NOISE_KINDS.names()[-1] == "tail"
+
+    n_users, n_items, beta = 3000, 30, 2.0
+    popularity = np.random.default_rng(1).integers(0, 12, n_items)
+    forbid = [0, 5, 7]
+    train = Interactions.from_pairs(np.repeat(np.arange(n_users), 3), np.tile(forbid, n_users), n_users, n_items)
+    _, inj = add_noisy_positives(train, 2 / 3, seed=0, kind="tail", options=namespace["TailNoiseOptions"](beta),
+                                 popularity=popularity)
+    free = [j for j in range(n_items) if j not in forbid]
+    expect = successive_inclusion(((popularity + 1.0) ** -beta).tolist(), free, 2)
+    hits = inj.item_counts()
+    assert (inj.user_counts() == 2).all() and hits[forbid].sum() == 0
+    observed, expected = hits[free], np.array([expect[j] for j in free]) * n_users
+    assert stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue > 1e-3
+
+    flags = {f.flag: f for f in config_flags()}
+    assert "tail" in flags["--noise-kind"].help and flags["--tail-beta"].key == "noise.tail_beta"
+    with pytest.raises(ConfigError, match="it is an option of noise kind tail"):
+        config_from_dict({"noise": {"pos_ratio": 0.2, "tail_beta": 2.0}})
+    cfg = tiny_config(tmp_path, noise={"pos_ratio": 0.5, "pos_kind": "tail", "tail_beta": 2.0})
+    assert cfg.to_dict()["noise"]["tail_beta"] == 2.0
+    dataset = load_data(cfg.data)
+    _, table = prepare_data(cfg, dataset)
+    _, uniform = prepare_data(tiny_config(tmp_path, noise={"pos_ratio": 0.5}), dataset)
+    assert list(table.columns) == ["user", "item", "kind", "popularity"] and len(table) == len(uniform)
+    assert table["popularity"].mean() < dataset.train.item_counts()[uniform["item"].to_numpy()].mean()
+
+
+def test_extending_noise_kind_is_gone_after_the_test():
+    from rankrobust.noise import NOISE_KINDS
+
+    assert "tail" not in NOISE_KINDS
