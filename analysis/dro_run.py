@@ -28,32 +28,42 @@ from analysis.dro import (CheckResult, dro_dual, dro_primal, dro_report, positiv
 from rankrobust.config import RunConfig, config_from_dict
 from rankrobust.data.interactions import Interactions
 from rankrobust.experiment import load_data, prepare_data
-from rankrobust.losses import SLOptions
 from rankrobust.runs import load_run
 
 
-def temperature(cfg: RunConfig) -> float:
-    """τ of the run's loss (SL's default for losses without one, e.g. BPR)."""
-    return float(getattr(cfg.loss.options, "tau", SLOptions.tau))
+def temperature(cfg: RunConfig) -> float | None:
+    """τ of the run's loss, or None for a loss without one (BPR, MSE, CCL, DirectAU): never another loss's τ."""
+    tau = getattr(cfg.loss.options, "tau", None)
+    return None if tau is None else float(tau)
 
 
-def positive_temperature(cfg: RunConfig) -> float:
-    """τ₁ of BSL's positive term for the run's loss (its options say; τ for other losses)."""
-    return float(getattr(cfg.loss.options, "positive_temperature", temperature(cfg)))
+def positive_temperature(cfg: RunConfig) -> float | None:
+    """τ₁ of BSL's positive term for the run's loss (its options say; τ for other losses; None without a τ)."""
+    tau1 = getattr(cfg.loss.options, "positive_temperature", None)
+    return float(tau1) if tau1 is not None else temperature(cfg)
+
+
+def no_temperature(cfg: RunConfig) -> str:
+    """The reason a τ-based check does not apply to the run's loss (one line, naming the loss)."""
+    return (f"not applicable for loss {cfg.loss.name}: it has no temperature τ, and a check at another loss's τ "
+            f"would describe a loss this run did not train")
 
 
 def gradient_shares(user_emb: torch.Tensor, item_emb: torch.Tensor, train: Interactions, is_noisy: np.ndarray,
-                    tau1: float) -> dict[str, float]:
+                    tau1: float | None) -> dict[str, float]:
     """Check (d): share of positive-side gradient on noisy positives under SL and under BSL(τ₁).
 
     ``user_emb``/``item_emb`` are final embeddings (scores = U @ I.T); ``train``
     holds every training pair (noisy included) and ``is_noisy`` marks the
     injected ones.  Returns ``sl_noisy_share``, ``bsl_noisy_share``,
-    ``noisy_fraction`` and the BSL mean weights of noisy and clean pairs.
+    ``noisy_fraction`` and the BSL mean weights of noisy and clean pairs;
+    with ``tau1=None`` (a loss without a temperature) the BSL part is left out.
     """
     users, items = (torch.as_tensor(a) for a in train.to_pairs())
     mask = torch.as_tensor(is_noisy)
     sl = positive_gradient_share(user_emb, item_emb, users, items, mask, "sl")
+    if tau1 is None:  # the run's loss has no τ₁: SL's uniform share only (it needs none)
+        return {"sl_noisy_share": sl["noisy_share"], "noisy_fraction": sl["noisy_fraction"]}
     bsl = positive_gradient_share(user_emb, item_emb, users, items, mask, "bsl", tau1=tau1)
     return {"sl_noisy_share": sl["noisy_share"], "bsl_noisy_share": bsl["noisy_share"],
             "noisy_fraction": sl["noisy_fraction"], "bsl_relative_share": bsl["relative_share"],
@@ -84,6 +94,9 @@ def real_score_checks(user_emb: torch.Tensor, item_emb: torch.Tensor, tau: float
 
 def in_training_lines(epochs, accounting: dict[str, Any]) -> list[str]:
     """Report lines of the in-training gradient accounting stored with a run (docs/PROTOCOLS.md §9)."""
+    reason = (accounting or {}).get("positive_side_not_applicable")
+    if reason:
+        return [f"    in training: not applicable ({reason})"]
     if epochs is None or "pos_grad_share_noisy" not in epochs:
         return ["    in training: not recorded for this run (runs trained before gradient accounting existed)"]
     e = epochs.dropna(subset=["pos_grad_share_noisy"])
@@ -93,14 +106,14 @@ def in_training_lines(epochs, accounting: dict[str, Any]) -> list[str]:
              "      epoch  group size  noisy pairs  noisy gradient share"]
     for epoch in picks:
         row = e[e["epoch"] == epoch].iloc[0]
-        lines.append(f"      {epoch:5d}  {row['group_size_mean']:10.2f}  {row['noisy_pair_fraction']:11.4f}  "
-                     f"{row['pos_grad_share_noisy']:20.4f}")
+        lines.append(f"      {epoch:5d}  {row['group_size_mean']:10.2f}{_cell(row['noisy_pair_fraction'], 13)}"
+                     f"{_cell(row['pos_grad_share_noisy'], 22)}")
     if accounting:
         lines.append(f"      best epoch {accounting.get('best_epoch')}: share "
-                     f"{accounting['pos_grad_share_noisy_best']:.4f} vs noisy fraction "
-                     f"{accounting['noisy_pair_fraction_best']:.4f} (mean over epochs "
-                     f"{accounting['pos_grad_share_noisy_mean']:.4f}, group size "
-                     f"{accounting['group_size_mean_mean']:.2f})")
+                     f"{_cell(accounting.get('pos_grad_share_noisy_best'), 0)} vs noisy fraction "
+                     f"{_cell(accounting.get('noisy_pair_fraction_best'), 0)} (mean over epochs "
+                     f"{_cell(accounting.get('pos_grad_share_noisy_mean'), 0)}, group size "
+                     f"{_cell(accounting.get('group_size_mean_mean'), 0)})")
     return lines
 
 
@@ -116,6 +129,9 @@ def negative_side_lines(cfg: RunConfig, epochs, accounting: dict[str, Any]) -> l
             f"{cfg.noise.neg_pool}, {cfg.loss.name}):")
     if cfg.noise.neg_prob <= 0:
         return ["(e) skipped: the run has no false negatives (train with --noise-neg P, P > 0)"]
+    reason = (accounting or {}).get("negative_side_not_applicable")
+    if reason:
+        return [head, f"    not applicable ({reason})"]
     if epochs is None or "neg_grad_share_fn" not in epochs:
         return [head, "    not recorded for this run (runs trained before negative-side accounting existed)"]
     e = epochs.reset_index(drop=True)
@@ -180,12 +196,17 @@ def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
     weights = run.tensors()
     U, I = weights["final_user"], weights["final_item"]
     tau, tau1 = temperature(cfg), positive_temperature(cfg)
-    results = run_checks(n=(5, 20), seeds=(0,), tol=tol) + real_score_checks(U, I, tau, tol=tol)
+    results = run_checks(n=(5, 20), seeds=(0,), tol=tol)
+    if tau is not None:  # (a), (b) on the run's own scores are checks at the run's τ: none without one
+        results += real_score_checks(U, I, tau, tol=tol)
     options = ", ".join(f"{k}={v}" for k, v in cfg.loss.to_flat().items() if v is not None)
-    at = f"τ = {tau:g}" + ("" if hasattr(cfg.loss.options, "tau") else " (SL's default: this loss has no τ)")
+    at = (f"checks on the run's scores at τ = {tau:g}" if tau is not None
+          else "synthetic checks only")
     lines = [f"DRO-equivalence checks for {run_dir} ({cfg.model.name} + {cfg.loss.name}"
-             f"{' ' + options if options else ''}; checks on the run's scores at {at})",
+             f"{' ' + options if options else ''}; {at})",
              dro_report(results)]
+    if tau is None:
+        lines.append(f"(a), (b) on the run's scores: {no_temperature(cfg)}")
     data, _ = prepare_data(cfg, load_data(cfg.data))
     if data.noisy is not None and data.noisy.any():
         mask = data.noisy
@@ -196,10 +217,11 @@ def check_run(run_dir: Path, tol: float = 1e-6) -> tuple[str, bool]:
         lines += ["    COUNTERFACTUAL (final embeddings, softmax over ALL of a user's positives at once; "
                   "training never applied this):",
                   f"      noisy share of positives per user (SL's uniform weights): {d['noisy_fraction']:.4f}",
-                  f"      SL  puts {d['sl_noisy_share']:.4f} of each user's positive gradient on noisy positives",
-                  f"      BSL softmax(f/τ₁) (τ₁ = {tau1:g}) would put {d['bsl_noisy_share']:.4f} "
-                  f"({d['bsl_relative_share']:.2f}× the uniform share); mean weight noisy "
-                  f"{d['bsl_noisy_weight_mean']:.4g} vs clean {d['bsl_clean_weight_mean']:.4g}"]
+                  f"      SL  puts {d['sl_noisy_share']:.4f} of each user's positive gradient on noisy positives"]
+        lines += ([f"      BSL softmax(f/τ₁): {no_temperature(cfg)}"] if tau1 is None else
+                  [f"      BSL softmax(f/τ₁) (τ₁ = {tau1:g}) would put {d['bsl_noisy_share']:.4f} "
+                   f"({d['bsl_relative_share']:.2f}× the uniform share); mean weight noisy "
+                   f"{d['bsl_noisy_weight_mean']:.4g} vs clean {d['bsl_clean_weight_mean']:.4g}"])
     else:
         lines += ["", "(d) skipped: the run has no injected noisy positives (train with --noise-pos R)"]
     lines += [""] + negative_side_lines(cfg, run.table("epochs"), run.metrics.get("gradient_accounting") or {})

@@ -25,6 +25,7 @@ import torch
 from analysis.fairness import fairness_report, fairness_table
 from analysis.gradient_share import GradientAccountant, NegativeAccountant
 from analysis.variance import VarianceTracker
+from rankrobust.losses import loss_reads
 from rankrobust.probes import BatchView, Probe, ProbeContext, ProbeOutput
 from rankrobust.sampling import negative_kind
 
@@ -76,15 +77,31 @@ class GradientShareProbe(Probe):
     best epoch (``_best``) and their means over the epochs (``_mean``), and
     for the negative side also at the last epoch (``_last``).  Each side is
     inactive (no hooks, no columns) when the run has none of its noise; the
-    probe has no section when neither acts.
+    probe has no section when neither acts.  A side applies only to a loss
+    that reads that side's scores (``pos`` / ``neg`` in its declared
+    ``reads``, `rankrobust.losses.loss_reads`); for another loss (DirectAU)
+    the section records ``positive_side_not_applicable`` /
+    ``negative_side_not_applicable`` (a reason, never a 0.0 share) and no
+    columns.
     """
 
     name = "gradient_accounting"
 
     def start(self, ctx: ProbeContext) -> None:
         noisy = ctx.data.noisy
-        self.positive = noisy is not None and bool(np.any(noisy))
-        self.negative = ctx.cfg.noise.neg_prob > 0 and negative_kind(ctx.cfg.train.sampler) == "sampled"
+        name = ctx.cfg.loss.name
+        reads = loss_reads(name)
+        with_noisy = noisy is not None and bool(np.any(noisy))
+        with_fn = ctx.cfg.noise.neg_prob > 0 and negative_kind(ctx.cfg.train.sampler) == "sampled"
+        self.positive = with_noisy and "pos" in reads  # a side applies only to a loss that reads its scores
+        self.negative = with_fn and "neg" in reads
+        #: the sides whose noise the run has but whose scores the loss does not read: "not applicable", never 0.0
+        self.not_applicable = {
+            f"{side}_side_not_applicable": (f"loss {name} does not read the {what} (it reads "
+                                            f"{', '.join(sorted(reads))}): no gradient to account for")
+            for side, what, noise, field in (("positive", "positive scores s⁺", with_noisy, "pos"),
+                                             ("negative", "negative scores s⁻", with_fn, "neg"))
+            if noise and field not in reads}
         self.active = self.positive or self.negative
         self.wants_batches = self.active
         self.wants_negatives = self.negative
@@ -112,7 +129,7 @@ class GradientShareProbe(Probe):
 
     def finish(self, ctx: ProbeContext, result) -> ProbeOutput | None:
         if not self.active:
-            return None
+            return ProbeOutput(metrics=dict(self.not_applicable)) if self.not_applicable else None
         h = result.history.set_index("epoch")
         at_best = result.best_epoch in h.index
         out: dict[str, Any] = {}
@@ -127,6 +144,7 @@ class GradientShareProbe(Probe):
             if last:
                 out.update({f"{c}_last": float(h[c].iloc[-1]) for c in cols})
         out["best_epoch"] = int(result.best_epoch)
+        out.update(self.not_applicable)
         return ProbeOutput(metrics=out)
 
 
@@ -140,11 +158,16 @@ def _number(value: Any, digits: int = 4) -> str:
 def accounting_lines(acc: dict[str, Any] | None) -> list[str]:
     """What ``rankrobust train`` prints of a run's ``gradient_accounting`` section: a line per active side.
 
-    Missing keys and None values (a loss that does not read s⁻) print as ``n/a``.
+    Missing keys and None values (a loss that does not read s⁻) print as ``n/a``; a side that does not apply
+    to the run's loss (``*_side_not_applicable``: it reads none of that side's scores) prints as such.
     """
     if not acc:
         return []
     lines = []
+    for side in ("positive", "negative"):
+        reason = acc.get(f"{side}_side_not_applicable")
+        if reason:
+            lines.append(f"in-training gradient accounting, {side} side: not applicable ({reason})")
     if "pos_grad_share_noisy_best" in acc:
         lines.append(f"in-training share of positive-side gradient on noisy positives: "
                      f"{_number(acc.get('pos_grad_share_noisy_best'))} at the best epoch (mean over epochs "
@@ -165,7 +188,10 @@ class FinalShareProbe(Probe):
 
     This is not what training applied (that is `GradientShareProbe`): it is
     the weight BSL *would* give each noisy positive if every positive of the
-    user were in one batch.  Kept as ``gradient_share`` in metrics.json.
+    user were in one batch.  Kept as ``gradient_share`` in metrics.json.  The
+    run's τ₁ is its loss's (`analysis.dro_run.positive_temperature`); for a
+    loss without a temperature (BPR, DirectAU) the BSL part is not computed
+    (``bsl_not_applicable`` says why), never at another loss's τ.
     """
 
     name = "gradient_share"
@@ -174,11 +200,14 @@ class FinalShareProbe(Probe):
         noisy = ctx.data.noisy
         if noisy is None or not np.any(noisy):
             return None
-        from analysis.dro_run import gradient_shares, positive_temperature
+        from analysis.dro_run import gradient_shares, no_temperature, positive_temperature
 
         U, I = (t.cpu() for t in result.model.final_embeddings())
-        return ProbeOutput(metrics=gradient_shares(U, I, ctx.data.train, noisy,
-                                                   tau1=positive_temperature(ctx.cfg)))
+        tau1 = positive_temperature(ctx.cfg)
+        metrics = gradient_shares(U, I, ctx.data.train, noisy, tau1=tau1)
+        if tau1 is None:
+            metrics["bsl_not_applicable"] = no_temperature(ctx.cfg)
+        return ProbeOutput(metrics=metrics)
 
 
 def probes_for(*, fairness: bool = False, track_variance: bool = False) -> list[Probe]:

@@ -245,8 +245,13 @@ def test_bad_shapes():
 
 
 def test_registry():
-    assert set(LOSSES) == {"bpr", "bce", "mse", "ccl", "sl", "bsl", "psl", "slatk", "advinfonce", "llpauc", "drrl",
-                           "tce", "rce", "dcl", "rince"}
+    original = ("bpr", "bce", "mse", "ccl", "sl", "bsl", "psl", "slatk", "advinfonce", "llpauc", "drrl", "tce", "rce",
+                "dcl", "rince")
+    assert LOSSES.names()[:len(original)] == original  # the core modules first, in this order
+    for name in LOSSES.names()[len(original):]:  # every further loss comes from its own module of the package
+        module = LOSSES[name].__module__
+        assert module.startswith("rankrobust.losses.") and module.rsplit(".", 1)[1] not in ("base", "successors",
+                                                                                            "denoising"), name
     assert set(LOSS_HYPERS) == set(LOSSES)
     for name in LOSSES:
         assert get_loss(name) is LOSSES[name]
@@ -300,8 +305,19 @@ def test_config_kwargs_are_accepted():
             entry = LOSSES.entry(name)
             cfg = LossConfig(name=name, options=entry.make_options(**({"mode": mode} if name == "bsl" else {})))
             assert set(cfg.kwargs()) <= LOSS_HYPERS[name]
-            LOSSES[name](torch.zeros(2), torch.zeros(2, 3), users=torch.tensor([0, 0]), **cfg.kwargs(),
-                         **_state_kwargs(name, cfg.options))
+            losses.apply_loss(entry, tiny_batch(entry.reads), {**cfg.kwargs(), **_state_kwargs(name, cfg.options)})
+
+
+def tiny_batch(reads=None, b=2, m=3, n_users=2, n_items=4, d=3):
+    """A `LossBatch` of ``b`` pairs of user 0 with zero scores and random tables (every field present)."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(0)
+    tables = (torch.randn(n_users, d, generator=gen), torch.randn(n_items, d, generator=gen))
+    scores = SimpleNamespace(pos=torch.zeros(b), neg=torch.zeros(b, m), neg_mask=None,
+                             neg_items=torch.zeros(b, m, dtype=torch.long))
+    return losses.LossBatch(torch.zeros(b, dtype=torch.long), torch.arange(b), scores=lambda: scores, tables=tables,
+                            popularity=torch.ones(n_items), final_embeddings=lambda: tables, reads=reads)
 
 
 def test_compiles_without_graph_breaks_on_hot_path():
