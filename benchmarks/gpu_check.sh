@@ -3,7 +3,7 @@
 # on one H100/H200; rows are appended to benchmarks/RESULTS.md (copied to $OUT).
 #
 # Prepare here (the yelp2018 files travel with the working tree, git-ignored):
-#   mkdir -p .gpu_data && cp -r ../shared/data/yelp2018 .gpu_data/ && echo /.gpu_data/ >> .git/info/exclude
+#   mkdir -p .gpu_data && cp -r ../shared/data/yelp2018 ../shared/data/ml-100k .gpu_data/ && echo /.gpu_data/ >> .git/info/exclude
 # Then on the device: carry [".gpu_data"], command "bash benchmarks/gpu_check.sh", timeout 600.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +14,7 @@ nvidia-smi -L
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
 
 # 1. CUDA tests: no host sync in an epoch, determinism, CPU agreement, fast path
-python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_kernels.py tests/test_sampling.py 2>&1 | tee "$OUT/cuda-tests.log"
+python3 -m pytest -q -m cuda tests/test_cuda.py tests/test_kernels.py tests/test_sampling.py tests/test_propagation.py 2>&1 | tee "$OUT/cuda-tests.log"
 
 # 2. Seconds per epoch and per full evaluation, MF + SL, authors' setting (M=800, B=1024, d=64, cosine)
 S="python3 benchmarks/speed.py --append --device cuda --dataset yelp2018 --epochs 3 --warmup 1 --evals 5"
@@ -26,6 +26,14 @@ $S $MF --compile --set train.bf16=true --note "fast path + compile + bf16 autoca
 # LightGCN, 3 hops, in-batch negatives, batch 1024
 $S --model lightgcn --layers 3 --sampler in_batch --loss sl --set loss.tau=0.15 --note "LightGCN 3 hops, in-batch"
 $S --model lightgcn --layers 3 --sampler in_batch --loss sl --set loss.tau=0.15 --compile --note "LightGCN, compiled"
+
+# 2a. Graph backbones on the CSR propagation (cuSPARSE SpMM forward and backward, rankrobust.kernels.propagate_layers):
+# ms per batch beside the bare products (2L CSR products, + XSimGCL's InfoNCE products), the RecBole setting
+G="python3 benchmarks/speed.py --append --device cuda --loss bpr --sampler uniform_exclude --negatives 1 --set model.score=dot --epochs 3 --warmup 1 --evals 5"
+for D in ml-100k yelp2018; do
+  $G --dataset $D --model lightgcn --layers 3 --note "CUDA CSR propagation"
+  $G --dataset $D --model xsimgcl --layers 3 --note "CUDA CSR propagation + row_infonce"
+done
 
 # 2b. Scoring paths (rankrobust.scoring): gather vs auto in the same run, beside the matrix-product floor
 SC="python3 benchmarks/speed.py --scorers --append --device cuda --dataset yelp2018 --epochs 2 --warmup 1 --set loss.tau=0.11"

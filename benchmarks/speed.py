@@ -8,6 +8,14 @@ and caches) and ``--evals`` full-ranking evaluations of all test users; prints
 a table row and, with ``--append``, adds it to benchmarks/RESULTS.md with the
 machine, torch version and date.
 
+For the graph backbones (``--model lightgcn`` or ``xsimgcl``) the row goes to
+the "Graph backbones" table, per batch and beside its floor: the bare sparse
+products of one training step, ``2·L`` products ``Â @ X`` of the CSR
+adjacency with an [n_users + n_items, d] table (L forward, L backward), plus
+for XSimGCL the six [B, d] × [d, B] products of its two InfoNCE terms
+(forward and two gradients each); ``--batches K`` times only the first K
+batches of each epoch (large graphs).
+
 ``--scorers`` instead compares the two scoring paths of `rankrobust.scoring`
 in one run (``python benchmarks/speed.py --scorers --dataset ml-100k
 --negatives 256``): a ``gather`` trainer and an ``auto`` trainer, same seed,
@@ -103,7 +111,7 @@ def main() -> None:
     p.add_argument("--against", default="auto", choices=["auto", "sparse", "dense"],
                    help="with --scorers: the scorer timed against gather (default auto, as the trainer resolves it)")
     p.add_argument("--batches", type=int, default=0,
-                   help="with --scorers: time only the first N batches of each epoch (0: whole epochs)")
+                   help="with --scorers or a graph model: time only the first N batches of each epoch (0: whole epochs)")
     args = p.parse_args()
 
     overrides = {"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": args.model,
@@ -118,6 +126,9 @@ def main() -> None:
         compare_scorers(cfg, data, device, args)
         return
     trainer = Trainer(cfg, data, device)
+    if args.model in GRAPH_MODELS:
+        graph_row(cfg, data, trainer, device, args)
+        return
     for _ in range(args.warmup):
         trainer.epoch().tolist()
     epoch_times = []
@@ -173,6 +184,59 @@ def floor_epoch(n_batches: int, batch_size: int, n_items: int, dim: int, device:
 
     epoch()  # warm
     return timed(epoch, device)
+
+
+GRAPH_MODELS = ("lightgcn", "xsimgcl")
+
+
+def graph_floor_batch(model, batch_size: int, device: torch.device, reps: int = 20) -> float:
+    """Median seconds of one training step's bare graph products (module docstring): 2·L CSR products
+    ``Â @ X [n, d]``, and for XSimGCL six [B, d] × [d, B] products; nothing else."""
+    adj, layers, dim = model.adjacency, model.layers, model.dim
+    gen = torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(adj.shape[0], dim, device=device, generator=gen)
+    contrastive = getattr(model, "cl_weight", 0) > 0
+    a = torch.randn(batch_size, dim, device=device, generator=gen)
+
+    def step() -> None:
+        for _ in range(2 * layers):
+            adj @ x
+        if contrastive:
+            for _ in range(6):
+                a @ a.T
+
+    step()  # warm
+    return statistics.median(timed(step, device) for _ in range(reps))
+
+
+def graph_row(cfg, data, trainer: Trainer, device: torch.device, args) -> None:
+    """Milliseconds per training batch of a graph backbone beside its floor, and seconds per full
+    evaluation; prints (and appends to "Graph backbones") one row."""
+    full = trainer.n_batches
+    if args.batches:
+        trainer.n_batches = min(full, args.batches)
+    for _ in range(args.warmup):
+        trainer.epoch().tolist()
+    epochs = [timed(lambda: trainer.epoch().tolist(), device) for _ in range(args.epochs)]
+    batch_ms = statistics.median(epochs) / trainer.n_batches * 1e3
+    floor_ms = graph_floor_batch(trainer.model, cfg.train.batch_size, device) * 1e3
+    trainer.test()  # warm the evaluator
+    eval_s = statistics.median(timed(trainer.test, device) for _ in range(args.evals))
+    opts = cfg.model.options
+    settings = (f"{cfg.model.name} L={opts.layers}, {cfg.loss.name}, {cfg.train.sampler} M={cfg.train.num_negatives}, "
+                f"B={cfg.train.batch_size}, d={opts.dim}, {opts.score}"
+                + (f", {', '.join(args.set)}" if args.set else ""))
+    span = (f"whole epochs ({full} batches), s/epoch {statistics.median(epochs):.3f}" if trainer.n_batches == full
+            else f"first {trainer.n_batches} of {full} batches")
+    graph = f"{trainer.model.adjacency.shape[0]:,} nodes, {trainer.model.adjacency.values().numel():,} nonzeros"
+    row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {settings} | "
+           f"{batch_ms:.1f} | {floor_ms:.1f} | {batch_ms / floor_ms:.1f}× | {eval_s:.3f} | "
+           f"{with_note(f'{span}, median of {args.epochs}; {graph}', args.note)} |")
+    print("| date | machine | torch | dataset | settings | ms/batch | floor ms/batch | batch / floor | "
+          "s/full eval | notes |")
+    print(row)
+    if args.append:
+        append_row("Graph backbones", row)
 
 
 def compare_scorers(cfg, data, device: torch.device, args) -> None:

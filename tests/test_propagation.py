@@ -237,3 +237,36 @@ def test_row_infonce_equals_the_masked_logsumexp(scale):
     if scale == 1.0:
         assert torch.autograd.gradcheck(lambda x, y: row_infonce(x, y, weight), (a0.clone().requires_grad_(),
                                                                                  b0.clone().requires_grad_()))
+
+
+# --------------------------------------------------------------------------- CUDA (skipped without a GPU)
+@pytest.mark.cuda
+@pytest.mark.parametrize("keep", [None, 2])
+def test_cuda_csr_propagation_equals_the_cpu_one(keep):
+    train = _graph(40, 30, 40, 0.1)
+    adj = normalized_adjacency(train, dtype=torch.float64)
+    x = torch.randn(adj.shape[0], 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(adj.shape[0], 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for device in ("cpu", "cuda"):
+        xd = x.to(device).requires_grad_()
+        out = propagate_layers(adj.to(device), xd, 3, first=1 if keep else 0, keep=keep)
+        mean, kept = out if keep else (out, None)
+        ((mean * g.to(device)).sum() + (kept.sum() if kept is not None else 0)).backward()
+        results.append((mean.detach().cpu(), xd.grad.cpu()))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("model", ["lightgcn", "xsimgcl"])
+def test_cuda_graph_epoch_has_no_host_sync(model):
+    from rankrobust.config import config_from_dict
+    from rankrobust.experiment import load_data, prepare_data
+    from rankrobust.train import Trainer
+    from tests.conftest import epoch_without_host_sync
+
+    cfg = config_from_dict({"model": {"name": model, "layers": 3}, "loss": {"name": "bpr"},
+                            "train": {"device": "cuda", "num_negatives": 1, "sampler": "uniform_exclude"}})
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    mean = epoch_without_host_sync(Trainer(cfg, data, torch.device("cuda")))
+    assert torch.isfinite(mean).all().item()
