@@ -14,6 +14,7 @@ import difflib
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -551,8 +552,18 @@ HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_tra
             "sweep": cmd_sweep, "results": cmd_results, "figures": cmd_figures}
 
 
+def _format_warning(message, category, filename, lineno, line=None, _default=warnings.formatwarning) -> str:
+    """A warning raised by rankrobust's own code as one ``warning: ...`` line (not Python's ``FILE:LINE:
+    UserWarning:`` form with the source line); others (torch, pandas) as Python prints them."""
+    ours = Path(__file__).resolve().parent  # rankrobust/ and analysis/ beside it
+    if any(Path(filename).resolve().is_relative_to(home) for home in (ours, ours.parent / "analysis")):
+        return f"warning: {message}\n"
+    return _default(message, category, filename, lineno, line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rankrobust`` console script."""
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "out", None):  # the folder the user named, through any link of their own (results -> /scratch);

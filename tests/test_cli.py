@@ -252,3 +252,27 @@ def test_compare_with_one_seed_says_no_seed_level_test_and_shows_the_per_user_vi
     assert main(["results", str(EXAMPLES_DIR / "bsl-batching-quick"), "--compare", "sl", "bsl"]) == 0  # 3 seeds
     out = capsys.readouterr().out
     assert "p_holm: one Holm family of" in out and "needs >= 2 matched seeds" not in out and "secondary" not in out
+
+
+def test_rankrobusts_own_warnings_print_as_one_line(tmp_path):
+    """A grid axis acting in some cells warns; the CLI used to print it as 'FILE:LINE: UserWarning: ...' plus the
+    source line.  rankrobust's warnings are one 'warning: ...' line; other libraries' keep Python's form."""
+    import subprocess
+    import sys
+    import warnings
+
+    from rankrobust.cli import _format_warning
+
+    spec = tmp_path / "g.yaml"
+    spec.write_text("name: g\nbase: {train: {epochs: 1}}\ngrid: {loss.name: [sl, bpr], loss.tau: [0.1, 0.2]}\n"
+                    "seeds: [0]\n")
+    done = subprocess.run([sys.executable, "-m", "rankrobust.cli", "sweep", str(spec), "--out", str(tmp_path / "out"),
+                           "--dry-run"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "g: 3 runs, 0 done, 3 to run" in done.stdout
+    assert done.stderr.startswith("warning: sweep g: loss.tau does not act in some cells") and "UserWarning" not in \
+        done.stderr and done.stderr.count("\n") == 1
+    import rankrobust.sweeps.spec as spec_module
+
+    text = _format_warning(UserWarning("sweep g: loss.tau does not act"), UserWarning, spec_module.__file__, 336)
+    assert text == "warning: sweep g: loss.tau does not act\n"
+    assert "UserWarning" in _format_warning(UserWarning("x"), UserWarning, warnings.__file__, 1)
