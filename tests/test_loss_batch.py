@@ -157,3 +157,53 @@ def test_directau_run_end_to_end_cli_and_dro_check(tmp_path, capsys):
     report, ok = check_run(out)
     assert ok and "not applicable for loss directau" in report and "SL's default" not in report
     assert "in training: not applicable" in report
+
+
+def test_extending_embedding_loss_example(monkeypatch, tmp_path):
+    """docs/EXTENDING.md section 1's embedding loss, run as written in a copy of LOSSES: value and gradient
+    against a float64 oracle, trained through the trainer without scoring, gradient accounting not applicable."""
+    import math
+    import sys
+    import types
+
+    from tests.test_noise import _extending_block
+
+    monkeypatch.setattr(LOSSES, "_entries", dict(LOSSES._entries))
+    module = types.ModuleType("extending_embedding_loss")  # dataclasses look their module up in sys.modules
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    exec(compile(_extending_block("**A loss on embeddings**"), "docs/EXTENDING.md#1", "exec"), module.__dict__)
+    entry = LOSSES.entry("cosine_spread")
+    assert entry.reads == {"user_rows", "pos_rows"} and entry.family == "alignment-uniformity"
+
+    gen = torch.Generator().manual_seed(0)
+    U = torch.randn(4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    I = torch.randn(5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    users, items = torch.tensor([0, 2, 2, 3]), torch.tensor([1, 4, 0, 1])
+
+    def oracle(Ul, Il, w):
+        def cos(a, b):
+            return sum(x * y for x, y in zip(a, b)) / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
+        u, i = [Ul[k] for k in users.tolist()], [Il[j] for j in items.tolist()]
+        b = len(u)
+        pull = sum(1 - cos(u[k], i[k]) for k in range(b)) / b
+        push = sum(cos(i[a], i[c]) ** 2 for a in range(b) for c in range(b) if a != c) / (b * (b - 1))
+        return pull + w * push
+
+    batch = LossBatch(users, items, scores=lambda: None, tables=(U, I), reads=entry.reads)
+    value = apply_loss(entry, batch, {"spread": 2.0})
+    assert value.item() == pytest.approx(oracle(U.tolist(), I.tolist(), 2.0), abs=1e-12)
+    value.backward()
+    h = 1e-6
+    for table, grad, side in ((U, U.grad, 0), (I, I.grad, 1)):
+        for r in range(table.shape[0]):
+            for c in range(table.shape[1]):
+                plus, minus = [U.tolist(), I.tolist()], [U.tolist(), I.tolist()]
+                plus[side][r][c] += h
+                minus[side][r][c] -= h
+                fd = (oracle(*plus, 2.0) - oracle(*minus, 2.0)) / (2 * h)
+                assert grad[r, c].item() == pytest.approx(fd, abs=1e-7)
+
+    cfg = tiny_config(tmp_path, loss={"name": "cosine_spread", "spread": 2.0}, noise={"pos_ratio": 0.2},
+                      train={"epochs": 1})
+    summary = run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for())
+    assert "cosine_spread" in summary.metrics["gradient_accounting"]["positive_side_not_applicable"]
