@@ -36,6 +36,14 @@ class Parser(argparse.ArgumentParser):
             options = self._known_words()
             match = difflib.get_close_matches(bad.split("=")[0], options, n=1, cutoff=0.5)
             hint = f" (did you mean '{match[0]}'?)" if match else ""
+        value = re.search(r"^argument (\S+): invalid (int|float) value: '(.*)'$", message)
+        if value:  # a value of the wrong type: one line naming the flag and how to write it, no usage block
+            flag, kind, bad = value.groups()
+            whole = re.fullmatch(r"[+-]?\d+(\.0*)?[eE]\+?\d+|[+-]?\d+\.0*", bad.strip())
+            fix = (f"write it as {int(float(bad))}" if kind == "int" and whole else
+                   "write a whole number" if kind == "int" else "write a number, e.g. 0.001 or 1e-3")
+            self.exit(2, f"{self.prog}: error: {flag} {bad!r} is not {'a whole number' if kind == 'int' else 'a number'}"
+                         f"; {fix} ({self.prog} --help lists the flags)\n")
         self.print_usage(sys.stderr)
         self.exit(2, f"{self.prog}: error: {message}{hint}\n")
 

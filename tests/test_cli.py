@@ -276,3 +276,17 @@ def test_rankrobusts_own_warnings_print_as_one_line(tmp_path):
     text = _format_warning(UserWarning("sweep g: loss.tau does not act"), UserWarning, spec_module.__file__, 336)
     assert text == "warning: sweep g: loss.tau does not act\n"
     assert "UserWarning" in _format_warning(UserWarning("x"), UserWarning, warnings.__file__, 1)
+
+
+def test_a_flag_value_of_the_wrong_type_is_one_line_saying_how_to_write_it(capsys):
+    """`--negatives 1e9` used to print argparse's 25-line usage block above "invalid int value: '1e9'"."""
+    for argv, line in ((["train", "--negatives", "1e9"], "--negatives '1e9' is not a whole number; write it as "
+                                                          "1000000000"),
+                       (["train", "--dim", "1.5"], "--dim '1.5' is not a whole number; write a whole number"),
+                       (["train", "--lr", "abc"], "--lr 'abc' is not a number; write a number"),
+                       (["sweep", "s.yaml", "--out", "o", "--jobs", "two"], "--jobs 'two' is not a whole number")):
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1 and "usage:" not in err, err
+        assert err.startswith(f"rankrobust {argv[0]}: error: {line}"), err
