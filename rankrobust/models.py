@@ -188,19 +188,28 @@ def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(new).scatter_(0, order, new)
 
 
-def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, tau: float) -> torch.Tensor:
+def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, tau: float,
+                   compact: bool | None = None) -> torch.Tensor:
     """InfoNCE between two views of the *distinct* ``ids`` of a batch → scalar.
 
     ``view1``, ``view2``: [n, d] tables; ``ids``: [B] row ids (repeats allowed).
     Over the set S of distinct ids, with a = normalize(view1[s]), b = normalize(view2[s]):
     ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
-    the unique users / items of the batch).  Duplicates are masked rather than removed
-    (``torch.unique`` would sync with the host): a repeated id has weight 0 as a row and
-    is left out as a column, so the value equals the loss over the unique ids
-    (`rankrobust.kernels.row_infonce` with weights 1/|S| on the first occurrences).
+    the unique users / items of the batch), by `rankrobust.kernels.row_infonce`.
+    ``compact`` (default: on the CPU) computes it on the |S| distinct rows (``torch.unique``:
+    an [|S|, |S|] block, (|S|/B)² of the work); otherwise duplicates are masked rather than
+    removed (``torch.unique`` would sync a GPU with the host): a repeated id has weight 0 as
+    a row and is left out as a column of the [B, B] block.  Same value either way (up to
+    the order of float sums).
     """
-    first = _first_occurrence(ids)
-    weight = first.to(view1.dtype) / first.sum().clamp_min(1).to(view1.dtype)
+    if compact is None:
+        compact = ids.device.type == "cpu"
+    if compact:
+        ids = torch.unique(ids)
+        weight = torch.full(ids.shape, 1.0 / ids.shape[0], dtype=view1.dtype, device=ids.device)
+    else:
+        first = _first_occurrence(ids)
+        weight = first.to(view1.dtype) / first.sum().clamp_min(1).to(view1.dtype)
     a = normalize_rows(view1[ids]) / tau                      # 1/τ on [B, d] rather than on [B, B]
     b = normalize_rows(view2[ids])
     return row_infonce(a, b, weight)

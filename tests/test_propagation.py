@@ -270,3 +270,26 @@ def test_cuda_graph_epoch_has_no_host_sync(model):
     data, _ = prepare_data(cfg, load_data(cfg.data))
     mean = epoch_without_host_sync(Trainer(cfg, data, torch.device("cuda")))
     assert torch.isfinite(mean).all().item()
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.5])
+def test_compact_and_masked_infonce_agree_with_the_unique_ids_oracle(tau):
+    from rankrobust.models import unique_infonce
+
+    gen = torch.Generator().manual_seed(2)
+    v1 = torch.randn(15, 4, dtype=torch.float64, generator=gen)
+    v2 = torch.randn(15, 4, dtype=torch.float64, generator=gen)
+    ids = torch.tensor([3, 7, 3, 0, 14, 7, 7, 2, 0, 9])
+    grads = []
+    for compact in (True, False, "oracle"):
+        a, b = v1.clone().requires_grad_(), v2.clone().requires_grad_()
+        if compact == "oracle":  # brute force over the distinct ids
+            s = torch.tensor(sorted(set(ids.tolist())))
+            logits = F.normalize(a[s], dim=1) @ F.normalize(b[s], dim=1).T / tau
+            loss = -(logits.diagonal() - torch.logsumexp(logits, 1)).mean()
+        else:
+            loss = unique_infonce(a, b, ids, tau, compact=compact)
+        loss.backward()
+        grads.append((loss.detach(), a.grad, b.grad))
+    for got in grads[:2]:
+        torch.testing.assert_close(got, grads[2], rtol=1e-10, atol=1e-12)
