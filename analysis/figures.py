@@ -44,11 +44,17 @@ from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
 from rankrobust.data.popularity import item_popularity  # noqa: E402
 from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
-from rankrobust.store import load_store, missing_cutoff, selection_cutoff  # noqa: E402
+from rankrobust.store import (BATCHING, EPOCHS, EPOCHS_RUN, LOSS, MODEL, NOISE_HELDOUT_FRACTION,  # noqa: E402
+                              NOISE_NEG_POOL, NOISE_NEG_PROB, NOISE_POS_RATIO, NOISE_SEED, RUN_DIR, SEED, STATUS,
+                              STOP_REASON, load_store, missing_cutoff, selection_cutoff)
 
 
 class MissingData(Exception):
     """A sweep lacks what a figure needs (named in the message)."""
+
+
+class UnnamedAxis(MissingData):
+    """The runs a figure would draw as one point differ in a setting its frame does not name (`require_named`)."""
 
 
 class NoSweeps(ValueError):
@@ -70,7 +76,7 @@ class Sweep:
     @property
     def done(self) -> pd.DataFrame:
         """The store's rows of finished runs."""
-        return self.store[self.store["status"] == runs.STATUS_DONE]
+        return self.store[self.store[STATUS] == runs.STATUS_DONE]
 
     @property
     def source(self) -> str | None:
@@ -138,7 +144,7 @@ class Drawn:
 #: store columns whose values are part of a run's configuration (the rest are results and timings)
 CONFIG_PREFIXES = ("data.", "noise.", "model.", "loss.", "train.")
 #: configuration columns that are not settings a figure compares: seeds (the replication unit) and file places
-NOT_SETTINGS = ("train.seed", "noise.seed", "data.split_seed", "data.train_path", "data.test_path", "data.valid_path",
+NOT_SETTINGS = (SEED, NOISE_SEED, "data.split_seed", "data.train_path", "data.test_path", "data.valid_path",
                 "data.data_dir")
 #: column-name parts that mark a run whose settings came from `rankrobust tune` (a tuned origin in its config)
 TUNED_MARKERS = ("tuned", "tuning.", "origin")
@@ -160,12 +166,12 @@ def drawn_runs(data: Any, sweeps: Iterable[Sweep]) -> tuple[pd.DataFrame, bool]:
     ``model.name`` / ``train.seed``, and ``False``.
     """
     frames = _frames(data)
-    named = [f for f in frames if "run_dir" in f.columns]
+    named = [f for f in frames if RUN_DIR in f.columns]
     if named:
-        dirs = set().union(*(set(f["run_dir"].dropna().astype(str)) for f in named))
+        dirs = set().union(*(set(f[RUN_DIR].dropna().astype(str)) for f in named))
         store = pd.concat([s.done for s in sweeps], ignore_index=True)
-        return store[store["run_dir"].astype(str).isin(dirs)].reset_index(drop=True), True
-    rename = {"loss": "loss.name", "model": "model.name", "seed": "train.seed"}
+        return store[store[RUN_DIR].astype(str).isin(dirs)].reset_index(drop=True), True
+    rename = {"loss": LOSS, "model": MODEL, "seed": SEED}
     rows = [f.rename(columns={k: v for k, v in rename.items() if v not in f.columns}) for f in frames]
     rows = [r[[c for c in r.columns if c in rename.values() or str(c).startswith(CONFIG_PREFIXES)]] for r in rows]
     runs = pd.concat(rows, ignore_index=True).drop_duplicates() if rows else pd.DataFrame()
@@ -204,10 +210,10 @@ def _cutoff_of(frames: list[pd.DataFrame]) -> list[int]:
 
 def _stop_counts(runs: pd.DataFrame) -> dict[str, int]:
     """How many drawn runs stopped for each reason (``stop_reason``; older stores: epochs_run vs train.epochs)."""
-    if "stop_reason" in runs.columns and runs["stop_reason"].notna().any():
-        reasons = runs["stop_reason"].fillna("unknown")
-    elif {"epochs_run", "train.epochs"} <= set(runs.columns):
-        reasons = pd.Series(np.where(runs["epochs_run"] >= runs["train.epochs"], "epoch_cap", "early_stopping"))
+    if STOP_REASON in runs.columns and runs[STOP_REASON].notna().any():
+        reasons = runs[STOP_REASON].fillna("unknown")
+    elif {EPOCHS_RUN, EPOCHS} <= set(runs.columns):
+        reasons = pd.Series(np.where(runs[EPOCHS_RUN] >= runs[EPOCHS], "epoch_cap", "early_stopping"))
     else:
         return {}
     return {str(k): int(v) for k, v in reasons.value_counts().sort_index().items()}
@@ -245,43 +251,43 @@ def caption_facts(data: Any, sweeps: Iterable[Sweep]) -> dict[str, Any]:
     cols = [c for c in runs.columns if str(c).startswith(CONFIG_PREFIXES) and c not in NOT_SETTINGS]
     varying = [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
     # a setting is a column that varies beyond what the loss and backbone fix (a loss's own defaults are not one)
-    ident = [c for c in ("loss.name", "model.name") if c in varying]
+    ident = [c for c in (LOSS, MODEL) if c in varying]
     text = runs[varying].astype(str)
     settings = [c for c in varying if c not in ident
                 and (not ident or text.groupby([text[i] for i in ident])[c].nunique().max() > 1)]
     varying = ident + settings
     facts: dict[str, Any] = {
         "runs": len(runs) if named else None,
-        "losses": [str(v).lower() for v in _values(runs["loss.name"])] if "loss.name" in runs else [],
-        "models": [str(v).lower() for v in _values(runs["model.name"])] if "model.name" in runs else [],
+        "losses": [str(v).lower() for v in _values(runs[LOSS])] if LOSS in runs else [],
+        "models": [str(v).lower() for v in _values(runs[MODEL])] if MODEL in runs else [],
         "settings": {c: _values(runs[c]) for c in settings},
     }
     fixed = {}
-    for c in ("noise.pos_ratio", "noise.neg_prob"):
+    for c in (NOISE_POS_RATIO, NOISE_NEG_PROB):
         if c in runs and c not in varying and len(runs) and float(runs[c].iloc[0] or 0) != 0:
             fixed[c] = float(runs[c].iloc[0])
-    fn = runs[runs["noise.neg_prob"].astype(float) > 0] if "noise.neg_prob" in runs else runs.iloc[0:0]
-    if len(fn) and "noise.neg_pool" in fn and "noise.neg_pool" not in varying:
-        fixed["noise.neg_pool"] = str(fn["noise.neg_pool"].iloc[0])
-    if len(fn) and "noise.neg_pool" in fn and (fn["noise.neg_pool"] == "heldout").any() \
-            and "noise.heldout_fraction" in fn and "noise.heldout_fraction" not in varying:
-        fixed["noise.heldout_fraction"] = float(fn["noise.heldout_fraction"].iloc[0])
+    fn = runs[runs[NOISE_NEG_PROB].astype(float) > 0] if NOISE_NEG_PROB in runs else runs.iloc[0:0]
+    if len(fn) and NOISE_NEG_POOL in fn and NOISE_NEG_POOL not in varying:
+        fixed[NOISE_NEG_POOL] = str(fn[NOISE_NEG_POOL].iloc[0])
+    if len(fn) and NOISE_NEG_POOL in fn and (fn[NOISE_NEG_POOL] == "heldout").any() \
+            and NOISE_HELDOUT_FRACTION in fn and NOISE_HELDOUT_FRACTION not in varying:
+        fixed[NOISE_HELDOUT_FRACTION] = float(fn[NOISE_HELDOUT_FRACTION].iloc[0])
     facts["fixed_noise"] = fixed
     scores = {}
-    if "model.score" in runs and runs["model.score"].nunique() > 1 and "loss.name" in runs:
+    if "model.score" in runs and runs["model.score"].nunique() > 1 and LOSS in runs:
         for score, part in runs.groupby(runs["model.score"].fillna("default").astype(str)):
-            scores[score] = [str(v).lower() for v in _values(part["loss.name"])]
+            scores[score] = [str(v).lower() for v in _values(part[LOSS])]
     facts["scores"] = scores
-    if "train.seed" in runs and len(runs):
-        seeds = runs.groupby(varying, dropna=False)["train.seed"].nunique() if varying else \
-            pd.Series([runs["train.seed"].nunique()])
+    if SEED in runs and len(runs):
+        seeds = runs.groupby(varying, dropna=False)[SEED].nunique() if varying else \
+            pd.Series([runs[SEED].nunique()])
         facts["seeds"] = (int(seeds.min()), int(seeds.max()))
     else:
         facts["seeds"] = (0, 0)
     facts["k"] = _cutoff_of(frames)
     groups = [f["group"].nunique() for f in frames if "group" in f.columns]
     facts["groups"] = sorted(set(int(g) for g in groups))
-    facts["epochs"] = [int(e) for e in _values(runs["train.epochs"])] if named and "train.epochs" in runs else []
+    facts["epochs"] = [int(e) for e in _values(runs[EPOCHS])] if named and EPOCHS in runs else []
     facts["stops"] = _stop_counts(runs) if named else {}
     facts["tuned"] = _tuned(runs) if named else None
     return facts
@@ -384,17 +390,53 @@ def figure_cutoff(sweep: Sweep, metrics: tuple[str, ...] = ("recall", "ndcg")) -
     return k
 
 
+def require_named(sweep: Sweep, rows: pd.DataFrame, named: Iterable[str]) -> None:
+    """Refuse to average over a setting the figure does not show: `UnnamedAxis` (one line naming it) otherwise.
+
+    ``rows``: the store rows a frame draws; ``named``: the store columns the
+    frame keeps (its x axis, hues and panels: ``loss.name``, ``noise.pos_ratio``…).
+    Rows that agree on every named column become one point, a mean over
+    seeds; so every other configuration column (`CONFIG_PREFIXES`; seeds and
+    file places, `NOT_SETTINGS`, excepted) must take one value among them.
+    A column that varies only between named groups is fixed by them (τ of
+    each loss).  A value missing in some rows (NaN: a key older runs lack)
+    does not count as another value.
+    """
+    named = [c for c in named if c in rows.columns]
+    cols = [c for c in rows.columns if str(c).startswith(CONFIG_PREFIXES) and c not in NOT_SETTINGS
+            and c not in named]
+    if rows.empty or not cols:
+        return
+    values = rows[cols].apply(lambda col: col.map(lambda v: None if _missing(v) else str(v)))
+    within = values.groupby([rows[c].astype(str) for c in named], dropna=False).nunique() if named \
+        else values.nunique().to_frame().T
+    over = [c for c in cols if (within[c] > 1).any()]
+    if over:
+        seen = ", ".join(map(_fmt, _values(rows[over[0]])))
+        also = f" (and {', '.join(over[1:])})" if len(over) > 1 else ""
+        shown = ", ".join(named) or "nothing"
+        raise UnnamedAxis(f"{sweep.path}: its runs differ in {over[0]} = {seen}{also}, which the figure does not "
+                          f"show (it shows {shown}); it would average those runs as seeds: draw it from a sweep "
+                          f"with one {over[0]}")
+
+
+def _missing(value: Any) -> bool:
+    """None or NaN (a store cell a run did not fill)."""
+    return value is None or (isinstance(value, float) and np.isnan(value))
+
+
 def _with_seed(done: pd.DataFrame) -> pd.DataFrame:
     """The store rows with a ``seed`` column (``train.seed``; NaN where the store has none)."""
-    return done.assign(seed=done["train.seed"] if "train.seed" in done else np.nan)
+    return done.assign(seed=done[SEED] if SEED in done else np.nan)
 
 
 def accuracy_frame(sweep: Sweep) -> pd.DataFrame:
     """Long table (model, loss, seed, run_dir, metric, value) of test Recall@K and NDCG@K (K: `figure_cutoff`), one
     row per run and metric."""
     k = figure_cutoff(sweep)
-    df = _with_seed(sweep.done).rename(columns={"model.name": "model", "loss.name": "loss"})
-    long = df.melt(id_vars=["model", "loss", "seed", "run_dir"], value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
+    require_named(sweep, sweep.done, [MODEL, LOSS])
+    df = _with_seed(sweep.done).rename(columns={MODEL: "model", LOSS: "loss"})
+    long = df.melt(id_vars=["model", "loss", "seed", RUN_DIR], value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
                    var_name="metric", value_name="value")
     long["metric"] = long["metric"].str.replace("test.", "", regex=False)
     return long
@@ -408,8 +450,9 @@ def noise_frame(sweep: Sweep, axis: str, split: str | None = None) -> pd.DataFra
     ``split``: a further store column kept as is (``noise.neg_pool``), when the store has it.
     """
     k = figure_cutoff(sweep)
-    df = _with_seed(sweep.done).rename(columns={"loss.name": "loss"})
-    ids = ["loss", axis] + ([split] if split and split in df else []) + ["seed", "run_dir"]
+    require_named(sweep, sweep.done, [LOSS, axis] + ([split] if split else []))
+    df = _with_seed(sweep.done).rename(columns={LOSS: "loss"})
+    ids = ["loss", axis] + ([split] if split and split in df else []) + ["seed", RUN_DIR]
     long = df.melt(id_vars=ids, value_vars=[f"test.recall@{k}", f"test.ndcg@{k}"],
                    var_name="metric", value_name="value")
     long["metric"] = long["metric"].str.replace("test.", "", regex=False)
@@ -428,10 +471,11 @@ def group_frame(sweep: Sweep, model: str = "mf", k: int | None = None) -> pd.Dat
     k = figure_cutoff(sweep, ("recall",)) if k is None else int(k)
     rows = []
     done = sweep.done
-    if "model.name" in done:
-        done = done[done["model.name"] == model]
+    if MODEL in done:
+        done = done[done[MODEL] == model]
+    require_named(sweep, done, [MODEL, LOSS])
     for _, run in done.iterrows():
-        fair = RunDir(run["run_dir"]).table("fairness", required=False)
+        fair = RunDir(run[RUN_DIR]).table("fairness", required=False)
         if fair is None:
             continue
         sel = fair[(fair["scope"] == "group") & (fair["metric"] == "recall") & (fair["k"] == k)
@@ -439,9 +483,9 @@ def group_frame(sweep: Sweep, model: str = "mf", k: int | None = None) -> pd.Dat
         if sel.empty:
             raise MissingData(f"{run['run_dir']}: its fairness table has no per-group recall at k = {k} (it has "
                               f"k = {sorted(set(fair['k'].astype(int)))})")
-        rows.append(pd.DataFrame({"loss": run["loss.name"], "group": sel["group"].astype(int),
-                                  "recall": sel["value"], "k": k, "seed": run.get("train.seed"),
-                                  "run_dir": run["run_dir"]}))
+        rows.append(pd.DataFrame({"loss": run[LOSS], "group": sel["group"].astype(int),
+                                  "recall": sel["value"], "k": k, "seed": run.get(SEED),
+                                  RUN_DIR: run[RUN_DIR]}))
     if not rows:
         raise MissingData(f"{sweep.path}: its runs have no fairness table (sweep option fairness: true)")
     return pd.concat(rows, ignore_index=True)
@@ -454,12 +498,13 @@ def variance_frame(sweep: Sweep) -> pd.DataFrame:
     draws them on the logit scale f/τ (`plots.plot_variance_over_epochs`).
     """
     rows = []
+    require_named(sweep, sweep.done, ["loss.tau"])
     for _, run in sweep.done.iterrows():
-        v = RunDir(run["run_dir"]).table("variance", required=False)
+        v = RunDir(run[RUN_DIR]).table("variance", required=False)
         if v is not None:
             rows.append(pd.DataFrame({"epoch": v["epoch"], "tau": run["loss.tau"], "neg_var": v["neg_var"],
-                                      "pos_mean": v["pos_mean"], "seed": run.get("train.seed"),
-                                      "run_dir": run["run_dir"]}))
+                                      "pos_mean": v["pos_mean"], "seed": run.get(SEED),
+                                      RUN_DIR: run[RUN_DIR]}))
     if not rows:
         raise MissingData(f"{sweep.path}: its runs have no variance table (sweep option track_variance: true)")
     return pd.concat(rows, ignore_index=True)
@@ -468,9 +513,10 @@ def variance_frame(sweep: Sweep) -> pd.DataFrame:
 def ratio_frame(sweep: Sweep) -> pd.DataFrame:
     """(model, r, ndcg@K, recall@K, seed, run_dir), one row per run of the BSL ratio sweep (K: `figure_cutoff`)."""
     k = figure_cutoff(sweep)
+    require_named(sweep, sweep.done, [MODEL, "loss.r"])
     df = _with_seed(sweep.done)
-    return pd.DataFrame({"model": df["model.name"], "r": df["loss.r"], f"ndcg@{k}": df[f"test.ndcg@{k}"],
-                         f"recall@{k}": df[f"test.recall@{k}"], "seed": df["seed"], "run_dir": df["run_dir"]})
+    return pd.DataFrame({"model": df[MODEL], "r": df["loss.r"], f"ndcg@{k}": df[f"test.ndcg@{k}"],
+                         f"recall@{k}": df[f"test.recall@{k}"], "seed": df["seed"], RUN_DIR: df[RUN_DIR]})
 
 
 def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: int = 0) -> pd.DataFrame:
@@ -485,16 +531,16 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
     from sklearn.manifold import TSNE
 
     done = sweep.done
-    if "model.name" in done:
-        done = done[done["model.name"] == "mf"]
+    if MODEL in done:
+        done = done[done[MODEL] == "mf"]
     rows = []
     terciles: dict[str, np.ndarray] = {}
     for loss in ("sl", "bsl"):
         for ratio in ratios:
-            sel = done[(done["loss.name"] == loss) & np.isclose(done["noise.pos_ratio"], ratio)]
+            sel = done[(done[LOSS] == loss) & np.isclose(done[NOISE_POS_RATIO], ratio)]
             if sel.empty:
                 continue
-            run = runs.load_run(sel.iloc[0]["run_dir"])
+            run = runs.load_run(sel.iloc[0][RUN_DIR])
             items = run.tensors()["final_item"].numpy()
             rng = np.random.default_rng(seed)
             pick = np.sort(rng.choice(len(items), size=min(n_items, len(items)), replace=False))
@@ -504,8 +550,8 @@ def tsne_frame(sweep: Sweep, ratios=(0.0, 0.2, 0.4), n_items: int = 600, seed: i
             if key not in terciles:
                 terciles[key] = popularity_terciles(_item_popularity(run))
             rows.append(pd.DataFrame({"loss": loss.upper(), "ratio": ratio, "x": xy[:, 0], "y": xy[:, 1],
-                                      "popularity": terciles[key][pick], "seed": sel.iloc[0].get("train.seed"),
-                                      "run_dir": sel.iloc[0]["run_dir"]}))
+                                      "popularity": terciles[key][pick], "seed": sel.iloc[0].get(SEED),
+                                      RUN_DIR: sel.iloc[0][RUN_DIR]}))
     if not rows:
         raise MissingData(f"{sweep.path}: no SL/BSL runs at noise ratios {ratios}")
     return pd.concat(rows, ignore_index=True)
@@ -546,14 +592,15 @@ def gradient_share_frame(sweep: Sweep, measures: Iterable[str] = (plots.IN_TRAIN
     columns contribute no rows for it; the frame may be empty.
     """
     done = sweep.done
-    done = done[done["loss.name"].isin(list(COUNTERFACTUAL_SHARE))]
+    done = done[done[LOSS].isin(list(COUNTERFACTUAL_SHARE))]
+    require_named(sweep, done, [LOSS, NOISE_POS_RATIO])
     parts = []
     for measure in measures:
         if measure == plots.IN_TRAINING:
             share = done[IN_TRAINING_SHARE] if IN_TRAINING_SHARE in done else None
             fraction = done.get(IN_TRAINING_FRACTION)
         elif measure == plots.COUNTERFACTUAL:
-            cols = [COUNTERFACTUAL_SHARE[x] for x in done["loss.name"]]
+            cols = [COUNTERFACTUAL_SHARE[x] for x in done[LOSS]]
             present = [c in done for c in cols]
             share = None if not any(present) else pd.Series(
                 [row[c] if ok else np.nan for (_, row), c, ok in zip(done.iterrows(), cols, present)],
@@ -563,11 +610,11 @@ def gradient_share_frame(sweep: Sweep, measures: Iterable[str] = (plots.IN_TRAIN
             raise ValueError(f"unknown measure {measure!r}; use {plots.IN_TRAINING!r} or {plots.COUNTERFACTUAL!r}")
         if share is None:
             continue
-        part = pd.DataFrame({"loss": done["loss.name"].str.upper(), "noise_ratio": done["noise.pos_ratio"],
-                             "seed": done.get("train.seed"), "measure": measure, "noisy_share": share,
-                             "noisy_fraction": np.nan if fraction is None else fraction, "run_dir": done["run_dir"]})
+        part = pd.DataFrame({"loss": done[LOSS].str.upper(), "noise_ratio": done[NOISE_POS_RATIO],
+                             "seed": done.get(SEED), "measure": measure, "noisy_share": share,
+                             "noisy_fraction": np.nan if fraction is None else fraction, RUN_DIR: done[RUN_DIR]})
         parts.append(part.dropna(subset=["noisy_share"]))
-    columns = ["loss", "noise_ratio", "seed", "measure", "noisy_share", "noisy_fraction", "run_dir"]
+    columns = ["loss", "noise_ratio", "seed", "measure", "noisy_share", "noisy_fraction", RUN_DIR]
     return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
@@ -586,10 +633,10 @@ def dro_frames(sweep: Sweep, n_items: int = 200, seed: int = 0) -> tuple[pd.Data
     from analysis.dro import dro_dual, dro_primal, q_star, radius, sl_negative_grad
 
     done = sweep.done
-    sl = done[done["loss.name"] == "sl"].sort_values("noise.pos_ratio")
+    sl = done[done[LOSS] == "sl"].sort_values(NOISE_POS_RATIO)
     if sl.empty:
         raise MissingData(f"{sweep.path}: no finished SL run")
-    run = runs.load_run(sl.iloc[0]["run_dir"])
+    run = runs.load_run(sl.iloc[0][RUN_DIR])
     w = run.tensors()
     rng = np.random.default_rng(seed)
     u = int(rng.integers(w["final_user"].shape[0]))
@@ -600,7 +647,7 @@ def dro_frames(sweep: Sweep, n_items: int = 200, seed: int = 0) -> tuple[pd.Data
     eta_max = 0.95 * np.log(len(f))
     etas = np.unique(np.concatenate([np.geomspace(1e-3, eta_max, 14), [radius(f, p0, tau)]]))
     pd_rows = [{"eta": e, "primal": dro_primal(f, p0, e)[0], "dual": dro_dual(f, p0, e)[0],
-               "run_dir": sl.iloc[0]["run_dir"]} for e in etas]
+               RUN_DIR: sl.iloc[0][RUN_DIR]} for e in etas]
     shares = gradient_share_frame(sweep, measures=(plots.COUNTERFACTUAL,))
     return pd.DataFrame(pd_rows), q_star(f, p0, tau), sl_negative_grad(f, tau).numpy(), shares
 
@@ -626,19 +673,20 @@ def batching_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     """
     done = sweep.done
     metric = f"test.ndcg@{figure_cutoff(sweep, ('ndcg',))}" if metric is None and not done.empty else metric
-    needed = ["loss.name", "train.batching", "noise.pos_ratio", metric or "test.ndcg@K"]
+    needed = [LOSS, BATCHING, NOISE_POS_RATIO, metric or "test.ndcg@K"]
     missing = [c for c in needed if c not in done]
     if done.empty or missing:
         raise MissingData(f"{sweep.path}: no finished runs with columns {missing or needed}")
     if IN_TRAINING_SHARE not in done:
         raise MissingData(f"{sweep.path}: no in-training gradient accounting ({IN_TRAINING_SHARE}); "
                           "its runs predate it")
+    require_named(sweep, done, [LOSS, BATCHING, NOISE_POS_RATIO])
     nan = pd.Series(np.nan, index=done.index)
-    return pd.DataFrame({"loss": done["loss.name"].str.upper(), "batching": done["train.batching"],
-                         "noise_ratio": done["noise.pos_ratio"], "seed": done.get("train.seed"),
+    return pd.DataFrame({"loss": done[LOSS].str.upper(), "batching": done[BATCHING],
+                         "noise_ratio": done[NOISE_POS_RATIO], "seed": done.get(SEED),
                          metric.removeprefix("test."): done[metric], "noisy_share": done[IN_TRAINING_SHARE],
                          "noisy_fraction": done.get(IN_TRAINING_FRACTION, nan),
-                         "run_dir": done["run_dir"]}).reset_index(drop=True)
+                         RUN_DIR: done[RUN_DIR]}).reset_index(drop=True)
 
 
 #: ``data.split`` value → label of the test it gives (docs/PROTOCOLS.md §11)
@@ -656,14 +704,15 @@ def ood_frame(sweep: Sweep, metric: str | None = None) -> pd.DataFrame:
     if metric is None and not done.empty:
         metric = f"test.ndcg@{figure_cutoff(sweep, ('ndcg',))}"
     metric = metric or "test.ndcg@20"
-    needed = ["model.name", "loss.name", "data.split", metric]
+    needed = [MODEL, LOSS, "data.split", metric]
     missing = [c for c in needed if c not in done]
     if done.empty or missing:
         raise MissingData(f"{sweep.path}: no finished runs with columns {missing or needed}")
-    return pd.DataFrame({"model": done["model.name"], "loss": done["loss.name"].str.upper(),
+    require_named(sweep, done, [MODEL, LOSS, "data.split"])
+    return pd.DataFrame({"model": done[MODEL], "loss": done[LOSS].str.upper(),
                          "split": done["data.split"].map(SPLIT_LABELS).fillna(done["data.split"]),
-                         "seed": done.get("train.seed"),
-                         metric.removeprefix("test."): done[metric], "run_dir": done["run_dir"]}).reset_index(drop=True)
+                         "seed": done.get(SEED),
+                         metric.removeprefix("test."): done[metric], RUN_DIR: done[RUN_DIR]}).reset_index(drop=True)
 
 
 def _column_at(df: pd.DataFrame, name: str) -> str:
@@ -683,7 +732,7 @@ def plot_ratio(df: pd.DataFrame):
 
 def plot_batching(df: pd.DataFrame):
     """`plots.plot_bsl_batching` of the frame's ``ndcg@K`` (or other ``name@K``) column (`batching_frame`)."""
-    known = {"loss", "batching", "noise_ratio", "seed", "noisy_share", "noisy_fraction", "run_dir"}
+    known = {"loss", "batching", "noise_ratio", "seed", "noisy_share", "noisy_fraction", RUN_DIR}
     return plots.plot_bsl_batching(df, metric=next(c for c in df.columns if c not in known))
 
 
@@ -794,14 +843,15 @@ def fairness_accuracy_frame(sweep: Sweep, metrics: Iterable[str] = FAIRNESS_VS_A
     `MissingData` when the runs have none of ``metrics``.
     """
     k = figure_cutoff(sweep, ("ndcg",))
+    require_named(sweep, sweep.done, [MODEL, "model.score", LOSS])
     done = _with_seed(migrate_metric_names(sweep.done))
     present = [m for m in metrics if f"fairness.{m}" in done and done[f"fairness.{m}"].notna().any()]
     if not present:
         raise MissingData(f"{sweep.path}: its runs have no fairness metrics {list(metrics)} (sweep option "
                           f"fairness: true)")
-    base = pd.DataFrame({"model": done["model.name"] if "model.name" in done else "default",
+    base = pd.DataFrame({"model": done[MODEL] if MODEL in done else "default",
                          "score": done["model.score"].fillna("default") if "model.score" in done else "default",
-                         "loss": done["loss.name"], "seed": done["seed"], "run_dir": done["run_dir"],
+                         "loss": done[LOSS], "seed": done["seed"], RUN_DIR: done[RUN_DIR],
                          "accuracy_metric": f"ndcg@{k}", "accuracy": done[f"test.ndcg@{k}"]})
     parts = [base.assign(fairness_metric=m, fairness=done[f"fairness.{m}"].to_numpy(dtype=float)) for m in present]
     return pd.concat(parts, ignore_index=True).dropna(subset=["fairness", "accuracy"]).reset_index(drop=True)
@@ -818,14 +868,14 @@ FIGURES: tuple[Figure, ...] = (
            f"Test Recall@K and NDCG@K of each loss per backbone, losses grouped by family "
            f"(rankrobust.losses.LOSS_FAMILIES); bars: {CI_NOTE}; {K_NOTE}."),
     Figure(2, "fig2-noisy-positives", ("noisy-positives",),
-           functools.partial(noise_frame, axis="noise.pos_ratio"),
-           functools.partial(plot_noise_families, x="noise.pos_ratio", xlabel="noisy-positive ratio r"),
+           functools.partial(noise_frame, axis=NOISE_POS_RATIO),
+           functools.partial(plot_noise_families, x=NOISE_POS_RATIO, xlabel="noisy-positive ratio r"),
            f"Recall@K and NDCG@K against the ratio r of injected noisy positives, one line per loss, one panel "
            f"per loss family (SL dashed grey as the reference in every panel); {CI_NOTE}; {K_NOTE}."),
     Figure(3, "fig3-noisy-negatives", ("noisy-negatives",),
-           functools.partial(noise_frame, axis="noise.neg_prob", split="noise.neg_pool"),
-           functools.partial(plot_noise_families, x="noise.neg_prob", xlabel="false-negative probability p",
-                             split="noise.neg_pool"),
+           functools.partial(noise_frame, axis=NOISE_NEG_PROB, split=NOISE_NEG_POOL),
+           functools.partial(plot_noise_families, x=NOISE_NEG_PROB, xlabel="false-negative probability p",
+                             split=NOISE_NEG_POOL),
            "Recall@K and NDCG@K against the false-negative probability p, one line per loss, one panel per loss "
            "family (SL dashed grey as the reference); with both false-negative pools swept, the train pool (a "
            "user's own training positives) and the heldout pool (a share noise.heldout_fraction of them held "

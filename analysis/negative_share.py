@@ -24,11 +24,14 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from rankrobust.runs import STATUS_DONE
+from rankrobust.store import DATASET, LOSS, MODEL, NOISE_NEG_POOL, NOISE_NEG_PROB, RUN_DIR, SEED, STATUS
+
 #: store columns of the negative-side accounting (at the best epoch)
 SHARE = "gradient_accounting.neg_grad_share_fn_best"
 FRACTION = "gradient_accounting.fn_slot_fraction_best"
 #: the columns that identify a matched comparison, when the store has them
-MATCH = ("data.name", "model.name", "noise.neg_pool", "noise.neg_prob")
+MATCH = (DATASET, MODEL, NOISE_NEG_POOL, NOISE_NEG_PROB)
 
 
 def run_rows(store: pd.DataFrame) -> pd.DataFrame:
@@ -40,17 +43,17 @@ def run_rows(store: pd.DataFrame) -> pd.DataFrame:
     and runs whose loss does not read s⁻ (share recorded as None) give no row.
     """
     if store.empty or SHARE not in store or FRACTION not in store:
-        return pd.DataFrame(columns=[*MATCH, "loss", "seed", "share", "fraction", "ratio", "run_dir"])
-    done = store[store["status"] == "done"] if "status" in store else store
+        return pd.DataFrame(columns=[*MATCH, "loss", "seed", "share", "fraction", "ratio", RUN_DIR])
+    done = store[store[STATUS] == STATUS_DONE] if STATUS in store else store
     done = done.dropna(subset=[SHARE, FRACTION])
     done = done[done[FRACTION] > 0]
     out = pd.DataFrame({key: done[key] if key in done else "" for key in MATCH})
-    out["loss"] = done["loss.name"]
-    out["seed"] = done["train.seed"] if "train.seed" in done else np.nan
+    out["loss"] = done[LOSS]
+    out["seed"] = done[SEED] if SEED in done else np.nan
     out["share"] = done[SHARE].astype(float)
     out["fraction"] = done[FRACTION].astype(float)
     out["ratio"] = out["share"] / out["fraction"]
-    out["run_dir"] = done["run_dir"] if "run_dir" in done else None
+    out[RUN_DIR] = done[RUN_DIR] if RUN_DIR in done else None
     return out.reset_index(drop=True)
 
 
@@ -83,7 +86,7 @@ def sl_vs_bpr(rows: pd.DataFrame, loss: str = "sl", reference: str = "bpr") -> p
 
 
 def _where(row: pd.Series) -> str:
-    parts = [str(row[k]) for k in ("data.name", "model.name") if str(row.get(k, ""))]
+    parts = [str(row[k]) for k in (DATASET, MODEL) if str(row.get(k, ""))]
     return " ".join(parts + [f"pool {row['noise.neg_pool']}", f"p = {float(row['noise.neg_prob']):g}"])
 
 
@@ -156,23 +159,23 @@ def plot(rows: pd.DataFrame):
     known = {x for names in LOSS_FAMILIES.values() for x in names}
     groups = [(fam, [x for x in names if x in present]) for fam, names in LOSS_FAMILIES.items()]
     groups = [(fam, xs) for fam, xs in groups + [("other", [x for x in present if x not in known])] if xs]
-    pools = sorted(dict.fromkeys(rows["noise.neg_pool"]), key=lambda v: ({"train": 0, "heldout": 1}.get(v, 2), v))
-    models = list(dict.fromkeys(rows["model.name"]))
+    pools = sorted(dict.fromkeys(rows[NOISE_NEG_POOL]), key=lambda v: ({"train": 0, "heldout": 1}.get(v, 2), v))
+    models = list(dict.fromkeys(rows[MODEL]))
     panels = [(pool, model) for pool in pools for model in models]
     with sns.axes_style(plots.STYLE), sns.plotting_context(plots.CONTEXT):
         fig, axes = plt.subplots(len(panels), len(groups), figsize=(3.6 * len(groups), 3.0 * len(panels) + 0.4),
                                  squeeze=False, sharex=True, sharey=True)
         for r, (pool, model) in enumerate(panels):
-            part = rows[(rows["noise.neg_pool"] == pool) & (rows["model.name"] == model)]
-            slots = part.groupby("noise.neg_prob")["fraction"].mean()
+            part = rows[(rows[NOISE_NEG_POOL] == pool) & (rows[MODEL] == model)]
+            slots = part.groupby(NOISE_NEG_PROB)["fraction"].mean()
             for c, (fam, names) in enumerate(groups):
                 ax = axes[r, c]
                 ax.plot(slots.index, slots.values, color="black", linestyle=":", label="FN slot fraction")
                 ref = part[part["loss"] == "sl"] if "sl" not in names else part.iloc[0:0]
                 if not ref.empty:
-                    sns.lineplot(data=ref, x="noise.neg_prob", y="share", color="grey", linestyle="--",
+                    sns.lineplot(data=ref, x=NOISE_NEG_PROB, y="share", color="grey", linestyle="--",
                                  errorbar=None, ax=ax, label="sl (ref.)")
-                sns.lineplot(data=part[part["loss"].isin(names)], x="noise.neg_prob", y="share", hue="loss",
+                sns.lineplot(data=part[part["loss"].isin(names)], x=NOISE_NEG_PROB, y="share", hue="loss",
                              hue_order=names, style="loss", style_order=names, markers=True, dashes=False,
                              errorbar=plots.seed_ci, ax=ax)
                 where = f"pool = {pool}" + (f" · {model}" if len(models) > 1 and str(model) else "")
@@ -183,6 +186,6 @@ def plot(rows: pd.DataFrame):
                 ax.legend(fontsize="x-small", loc="upper left")
         fig.tight_layout(rect=(0, 0.04, 1, 1))
         fig.text(0.01, 0.005, caption(rows), fontsize="x-small", ha="left", va="bottom")
-        plots.annotate_seeds(fig, plots.seed_counts(rows, ["noise.neg_pool", "model.name", "loss", "noise.neg_prob"],
+        plots.annotate_seeds(fig, plots.seed_counts(rows, [NOISE_NEG_POOL, MODEL, "loss", NOISE_NEG_PROB],
                                                     "share"))
     return fig

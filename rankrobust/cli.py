@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from rankrobust.runs import SweepDir
+from rankrobust.runs import STATUS_DONE, SweepDir
 
 from rankrobust.config import (ConfigError, RunConfig, closest, config_flags, config_from_dict, parse_override,
                                read_config_tree, set_dotted)
@@ -391,16 +391,17 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 
 def _results(args: argparse.Namespace) -> int:
-    from rankrobust.store import (EPOCH_CAP, arm_label, capped_warning, cells_progress, compare_drops, compare_runs,
-                                  compare_runs_per_user, format_summary, grid_axes, load_store, main_metrics,
-                                  missing_cutoff, noise_axis, parse_arm, selection_cutoff, store_problems, summarize)
+    from rankrobust.store import (EPOCH_CAP, OUTDATED, STALE, STATUS, STOP_REASON, arm_label, capped_warning,
+                                  cells_progress, compare_drops, compare_runs, compare_runs_per_user, format_summary,
+                                  grid_axes, load_store, main_metrics, missing_cutoff, noise_axis, parse_arm,
+                                  selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
 
     folder = Path(args.dir).parent if Path(args.dir).suffix == ".parquet" else Path(args.dir)
     full = load_store(args.dir, include_stale=True)
-    frame = full[~(full["stale"] | full["outdated"])].drop(columns=["stale", "outdated"]).reset_index(drop=True)
+    frame = full[~(full[STALE] | full[OUTDATED])].drop(columns=[STALE, OUTDATED]).reset_index(drop=True)
     axes = grid_axes(folder, frame)
-    counts = frame["status"].value_counts().to_dict()
+    counts = frame[STATUS].value_counts().to_dict()
     print(f"{args.dir}: {len(frame)} runs " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     progress = cells_progress(folder, frame)
     if progress:
@@ -426,8 +427,8 @@ def _results(args: argparse.Namespace) -> int:
     csv = Path(args.csv) if args.csv else None
     if csv:
         _write_csv(summary, csv)
-    done = frame[frame["status"] == "done"]
-    capped = int((done.get("stop_reason", pd.Series(dtype=object)) == EPOCH_CAP).sum())
+    done = frame[frame[STATUS] == STATUS_DONE]
+    capped = int((done.get(STOP_REASON, pd.Series(dtype=object)) == EPOCH_CAP).sum())
     if capped:
         print(f"\nwarning: {capped} of {len(done)} finished runs stopped at their epoch cap (train.epochs), not by "
               f"early stopping: they are not converged")
@@ -484,7 +485,7 @@ def _results(args: argparse.Namespace) -> int:
             print(f"\nno cell has clean and noisy finished runs of both {args.robustness[0]!r} and "
                   f"{args.robustness[1]!r} with a common seed")
             return 1
-        clean = frame.loc[frame["status"] == "done", noise].min()
+        clean = frame.loc[frame[STATUS] == STATUS_DONE, noise].min()
         x, y = arm_label(a), arm_label(b)
         print(f"\nrobustness, test {metric}: drop = value at {noise} = {clean:g} minus value at the noisy level; "
               f"diff = drop {x} - drop {y} over matched seeds (positive: {y} loses less), 95% CI (t), d_z, paired "

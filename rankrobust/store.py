@@ -35,14 +35,33 @@ from rankrobust.stats import (difference_of_drops, format_ci, hierarchical_boots
                               paired_seed_comparison, per_user_pooled_test, seed_mean_ci)
 
 
+# --------------------------------------------------------------------------- column names
+# The store's column names, written once: the store, the figures, the CLI and the analysis layer use these
+# constants, never the strings.  A configuration column is ``section.key`` of config.json (`flatten`); a metric
+# column is ``split.name@K`` (``test.recall@20``) or ``probe.key`` (``fairness.aplt``).
+#: per run: the sweep cell, the run folder, the run's status (`runs.STATUS_DONE` …) and, when it failed, why
+CELL_ID, RUN_DIR, STATUS, ERROR = "cell_id", "run_dir", "status", "error"
+#: run identity (`load_store(include_stale=True)`): the canonical config's hash, a cell no longer in the spec, a
+#: run of another config or data than the cell's, and why its config is not one this version makes
+CONFIG_HASH, STALE, OUTDATED, OUTDATED_CONFIG = "config_hash", "stale", "outdated", "outdated_config"
+#: how training ended: why it stopped (`rankrobust.train.STOP_REASONS`), epochs trained, the selected epoch, valid = test
+STOP_REASON, EPOCHS_RUN, BEST_EPOCH, LEAKY_VALIDATION = "stop_reason", "epochs_run", "best_epoch", "leaky_validation"
+#: configuration columns read by name across layers
+LOSS, MODEL, SEED, DATASET = "loss.name", "model.name", "train.seed", "data.name"
+EPOCHS, SELECTION_METRIC, BATCHING = "train.epochs", "train.metric", "train.batching"
+NOISE_POS_RATIO, NOISE_POS_KIND = "noise.pos_ratio", "noise.pos_kind"
+NOISE_NEG_PROB, NOISE_NEG_POOL, NOISE_HELDOUT_FRACTION = "noise.neg_prob", "noise.neg_pool", "noise.heldout_fraction"
+NOISE_SEED = "noise.seed"
+
+
 def selection_cutoff(frame: pd.DataFrame, default: int = 20) -> int:
     """The cutoff K of the runs' validation metric (``train.metric``, e.g. ``recall@10`` → 10).
 
     ``default`` when the store has no such column; the most common K when runs differ.
     """
-    if "train.metric" not in frame or frame["train.metric"].dropna().empty:
+    if SELECTION_METRIC not in frame or frame[SELECTION_METRIC].dropna().empty:
         return default
-    ks = frame["train.metric"].dropna().astype(str).str.partition("@")[2]
+    ks = frame[SELECTION_METRIC].dropna().astype(str).str.partition("@")[2]
     ks = ks[ks.str.isdigit()]
     return int(ks.mode().iloc[0]) if len(ks) else default
 
@@ -56,7 +75,7 @@ def main_metrics(frame: pd.DataFrame) -> tuple[str, str]:
 def computed_cutoffs(frame: pd.DataFrame, metrics: tuple[str, ...] = ("recall", "ndcg"),
                      split: str = "test") -> list[int]:
     """The cutoffs K at which every finished run of ``frame`` has ``split.<metric>@K`` for each of ``metrics``."""
-    done = frame[frame["status"] == runs.STATUS_DONE] if "status" in frame else frame
+    done = frame[frame[STATUS] == runs.STATUS_DONE] if STATUS in frame else frame
     found = {int(c.rsplit("@", 1)[1]) for c in frame.columns
              if c.startswith(f"{split}.") and "@" in c and c.rsplit("@", 1)[1].isdigit()}
     return sorted(k for k in found if all(f"{split}.{m}@{k}" in done and done[f"{split}.{m}@{k}"].notna().all()
@@ -71,14 +90,14 @@ def missing_cutoff(frame: pd.DataFrame, k: int, metrics: tuple[str, ...] = ("rec
     and the cutoffs every run did compute (`computed_cutoffs`), so a figure
     or table never shows a cutoff the runs did not compute (``train.ks``).
     """
-    done = frame[frame["status"] == runs.STATUS_DONE] if "status" in frame else frame
+    done = frame[frame[STATUS] == runs.STATUS_DONE] if STATUS in frame else frame
     cols = [f"{split}.{m}@{k}" for m in metrics]
     lacking = pd.Series(False, index=done.index)
     for col in cols:
         lacking |= done[col].isna() if col in done else True
     if done.empty or not lacking.any():
         return None
-    example = done.loc[lacking, "cell_id"].iloc[0] if "cell_id" in done else "?"
+    example = done.loc[lacking, CELL_ID].iloc[0] if CELL_ID in done else "?"
     ks = computed_cutoffs(frame, metrics, split)
     return (f"{int(lacking.sum())} of {len(done)} finished runs did not compute {' and '.join(cols)} (e.g. "
             f"{example}; K = {k} is not in their train.ks); cutoffs every run computed: "
@@ -88,7 +107,7 @@ def missing_cutoff(frame: pd.DataFrame, k: int, metrics: tuple[str, ...] = ("rec
 #: status of a run folder whose config.json or metrics.json cannot be read
 STATUS_CORRUPT = "corrupt"
 #: columns every loaded store has, even when empty
-BASE_COLUMNS = ("cell_id", "run_dir", "status")
+BASE_COLUMNS = (CELL_ID, RUN_DIR, STATUS)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -106,7 +125,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 #: metrics.json keys copied into the store as they are
-RUN_KEYS = ("best_epoch", "epochs_run", "train_seconds", "seconds_per_epoch", "wall_seconds", "leaky_validation",
+RUN_KEYS = (BEST_EPOCH, EPOCHS_RUN, "train_seconds", "seconds_per_epoch", "wall_seconds", LEAKY_VALIDATION,
             "device", "group_size_mean")
 #: metrics.json sections whose text entries are store columns too (where a sweep cell ran: host, Ray node, folder)
 TEXT_SECTIONS = ("placement",)
@@ -126,12 +145,12 @@ def stop_reason(metrics: dict[str, Any], epochs_cap: Any) -> str | None:
     (the only other way those runs could stop).  None when the run records
     neither (``epochs_run`` missing).  The one place the store learns it.
     """
-    recorded = metrics.get("stop_reason")
+    recorded = metrics.get(STOP_REASON)
     if isinstance(recorded, str) and recorded:
         return recorded
     if metrics.get("stopped_early"):
         return "early_stopping"
-    epochs_run = metrics.get("epochs_run")
+    epochs_run = metrics.get(EPOCHS_RUN)
     if epochs_run is None:
         return None
     if epochs_cap is not None and not pd.isna(epochs_cap) and int(epochs_run) == int(epochs_cap):
@@ -176,10 +195,10 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
     ``corrupt`` and the reason (naming the file) in ``error``; it never raises.
     """
     folder = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    row: dict[str, Any] = {"cell_id": folder.path.name, "run_dir": str(folder.path)}
+    row: dict[str, Any] = {CELL_ID: folder.path.name, RUN_DIR: str(folder.path)}
     try:
         status = folder.status()
-        row["status"] = status or "unfinished"
+        row[STATUS] = status or "unfinished"
         config: dict[str, Any] = {}
         try:
             config = folder.config()
@@ -187,10 +206,10 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
             try:
                 config = folder.canonical_config()  # run identity: defaults filled, migrated
             except OutdatedConfig as err:
-                row["outdated_config"] = str(err)
-            row["config_hash"] = config_hash(config)
+                row[OUTDATED_CONFIG] = str(err)
+            row[CONFIG_HASH] = config_hash(config)
             if row.get("data.train_path"):  # user files: label the run by them, not by the unused data.name
-                row["data.name"] = files_label(row["data.train_path"])
+                row[DATASET] = files_label(row["data.train_path"])
         except FileNotFoundError:
             pass
         if status == runs.STATUS_DONE:
@@ -202,16 +221,16 @@ def run_row(run_dir: str | Path | RunDir) -> dict[str, Any]:
                             row[f"{section}.{key}"] = value
             for key in RUN_KEYS:
                 row[key] = metrics.get(key)
-            row["stop_reason"] = stop_reason(metrics, row.get("train.epochs"))
+            row[STOP_REASON] = stop_reason(metrics, row.get(EPOCHS))
             row["outdated_protocol"] = outdated_noise_protocol(config, metrics)
             row.update(origin_columns(folder.origin()))
             row["data_hash"] = recorded_digest(metrics)
             warnings = metrics.get("warnings") or []
             row["warnings"] = " | ".join(map(str, warnings)) if isinstance(warnings, list) else str(warnings)
         elif status == runs.STATUS_FAILED:
-            row["error"] = folder.failure()
+            row[ERROR] = folder.failure()
     except (RunFolderError, OSError) as err:
-        row = {"cell_id": row["cell_id"], "run_dir": row["run_dir"], "status": STATUS_CORRUPT, "error": str(err)}
+        row = {CELL_ID: row[CELL_ID], RUN_DIR: row[RUN_DIR], STATUS: STATUS_CORRUPT, ERROR: str(err)}
     return row
 
 
@@ -224,10 +243,10 @@ def collect(sweep_dir: str | Path) -> pd.DataFrame:
     sweep = SweepDir(sweep_dir)
     rows = [run_row(d) for d in sweep.run_dirs()]
     for row in rows:
-        row["run_dir"] = str(Path(row["run_dir"]).relative_to(sweep.path))
+        row[RUN_DIR] = str(Path(row[RUN_DIR]).relative_to(sweep.path))
     frame = pd.DataFrame(rows)
-    if "outdated_config" not in frame:  # present in every store written now (`_fill_outdated_config`)
-        frame["outdated_config"] = pd.Series(None, index=frame.index, dtype=object)
+    if OUTDATED_CONFIG not in frame:  # present in every store written now (`_fill_outdated_config`)
+        frame[OUTDATED_CONFIG] = pd.Series(None, index=frame.index, dtype=object)
     return frame
 
 
@@ -268,7 +287,7 @@ def load_store(sweep_dir: str | Path, include_stale: bool = False) -> pd.DataFra
     for column in BASE_COLUMNS:
         if column not in frame:
             frame[column] = pd.Series(dtype=object)
-    frame["run_dir"] = [_run_path(folder, d) for d in frame["run_dir"]]
+    frame[RUN_DIR] = [_run_path(folder, d) for d in frame[RUN_DIR]]
     _fill_stop_reason(frame)
     _fill_outdated_config(frame)
     stale, outdated = _not_current(folder, frame)
@@ -290,7 +309,7 @@ def cells_progress(folder: str | Path, frame: pd.DataFrame) -> str | None:
     def key(name: str) -> str:  # an old record may list a cell's grid keys in another order than its folder name
         return "__".join(sorted(str(name).split("__")))
 
-    done = {key(c) for c in frame.loc[frame["status"] == runs.STATUS_DONE, "cell_id"]} if len(frame) else set()
+    done = {key(c) for c in frame.loc[frame[STATUS] == runs.STATUS_DONE, CELL_ID]} if len(frame) else set()
     missing = [c for c in cells if key(c) not in done]
     if not missing:
         return None
@@ -320,16 +339,16 @@ def _fill_stop_reason(frame: pd.DataFrame) -> None:
     Only finished rows lacking it are read (one small file per run); an
     unreadable metrics.json leaves None (that run is reported corrupt elsewhere).
     """
-    if "stop_reason" not in frame:
-        frame["stop_reason"] = pd.Series(None, index=frame.index, dtype=object)
-    todo = frame.index[(frame["status"] == runs.STATUS_DONE) & frame["stop_reason"].isna()]
+    if STOP_REASON not in frame:
+        frame[STOP_REASON] = pd.Series(None, index=frame.index, dtype=object)
+    todo = frame.index[(frame[STATUS] == runs.STATUS_DONE) & frame[STOP_REASON].isna()]
     if not len(todo):
         return
-    frame["stop_reason"] = frame["stop_reason"].astype(object)
-    caps = frame["train.epochs"] if "train.epochs" in frame else pd.Series(None, index=frame.index)
+    frame[STOP_REASON] = frame[STOP_REASON].astype(object)
+    caps = frame[EPOCHS] if EPOCHS in frame else pd.Series(None, index=frame.index)
     for i in todo:  # one metrics.json per run (runs, not users)
         try:
-            frame.at[i, "stop_reason"] = stop_reason(RunDir(frame.at[i, "run_dir"]).metrics(), caps.at[i])
+            frame.at[i, STOP_REASON] = stop_reason(RunDir(frame.at[i, RUN_DIR]).metrics(), caps.at[i])
         except (RunFolderError, OSError):
             pass
 
@@ -341,10 +360,10 @@ def _fill_outdated_config(frame: pd.DataFrame) -> None:
     Only stores lacking the column are read (one config.json per row); an unreadable one leaves None (that run
     is reported corrupt elsewhere).
     """
-    if "outdated_config" in frame:
+    if OUTDATED_CONFIG in frame:
         return
     reasons: list[str | None] = []
-    for run_dir, status in zip(frame["run_dir"], frame["status"]):
+    for run_dir, status in zip(frame[RUN_DIR], frame[STATUS]):
         reason = None
         if status not in (STATUS_CORRUPT, "unfinished"):
             try:
@@ -354,7 +373,7 @@ def _fill_outdated_config(frame: pd.DataFrame) -> None:
             except (RunFolderError, OSError):
                 pass
         reasons.append(reason)
-    frame["outdated_config"] = pd.Series(reasons, index=frame.index, dtype=object)
+    frame[OUTDATED_CONFIG] = pd.Series(reasons, index=frame.index, dtype=object)
 
 
 def _same_run(run_dir: Any, recorded: str) -> bool:
@@ -375,18 +394,18 @@ def _not_current(folder: Path, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndar
     trained under an older noise protocol.
     """
     n = len(frame)
-    ids = [str(i) for i in frame["cell_id"]]
+    ids = [str(i) for i in frame[CELL_ID]]
     cells = SweepDir(folder).current_cells(ids)
     if cells is None:
         return np.zeros(n, bool), np.zeros(n, bool)
     stale = np.array([i not in cells for i in ids], dtype=bool)
-    hashes = frame["config_hash"] if "config_hash" in frame else [None] * n
+    hashes = frame[CONFIG_HASH] if CONFIG_HASH in frame else [None] * n
     outdated = np.array([i in cells and cells[i] is not None and isinstance(h, str) and h != cells[i]
-                         and not _same_run(d, cells[i]) for i, h, d in zip(ids, hashes, frame["run_dir"])],
+                         and not _same_run(d, cells[i]) for i, h, d in zip(ids, hashes, frame[RUN_DIR])],
                         dtype=bool)
-    outdated |= np.array([i in cells and isinstance(r, str) for i, r in zip(ids, frame["outdated_config"])],
+    outdated |= np.array([i in cells and isinstance(r, str) for i, r in zip(ids, frame[OUTDATED_CONFIG])],
                          dtype=bool) \
-        if "outdated_config" in frame else np.zeros(n, bool)
+        if OUTDATED_CONFIG in frame else np.zeros(n, bool)
     data = SweepDir(folder).recorded_data()  # the data's identity when the last sweep started
     digests = frame["data_hash"] if "data_hash" in frame else [None] * n
     other_data = np.array([isinstance(data.get(i), str) and isinstance(d, str) and d != data[i]
@@ -408,29 +427,29 @@ def store_problems(frame: pd.DataFrame, sweep_dir: str | Path) -> list[str]:
     lines = []
 
     def first(mask: np.ndarray) -> str:
-        run = Path(frame.loc[mask, "run_dir"].iloc[0])
+        run = Path(frame.loc[mask, RUN_DIR].iloc[0])
         return str(run.relative_to(folder)) if run.is_relative_to(folder) else str(run)
 
-    if "stale" in frame and frame["stale"].any():
-        mask = frame["stale"].to_numpy(bool)
+    if STALE in frame and frame[STALE].any():
+        mask = frame[STALE].to_numpy(bool)
         lines.append(f"{mask.sum()} stale run folder(s) left out (cells not in the current spec, sweep.json), "
                      f"e.g. {first(mask)}; delete them with `{command} --prune`")
-    unreadable = np.array([isinstance(r, str) for r in frame["outdated_config"]], dtype=bool) \
-        if "outdated_config" in frame and "outdated" in frame else np.zeros(len(frame), bool)
-    unreadable &= frame["outdated"].to_numpy(bool) if "outdated" in frame else unreadable
+    unreadable = np.array([isinstance(r, str) for r in frame[OUTDATED_CONFIG]], dtype=bool) \
+        if OUTDATED_CONFIG in frame and OUTDATED in frame else np.zeros(len(frame), bool)
+    unreadable &= frame[OUTDATED].to_numpy(bool) if OUTDATED in frame else unreadable
     if unreadable.any():  # one line naming the key, from `RunDir.canonical_config`
-        reason = str(frame.loc[unreadable, "outdated_config"].iloc[0])
+        reason = str(frame.loc[unreadable, OUTDATED_CONFIG].iloc[0])
         lines.append(f"{unreadable.sum()} outdated run(s) left out (made with options this version does not "
                      f"have), e.g. {reason}; rerun `{command}` to redo them")
-    if "outdated" in frame and (frame["outdated"].to_numpy(bool) & ~unreadable).any():
-        mask = frame["outdated"].to_numpy(bool) & ~unreadable
+    if OUTDATED in frame and (frame[OUTDATED].to_numpy(bool) & ~unreadable).any():
+        mask = frame[OUTDATED].to_numpy(bool) & ~unreadable
         lines.append(f"{mask.sum()} outdated run(s) left out (made with another config than the current spec's, or "
                      f"from data files that have changed since), e.g. {first(mask)}; rerun `{command}` to redo them")
-    current = ~(frame.get("stale", pd.Series(False, index=frame.index)).to_numpy(bool)
-                | frame.get("outdated", pd.Series(False, index=frame.index)).to_numpy(bool))
-    corrupt = current & (frame["status"] == STATUS_CORRUPT).to_numpy()
+    current = ~(frame.get(STALE, pd.Series(False, index=frame.index)).to_numpy(bool)
+                | frame.get(OUTDATED, pd.Series(False, index=frame.index)).to_numpy(bool))
+    corrupt = current & (frame[STATUS] == STATUS_CORRUPT).to_numpy()
     if corrupt.any():
-        reason = str(frame.loc[corrupt, "error"].iloc[0]) if "error" in frame else ""
+        reason = str(frame.loc[corrupt, ERROR].iloc[0]) if ERROR in frame else ""
         lines.append(f"{corrupt.sum()} run(s) unreadable and left out (`{command}` redoes them), e.g. {reason}")
     return lines
 
@@ -443,7 +462,7 @@ def grid_axes(sweep_dir: str | Path, frame: pd.DataFrame | None = None) -> list[
     if frame is None:
         return []
     config_cols = [c for c in frame.columns if c.split(".")[0] in SECTIONS]
-    return [c for c in config_cols if c != "train.seed" and frame[c].nunique(dropna=False) > 1]
+    return [c for c in config_cols if c != SEED and frame[c].nunique(dropna=False) > 1]
 
 
 #: interval methods of `summarize` (column ``ci_method``)
@@ -457,7 +476,7 @@ SUMMARY_LEGEND = (f"mean [95% CI] over seeds (the unit is the seed); ci: {CI_T} 
 
 def _seed_key(frame: pd.DataFrame) -> pd.Series:
     """The seed of each row (``train.seed``; the row position when the store has no seed column)."""
-    return frame["train.seed"] if "train.seed" in frame else pd.Series(np.arange(len(frame)), index=frame.index)
+    return frame[SEED] if SEED in frame else pd.Series(np.arange(len(frame)), index=frame.index)
 
 
 def _per_user_column(metric: str) -> str | None:
@@ -499,17 +518,17 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float =
     An unreadable per-user file raises `RunFolderError`.
     """
     metrics = main_metrics(frame) if metrics is None else metrics
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    done = frame[frame[STATUS] == runs.STATUS_DONE]
     metrics = [m for m in metrics if m in done.columns]
     axes = [a for a in axes if a in done.columns]
     if done.empty or not metrics:
         return pd.DataFrame()
-    reasons = done["stop_reason"] if "stop_reason" in done else pd.Series(None, index=done.index, dtype=object)
-    user_cols = [c for c in map(_per_user_column, metrics) if c] if per_user and "run_dir" in done else []
+    reasons = done[STOP_REASON] if STOP_REASON in done else pd.Series(None, index=done.index, dtype=object)
+    user_cols = [c for c in map(_per_user_column, metrics) if c] if per_user and RUN_DIR in done else []
     groups = done.groupby(axes, dropna=False, sort=True) if axes else [("all", done)]
     rows, index = [], []
     for key, cell in groups:
-        tables = _read_per_user(cell["run_dir"], user_cols) if user_cols else None
+        tables = _read_per_user(cell[RUN_DIR], user_cols) if user_cols else None
         row: dict[tuple[str, str], Any] = {}
         for metric in metrics:
             values = cell[metric].astype(float)
@@ -517,7 +536,7 @@ def summarize(frame: pd.DataFrame, axes: list[str], metrics=None, level: float =
             method, column = CI_T, _per_user_column(metric)
             if tables is not None and column and n > 1 and all(column in t for t in tables.values()):
                 finite = values.notna()
-                boot = {d: tables[d][column].to_numpy(float) for d in cell.loc[finite, "run_dir"]}
+                boot = {d: tables[d][column].to_numpy(float) for d in cell.loc[finite, RUN_DIR]}
                 _, blo, bhi = hierarchical_bootstrap_ci(boot, n_boot=n_boot, level=level, rng=rng)
                 lo, hi, method = min(lo, blo), max(hi, bhi), CI_BOOTSTRAP
             row.update({(metric, "mean"): mean, (metric, "lo"): lo, (metric, "hi"): hi,
@@ -565,7 +584,7 @@ def capped_warning(capped: int, total: int) -> str | None:
             f"(raise train.epochs, keep train.patience)")
 
 
-def parse_arm(text: str, default_key: str = "loss.name") -> dict[str, Any]:
+def parse_arm(text: str, default_key: str = LOSS) -> dict[str, Any]:
     """An arm of a comparison: ``"bsl"`` (a value of ``default_key``) or ``"loss.name=bsl,train.batching=users"``."""
     arm: dict[str, Any] = {}
     for part in str(text).split(","):
@@ -586,7 +605,7 @@ def _typed(text: str) -> Any:
 
 
 def arm_label(arm: dict[str, Any]) -> str:
-    return ",".join(f"{v}" if k == "loss.name" else f"{k.split('.')[-1]}={v}" for k, v in arm.items())
+    return ",".join(f"{v}" if k == LOSS else f"{k.split('.')[-1]}={v}" for k, v in arm.items())
 
 
 def _select(frame: pd.DataFrame, arm: dict[str, Any]) -> pd.Series:
@@ -636,12 +655,12 @@ def _arm_cells(done: pd.DataFrame, arm: dict[str, Any], others: list[str], label
 
 
 def _capped(*groups: pd.DataFrame) -> int:
-    return int(sum((g["stop_reason"] == EPOCH_CAP).sum() for g in groups if "stop_reason" in g))
+    return int(sum((g[STOP_REASON] == EPOCH_CAP).sum() for g in groups if STOP_REASON in g))
 
 
 def _count_runs(table: pd.DataFrame, used: list[pd.DataFrame]) -> pd.DataFrame:
     """Record in ``table.attrs`` how many distinct runs the table compares (``runs``) and how many are ``capped``."""
-    rows = pd.concat(used).drop_duplicates("run_dir") if used else pd.DataFrame(columns=["run_dir"])
+    rows = pd.concat(used).drop_duplicates(RUN_DIR) if used else pd.DataFrame(columns=[RUN_DIR])
     table.attrs.update(runs=len(rows), capped=_capped(rows))
     return table
 
@@ -665,7 +684,7 @@ def _comparison_runs(frame: pd.DataFrame, metric: str | None, a: dict[str, Any],
                      b: dict[str, Any]) -> tuple[str, pd.DataFrame]:
     """(metric column, finished runs) of a comparison of arms ``a`` and ``b``; `check_arm` on both when any run is done."""
     column = _metric_column(metric, frame)
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    done = frame[frame[STATUS] == runs.STATUS_DONE]
     if not done.empty:
         check_arm(frame, a)
         check_arm(frame, b)
@@ -697,7 +716,7 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
         return pd.DataFrame()
     if column not in done:
         raise ValueError(f"the store has no column {column!r}")
-    others = [x for x in axes if x not in set(a) | set(b) and x != "train.seed"]
+    others = [x for x in axes if x not in set(a) | set(b) and x != SEED]
     la, lb = arm_label(a), arm_label(b)
     left, right = _arm_cells(done, a, others, la), _arm_cells(done, b, others, lb)
     rows, used = [], []
@@ -715,7 +734,7 @@ def compare_runs(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: dic
 
 
 def compare_losses(frame: pd.DataFrame, axes: list[str], a: str, b: str, metric: str | None = None,
-                   loss_key: str = "loss.name", **options) -> pd.DataFrame:
+                   loss_key: str = LOSS, **options) -> pd.DataFrame:
     """Loss ``b`` vs loss ``a`` per cell over matched seeds (see `compare_runs`)."""
     return compare_runs(frame, axes, {loss_key: a}, {loss_key: b}, metric=metric, **options)
 
@@ -725,7 +744,7 @@ def noise_axis(frame: pd.DataFrame, axes: list[str]) -> str:
 
     ValueError naming the candidates when there is none or more than one.
     """
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    done = frame[frame[STATUS] == runs.STATUS_DONE]
     found = [x for x in axes if x.startswith("noise.") and x in done and pd.api.types.is_numeric_dtype(done[x])
              and done[x].nunique() > 1]
     if len(found) != 1:
@@ -757,7 +776,7 @@ def compare_drops(frame: pd.DataFrame, axes: list[str], a: dict[str, Any], b: di
     noise = noise or noise_axis(frame, axes)
     if noise not in done:
         raise ValueError(f"the store has no column {noise!r}")
-    others = [x for x in axes if x not in set(a) | set(b) and x not in ("train.seed", noise)]
+    others = [x for x in axes if x not in set(a) | set(b) and x not in (SEED, noise)]
     la, lb = arm_label(a), arm_label(b)
     clean = done[noise].min()
     rows, used = [], []
@@ -792,16 +811,16 @@ def compare_runs_per_user(frame: pd.DataFrame, axes: list[str], a: dict[str, Any
     the table).  A missing per-user table raises FileNotFoundError naming it.
     """
     column = _metric_column(metric, frame).removeprefix("test.")
-    done = frame[frame["status"] == runs.STATUS_DONE]
+    done = frame[frame[STATUS] == runs.STATUS_DONE]
     if done.empty:
         return pd.DataFrame()
     check_arm(frame, a)
     check_arm(frame, b)
-    others = [x for x in axes if x not in set(a) | set(b) and x != "train.seed"]
+    others = [x for x in axes if x not in set(a) | set(b) and x != SEED]
     left, right = _arm_cells(done, a, others, arm_label(a)), _arm_cells(done, b, others, arm_label(b))
 
     def users(group: pd.DataFrame, seeds: list) -> dict:
-        return {s: RunDir(group.at[s, "run_dir"]).table("per_user")[["user", column]].rename(columns={column: "value"})
+        return {s: RunDir(group.at[s, RUN_DIR]).table("per_user")[["user", column]].rename(columns={column: "value"})
                 for s in seeds}
 
     rows = []
