@@ -18,15 +18,14 @@ import sys
 
 import numpy as np
 
-from rankrobust.store import load_store
+from rankrobust.runs import STATUS_DONE
+from rankrobust.store import SEED, STATUS, load_store
 from rankrobust.stats import holm_family, paired_seed_comparison, seed_mean_ci
-
-SEED = "train.seed"
 
 
 def table(store, axis: str, metric: str) -> list[dict]:
     """One row per arm (value of ``axis``), sorted by mean, best first; the comparison columns vs the best arm."""
-    done = store[store["status"] == "done"]
+    done = store[store[STATUS] == STATUS_DONE]
     if metric not in done:
         raise SystemExit(f"compare_to_best: the store has no column {metric!r}")
     twice = done.groupby([axis, SEED]).size()

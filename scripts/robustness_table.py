@@ -18,10 +18,8 @@ import argparse
 import sys
 
 from rankrobust.stats import difference_of_drops, holm_family, seed_mean_ci
-from rankrobust.store import load_store
-
-SEED = "train.seed"
-LOSS = "loss.name"
+from rankrobust.runs import STATUS_DONE
+from rankrobust.store import LOSS, NOISE_POS_RATIO, SEED, STATUS, load_store
 
 
 def main(argv=None) -> int:
@@ -29,10 +27,10 @@ def main(argv=None) -> int:
     parser.add_argument("sweep", help="sweep folder (holding store.parquet)")
     parser.add_argument("--reference", default="sl", help="the loss every other is compared with (default sl)")
     parser.add_argument("--metric", default="test.ndcg@20", help="store column (default test.ndcg@20)")
-    parser.add_argument("--noise", default="noise.pos_ratio", help="the noise axis (default noise.pos_ratio)")
+    parser.add_argument("--noise", default=NOISE_POS_RATIO, help=f"the noise axis (default {NOISE_POS_RATIO})")
     args = parser.parse_args(argv)
     done = load_store(args.sweep)
-    done = done[done["status"] == "done"]
+    done = done[done[STATUS] == STATUS_DONE]
     if done.groupby([LOSS, args.noise, SEED]).size().max() > 1:
         print(f"robustness_table: several runs per loss, {args.noise} and seed; fix the other axes", file=sys.stderr)
         return 2
