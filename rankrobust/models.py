@@ -263,9 +263,10 @@ class XSimGCL(Recommender):
         if noisy:
             gen = self.noise_generator(x.device)
 
-            def perturb(h: torch.Tensor) -> torch.Tensor:  # ε·sign(h) ⊙ normalize(Δ): no gradient through sign
+            def perturb(h: torch.Tensor) -> torch.Tensor:  # h + ε·sign(h) ⊙ normalize(Δ): no gradient through sign
                 delta = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype)
-                return h + self.eps * torch.sign(h) * F.normalize(delta, dim=-1)
+                delta.div_(torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min_(1e-12)).mul_(self.eps)
+                return h.addcmul_(torch.sign(h), delta)  # in place: h is the fresh product Â e⁽ˡ⁻¹⁾
         return propagate_layers(self.adjacency, x, self.layers, first=1, keep=self.cl_layer, perturb=perturb)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
