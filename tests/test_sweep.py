@@ -416,3 +416,26 @@ def test_a_run_folder_planted_as_a_link_fails_its_cell_naming_the_link(tmp_path)
     assert report.done == 1 and len(report.failed) == 1
     assert f"{link} is a symbolic link (to {outside})" in report.failed[0]
     assert sorted(p.name for p in outside.iterdir()) == ["mine"] and link.is_symlink()
+
+
+def test_a_sweep_stopped_by_sigterm_leaves_a_store_listing_the_stopped_run(tmp_path):
+    """SIGTERM while the first cell trains: its folder says failed, and the store lists it (it used to keep the
+    empty table written at the start, so `results` printed '0 runs' beside a run folder)."""
+    spec_path = tiny_spec(tmp_path, losses=("sl",), ratios=(0.0, 0.2), epochs=100000)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "rankrobust.cli", "sweep", str(spec_path), "--out", str(out),
+                             "--quiet"], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list(out.glob("runs/*/config.json")):
+            time.sleep(0.05)
+        time.sleep(1.0)  # into training
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    store = load_store(out)
+    assert store["status"].tolist() == ["failed"], store[["cell_id", "status"]]
+    assert "stopped by SIGTERM" in (Path(store.loc[0, "run_dir"]) / "status").read_text()

@@ -284,6 +284,7 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
                    dynamic_ncols=True)
         stream = EXECUTORS[executor](spec, todo, sweep, jobs, address=address,
                                      on_progress=lambda text: bar.set_postfix_str(f"failed={len(report.failed)}, {text}"))
+        stopped = True
         try:
             write_store(sweep.path)  # stale or damaged runs show in the store before the first cell ends
             for cell, result in stream:
@@ -294,11 +295,17 @@ def run_sweep(spec: SweepSpec, out: str | Path, *, jobs: int = 1, executor: str 
                 bar.update(1)
                 bar.set_postfix(failed=len(report.failed))
                 write_store(sweep.path)  # keep the table current: an interrupted sweep still has one
+            stopped = False
         finally:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()  # ends the executor's workers now, also when interrupted
             bar.close()
+            if stopped:  # Ctrl-C, SIGTERM, an error: the store still lists the run folders as they are now
+                try:     # (a cell stopped in this process is marked failed), so results and figures see them
+                    write_store(sweep.path)
+                except Exception:
+                    pass  # the stop (or the error) is what the caller must see
         write_store(sweep.path)
         report.stale = stale_run_names(spec, sweep)
     return report
