@@ -145,3 +145,40 @@ def test_sweep_seeds_and_device_override(tmp_path):
 def test_datasets_suggests_download(capsys):
     assert main(["datasets", "--no-stats", "--data-dir", "/nonexistent-folder"]) == 0
     assert "rankrobust download NAME" in capsys.readouterr().out
+
+
+def test_citations_point_to_files_and_sections_a_clone_has():
+    """Every tracked text file (code, configs, docs, notebooks, shipped examples) cites only what a clone holds:
+    no ../shared/PROTOCOLS.md, every docs/NAME.md exists, every PROTOCOLS.md §N is a section of
+    docs/PROTOCOLS.md, every README "Section" names a README heading (a config cited README "Noise", which is
+    not one)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        listed = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("not a git checkout")
+    files = [repo / f for f in listed.splitlines() if not f.startswith(("results/", "tests/"))
+             and f.endswith((".py", ".md", ".yaml", ".yml", ".ipynb", ".sh", ".json", ".toml"))]
+    sections = len(re.findall(r"(?m)^## \d+\.", (repo / "docs" / "PROTOCOLS.md").read_text()))
+    headings = re.findall(r"(?m)^#+ (.+)$", (repo / "README.md").read_text())
+    problems = []
+    for path in files:
+        if not path.is_file():
+            continue
+        text = path.read_text(errors="replace").replace('\\"', '"')
+        name = path.relative_to(repo)
+        problems += [f"{name}: cites {m}" for m in re.findall(r"(?:\.\./)+shared/PROTOCOLS\.md", text)]
+        problems += [f"{name}: cites {m}, not in the repository" for m in set(re.findall(r"\bdocs/[\w./-]+\.md", text))
+                     if not (repo / m).is_file()]
+        problems += [f"{name}: cites PROTOCOLS.md §{n}, which has {sections} sections"
+                     for n in set(re.findall(r"PROTOCOLS\.md ?§ ?(\d+)", text)) if not 1 <= int(n) <= sections]
+        problems += [f'{name}: cites README "{s}", not a README heading'
+                     for s in set(re.findall(r'README:? "(\w[^"\n]{2,80})"', text))
+                     if not any(h.startswith(s) for h in headings)]
+    assert sections >= 13 and not problems, "\n".join(problems)
