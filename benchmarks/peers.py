@@ -137,11 +137,11 @@ def run_program(name: str, args, config: Path, folder: Path) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine_name(note: str) -> str:
+def machine_name() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() \
         else platform.machine()
-    return f"{os.cpu_count()}-core {platform.machine()} ({cpu}), 1 thread per process" + (f"; {note}" if note else "")
+    return f"{os.cpu_count()}-core {platform.machine()} ({cpu}), 1 thread per process"
 
 
 def main() -> None:
@@ -185,11 +185,12 @@ def main() -> None:
     for work, num, den in RATIOS:
         if num in median and den in median:
             peak = " / ".join(f"{max(rss[n]):.0f}" for n in (num, den))
-            rows.append(f"| {dt.date.today()} | {machine_name(args.note)} | {work} | {num} {median[num]:.3f} | "
+            notes = (f"median of {args.reps} rotated reps × {args.epochs} epochs (after {args.warmup} warm-up); "
+                     f"reps {', '.join(f'{t:.3f}' for t in per_rep[num])} vs "
+                     f"{', '.join(f'{t:.3f}' for t in per_rep[den])}")
+            rows.append(f"| {dt.date.today()} | {machine_name()} | {work} | {num} {median[num]:.3f} | "
                         f"{den} {median[den]:.3f} | {median[num] / median[den]:.2f} | {peak} | "
-                        f"median of {args.reps} rotated reps × {args.epochs} epochs (after {args.warmup} warm-up); "
-                        f"reps {', '.join(f'{t:.3f}' for t in per_rep[num])} vs "
-                        f"{', '.join(f'{t:.3f}' for t in per_rep[den])} |")
+                        f"{notes}{f'; {args.note}' if args.note else ''} |")
     print("| date | machine | work | program s/epoch | against s/epoch | ratio | peak RSS MiB | notes |")
     print("\n".join(rows))
     if args.append:
