@@ -52,8 +52,8 @@ from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import CatalogColumns, gather_dot, plain_gather_dot, sampled_dot
 
 __all__ = ["SCORERS", "NEGATIVE_KINDS", "BatchScores", "ScorerChoice", "PositivesBitmap", "choose_scorer",
-           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "penalised_items", "dense_bytes", "slow_choice_warning",
-           "unused_bf16_warning", "oversampling_warning"]
+           "PairScorer", "column_scorer", "catalog_scores", "score_batch", "penalised_items", "dense_bytes",
+           "slow_choice_warning", "unused_bf16_warning", "oversampling_warning"]
 
 SCORERS = ("auto", "gather", "sparse", "dense")
 #: what the negatives of a batch are: sampled ids [B, M], the other rows' positives, or every item

@@ -37,13 +37,14 @@ Each loss is registered once in ``LOSSES`` (a `rankrobust.registry.Registry`
 of `LossEntry`) together with an options dataclass holding its typed
 hyper-parameters (defaults, checks, docs, CLI flags), the set of `LossBatch`
 fields it reads (``reads``) and its family (``family``, the panels of the
-figures); configs and the command line read names and options from there.  ``LOSSES[name]`` is the function, ``LOSSES.entry(name)``
-the whole entry, ``get_loss(name)`` looks a loss up and suggests the closest
+figures); configs and the command line read names and options from there.
+``LOSSES[name]`` is the function, ``LOSSES.entry(name)`` the whole entry, ``get_loss(name)`` looks a loss up and suggests the closest
 valid name on a typo.  A loss with state between batches (a quantile, a
 margin, an adversary, a schedule) declares it on its options class
 (``make_state``, ``STATE_KEYWORDS``; `rankrobust.loss_state`).  Adding a loss
-is one function, one options class and one ``register`` call (see
-docs/EXTENDING.md; the formulas and sources of all losses are in docs/LOSSES.md).
+is one function, one options class and one ``register`` call in a module of
+its own (see docs/EXTENDING.md; the formulas and sources of all losses are in
+docs/LOSSES.md).
 """
 from __future__ import annotations
 
@@ -86,27 +87,26 @@ class LossBatch:
       their M negatives (sampled ids, the other rows' positives with in-batch
       negatives, or every item):
 
-      ==================  ===============  ===================================================================
-      field               shape            what
-      ==================  ===============  ===================================================================
-      ``pos``             [B]              s⁺_k, the score of pair k (the model's score function)
-      ``neg``             [B, M]           s⁻_kj, the score of its j-th negative
-      ``neg_mask``        [B, M] or None   True where ``neg[k, j]`` is a real negative (None: all are)
-      ``users``           [B] int          u_k
-      ``pos_items``       [B] int          i⁺_k
-      ``neg_items``       [B, M] int       the item id of each ``neg`` column
-      ``user_rows``       [B, d]           U[u_k] of the tables the scores come from
-                                           (``model.score_tables()``: for LightGCN/XSimGCL the propagated
-                                           layer mean; before dropout and normalisation)
-      ``pos_rows``        [B, d]           I[i⁺_k] of the same tables (normalised when the model scores by
-                                           cosine)
-      ``neg_rows``        [B, M, d]        I[neg_items] (a [B, M, d] gather: read it only when needed; with
-                                           all-items negatives it is [B, n_items, d])
-      ``popularity``      [n_items] float  training interactions per item (``data.train.item_counts()``:
-                                           the pairs the model learns from, injected noisy positives included)
-      ``final_embeddings``  ()→(U, I)      the model's evaluation tables (``model.final_embeddings()``:
-                                           no gradient; computed once per batch, on first call)
-      ==================  ===============  ===================================================================
+      ======================  ===============  ======================================================================
+      field                   shape            what
+      ======================  ===============  ======================================================================
+      ``pos``                 [B]              s⁺_k, the score of pair k (the model's score function)
+      ``neg``                 [B, M]           s⁻_kj, the score of its j-th negative
+      ``neg_mask``            [B, M] or None   True where ``neg[k, j]`` is a real negative (None: all are)
+      ``users``               [B] int          u_k
+      ``pos_items``           [B] int          i⁺_k
+      ``neg_items``           [B, M] int       the item id of each ``neg`` column
+      ``user_rows``           [B, d]           U[u_k] of the tables the scores come from (``model.score_tables()``:
+                                               for LightGCN/XSimGCL the propagated layer mean; before dropout and
+                                               normalisation)
+      ``pos_rows``            [B, d]           I[i⁺_k] of the same tables (normalised when the model scores by cosine)
+      ``neg_rows``            [B, M, d]        I[neg_items] (a [B, M, d] gather: read it only when needed; with
+                                               all-items negatives it is [B, n_items, d])
+      ``popularity``          [n_items] float  training interactions per item (``data.train.item_counts()``: the
+                                               pairs the model learns from, injected noisy positives included)
+      ``final_embeddings``    () → (U, I)      the model's evaluation tables (``model.final_embeddings()``: no
+                                               gradient; computed once per batch, on first call)
+      ======================  ===============  ======================================================================
 
       Every row tensor (``pos``, ``neg``, ``*_rows``) is part of the autograd
       graph: the loss's gradient flows through it into the model.
