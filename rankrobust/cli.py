@@ -552,9 +552,13 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def default_figures_dir(dirs: Sequence[str]) -> Path:
     """Where ``figures`` writes without ``--out``: ``figures/`` in the folder holding the sweep folders
     (their common parent: ``results/np-quick results/lc-quick`` → ``results/figures``), never the repository's
-    committed ``figures/`` unless asked."""
+    committed ``figures/`` unless asked: sweep folders at the root of a checkout give ``results/figures``."""
     parents = [Path(d).expanduser().resolve().parent for d in dirs]
-    return Path(os.path.commonpath(parents)) / "figures"
+    out = Path(os.path.commonpath(parents)) / "figures"
+    committed = Path(__file__).resolve().parents[1] / "figures"  # the checkout's tracked figures/
+    if out == committed and (committed.parent / ".git").exists():  # sweep folders at the repository root
+        return committed.parent / "results" / "figures"
+    return out
 
 
 HANDLERS = {"datasets": cmd_datasets, "download": cmd_download, "train": cmd_train, "dro-check": cmd_dro_check,

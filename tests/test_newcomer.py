@@ -182,3 +182,16 @@ def test_citations_point_to_files_and_sections_a_clone_has():
                      for s in set(re.findall(r'README:? "(\w[^"\n]{2,80})"', text))
                      if not any(h.startswith(s) for h in headings)]
     assert sections >= 13 and not problems, "\n".join(problems)
+
+
+def test_figures_of_sweeps_at_the_repository_root_do_not_default_to_the_committed_folder():
+    """`rankrobust sweep ... --out np-quick` at the root of a checkout, then `rankrobust figures np-quick`: the
+    default folder beside the sweep was the committed figures/ (overwritten); it is results/figures there."""
+    from pathlib import Path
+
+    from rankrobust.cli import default_figures_dir
+
+    repo = Path(__file__).resolve().parents[1]
+    assert default_figures_dir([str(repo / "np-quick")]) == repo / "results" / "figures"
+    assert default_figures_dir([str(repo / "results" / "np-quick")]) == repo / "results" / "figures"
+    assert default_figures_dir(["/tmp/x/np-quick", "/tmp/x/lc-quick"]) == Path("/tmp/x/figures")
