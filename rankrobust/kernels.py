@@ -317,14 +317,17 @@ _EXP_FLOOR = -80.0
 
 class _RowInfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool) -> Tensor:
         keep = weight > 0
         logits = a @ b.T                                              # [B, B]
-        logits.masked_fill_(~keep[None, :], float("-inf"))
+        if masked:
+            logits.masked_fill_(~keep[None, :], float("-inf"))
         top = logits.amax(dim=1, keepdim=True)                        # finite: a weighted row keeps its own column
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         # in place, the block exponentiated once; −inf and denormal exponents avoided (module docstring)
-        probs = logits.sub_(top).clamp_(min=_EXP_FLOOR).exp_().mul_(keep)
+        probs = logits.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
+        if masked:
+            probs.mul_(keep)
         total = probs.sum(dim=1, keepdim=True)
         lse = (top + total.log()).squeeze(1)
         own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
@@ -341,10 +344,10 @@ class _RowInfoNCE(torch.autograd.Function):
         d_logits.diagonal().sub_(scale)
         grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
         grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None
+        return grad_a, grad_b, None, None
 
 
-def row_infonce(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
+def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True) -> Tensor:
     """Weighted InfoNCE ``−Σ_r w_r log softmax_{c: w_c > 0}(a_r · b_c)[r]`` → scalar.
 
     ``a, b [B, d]`` (temperature and normalisation already applied: logits are
@@ -354,6 +357,8 @@ def row_infonce(a: Tensor, b: Tensor, weight: Tensor) -> Tensor:
     [B, B] block, max-shifted (the log-sum-exp of each row), with exponents
     below −80 raised to −80 (a change below float64's resolution; no denormals); backward:
     ``∂L/∂logits = w_r (P_rc − δ_rc)`` from the saved softmax P and two products.
-    Same value and gradients as the masked ``torch.logsumexp`` under autograd (tests).
+    ``masked=False`` promises that every weight is positive (no column to leave
+    out) and skips the two masking passes.  Same value and gradients as the
+    masked ``torch.logsumexp`` under autograd (tests).
     """
-    return _RowInfoNCE.apply(a, b, weight)
+    return _RowInfoNCE.apply(a, b, weight, masked)

@@ -212,7 +212,7 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, 
         weight = first.to(view1.dtype) / first.sum().clamp_min(1).to(view1.dtype)
     a = normalize_rows(view1[ids]) / tau                      # 1/τ on [B, d] rather than on [B, B]
     b = normalize_rows(view2[ids])
-    return row_infonce(a, b, weight)
+    return row_infonce(a, b, weight, masked=not compact)
 
 
 class XSimGCL(Recommender):
