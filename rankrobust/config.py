@@ -203,7 +203,12 @@ class TrainConfig:
     eval_every: int = option(1, "validate every N epochs", check=positive)
     metric: str = option("recall@20", "validation metric for model selection (name@K, K in train.ks)")
     ks: list[int] = option(None, "cutoffs K of the metrics", check=_cutoffs, default_factory=lambda: [5, 10, 20, 50])
-    eval_chunk: int = option(4096, "users per evaluation chunk", check=positive)
+    eval_chunk: int = option(4096, "the most users per evaluation chunk (fewer when the device's memory or cache "
+                                   "says so; never changes a result: rankrobust.evaluate.chunk_rows)", check=positive)
+    valid_users: int | None = option(None, "validate on a fixed sample of this many users, drawn once with "
+                                           "data.split_seed (the same users in every seed and trial; metrics.json "
+                                           "records it as valid_sample); unset: every user. Test metrics always use "
+                                           "every user", check=positive)
     ips_gamma: float | None = option(None, "also report IPS-weighted Recall/NDCG on test (test.ips_recall@K, "
                                            "test.ips_ndcg@K), propensity ∝ pop(i)^γ with pop the training count "
                                            "(rankrobust.evaluate.ips_metrics); γ = 0 gives the plain metrics, "

@@ -1,9 +1,10 @@
 """Full-ranking evaluation on the device (docs/PROTOCOLS.md §4).
 
-For every user with a non-empty ground-truth set T_u the evaluator scores all
-items, masks the items of the ``exclude`` matrices (training, and validation
-when testing) to −inf, takes the top-K once at the largest K and derives every
-metric for every K from the resulting hit matrix with cumulative sums:
+For every evaluated user (a non-empty ground-truth set T_u) the evaluator
+scores all items, sets the items of the ``exclude`` matrices (training, and
+validation when testing) to −∞, takes the top K once at the largest K and
+derives every metric for every K from the resulting hit matrix with
+cumulative sums:
 
 - Recall@K    = |L ∩ T_u| / |T_u|
 - Precision@K = |L ∩ T_u| / K            (K as asked, even when K > n_items)
@@ -12,20 +13,59 @@ metric for every K from the resulting hit matrix with cumulative sums:
 - MRR@K       = 1 / rank of the first hit within K, 0 without a hit
 
 and averages them over the evaluated users (NaN, never 0.0, when there is no
-evaluated user: a mean over nobody is undefined). Nothing loops over users in
-Python: users go through in chunks of ``chunk_size`` rows, everything stays on
-the device, and the results move to the host once at the end.
+evaluated user: a mean over nobody is undefined).
 `ips_metrics` adds inverse-propensity-weighted Recall/NDCG (propensity ∝ pop(i)^γ)
 from the same top-K and hits.
 
-Ties between equal scores are broken by ``torch.topk`` (deterministic for a
-given device and input). When a user has fewer than K_max unmasked items the
-rest of its top-K row is padded with item id −1 (never a hit); consumers of
-``EvalResult.topk`` must ignore negative ids (``analysis.fairness`` does).
+**The ranking.** Items are ordered by score, descending; equal scores by
+ascending item id (the order of a stable full sort, which is what the tests'
+brute-force oracle does).  −∞ (masked) items are never listed: a user with
+fewer than K_max unmasked items gets its top-K row padded with item id −1
+(never a hit; consumers of ``EvalResult.topk`` ignore negative ids, as
+``analysis.fairness`` does).  A NaN score counts as −∞ (a diverged model's
+NaN items are not recommended).
+
+**Deterministic.** The same embeddings give bit-identical metrics whatever
+the chunk size, the thread count or the grouping below.  Three things make
+it so: every score comes from a matrix product of one fixed shape
+(`BLOCK_ROWS` users × all items; a user always sits in the same block, and
+MKL's sgemm sums in another order for some row counts, e.g. a one-row
+chunk's matrix-vector path: the summation order of a score would otherwise
+depend on the chunk size); the ranking rule above is a total order, so which
+tied item `torch.topk` happens to return never matters; and the means over
+users are exactly rounded sums (`math.fsum`), independent of the order in
+which users are added.  (Across thread counts MKL's product of one shape was
+bit-identical in every test, tests/test_evaluate_fast.py; BLAS libraries do
+not promise it.)
+
+**How it runs near the speed of its matrix product.** Users go through in
+chunks of rows (``chunk_size`` at most; fewer when the device's memory, on a
+CPU its per-core cache, says so: `chunk_rows`), each chunk's scores written into one
+reused [rows × n_items] buffer.  Masked items are set to −∞ in place by their
+precomputed flat offsets (no dense boolean mask).  The top K of a row is
+found without sorting or scanning the row a second time: the items are cut
+into G strided groups of g (item j in group j mod G), the row's G group
+maxima (one elementwise max over g slices) pick the K groups with the largest
+maxima, and the top K of the row lies within those K·g items, provided the
+K-th and (K+1)-th group maxima differ (otherwise a group outside could hold an
+item tied with the K-th).  One `torch.topk` over the K·g candidates then gives
+the list.  A row whose group or candidate boundary is tied (exactly equal
+scores there; a user with fewer than K unmasked items) is flagged and ranked
+again after the chunk loop by the exact tie-resolving path (`_exact_top`:
+the K-th value, then the lowest ids among the items equal to it).  Nothing
+leaves the device inside the chunk loop; the flags, and then the per-user
+metrics, move to the host once each at the end.
+
+Users: every user with a non-empty truth row, or those of an explicit
+``users`` list (`sample_users`: validation on a fixed, seeded sample,
+``train.valid_users``); test metrics always use every user.
 """
+
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -39,10 +79,13 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "METRIC_NAMES",
+    "chunk_rows",
+    "default_group_size",
     "ips_metrics",
     "ips_weights",
     "metrics_from_hits",
     "most_popular_baseline",
+    "sample_users",
     "truth_membership",
 ]
 
@@ -162,18 +205,134 @@ def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: Sequence[int]) -> dict[
     return out
 
 
+#: seed stream of `sample_users` (numpy ``default_rng([seed, VALID_SAMPLE_STREAM])``), apart from the other
+#: draws made with the same seed (the validation split itself uses ``default_rng(seed)``)
+VALID_SAMPLE_STREAM = 1
+
+
+def sample_users(truth: Interactions, n: int, seed: int) -> np.ndarray:
+    """Sorted ids of ``n`` users drawn uniformly without replacement among those with a non-empty row of ``truth``.
+
+    All such users (sorted) when there are at most ``n``.  The draw depends
+    only on ``truth``'s non-empty rows, ``n`` and ``seed`` (numpy
+    ``default_rng([seed, VALID_SAMPLE_STREAM])``), so every run that validates on the same split
+    with the same ``n`` and ``seed`` uses the same users.  ValueError when ``n`` < 1.
+    """
+    if n < 1:
+        raise ValueError(f"a user sample needs n >= 1, got {n}")
+    users = np.flatnonzero(truth.user_counts() > 0).astype(np.int64)
+    if len(users) <= n:
+        return users
+    rng = np.random.default_rng([int(seed), VALID_SAMPLE_STREAM])
+    return np.sort(rng.choice(users, size=int(n), replace=False))
+
+
+#: bytes of one evaluation chunk's score buffer on a CPU, in units of the per-core L2 cache (measured on the
+#: 2-core development machine, benchmarks/RESULTS.md "Evaluation": the whole evaluation is fastest near
+#: this size; much larger chunks leave the cache between the product and the top-K)
+CPU_CACHE_SHARE = 4
+#: share of a GPU's total memory one evaluation chunk's score buffer may take
+GPU_MEMORY_SHARE = 0.05
+#: rows of every matrix product of the evaluation: chunks are whole numbers of such blocks, and a user's scores
+#: always come from the same [BLOCK_ROWS × d] × [d × n_items] call, whatever the chunk size.  (MKL's sgemm
+#: sums in another order for some row counts, e.g. one row (its matrix-vector path) or three.)
+BLOCK_ROWS = 64
+
+
+def _l2_cache_bytes() -> int:
+    """Per-core L2 cache of this machine in bytes (Linux sysfs; 1 MiB when unknown)."""
+    root = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in sorted(root.glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                text = (index / "size").read_text().strip().upper()
+                scale = {"K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}.get(text[-1:], 1)
+                return int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        pass
+    return 1024 ** 2
+
+
+def chunk_rows(row_bytes: int, device: torch.device | str, cap: int) -> int:
+    """Users per evaluation chunk: a whole number of `BLOCK_ROWS` blocks, as many as the device's memory suits.
+
+    ``row_bytes``: bytes of one user's row of scores; ``cap``: the most users
+    wanted (``train.eval_chunk``), rounded down to whole blocks (one block at
+    least).  On a CPU the chunk's score buffer is sized to stay in cache
+    between the matrix product and the top-K (`CPU_CACHE_SHARE` × the
+    per-core L2 cache); on a GPU to `GPU_MEMORY_SHARE` of its *total* memory
+    (not the free memory, which changes from call to call).  The choice never
+    changes a result (the evaluation is bit-identical for every chunk size),
+    only its speed.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
+    else:
+        budget = CPU_CACHE_SHARE * _l2_cache_bytes()
+    rows = min(int(cap), int(budget // max(int(row_bytes), 1)))
+    return BLOCK_ROWS * max(1, rows // BLOCK_ROWS)
+
+
+def default_group_size(n_items: int, k: int) -> int:
+    """Items per group of the grouped top-K (1: no grouping, rank whole rows).
+
+    With G = ⌈n/g⌉ groups of g the top-K costs about G (group maxima) + K·g
+    (candidates) elements per row, least near g = √(n / K); grouping needs
+    G ≥ K + 1 group maxima (to see a tie at the K-th) and g ≥ 2.
+    """
+    if k < 1:
+        return 1
+    g = int(round(math.sqrt(n_items / (k + 1))))
+    return g if g >= 2 and -(-n_items // g) >= k + 1 else 1
+
+
+def _exact_top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` of each row of ``scores`` [r, m] under (score desc, column asc): (values [r, k], columns [r, k]).
+
+    Exact whatever the ties: the K-th largest value v comes from `torch.topk`
+    (values are exact, only the choice among equal ones is not); every
+    column with a score > v is taken, and of those equal to v the lowest
+    columns up to k in all (a running count along the row).  The k chosen are
+    then ordered by `_by_score_then_id`.  A few passes over the rows: used for
+    small catalogues and for the rows the grouped path flags.
+    """
+    m = scores.shape[1]
+    v = torch.topk(scores, k, dim=1, largest=True, sorted=True).values[:, k - 1:k]
+    above = scores > v
+    at = scores == v
+    need = k - above.sum(1, keepdim=True)
+    chosen = above | (at & (at.cumsum(1) <= need))             # exactly k per row
+    # their columns in ascending order: the k largest of (m − column) over the chosen, 0 elsewhere
+    key = torch.where(chosen, m - torch.arange(m, device=scores.device), 0)
+    cols = m - torch.topk(key, k, dim=1, largest=True, sorted=True).values
+    return _by_score_then_id(scores.gather(1, cols), cols)
+
+
+def _by_score_then_id(values: Tensor, ids: Tensor) -> tuple[Tensor, Tensor]:
+    """``values`` [r, k] and their ``ids`` [r, k] reordered by (value desc, id asc) within each row."""
+    ids, by_id = torch.sort(ids, dim=1)
+    values, order = torch.sort(values.gather(1, by_id), dim=1, descending=True, stable=True)
+    return values, ids.gather(1, order)
+
+
 class Evaluator:
     """Full-ranking evaluator for one split (built once, reused every epoch).
 
     Args:
         truth: ground truth (validation or test) ``Interactions``; the
-            evaluated users are those with a non-empty row.
-        exclude: matrices whose items are masked to −inf before ranking
+            evaluated users are those with a non-empty row (of ``users``, when given).
+        exclude: matrices whose items are masked to −∞ before ranking
             (training; training and validation when testing). Same shape.
         ks: cutoffs; metrics for all of them come from one top-K at max(ks)
             (clipped to n_items).
-        chunk_size: users scored per step (memory ≈ chunk_size × n_items scores).
+        chunk_size: the most users scored per step; fewer when the device's
+            memory says so (`chunk_rows`).  Results never depend on it.
         device: where scoring and all metric computation happen.
+        users: evaluate only these user ids (a validation sample, `sample_users`);
+            None: every user.  Out-of-range ids: ValueError.
+        group_size: items per group of the grouped top-K (None: `default_group_size`
+            of n_items and K; 1: rank whole rows).  Results never depend on it.
 
     ``n_eval`` is the number of evaluated users, ``n_rankable`` those of them
     with at least one truth item outside the ``exclude`` matrices (a user whose
@@ -187,12 +346,16 @@ class Evaluator:
         ks: Sequence[int] = (5, 10, 20, 50),
         chunk_size: int = 4096,
         device: torch.device | str = "cpu",
+        users: Sequence[int] | np.ndarray | None = None,
+        group_size: int | None = None,
     ) -> None:
         ks = tuple(sorted({int(k) for k in ks}))
         if not ks or ks[0] < 1:
             raise ValueError(f"ks must be positive integers, got {ks}")
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if group_size is not None and group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {group_size}")
         if isinstance(exclude, Interactions):
             exclude = (exclude,)
         for ex in exclude:
@@ -200,41 +363,60 @@ class Evaluator:
                 raise ValueError(f"exclude matrix has shape {ex.shape}, truth has {truth.shape}")
         self.truth = truth
         self.ks = ks
-        self.chunk_size = int(chunk_size)
         self.device = torch.device(device)
         self.n_users, self.n_items = truth.shape
         self.k_max = min(ks[-1], self.n_items)
 
         counts = truth.user_counts()
-        users = np.flatnonzero(counts > 0).astype(np.int64)
-        self._users_np = users
-        self.users = torch.as_tensor(users, device=self.device)
-        self.n_truth = torch.as_tensor(counts[users], device=self.device)
+        if users is None:
+            chosen = np.arange(self.n_users, dtype=np.int64)
+        else:
+            chosen = np.unique(np.asarray(users, dtype=np.int64))
+            if len(chosen) and (chosen[0] < 0 or chosen[-1] >= self.n_users):
+                raise ValueError(f"users must be ids in [0, {self.n_users}), got {chosen[0]}..{chosen[-1]}")
+        users_np = chosen[counts[chosen] > 0]
+        self._users_np = users_np
+        self.users = torch.as_tensor(users_np, device=self.device)
+        self.n_truth = torch.as_tensor(counts[users_np], device=self.device)
         rankable = truth
         for ex in exclude:
             rankable = rankable.difference(ex)
         #: evaluated users with at least one truth item outside the masked ones (the others can never hit)
-        self.n_rankable = int(np.count_nonzero(rankable.user_counts()))
+        self.n_rankable = int(np.count_nonzero(rankable.user_counts()[users_np]))
         tu, ti = truth.to_pairs()
         self._truth_keys = torch.as_tensor(tu * self.n_items + ti, device=self.device)
 
-        # Masked (row-in-evaluated-users, item) pairs, flattened once; the
-        # slice belonging to each chunk is found with host-side offsets, so the
-        # chunk loop never has to sync to learn a size.
-        rows_l, cols_l = [], []
+        # the grouped top-K's layout: item j sits in group j mod G; the row is padded to g·G columns (−∞)
+        g = group_size if group_size is not None else default_group_size(self.n_items, self.k_max)
+        if g > 1 and not (-(-self.n_items // g) >= self.k_max + 1 and self.k_max >= 1):
+            g = 1  # too few groups to see a tie at the K-th: rank whole rows
+        self.group = int(g)
+        self.n_groups = -(-self.n_items // self.group) if self.n_items else 0
+        self.n_cols = self.group * self.n_groups
+        n_eval = len(users_np)
+        #: rows per chunk: whole `BLOCK_ROWS` blocks; the last chunk is padded (with the last user) to whole blocks
+        self.chunk_size = min(chunk_rows(self.n_cols * 4, self.device, chunk_size),
+                              BLOCK_ROWS * max(1, -(-n_eval // BLOCK_ROWS)))
+        self._users_padded = torch.as_tensor(
+            np.concatenate([users_np, np.repeat(users_np[-1:], (-n_eval) % BLOCK_ROWS)]) if n_eval else users_np,
+            device=self.device)
+        bounds = list(range(0, n_eval, self.chunk_size)) + [n_eval]
+        self._chunks = [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+        # masked (evaluated-user position, item) pairs, sorted by position: the CSR rows of the evaluated users
+        pos_l, item_l = [], []
         for ex in exclude:
-            r, c = _flat_rows(ex.indptr, ex.indices, users)
-            rows_l.append(r)
-            cols_l.append(c)
-        rows = np.concatenate(rows_l) if rows_l else np.zeros(0, np.int64)
-        cols = np.concatenate(cols_l) if cols_l else np.zeros(0, np.int64)
-        order = np.argsort(rows, kind="stable")
-        rows, cols = rows[order], cols[order]
-        bounds = np.arange(0, len(users) + self.chunk_size, self.chunk_size).clip(max=len(users))
-        self._chunks = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-        self._mask_offsets = np.searchsorted(rows, bounds).astype(np.int64)
-        self._mask_rows = torch.as_tensor(rows, device=self.device)
-        self._mask_cols = torch.as_tensor(cols, device=self.device)
+            r, c = _flat_rows(ex.indptr, ex.indices, users_np)
+            pos_l.append(r)
+            item_l.append(c)
+        pos = np.concatenate(pos_l) if pos_l else np.zeros(0, np.int64)
+        items = np.concatenate(item_l) if item_l else np.zeros(0, np.int64)
+        order = np.argsort(pos, kind="stable")
+        self._mask_pos, self._mask_items = pos[order], items[order]
+        # each chunk's slice of them as flat offsets into its [rows × n_cols] buffer, found without a sync
+        self._mask_offsets = np.searchsorted(self._mask_pos, [a for a, _ in self._chunks] + [n_eval]).astype(np.int64)
+        flat = (self._mask_pos % self.chunk_size) * self.n_cols + self._mask_items
+        self._mask_flat = torch.as_tensor(flat, device=self.device)
 
     @property
     def n_eval(self) -> int:
@@ -258,11 +440,25 @@ class Evaluator:
                 f"{self.n_users} users × {self.n_items} items"
             )
         U = user_emb.detach().to(self.device)
-        I_t = item_emb.detach().to(self.device).T
-        if U.dtype != I_t.dtype:
-            dt = torch.promote_types(U.dtype, I_t.dtype)
-            U, I_t = U.to(dt), I_t.to(dt)
-        return self._run(lambda u: U[u] @ I_t, owned=True)
+        I = item_emb.detach().to(self.device)
+        dtype = torch.promote_types(U.dtype, I.dtype)
+        if not dtype.is_floating_point:
+            dtype = torch.float32
+        U = U.to(dtype)
+        # the items' transpose padded to n_cols columns with zeros (their scores are set to −∞ after the product)
+        items_t = torch.zeros((I.shape[1], self.n_cols), dtype=dtype, device=self.device)
+        items_t[:, :self.n_items] = I.T
+        # scores can only be NaN or ±∞ from non-finite embeddings or an overflowing product: one check, here
+        big = torch.finfo(dtype).max
+        finite = bool(torch.isfinite(U).all() & torch.isfinite(I).all()) and (
+            float(U.abs().amax()) * float(I.abs().amax()) * max(U.shape[1], 1) < big if U.numel() and I.numel()
+            else True)
+
+        def scores(rows: Tensor, out: Tensor) -> None:
+            for r in range(0, rows.shape[0], BLOCK_ROWS):  # the same [BLOCK_ROWS × d] × [d × n_cols] call each time
+                torch.mm(U.index_select(0, rows[r:r + BLOCK_ROWS]), items_t, out=out[r:r + BLOCK_ROWS])
+
+        return self._run(scores, dtype, clean=not finite)
 
     @torch.no_grad()
     def evaluate_scores(self, score_fn: Callable[[Tensor], Tensor]) -> EvalResult:
@@ -270,39 +466,65 @@ class Evaluator:
 
         Args:
             score_fn: maps a LongTensor of user ids [b] (on the device) to a
-                float score matrix [b, n_items]; it is not modified in place.
+                score matrix [b, n_items]; it is not modified.  Scores are
+                ranked in float64 (exact for float32, float16, bfloat16 and
+                integers below 2^53).
         """
-        return self._run(score_fn, owned=False)
+        def scores(rows: Tensor, out: Tensor) -> None:
+            s = score_fn(rows)
+            if tuple(s.shape) != (rows.shape[0], self.n_items):
+                raise ValueError(f"score matrix has shape {tuple(s.shape)}, expected ({rows.shape[0]}, {self.n_items})")
+            out[:, :self.n_items] = s
+
+        return self._run(scores, torch.float64, clean=True)
 
     # ------------------------------------------------------------ internals
-    def _run(self, score_fn: Callable[[Tensor], Tensor], owned: bool) -> EvalResult:
-        topk_l, hits_l = [], []
-        for ci, (a, b) in enumerate(self._chunks):
-            u = self.users[a:b]
-            scores = score_fn(u)
-            if scores.shape != (b - a, self.n_items):
-                raise ValueError(f"score matrix has shape {tuple(scores.shape)}, expected ({b - a}, {self.n_items})")
-            if not scores.is_floating_point():
-                scores = scores.float()
-            elif not owned:
-                scores = scores.clone()
-            m0, m1 = self._mask_offsets[ci], self._mask_offsets[ci + 1]
-            if m1 > m0:
-                scores.index_put_(
-                    (self._mask_rows[m0:m1] - a, self._mask_cols[m0:m1]),
-                    torch.tensor(float("-inf"), dtype=scores.dtype, device=scores.device),
-                )
-            vals, idx = torch.topk(scores, self.k_max, dim=1, largest=True, sorted=True)
-            valid = vals > float("-inf")
-            idx = torch.where(valid, idx, torch.full_like(idx, -1))
-            topk_l.append(idx)
-            hits_l.append(truth_membership(self._truth_keys, self.n_items, u, idx))
-        if topk_l:
-            topk = torch.cat(topk_l)
-            hits = torch.cat(hits_l)
-        else:
-            topk = torch.zeros((0, self.k_max), dtype=torch.long, device=self.device)
-            hits = torch.zeros((0, self.k_max), dtype=torch.bool, device=self.device)
+    def _masked_scores(self, scores: Callable[[Tensor, Tensor], None], rows: Tensor, flat: Tensor, buf: Tensor,
+                       clean: bool) -> Tensor:
+        """``buf`` [rows, n_cols] filled with the scores of ``rows``: masked items at ``flat`` and padding −∞."""
+        scores(rows, buf)
+        if clean:
+            torch.nan_to_num_(buf, nan=-math.inf, posinf=math.inf, neginf=-math.inf)
+        buf.view(-1).index_fill_(0, flat, -math.inf)
+        if self.n_cols > self.n_items:
+            buf[:, self.n_items:] = -math.inf
+        return buf
+
+    def _top(self, buf: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Top ``k_max`` of each row of the masked ``buf``: (values, item ids, tied-boundary flags or None)."""
+        k, g, G = self.k_max, self.group, self.n_groups
+        if g == 1:
+            values, ids = _exact_top(buf, k)
+            return values, ids, None
+        rows = buf.shape[0]
+        strided = buf.view(rows, g, G)                      # [r, t, j] = item t·G + j
+        group_val, group_ids = torch.topk(strided.amax(1), k + 1, dim=1, largest=True, sorted=True)
+        groups = group_ids[:, :k]
+        candidates = torch.gather(strided, 2, groups.unsqueeze(1).expand(rows, g, k)).reshape(rows, g * k)
+        cand_val, cand_pos = torch.topk(candidates, k + 1, dim=1, largest=True, sorted=True)
+        tied = (group_val[:, k - 1] == group_val[:, k]) | (cand_val[:, k - 1] == cand_val[:, k])
+        pos = cand_pos[:, :k]
+        ids = torch.div(pos, k, rounding_mode="floor") * G + groups.gather(1, pos % k)
+        values, ids = _by_score_then_id(cand_val[:, :k], ids)
+        return values, ids, tied
+
+    def _run(self, scores: Callable[[Tensor, Tensor], None], dtype: torch.dtype, clean: bool) -> EvalResult:
+        n_eval, k, c = self.n_eval, self.k_max, self.chunk_size
+        topk = torch.full((n_eval, k), -1, dtype=torch.long, device=self.device)
+        hits = torch.zeros((n_eval, k), dtype=torch.bool, device=self.device)
+        if n_eval and k:
+            buf = torch.empty((c, self.n_cols), dtype=dtype, device=self.device)
+            tied = torch.zeros(n_eval, dtype=torch.bool, device=self.device) if self.group > 1 else None
+            for ci, (a, b) in enumerate(self._chunks):
+                m0, m1 = self._mask_offsets[ci], self._mask_offsets[ci + 1]
+                rows = self._users_padded[a:a + c]                  # whole blocks (the last chunk may be shorter)
+                masked = self._masked_scores(scores, rows, self._mask_flat[m0:m1], buf[:rows.shape[0]], clean)
+                values, ids, flags = self._top(masked)
+                self._store(topk, hits, a, b, values, ids)
+                if flags is not None:
+                    tied[a:b] = flags[:b - a]
+            if tied is not None:
+                self._rank_again(torch.nonzero(tied).squeeze(1).cpu().numpy(), scores, buf, clean, topk, hits)
         per = metrics_from_hits(hits, self.n_truth, self.ks)
         # one transfer to the host
         names = list(per)
@@ -310,10 +532,46 @@ class Evaluator:
         df = pd.DataFrame(mat, columns=names)
         df.insert(0, "user", self._users_np)
         df["n_truth"] = self.n_truth.cpu().numpy()
-        # a mean over zero users is undefined: NaN (JSON null in metrics.json), never a 0.0 that reads as a result
-        metrics = {n: (float(df[n].mean()) if len(df) else float("nan")) for n in names}
-        metrics["n_users"] = float(self.n_eval)
+        # exactly rounded means (math.fsum): the same bits in whatever order the users are added; a mean over zero
+        # users is undefined: NaN (JSON null in metrics.json), never a 0.0 that reads as a result
+        metrics = {n: (math.fsum(df[n].to_numpy()) / len(df) if len(df) else float("nan")) for n in names}
+        metrics["n_users"] = float(n_eval)
         return EvalResult(metrics, df, self.users, topk, hits, self.n_truth, self.truth, self.ks)
+
+    def _store(self, topk: Tensor, hits: Tensor, a: int, b: int, values: Tensor, ids: Tensor) -> None:
+        """Write the ranked ``ids`` of evaluated users a..b (−1 where the score is −∞) and their hits."""
+        ids = torch.where(values[:b - a] > -math.inf, ids[:b - a], -1)
+        topk[a:b] = ids
+        hits[a:b] = truth_membership(self._truth_keys, self.n_items, self.users[a:b], ids)
+
+    def _rank_again(self, positions: np.ndarray, scores: Callable[[Tensor, Tensor], None], buf: Tensor, clean: bool,
+                    topk: Tensor, hits: Tensor) -> None:
+        """Rank the evaluated users at ``positions`` (flagged ties) again by `_exact_top`.
+
+        Their scores are computed again by the same `BLOCK_ROWS` blocks as in the chunk loop (the whole block
+        of each, ``buf``'s rows at a time), so they are the very scores the loop ranked.
+        """
+        T = BLOCK_ROWS
+        blocks = np.unique(positions // T)
+        per_fill = buf.shape[0] // T
+        for f in range(0, len(blocks), per_fill):
+            chosen = blocks[f:f + per_fill]
+            first = chosen * T                                       # position of each block's first row
+            rows = (first[:, None] + np.arange(T)).ravel()           # positions in the padded user list
+            lo, hi = np.searchsorted(self._mask_pos, first), np.searchsorted(self._mask_pos, first + T)
+            lens = hi - lo
+            which = np.repeat(lo, lens) + (np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens))
+            slot = np.repeat(np.arange(len(chosen)) * T - first, lens) + self._mask_pos[which]  # row in buf
+            flat = slot * self.n_cols + self._mask_items[which]
+            masked = self._masked_scores(scores, self._users_padded[torch.as_tensor(rows, device=self.device)],
+                                         torch.as_tensor(flat, device=self.device), buf[:len(rows)], clean)
+            wanted = positions[np.isin(positions // T, chosen)]
+            local = np.searchsorted(chosen, wanted // T) * T + wanted % T
+            values, ids = _exact_top(masked.index_select(0, torch.as_tensor(local, device=self.device)), self.k_max)
+            index = torch.as_tensor(wanted, device=self.device)
+            ids = torch.where(values > -math.inf, ids, -1)
+            topk[index] = ids
+            hits[index] = truth_membership(self._truth_keys, self.n_items, self.users[index], ids)
 
 
 def ips_weights(popularity: np.ndarray, gamma: float) -> np.ndarray:

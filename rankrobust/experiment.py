@@ -223,6 +223,7 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
         "seconds_per_epoch": float(history["train_seconds"].mean()),
         "group_size_mean": group_size,
         "scorer": result.extra.get("scorer"),
+        **({"valid_sample": result.extra["valid_sample"]} if result.extra.get("valid_sample") else {}),
         "device": str(device),
         "environment": environment(),
         "warnings": warnings,

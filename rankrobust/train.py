@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from rankrobust.batching import BATCHINGS, group_size_mean
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
-from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline
+from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline, sample_users
 from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import LOSSES, LossBatch, LossEntry, apply_loss, score_only_entry
 from rankrobust.models import Recommender, build_model
@@ -237,8 +237,11 @@ class Trainer:
         self.users, self.items = (torch.as_tensor(a, device=device) for a in data.train.to_pairs())
         self.batch_size = tc.batch_size
         self.n_batches = math.ceil(self.users.shape[0] / tc.batch_size)
+        #: the validation users: a fixed, seeded sample when ``train.valid_users`` asks for one, else all
+        self.valid_sample = (sample_users(data.valid, tc.valid_users, cfg.data.split_seed)
+                             if tc.valid_users is not None else None)
         self.validator = Evaluator(data.valid, exclude=[data.seen], ks=tc.ks, chunk_size=tc.eval_chunk,
-                                   device=device)
+                                   device=device, users=self.valid_sample)
         exclude = [data.seen] if data.leaky else [data.seen, data.valid]
         self.tester = Evaluator(data.test, exclude=exclude, ks=tc.ks, chunk_size=tc.eval_chunk, device=device)
 
@@ -297,6 +300,15 @@ class Trainer:
 
 class EmptySplitError(ValueError):
     """An evaluation split (validation or test) has no user to evaluate."""
+
+
+def valid_sample_record(cfg: RunConfig, trainer: Trainer) -> dict[str, int] | None:
+    """What metrics.json records of a validation user sample (``train.valid_users``), None without one:
+    ``{"users": validated users, "of": users with a validation item, "seed": data.split_seed}``."""
+    if trainer.valid_sample is None:
+        return None
+    return {"users": trainer.validator.n_eval, "of": int(np.count_nonzero(trainer.data.valid.user_counts())),
+            "seed": cfg.data.split_seed}
 
 
 def check_evaluable(cfg: RunConfig, trainer: Trainer) -> None:
@@ -424,5 +436,6 @@ def fit(cfg: RunConfig, data: TrainData, device: torch.device, *, probes: Sequen
     return FitResult(model, best_epoch, best_value, pd.DataFrame(rows), trainer.validate(), trainer.test(),
                      seconds, stop_reason == "early_stopping",
                      extra={"most_popular": popular.metrics,
-                            "scorer": trainer.scorer.to_dict() if trainer.scorer is not None else None},
+                            "scorer": trainer.scorer.to_dict() if trainer.scorer is not None else None,
+                            "valid_sample": valid_sample_record(cfg, trainer)},
                      stop_reason=stop_reason)
