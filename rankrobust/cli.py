@@ -575,8 +575,15 @@ def _format_warning(message, category, filename, lineno, line=None, _default=war
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rankrobust`` console script."""
-    warnings.formatwarning = _format_warning
+    """Entry point of the ``rankrobust`` console script (rankrobust's warnings as one line while it runs)."""
+    previous, warnings.formatwarning = warnings.formatwarning, _format_warning
+    try:
+        return _main(argv)
+    finally:
+        warnings.formatwarning = previous
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "out", None):  # the folder the user named, through any link of their own (results -> /scratch);
