@@ -646,7 +646,8 @@ def most_popular_baseline(train: Interactions, dtype: torch.dtype = torch.float6
     a tie-break ``(n_items − 1 − id) / n_items`` < 1, so ``U @ I.T`` orders items
     by popularity, equal counts by ascending id. Exact in float64 (the default)
     up to 2^53 / n_items interactions per item; pass ``dtype=torch.float32`` for
-    devices without float64 (ties may then be broken by ``torch.topk``).
+    devices without float64 (where the tie-break rounds away, the evaluator ranks equal
+    scores by ascending id itself: the same order).
     """
     counts = torch.as_tensor(train.item_counts(), dtype=torch.float64)
     n = train.n_items
