@@ -24,12 +24,25 @@ the compute floor: a bare forward + backward of the dense path's matrix
 products ([B, d] × [d, n_items] and its two gradient products) for the same
 number of batches.  The row gives both epoch times, the speed-up, and how far
 the ``auto`` epoch is from the floor.
+
+``--evaluation`` times the full-ranking evaluation of every test user
+(``python benchmarks/speed.py --evaluation --dataset yelp2018 --threads 1,2
+--old-evaluator ../eval-old/rankrobust/evaluate.py``): the evaluator as the
+trainer builds it, on seeded random [n, d] embeddings, interleaved with its
+compute floor (the bare product of the same users' rows with every item, in
+the evaluator's [64 × d] × [d × n_items] blocks into one reused buffer: the
+FLOPs of the evaluation and nothing else) and, when ``--old-evaluator`` names
+the ``rankrobust/evaluate.py`` of an older checkout (a ``git worktree`` of an
+earlier commit), the older evaluator on the same embeddings; one row per
+thread count (section "Evaluation").
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import math
+import os
 import platform
 import statistics
 import sys
@@ -112,6 +125,11 @@ def main() -> None:
                    help="with --scorers: the scorer timed against gather (default auto, as the trainer resolves it)")
     p.add_argument("--batches", type=int, default=0,
                    help="with --scorers or a graph model: time only the first N batches of each epoch (0: whole epochs)")
+    p.add_argument("--evaluation", action="store_true",
+                   help="time full evaluations of all test users beside the bare product (section Evaluation)")
+    p.add_argument("--old-evaluator", metavar="PATH",
+                   help="with --evaluation: an older rankrobust/evaluate.py timed on the same embeddings")
+    p.add_argument("--threads", default="", help="with --evaluation: thread counts, e.g. 1,2 (default: as set)")
     args = p.parse_args()
 
     overrides = {"data.name": args.dataset, "data.data_dir": args.data_dir, "model.name": args.model,
@@ -124,6 +142,9 @@ def main() -> None:
     data, _ = prepare_data(cfg, load_data(cfg.data))
     if args.scorers:
         compare_scorers(cfg, data, device, args)
+        return
+    if args.evaluation:
+        compare_evaluation(cfg, data, device, args)
         return
     trainer = Trainer(cfg, data, device)
     if args.model in GRAPH_MODELS:
@@ -274,6 +295,85 @@ def compare_scorers(cfg, data, device: torch.device, args) -> None:
     print(row)
     if args.append:
         append_row("Scorers", row)
+
+
+def load_evaluator_module(path: str | Path):
+    """The module of an older ``rankrobust/evaluate.py`` (a checkout of an earlier commit), imported on its own."""
+    spec = importlib.util.spec_from_file_location("older_evaluate", Path(path))
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"--old-evaluator {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def compare_evaluation(cfg, data, device: torch.device, args) -> None:
+    """Full evaluations of all test users, the bare product and (optionally) an older evaluator, interleaved
+    ``--evals`` rounds per thread count; prints (and appends) one row per thread count.
+
+    Wall seconds (median) and process CPU seconds (median; a load-independent check of the one-thread rows)
+    of each, the speed-up over the older evaluator, the distance to the floor, the largest difference of any
+    metric between the two evaluators, and the machine's load average during the rounds.
+    """
+    from rankrobust.evaluate import BLOCK_ROWS, Evaluator
+
+    exclude = [data.seen] if data.leaky else [data.seen, data.valid]
+    build = dict(ks=cfg.train.ks, chunk_size=cfg.train.eval_chunk, device=device)
+    now = Evaluator(data.test, exclude, **build)
+    before = load_evaluator_module(args.old_evaluator).Evaluator(data.test, exclude, **build) \
+        if args.old_evaluator else None
+    dim = int(cfg.model.options.dim)
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    U = torch.randn(data.test.n_users, dim, generator=gen).to(device)
+    I = torch.randn(data.test.n_items, dim, generator=gen).to(device)
+    rows = now.users
+    items_t = I.T.contiguous()
+    buf = torch.empty((BLOCK_ROWS, I.shape[0]), device=device)
+
+    def floor() -> None:
+        for a in range(0, rows.shape[0], BLOCK_ROWS):
+            block = U.index_select(0, rows[a:a + BLOCK_ROWS])
+            torch.mm(block, items_t, out=buf[:block.shape[0]])
+
+    runs = {"now": lambda: now.evaluate(U, I), "floor": floor}
+    if before is not None:
+        runs["before"] = lambda: before.evaluate(U, I)
+    threads = [int(t) for t in args.threads.split(",") if t] or [torch.get_num_threads()]
+    print("| date | machine | torch | dataset | work | s/eval | s/eval before | before / now | s floor | now / floor "
+          "| notes |")
+    for n_threads in threads:
+        torch.set_num_threads(n_threads)
+        for fn in runs.values():  # warm: allocator, caches
+            fn()
+        wall: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
+        load0 = os.getloadavg()[0]
+        for _ in range(args.evals):
+            for name, fn in runs.items():
+                c0 = time.process_time()
+                wall[name].append(timed(fn, device))
+                cpu[name].append(time.process_time() - c0)
+        load1 = os.getloadavg()[0]
+        med = {name: statistics.median(t) for name, t in wall.items()}
+        med_cpu = {name: statistics.median(t) for name, t in cpu.items()}
+        diff = ""
+        if before is not None:
+            a, b = now.evaluate(U, I).metrics, before.evaluate(U, I).metrics
+            diff = f"; largest metric difference to before {max(abs(a[k] - b[k]) for k in a):.1e}"
+        work = (f"{now.n_eval:,} test users × {now.n_items:,} items, d={dim}, K={now.k_max}, chunk {now.chunk_size}, "
+                f"groups of {now.group}")
+        notes = (f"median of {args.evals} interleaved rounds; CPU s now {med_cpu['now']:.2f}, floor "
+                 f"{med_cpu['floor']:.2f}" + (f", before {med_cpu['before']:.2f}" if before is not None else "")
+                 + f"{diff}; load average {load0:.1f} → {load1:.1f}")
+        old_s = f"{med['before']:.2f}" if before is not None else "—"
+        ratio = f"{med['before'] / med['now']:.1f}×" if before is not None else "—"
+        row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {work} | "
+               f"{med['now']:.2f} | {old_s} | {ratio} | {med['floor']:.2f} | {med['now'] / med['floor']:.1f}× | "
+               f"{with_note(notes, args.note)} |")
+        print(row, flush=True)
+        if args.append:
+            append_row("Evaluation", row)
 
 
 if __name__ == "__main__":
