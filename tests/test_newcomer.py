@@ -195,3 +195,14 @@ def test_figures_of_sweeps_at_the_repository_root_do_not_default_to_the_committe
     assert default_figures_dir([str(repo / "np-quick")]) == repo / "results" / "figures"
     assert default_figures_dir([str(repo / "results" / "np-quick")]) == repo / "results" / "figures"
     assert default_figures_dir(["/tmp/x/np-quick", "/tmp/x/lc-quick"]) == Path("/tmp/x/figures")
+
+
+def test_examples_readme_names_the_spec_each_example_was_made_with():
+    """The examples' README gave the tuned specs' commands (configs/sweeps/NAME.yaml) for stores that the untuned
+    specs made (their sweep.json: configs/sweeps/untuned/NAME.yaml): each row's command is its recorded spec's."""
+    from rankrobust import EXAMPLES_DIR
+
+    text = (EXAMPLES_DIR / "README.md").read_text()
+    for folder in sorted(p for p in EXAMPLES_DIR.iterdir() if (p / "sweep.json").is_file()):
+        source = json.loads((folder / "sweep.json").read_text())["source"]
+        assert f"`rankrobust sweep {source} --out results/{folder.name}`" in text, folder.name
