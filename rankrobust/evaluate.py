@@ -49,10 +49,11 @@ maxima (one elementwise max over g slices) pick the K groups with the largest
 maxima, and the top K of the row lies within those K·g items, provided the
 K-th and (K+1)-th group maxima differ (otherwise a group outside could hold an
 item tied with the K-th).  One `torch.topk` over the K·g candidates then gives
-the list.  A row whose group or candidate boundary is tied (exactly equal
-scores there; a user with fewer than K unmasked items) is flagged and ranked
-again after the chunk loop by the exact tie-resolving path (`_exact_top`:
-the K-th value, then the lowest ids among the items equal to it).  Nothing
+the list.  A row with a tie at the group boundary or anywhere among its K + 1
+best candidates (exactly equal scores; a user with fewer than K + 1 unmasked
+items) is flagged and ranked again after the chunk loop by the exact
+tie-resolving path (`_exact_top`: the K-th value, then the lowest ids among
+the items equal to it, then the list ordered by score and id).  Nothing
 leaves the device inside the chunk loop; the flags, and then the per-user
 metrics, move to the host once each at the end.
 
@@ -502,11 +503,11 @@ class Evaluator:
         groups = group_ids[:, :k]
         candidates = torch.gather(strided, 2, groups.unsqueeze(1).expand(rows, g, k)).reshape(rows, g * k)
         cand_val, cand_pos = torch.topk(candidates, k + 1, dim=1, largest=True, sorted=True)
-        tied = (group_val[:, k - 1] == group_val[:, k]) | (cand_val[:, k - 1] == cand_val[:, k])
+        # a tie anywhere in the list or at its boundary (equal neighbours among the K + 1 best): ranked again
+        tied = (group_val[:, k - 1] == group_val[:, k]) | (cand_val[:, 1:] == cand_val[:, :-1]).any(1)
         pos = cand_pos[:, :k]
         ids = torch.div(pos, k, rounding_mode="floor") * G + groups.gather(1, pos % k)
-        values, ids = _by_score_then_id(cand_val[:, :k], ids)
-        return values, ids, tied
+        return cand_val[:, :k], ids, tied
 
     def _run(self, scores: Callable[[Tensor, Tensor], None], dtype: torch.dtype, clean: bool) -> EvalResult:
         n_eval, k, c = self.n_eval, self.k_max, self.chunk_size
