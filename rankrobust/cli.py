@@ -508,11 +508,14 @@ def _write_csv(table: pd.DataFrame, path: Path) -> None:
 
 
 def _holm_family(table: pd.DataFrame) -> str:
-    """``p_holm: one Holm family of N tests``, or, where no cell has the 2 matched seeds a paired test over seeds
-    needs, a line saying so (the table's p and p_holm are then empty: not an error of the store)."""
+    """``p_holm: one Holm family of N tests`` (naming the cells left out for lack of 2 matched seeds), or, where
+    no cell has the 2 matched seeds a paired test over seeds needs, a line saying so (the table's p and p_holm
+    are then empty: not an error of the store)."""
     tested = int(table["p"].notna().sum())
     if tested:
-        return f"p_holm: one Holm family of {tested} tests"
+        short = int((table["seeds"] < 2).sum()) if "seeds" in table else 0
+        return f"p_holm: one Holm family of {tested} tests" + (
+            f" ({short} cell(s) with fewer than 2 matched seeds have no test)" if short else "")
     most = int(table["seeds"].max()) if "seeds" in table and len(table) else 0
     return (f"no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most "
             f"{most} (p, p_holm empty); run more seeds (rankrobust sweep SPEC --seeds 0 1 2 --out DIR)")

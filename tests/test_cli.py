@@ -290,3 +290,16 @@ def test_a_flag_value_of_the_wrong_type_is_one_line_saying_how_to_write_it(capsy
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.count("\n") == 1 and "usage:" not in err, err
         assert err.startswith(f"rankrobust {argv[0]}: error: {line}"), err
+
+
+def test_holm_family_line_names_cells_without_a_test():
+    import pandas as pd
+
+    from rankrobust.cli import _holm_family
+
+    nan = float("nan")
+    assert _holm_family(pd.DataFrame({"seeds": [3, 3], "p": [0.1, 0.2]})) == "p_holm: one Holm family of 2 tests"
+    assert _holm_family(pd.DataFrame({"seeds": [3, 1], "p": [0.1, nan]})) == (
+        "p_holm: one Holm family of 1 tests (1 cell(s) with fewer than 2 matched seeds have no test)")
+    assert _holm_family(pd.DataFrame({"seeds": [1, 1], "p": [nan, nan]})).startswith(
+        "no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most 1")
