@@ -207,3 +207,16 @@ def test_extending_embedding_loss_example(monkeypatch, tmp_path):
                       train={"epochs": 1})
     summary = run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for())
     assert "cosine_spread" in summary.metrics["gradient_accounting"]["positive_side_not_applicable"]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("loss,sampler", [("directau", "uniform"), ("directau", "in_batch"), ("sl", "uniform")])
+def test_epoch_through_the_batch_has_no_host_sync_on_cuda(loss, sampler):
+    """The batch context adds no host sync per batch (skipped without a GPU; lastfm, 64 negatives)."""
+    from tests.conftest import epoch_without_host_sync
+
+    train = {"device": "cuda", "sampler": sampler, **({"num_negatives": 64} if sampler != "in_batch" else {})}
+    cfg = config_from_dict({"train": train, "loss": {"name": loss}})
+    data, _ = prepare_data(cfg, load_data(cfg.data))
+    mean = epoch_without_host_sync(Trainer(cfg, data, torch.device("cuda")))
+    assert torch.isfinite(mean).all().item()
