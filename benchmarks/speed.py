@@ -320,30 +320,30 @@ def compare_evaluation(cfg, data, device: torch.device, args) -> None:
 
     exclude = [data.seen] if data.leaky else [data.seen, data.valid]
     build = dict(ks=cfg.train.ks, chunk_size=cfg.train.eval_chunk, device=device)
-    now = Evaluator(data.test, exclude, **build)
-    before = load_evaluator_module(args.old_evaluator).Evaluator(data.test, exclude, **build) \
-        if args.old_evaluator else None
+    older = load_evaluator_module(args.old_evaluator) if args.old_evaluator else None
     dim = int(cfg.model.options.dim)
     gen = torch.Generator().manual_seed(cfg.train.seed)
     U = torch.randn(data.test.n_users, dim, generator=gen).to(device)
     I = torch.randn(data.test.n_items, dim, generator=gen).to(device)
-    rows = now.users
     items_t = I.T.contiguous()
     buf = torch.empty((BLOCK_ROWS, I.shape[0]), device=device)
-
-    def floor() -> None:
-        for a in range(0, rows.shape[0], BLOCK_ROWS):
-            block = U.index_select(0, rows[a:a + BLOCK_ROWS])
-            torch.mm(block, items_t, out=buf[:block.shape[0]])
-
-    runs = {"now": lambda: now.evaluate(U, I), "floor": floor}
-    if before is not None:
-        runs["before"] = lambda: before.evaluate(U, I)
     threads = [int(t) for t in args.threads.split(",") if t] or [torch.get_num_threads()]
     print("| date | machine | torch | dataset | work | s/eval | s/eval before | before / now | s floor | now / floor "
           "| notes |")
     for n_threads in threads:
-        torch.set_num_threads(n_threads)
+        torch.set_num_threads(n_threads)  # before the evaluator is built: its chunk size follows the threads
+        now = Evaluator(data.test, exclude, **build)
+        before = older.Evaluator(data.test, exclude, **build) if older is not None else None
+        rows = now.users
+
+        def floor() -> None:
+            for a in range(0, rows.shape[0], BLOCK_ROWS):
+                block = U.index_select(0, rows[a:a + BLOCK_ROWS])
+                torch.mm(block, items_t, out=buf[:block.shape[0]])
+
+        runs = {"now": lambda: now.evaluate(U, I), "floor": floor}
+        if before is not None:
+            runs["before"] = lambda: before.evaluate(U, I)
         for fn in runs.values():  # warm: allocator, caches
             fn()
         wall: dict[str, list[float]] = {name: [] for name in runs}

@@ -260,19 +260,20 @@ def chunk_rows(row_bytes: int, device: torch.device | str, cap: int) -> int:
     ``row_bytes``: bytes of one user's row of scores; ``cap``: the most users
     wanted (``train.eval_chunk``), rounded down to whole blocks (one block at
     least).  On a CPU the chunk's score buffer is sized to stay in cache
-    between the matrix product and the top-K (`CPU_CACHE_SHARE` × the
-    per-core L2 cache); on a GPU to `GPU_MEMORY_SHARE` of its *total* memory
-    (not the free memory, which changes from call to call).  The choice never
-    changes a result (the evaluation is bit-identical for every chunk size),
-    only its speed.
+    between the matrix product and the top-K: `CPU_CACHE_SHARE` × the
+    per-core L2 cache × the intra-op threads (each thread works on its share
+    of the rows), to the nearest whole block; on a GPU to `GPU_MEMORY_SHARE`
+    of its *total* memory (not the free memory, which changes from call to
+    call).  The choice never changes a result (the evaluation is
+    bit-identical for every chunk size), only its speed.
     """
     device = torch.device(device)
     if device.type == "cuda":
         budget = GPU_MEMORY_SHARE * torch.cuda.get_device_properties(device).total_memory
     else:
-        budget = CPU_CACHE_SHARE * _l2_cache_bytes()
-    rows = min(int(cap), int(budget // max(int(row_bytes), 1)))
-    return BLOCK_ROWS * max(1, rows // BLOCK_ROWS)
+        budget = CPU_CACHE_SHARE * _l2_cache_bytes() * torch.get_num_threads()
+    blocks = max(1, round(budget / max(int(row_bytes), 1) / BLOCK_ROWS))
+    return BLOCK_ROWS * min(blocks, max(1, int(cap) // BLOCK_ROWS))
 
 
 def default_group_size(n_items: int, k: int) -> int:
