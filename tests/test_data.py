@@ -584,3 +584,18 @@ def test_a_user_item_rating_timestamp_file_is_not_read_as_lightgcn(tmp_path):
         read_lightgcn(path)
     path.write_text("1 5 3 8\n2 5 1 9\n")  # one line per user: LightGCN, however many items
     assert read_lightgcn(path)[1].tolist() == [5, 3, 8, 5, 1, 9]
+
+
+def test_a_dataset_downloaded_into_the_default_folder_is_found_without_flags(tmp_path, monkeypatch):
+    """`rankrobust download NAME` puts NAME/ in ./data by default; `--dataset NAME` then finds it there."""
+    from rankrobust.data.registry import DOWNLOAD_DIR, resolve_data_dir
+
+    folder = tmp_path / DOWNLOAD_DIR / "ml-100k"
+    folder.mkdir(parents=True)
+    (folder / "train.txt").write_text("0 0 1 2\n1 1 2 3\n2 0 3 4\n")
+    (folder / "test.txt").write_text("0 3\n1 4\n2 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RANKROBUST_DATA", raising=False)
+    assert resolve_data_dir() == tmp_path / DOWNLOAD_DIR
+    ds = load_dataset("ml-100k", valid_is_test=True)
+    assert (ds.train.n_users, ds.train.n_items) == (3, 5)

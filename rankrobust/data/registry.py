@@ -7,8 +7,9 @@ directory holding ``<name>/train.txt.gz`` and ``<name>/test.txt.gz`` (plain
 
 1. the ``data_dir`` argument (``--data-dir`` on the command line);
 2. the environment variable ``RANKROBUST_DATA``;
-3. ``../shared/data`` relative to the current directory, or to the repository
-   root when rankrobust runs from a source checkout.
+3. ``./data`` (where ``rankrobust download NAME`` puts a dataset by default),
+   then ``../shared/data`` relative to the current directory, or to the
+   repository root when rankrobust runs from a source checkout.
 
 ``rankrobust download NAME --dest DIR`` fetches an external dataset from its
 public source into ``DIR/NAME`` (`rankrobust.data.downloads`).
@@ -35,6 +36,8 @@ __all__ = ["DatasetInfo", "list_datasets", "load_dataset", "load_files", "datase
            "KNOWN_SHA256", "EMBEDDED_DIR", "resolve_data_dir"]
 
 ENV_VAR = "RANKROBUST_DATA"
+#: where `rankrobust download NAME` puts NAME/ without --dest or $RANKROBUST_DATA (relative to the working folder)
+DOWNLOAD_DIR = "data"
 EMBEDDED_DIR = Path(__file__).resolve().parent / "embedded"
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,12 +79,12 @@ def _candidate_dirs(data_dir: str | os.PathLike | None) -> tuple[list[Path], str
     env = os.environ.get(ENV_VAR)
     if env:
         return [Path(env).expanduser()], f"${ENV_VAR}"
-    cands = [Path.cwd().parent / "shared" / "data"]
+    cands = [Path.cwd() / DOWNLOAD_DIR, Path.cwd().parent / "shared" / "data"]
     if (_REPO_ROOT / "pyproject.toml").exists():
         repo_cand = _REPO_ROOT.parent / "shared" / "data"
-        if repo_cand.resolve() != cands[0].resolve():
+        if repo_cand.resolve() != cands[1].resolve():
             cands.append(repo_cand)
-    return cands, "the default locations (../shared/data)"
+    return cands, f"the default locations (./{DOWNLOAD_DIR}, ../shared/data)"
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
