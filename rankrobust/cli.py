@@ -217,7 +217,7 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 def cmd_download(args: argparse.Namespace) -> int:
     """Fetch a dataset from its built-in public source into DEST/NAME (`rankrobust.data.downloads`)."""
     from rankrobust.data.downloads import SOURCES, DownloadError, download_dataset
-    from rankrobust.data.registry import ENV_VAR, resolve_data_dir
+    from rankrobust.data.registry import DOWNLOAD_DIR, ENV_VAR, resolve_data_dir
 
     name = args.name.strip().lower()
     if name not in SOURCES:
@@ -228,7 +228,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         print(f"{name} is embedded in rankrobust (rankrobust/data/embedded/{name}): --dataset {name} needs no "
               f"download. (--source fetches the upstream split it is built from: {source.origin}.)")
         return 0
-    dest = Path(args.dest or os.environ.get(ENV_VAR) or "data")
+    dest = Path(args.dest or os.environ.get(ENV_VAR) or DOWNLOAD_DIR)
     if dest.exists() and not dest.is_dir():
         raise ConfigError(f"--dest {dest} is a file, not a folder; give a folder (NAME/ goes inside it)")
     print(f"{name}: {source.origin}")
