@@ -348,3 +348,32 @@ def test_asks_draw_new_settings_and_a_failed_prior_is_tried_again(tmp_path):
         drawn.append(tuple(sorted(t.params.items())))
         study.tell(t, 0.1)
     assert len(set(drawn)) == len(drawn)
+
+
+def test_a_diverged_trial_counts_against_the_budget(tmp_path):
+    """A NaN loss is the settings' own outcome: the trial is PRUNED with a `diverged` note, not FAIL and retried,
+    so an arm whose settings diverge gets no extra trials; tune-results shows the count."""
+    from rankrobust.train import TrainingDiverged
+    from rankrobust.tuning.results import format_table, tune_table
+    from rankrobust.tuning.study import TuneDir
+
+    spec = parse_tune_spec(spec_doc(tmp_path, trials=6, pruner="none", sampler={"n_startup_trials": 3}))
+    out = tmp_path / "out"
+    started = []
+
+    def diverging_above(cfg, run_dir: Path, report) -> TrialResult:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        started.append(cfg.train.lr)
+        report(0.1, 1)
+        if cfg.train.lr > 1e-3:
+            raise TrainingDiverged(f"training loss became nan at epoch 2 (lr={cfg.train.lr})")
+        return TrialResult(valid=-cfg.train.lr, test=0.0, epochs=2)
+
+    run_tune(spec, out, progress=False, trial_fn=diverging_above)
+    trials = studies(out, spec)["sl"].trials
+    diverged = [t for t in trials if "diverged" in t.user_attrs]
+    assert len(started) == len(trials) == 6  # nothing retried, nothing beyond the budget
+    assert diverged and all(t.state.name == "PRUNED" and t.params["train.lr"] > 1e-3 for t in diverged)
+    assert not [t for t in trials if t.state.name == "FAIL"]
+    table = tune_table(TuneDir(out))
+    assert int(table.loc[0, "diverged"]) == len(diverged) and "diverged" in format_table(table)

@@ -29,6 +29,7 @@ from rankrobust.config import RunConfig
 from rankrobust.runs import RunDir, read_status
 from rankrobust.sweeps.executors import connect_ray, unmet_request
 from rankrobust.sweeps.runner import sigterm_stops
+from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
 from rankrobust.tuning.study import (PruningProbe, TuneDir, TuneTerminated, _distribution, _optuna, counts, make_storage, open_study,
                                      record_protocol, write_best)
@@ -87,8 +88,13 @@ def _ray_trial(params: dict[str, Any], *, base: RunConfig, trials: str, metric: 
             return True
         return _session_gone()  # stopped by the scheduler: Ray closed the trial's session (reports are dropped)
 
-    summary = run_experiment(base.with_overrides(params), run_dir, probes=[PruningProbe(metric, report)],
-                             progress=False, overwrite=True)
+    try:
+        summary = run_experiment(base.with_overrides(params), run_dir, probes=[PruningProbe(metric, report)],
+                                 progress=False, overwrite=True)
+    except TrainingDiverged as err:  # counted like a pruned trial (study.py: Budget)
+        tune.report({"valid": None, "epoch": 0, "run_dir": str(run_dir), "final": True,
+                     "diverged": str(err).splitlines()[0][:500]})
+        return
     m = summary.metrics
     tune.report({"valid": m["valid"].get(metric), "epoch": m["epochs_run"], "run_dir": str(run_dir),
                  "final": True, "test_value": m["test"].get(metric), "pruned": m["stop_reason"] == "stopped_by_probe"})
@@ -133,6 +139,8 @@ def _record(study, arm: Arm, result: Any, folder: TuneDir) -> None:
         value, state = float(metrics["valid"]), TrialState.COMPLETE
         if metrics.get("test_value") is not None:
             attrs["test_value"] = float(metrics["test_value"])
+    elif result.error is None and metrics.get("diverged"):
+        state, attrs["diverged"] = TrialState.PRUNED, metrics["diverged"]
     elif result.error is None and curve:
         state = TrialState.PRUNED
         if run_dir and read_status(run_dir) != "done":

@@ -2,7 +2,8 @@
 
 The table has, per arm: the best validation value (the objective), the test
 value of that same trial shown as a label only (it played no part in choosing
-it), trials complete / pruned / failed, the best parameters and the wall
+it), trials complete / pruned (of which diverged: a NaN loss, counted against
+the budget) / failed, the best parameters and the wall
 time of its trials.  The plots are Optuna's matplotlib visualisations:
 ``plots/<arm>-history.png`` (optimisation history) and
 ``plots/<arm>-importance.png`` (parameter importance; only with at least two
@@ -65,7 +66,7 @@ def tune_table(folder: TuneDir, storage_url: str | None = None) -> pd.DataFrame:
         rows.append({"arm": label, "objective": record.get("objective"), "best valid": best.value if best else None,
                      TEST_LABEL: best.user_attrs.get("test_value") if best else None,
                      "trial": best.number if best else None,
-                     "complete": c["complete"], "pruned": c["pruned"], "failed": c["failed"],
+                     "complete": c["complete"], "pruned": c["pruned"], "diverged": c["diverged"], "failed": c["failed"],
                      "running": sum(t.state == TrialState.RUNNING for t in trials),
                      "budget": record.get("budget"), "best params": best.params if best else {},
                      "wall s": round(wall, 1)})
@@ -82,7 +83,7 @@ def format_table(table: pd.DataFrame) -> str:
     for col in ("best valid", TEST_LABEL):
         shown[col] = shown[col].map(lambda v: "-" if v is None or pd.isna(v) else f"{v:.4f}")
     shown["trial"] = shown["trial"].map(lambda v: "-" if v is None or pd.isna(v) else str(int(v)))
-    shown = shown.drop(columns=["running"]) if not (table["running"] > 0).any() else shown
+    shown = shown.drop(columns=[c for c in ("running", "diverged") if not (table[c] > 0).any()])
     return shown.to_string(index=False)
 
 

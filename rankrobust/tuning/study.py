@@ -17,7 +17,11 @@ is stored as a label (``test_value``) and never read by selection.
 
 Budget: a study counts COMPLETE and PRUNED trials; failed ones (an error, or a
 worker killed mid-trial) do not count and are retried with the same
-parameters once.  Workers (``--jobs N`` processes, or several drivers on one
+parameters once.  A trial whose training diverged (`TrainingDiverged`: a NaN
+or infinite loss) is an outcome of its settings, not an accident: it counts
+against the budget like a pruned trial (state PRUNED, user attribute
+``diverged`` with the error line; TPE then reads it by its last reported
+value), so an arm whose losses diverge often gets no extra draws.  Workers (``--jobs N`` processes, or several drivers on one
 folder) share the study: asking for a trial happens under an exclusive lock
 on ``DIR/.ask.lock`` after counting finished + running trials, so no more than
 the budget is ever started.  A running trial records its owner (host, pid);
@@ -47,6 +51,7 @@ from rankrobust.config import ConfigError, RunConfig
 from rankrobust.probes import Probe, StopTraining
 from rankrobust.runs import read_json, write_json, write_text
 from rankrobust.sweeps.runner import pid_alive, sigterm_stops
+from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
 
 __all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
@@ -276,14 +281,15 @@ def fail_dead_trials(study) -> list[int]:
 
 
 def counts(study) -> dict[str, int]:
-    """Trials of ``study`` by state: complete, pruned, running, failed, waiting."""
+    """Trials of ``study`` by state: complete, pruned, running, failed, waiting; and diverged (counted in pruned)."""
     from optuna.trial import TrialState
 
-    out = {"complete": 0, "pruned": 0, "running": 0, "failed": 0, "waiting": 0}
+    out = {"complete": 0, "pruned": 0, "running": 0, "failed": 0, "waiting": 0, "diverged": 0}
     names = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
              TrialState.FAIL: "failed", TrialState.WAITING: "waiting"}
     for t in study.get_trials(deepcopy=False):
         out[names[t.state]] += 1
+        out["diverged"] += "diverged" in t.user_attrs  # among the pruned
     return out
 
 
@@ -375,6 +381,13 @@ def run_arm(spec: TuneSpec, arm: Arm, folder: TuneDir, storage: Any, *, trial_fn
         try:
             with _Heartbeat(study._storage, trial._trial_id):
                 result = trial_fn(arm.trial_config(params), run_dir, report)
+        except TrainingDiverged as err:  # the settings' own outcome: counted, like a pruned trial
+            trial.set_user_attr("diverged", str(err).splitlines()[0][:500])
+            study.tell(trial, state=TrialState.PRUNED)
+            if on_change is not None:
+                on_change()
+            failures = 0
+            continue
         except BaseException as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}".splitlines()[0][:500])
             study.tell(trial, state=TrialState.FAIL)
