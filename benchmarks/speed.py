@@ -366,10 +366,10 @@ def compare_evaluation(cfg, data, device: torch.device, args) -> None:
         notes = (f"median of {args.evals} interleaved rounds; CPU s now {med_cpu['now']:.2f}, floor "
                  f"{med_cpu['floor']:.2f}" + (f", before {med_cpu['before']:.2f}" if before is not None else "")
                  + f"{diff}; load average {load0:.1f} → {load1:.1f}")
-        old_s = f"{med['before']:.2f}" if before is not None else "—"
+        old_s = f"{med['before']:.3f}" if before is not None else "—"
         ratio = f"{med['before'] / med['now']:.1f}×" if before is not None else "—"
         row = (f"| {dt.date.today()} | {machine(device)} | torch {torch.__version__} | {cfg.data.name} | {work} | "
-               f"{med['now']:.2f} | {old_s} | {ratio} | {med['floor']:.2f} | {med['now'] / med['floor']:.1f}× | "
+               f"{med['now']:.3f} | {old_s} | {ratio} | {med['floor']:.3f} | {med['now'] / med['floor']:.1f}× | "
                f"{with_note(notes, args.note)} |")
         print(row, flush=True)
         if args.append:
