@@ -106,8 +106,9 @@ class EvalResult:
         per_user: DataFrame with one row per evaluated user: column ``user``,
             one column per metric (same keys as ``metrics``) and ``n_truth``.
         users: LongTensor [n_eval], evaluated user ids (ascending), on the device.
-        topk: LongTensor [n_eval, K_max], recommended item ids best first
-            (−1 pads rows with fewer than K_max unmasked items), on the device.
+        topk: LongTensor [n_eval, K_max], recommended item ids best first, equal
+            scores by ascending id (−1 pads rows with fewer than K_max unmasked
+            items), on the device.
         hits: BoolTensor [n_eval, K_max], ``topk[u, r] ∈ T_u``, on the device.
         n_truth: LongTensor [n_eval], |T_u|, on the device.
         truth: the ground-truth ``Interactions`` the metrics were computed against.
@@ -228,9 +229,9 @@ def sample_users(truth: Interactions, n: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(users, size=int(n), replace=False))
 
 
-#: bytes of one evaluation chunk's score buffer on a CPU, in units of the per-core L2 cache (measured on the
-#: 2-core development machine, benchmarks/RESULTS.md "Evaluation": the whole evaluation is fastest near
-#: this size; much larger chunks leave the cache between the product and the top-K)
+#: bytes of one evaluation chunk's score buffer on a CPU per intra-op thread, in units of the per-core L2 cache
+#: (2-core development machine, yelp2018, one thread: chunks of 64 to 256 users ran alike, 2.1 s, 512 users
+#: took 2.5 s and 1,024 users 3.1 s: a larger buffer leaves the cache between the product and the top-K)
 CPU_CACHE_SHARE = 4
 #: share of a GPU's total memory one evaluation chunk's score buffer may take
 GPU_MEMORY_SHARE = 0.05
