@@ -293,22 +293,20 @@ def default_group_size(n_items: int, k: int) -> int:
 def _exact_top(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top ``k`` of each row of ``scores`` [r, m] under (score desc, column asc): (values [r, k], columns [r, k]).
 
-    Exact whatever the ties: the K-th largest value v comes from `torch.topk`
-    (values are exact, only the choice among equal ones is not); every
-    column with a score > v is taken, and of those equal to v the lowest
-    columns up to k in all (a running count along the row).  The k chosen are
-    then ordered by `_by_score_then_id`.  A few passes over the rows: used for
-    small catalogues and for the rows the grouped path flags.
+    Exact whatever the ties: the k-th largest value v comes from `torch.topk`
+    (its values are exact, only its choice among equal ones is not).  Every
+    column with a score > v (fewer than k) must be taken, then the lowest
+    columns with a score = v: one integer key per column, 2m − column above
+    v, m − column at v, 0 below, whose k largest are exactly those columns.
+    The k chosen are then ordered by `_by_score_then_id`.  A few passes over
+    the rows: used for small catalogues and for the rows the grouped path flags.
     """
     m = scores.shape[1]
     v = torch.topk(scores, k, dim=1, largest=True, sorted=True).values[:, k - 1:k]
-    above = scores > v
-    at = scores == v
-    need = k - above.sum(1, keepdim=True)
-    chosen = above | (at & (at.cumsum(1) <= need))             # exactly k per row
-    # their columns in ascending order: the k largest of (m − column) over the chosen, 0 elsewhere
-    key = torch.where(chosen, m - torch.arange(m, device=scores.device), 0)
-    cols = m - torch.topk(key, k, dim=1, largest=True, sorted=True).values
+    reverse = torch.arange(m, 0, -1, dtype=torch.int32, device=scores.device)   # m − column
+    key = torch.where(scores > v, reverse + m, torch.where(scores == v, reverse, 0))
+    top = torch.topk(key, k, dim=1, largest=True, sorted=True).values.long()
+    cols = torch.where(top > m, 2 * m - top, m - top)
     return _by_score_then_id(scores.gather(1, cols), cols)
 
 
