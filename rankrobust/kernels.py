@@ -331,16 +331,15 @@ class _RowInfoNCE(torch.autograd.Function):
         total = probs.sum(dim=1, keepdim=True)
         lse = (top + total.log()).squeeze(1)
         own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
-        probs.div_(total)                                             # softmax over the kept columns
-        ctx.save_for_backward(a, b, weight, probs)
+        ctx.save_for_backward(a, b, weight, probs, total)             # softmax P = probs / total, divided in backward
         return -(weight * torch.where(keep, own - lse, torch.zeros_like(own))).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, b, weight, probs = ctx.saved_tensors
-        # L = −Σ_r w_r (s_rr − lse_r) ⇒ ∂L/∂s_rc = w_r (P_rc − δ_rc)
+        a, b, weight, probs, total = ctx.saved_tensors
+        # L = −Σ_r w_r (s_rr − lse_r) ⇒ ∂L/∂s_rc = w_r (P_rc − δ_rc), P_rc = probs_rc / total_r: one pass
         scale = grad * weight
-        d_logits = probs * scale[:, None]
+        d_logits = probs * (scale[:, None] / total)
         d_logits.diagonal().sub_(scale)
         grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
         grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None

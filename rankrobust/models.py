@@ -196,8 +196,8 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, 
     Over the set S of distinct ids, with a = normalize(view1[s]), b = normalize(view2[s]):
     ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
     the unique users / items of the batch), by `rankrobust.kernels.row_infonce`.
-    ``compact`` (default: on the CPU) computes it on the |S| distinct rows (``torch.unique``:
-    an [|S|, |S|] block, (|S|/B)² of the work); otherwise duplicates are masked rather than
+    ``compact`` (default: on the CPU) computes it on the |S| distinct rows (found by marking
+    them in an [n] mask: an [|S|, |S|] block, (|S|/B)² of the work); otherwise duplicates are masked rather than
     removed (``torch.unique`` would sync a GPU with the host): a repeated id has weight 0 as
     a row and is left out as a column of the [B, B] block.  Same value either way (up to
     the order of float sums).
@@ -205,7 +205,9 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, 
     if compact is None:
         compact = ids.device.type == "cpu"
     if compact:
-        ids = torch.unique(ids)
+        present = torch.zeros(view1.shape[0], dtype=torch.bool, device=ids.device)
+        present[ids] = True
+        ids = present.nonzero().squeeze(1)  # the distinct ids, ascending (torch.unique sorts: slower)
         weight = torch.full(ids.shape, 1.0 / ids.shape[0], dtype=view1.dtype, device=ids.device)
     else:
         first = _first_occurrence(ids)
@@ -285,10 +287,10 @@ class XSimGCL(Recommender):
         views, self._cl_views = self._cl_views, None  # used once: the graph is not kept past the step
         if not self.training or views is None:
             return None
-        final, contrast = views
-        n = self.n_users
-        loss_u = unique_infonce(final[:n], contrast[:n], users, self.cl_tau)
-        loss_i = unique_infonce(final[n:], contrast[n:], items[:, 0], self.cl_tau)
+        final, contrast = views  # [n_users + n_items, d]: item i is row n_users + i (no slices: no
+        n = self.n_users          # zero-filled [n_users + n_items, d] gradient per slice in the backward pass)
+        loss_u = unique_infonce(final, contrast, users, self.cl_tau)
+        loss_i = unique_infonce(final, contrast, items[:, 0] + n, self.cl_tau)
         return self.cl_weight * (loss_u + loss_i)
 
     @torch.no_grad()
