@@ -13,7 +13,8 @@ the "Graph backbones" table, per batch and beside its floor: the bare sparse
 products of one training step, ``2·L`` products ``Â @ X`` of the CSR
 adjacency with an [n_users + n_items, d] table (L forward, L backward), plus
 for XSimGCL the six [B, d] × [d, B] products of its two InfoNCE terms
-(forward and two gradients each); ``--batches K`` times only the first K
+(forward and two gradients each; on the CPU they run on the batch's distinct
+ids only, so an XSimGCL batch can come close to this floor); ``--batches K`` times only the first K
 batches of each epoch (large graphs).
 
 ``--scorers`` instead compares the two scoring paths of `rankrobust.scoring`
