@@ -70,6 +70,7 @@ from analysis.popularity import GROUP_MODES, as_counts, head_groups, long_tail_m
 from rankrobust.data.interactions import Interactions
 from rankrobust.data.popularity import item_popularity
 from rankrobust.evaluate import EvalResult, truth_membership
+from rankrobust.metrics import PROBE_K, Metric, ndcg_discount, register_metric
 
 __all__ = [
     "GROUP_MODES",  # re-exported from analysis.popularity (kept for old imports)
@@ -98,6 +99,21 @@ FAIRNESS_SECTION = "fairness"
 #: which way each summary metric is fairer to unpopular items: +1 higher, −1 lower (docs/METRICS.md)
 FAIRER = {"aplt": +1, "coverage": +1, "elliot_gini": +1, "arp": -1, "exposure_gini": -1, "recall_cond_cv": -1,
           "rec_rate_cv": -1, "elliot_pop_reo": -1, "elliot_pop_rsp": -1}
+#: the formula of each summary metric, one line (the module docstring has the details)
+FAIRNESS_FORMULAS = {
+    "aplt": "mean_u |L_u ∩ long tail| / |L_u|", "coverage": "|∪_u L_u| / n_items at the probe's K",
+    "elliot_gini": "Elliot's Gini diversity of item exposure (1 = uniform)", "arp": "mean_u mean_{i ∈ L_u} φ(i)",
+    "exposure_gini": "Gini of item exposure (0 = uniform)",
+    "recall_cond_cv": "std / mean over popularity groups of the conditional recall",
+    "rec_rate_cv": "std / mean over popularity groups of the recommendation rate",
+    "elliot_pop_reo": "Elliot's PopREO (head vs tail conditional recall)",
+    "elliot_pop_rsp": "Elliot's PopRSP (head vs tail recommendation rate)"}
+# the fairness probe's summary metrics are global (one value per run, over every user's list), in the registry
+for _name, _sign in FAIRER.items():
+    register_metric(Metric(_name, per_user=False, higher_is_better=_sign > 0, needs=frozenset({"topk", "truth",
+                                                                                                "popularity"}),
+                           formula=FAIRNESS_FORMULAS[_name], cutoffs=PROBE_K, section=FAIRNESS_SECTION),
+                    replace=True)
 
 
 def _gini_sum(exposure: np.ndarray | Tensor) -> tuple[float, int, float]:
@@ -282,7 +298,7 @@ def group_metrics(
     g = groups[top.clamp_min(0)].flatten()
     hf = hits.to(dt)
     # recall / NDCG contributions
-    disc = 1.0 / torch.log2(torch.arange(2, kk + 2, device=device, dtype=dt))
+    disc = ndcg_discount(kk, device, dt)
     idcg_cum = disc.cumsum(0) if kk else torch.ones(1, device=device, dtype=dt)
     ideal_len = torch.clamp(n_truth_u, max=max(kk, 1)).clamp_min(1) - 1
     idcg = idcg_cum[ideal_len]

@@ -8,14 +8,15 @@ cumulative sums:
 
 - Recall@K    = |L ∩ T_u| / |T_u|
 - Precision@K = |L ∩ T_u| / K            (K as asked, even when K > n_items)
-- NDCG@K      = Σ_{r ≤ K, L_r ∈ T_u} 1/log2(r+1) ÷ Σ_{r ≤ min(K, |T_u|)} 1/log2(r+1)
+- NDCG@K      = Σ_{r ≤ K, L_r ∈ T_u} d_r ÷ Σ_{r ≤ min(K, |T_u|)} d_r, d_r = 1/log2(r+1) (`ndcg_discount`)
 - Hit@K       = 1 if L ∩ T_u ≠ ∅ else 0
 - MRR@K       = 1 / rank of the first hit within K, 0 without a hit
 
 and averages them over the evaluated users (NaN, never 0.0, when there is no
 evaluated user: a mean over nobody is undefined).
-`ips_metrics` adds inverse-propensity-weighted Recall/NDCG (propensity ∝ pop(i)^γ)
-from the same top-K and hits.
+The metrics are entries of the registry `rankrobust.metrics` (the formulas and
+`metrics_from_hits` live there); `ips_metrics` adds inverse-propensity-weighted
+Recall/NDCG (propensity ∝ pop(i)^γ) from the same top-K and hits.
 
 **The ranking.** Items are ordered by score, descending; equal scores by
 ascending item id (the order of a stable full sort, which is what the tests'
@@ -75,6 +76,8 @@ import torch
 from torch import Tensor
 
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
+from rankrobust.metrics import HIT_METRICS, compute_metrics, csr_rows, metric_inputs, metrics_from_hits
 
 __all__ = [
     "EvalResult",
@@ -90,8 +93,8 @@ __all__ = [
     "truth_membership",
 ]
 
-#: metric families computed at every K, in the column order of ``per_user``.
-METRIC_NAMES: tuple[str, ...] = ("recall", "precision", "ndcg", "hit", "mrr")
+#: metric families the evaluator computes at every K, in the column order of ``per_user`` (`rankrobust.metrics`)
+METRIC_NAMES: tuple[str, ...] = HIT_METRICS
 
 
 @dataclass
@@ -130,20 +133,6 @@ class EvalResult:
         return int(self.topk.shape[1])
 
 
-def _flat_rows(indptr: np.ndarray, indices: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row position in ``users`` [nnz'], item id [nnz']) of the CSR rows of ``users``.
-
-    Vectorised gather of several CSR rows: ``repeat`` the row position by the
-    row length and offset into ``indices``.
-    """
-    starts = indptr[users]
-    lens = indptr[users + 1] - starts
-    total = int(lens.sum())
-    rows = np.repeat(np.arange(len(users), dtype=np.int64), lens)
-    offsets = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(lens) - lens, lens)
-    return rows, indices[np.repeat(starts, lens) + offsets]
-
-
 def truth_membership(truth_keys: Tensor, n_items: int, users: Tensor, items: Tensor) -> Tensor:
     """Bool [b, k]: is ``items[r, c]`` in the truth row of ``users[r]``?
 
@@ -156,55 +145,6 @@ def truth_membership(truth_keys: Tensor, n_items: int, users: Tensor, items: Ten
     keys = users.unsqueeze(1) * n_items + items.clamp_min(0)
     pos = torch.searchsorted(truth_keys, keys).clamp_max(truth_keys.numel() - 1)
     return (truth_keys[pos] == keys) & (items >= 0)
-
-
-def _real_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device supports it (not MPS), else float32."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
-def metrics_from_hits(hits: Tensor, n_truth: Tensor, ks: Sequence[int]) -> dict[str, Tensor]:
-    """Per-user metrics for every K from a hit matrix, on its device.
-
-    Args:
-        hits: Bool [n, K_max], ``hits[u, r]`` = the item at rank r+1 is relevant.
-        n_truth: Long [n], |T_u| (> 0).
-        ks: cutoffs; a K larger than K_max uses the whole row (Precision still
-            divides by K).
-
-    Returns:
-        ``{"recall@K": Tensor[n], "precision@K", "ndcg@K", "hit@K", "mrr@K"}``
-        for every K, in float64 (float32 on MPS).
-    """
-    n, k_max = hits.shape
-    dt = _real_dtype(hits.device)
-    out: dict[str, Tensor] = {}
-    if k_max == 0:  # no items at all
-        zero = torch.zeros(n, dtype=dt, device=hits.device)
-        for k in ks:
-            for name in METRIC_NAMES:
-                out[f"{name}@{k}"] = zero.clone()
-        return out
-    h = hits.to(dt)
-    ranks = torch.arange(1, k_max + 1, device=hits.device, dtype=dt)
-    disc = 1.0 / torch.log2(ranks + 1.0)
-    cum_hits = h.cumsum(1)                       # [n, K_max]
-    cum_dcg = (h * disc).cumsum(1)               # [n, K_max]
-    cum_idcg = disc.cumsum(0)                    # [K_max]
-    # first hit rank (0-based), K_max when there is none
-    pos = torch.arange(k_max, device=hits.device)
-    first = torch.where(hits, pos, torch.full_like(pos, k_max)).amin(1)
-    nt = n_truth.to(dt)
-    for k in ks:
-        kk = min(int(k), k_max)
-        hk = cum_hits[:, kk - 1]
-        ideal_len = torch.clamp(n_truth, max=kk).clamp_min(1) - 1
-        out[f"recall@{k}"] = hk / nt
-        out[f"precision@{k}"] = hk / float(k)
-        out[f"ndcg@{k}"] = cum_dcg[:, kk - 1] / cum_idcg[ideal_len]
-        out[f"hit@{k}"] = (hk > 0).to(dt)
-        out[f"mrr@{k}"] = torch.where(first < kk, 1.0 / (first.to(dt) + 1.0), torch.zeros_like(nt))
-    return out
 
 
 #: seed stream of `sample_users` (numpy ``default_rng([seed, VALID_SAMPLE_STREAM])``), apart from the other
@@ -407,7 +347,7 @@ class Evaluator:
         # masked (evaluated-user position, item) pairs, sorted by position: the CSR rows of the evaluated users
         pos_l, item_l = [], []
         for ex in exclude:
-            r, c = _flat_rows(ex.indptr, ex.indices, users_np)
+            r, c = csr_rows(ex.indptr, ex.indices, users_np)
             pos_l.append(r)
             item_l.append(c)
         pos = np.concatenate(pos_l) if pos_l else np.zeros(0, np.int64)
@@ -578,8 +518,9 @@ class Evaluator:
 def ips_weights(popularity: np.ndarray, gamma: float) -> np.ndarray:
     """Inverse-propensity weights [n_items] in float64: w_i = 1 / p_i with p_i = max(pop_i, 1)^γ.
 
-    ``popularity`` is each item's training interaction count (floored at 1, so an
-    item absent from training is weighted like one seen once).  Only ratios matter:
+    ``popularity`` is each item's training interaction count, `item_popularity`
+    variant ``"clean"`` (the clean training split: what a practitioner observes),
+    floored at 1 so an item absent from training is weighted like one seen once.  Only ratios matter:
     `ips_metrics` normalises per user.
     """
     if gamma < 0 or not np.isfinite(gamma):
@@ -600,57 +541,31 @@ def ips_metrics(result: EvalResult, popularity: np.ndarray, gamma: float,
 
     (per-user self-normalised, so the scale of p does not matter and γ = 0 gives
     exactly Recall@K and NDCG@K); averaged over the evaluated users like the plain
-    metrics.  Vectorised: the hit part on the evaluation's device, the per-user
-    denominators with one sort and ``bincount`` over the truth pairs on the host.
-    ``ks`` defaults to the evaluation's cutoffs.
+    metrics (exactly rounded).  The registered metrics ``ips_recall`` / ``ips_ndcg``
+    of `rankrobust.metrics` compute them (per user); ``ks`` defaults to the
+    evaluation's cutoffs.
     """
     ks = tuple(result.ks if ks is None else ks)
-    users = result.users.cpu().numpy()
-    n = len(users)
-    if n == 0 or result.truth is None:
+    if len(result.users) == 0 or result.truth is None:
         return {f"ips_{m}@{k}": float("nan") for k in ks for m in ("recall", "ndcg")}
-    w = ips_weights(popularity, gamma)
-    device = result.topk.device
-    dt = _real_dtype(device)
-    k_max = result.k_max
-    # numerators: weights of the hits, by rank
-    w_dev = torch.as_tensor(w, dtype=dt, device=device)
-    hit_w = torch.where(result.hits, w_dev[result.topk.clamp_min(0)], torch.zeros((), dtype=dt, device=device))
-    disc = 1.0 / torch.log2(torch.arange(2, k_max + 2, device=device, dtype=dt))
-    cum_w = hit_w.cumsum(1).cpu().numpy().astype(np.float64) if k_max else np.zeros((n, 0))
-    cum_dcg = (hit_w * disc).cumsum(1).cpu().numpy().astype(np.float64) if k_max else np.zeros((n, 0))
-    # denominators: each user's truth weights, sorted descending within the user
-    rows, items = _flat_rows(result.truth.indptr, result.truth.indices, users)
-    tw = w[items]
-    order = np.lexsort((-tw, rows))
-    rows, tw = rows[order], tw[order]
-    starts = np.searchsorted(rows, np.arange(n))
-    rank = np.arange(len(rows)) - starts[rows]
-    total = np.bincount(rows, weights=tw, minlength=n)
-    disc_np = 1.0 / np.log2(np.arange(2, max(k_max, 1) + 2, dtype=np.float64))
-    out: dict[str, float] = {}
-    for k in ks:
-        kk = min(int(k), k_max)
-        inside = rank < kk
-        idcg = np.bincount(rows[inside], weights=tw[inside] * disc_np[rank[inside]], minlength=n)
-        hit_sum = cum_w[:, kk - 1] if kk else np.zeros(n)
-        dcg = cum_dcg[:, kk - 1] if kk else np.zeros(n)
-        out[f"ips_recall@{k}"] = float(np.mean(hit_sum / total))
-        out[f"ips_ndcg@{k}"] = float(np.mean(np.divide(dcg, idcg, out=np.zeros(n), where=idcg > 0)))
-    return out
+    inputs = metric_inputs(result, propensity=ips_weights(popularity, gamma))
+    means, _ = compute_metrics(inputs, ks, only=("ips_recall", "ips_ndcg"))
+    return {f"ips_{m}@{k}": means[f"ips_{m}@{k}"] for k in ks for m in ("recall", "ndcg")}
 
 
 def most_popular_baseline(train: Interactions, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
     """Embeddings (U [n_users, 1], I [n_items, 1]) ranking items by training popularity.
 
-    ``U`` is all ones and ``I`` the training interaction count of each item plus
+    ``train`` is the matrix evaluation masks as seen (clean ∪ injected noisy
+    positives), counted by `item_popularity` variant ``"seen"`` (docs/PROTOCOLS.md §4).
+    ``U`` is all ones and ``I`` the interaction count of each item plus
     a tie-break ``(n_items − 1 − id) / n_items`` < 1, so ``U @ I.T`` orders items
     by popularity, equal counts by ascending id. Exact in float64 (the default)
     up to 2^53 / n_items interactions per item; pass ``dtype=torch.float32`` for
     devices without float64 (where the tie-break rounds away, the evaluator ranks equal
     scores by ascending id itself: the same order).
     """
-    counts = torch.as_tensor(train.item_counts(), dtype=torch.float64)
+    counts = torch.as_tensor(item_popularity(train, "seen"), dtype=torch.float64)
     n = train.n_items
     tie = (n - 1 - torch.arange(n, dtype=torch.float64)) / max(n, 1)
     I = (counts + tie).to(dtype).unsqueeze(1)

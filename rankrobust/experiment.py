@@ -29,9 +29,10 @@ from rankrobust.data.identity import FileFingerprint, data_identity
 from rankrobust.data.popularity import item_popularity
 from rankrobust.data.splits import OOD_TEST_FRACTION, apply_split
 from rankrobust.determinism import Determinism
-from rankrobust.evaluate import ips_metrics
+from rankrobust.evaluate import ips_weights
 from rankrobust.losses import groups_positives
 from rankrobust.memory import check_memory
+from rankrobust.metrics import MetricInputs, compute_metrics, metric_inputs
 from rankrobust.noise import NOISE_PROTOCOL, false_negative_pool, inject_positives, noise_table, pair_mask
 from rankrobust.probes import Probe, ProbeContext
 from rankrobust.runs import RunDir
@@ -230,6 +231,20 @@ def metrics_document(cfg: RunConfig, result: FitResult, data: TrainData, device:
     }
 
 
+def registered_metric_inputs(cfg: RunConfig, dataset: Dataset, result: FitResult) -> MetricInputs:
+    """What the registered metrics (`rankrobust.metrics`) read of a run's test evaluation.
+
+    ``popularity`` is `item_popularity` variant ``"clean"`` (the clean
+    training split: what a practitioner observes, the same for every cell of
+    a noise sweep); ``propensity`` the IPS weights `ips_weights` of it at
+    ``train.ips_gamma``, absent (IPS metrics not computed) when that is unset.
+    """
+    popularity = item_popularity(dataset.train, "clean")
+    gamma = cfg.train.ips_gamma
+    return metric_inputs(result.test, popularity=popularity,
+                         propensity=None if gamma is None else ips_weights(popularity, gamma))
+
+
 def finite_or_none(value: Any) -> Any:
     """Replace NaN/inf floats (undefined metrics) by None, recursively, so JSON stays valid."""
     if isinstance(value, dict):
@@ -287,9 +302,12 @@ def _run_experiment(cfg: RunConfig, out: str | Path | None, *, device: torch.dev
         metrics["wall_seconds"] = time.perf_counter() - t0
         metrics["data_files"] = {split: f.record() for split, f in data_files.items()}  # what the run read
         metrics["training_data"] = training_data_record(data)  # what it trained on (noise protocol version)
-        if cfg.train.ips_gamma is not None:  # IPS-weighted Recall/NDCG on test, propensity ∝ (clean) train pop^γ
-            metrics["test"] = {**metrics["test"],
-                               **ips_metrics(result.test, item_popularity(dataset.train, "clean"), cfg.train.ips_gamma)}
+        # the registered test metrics beyond the evaluator's (coverage; IPS when train.ips_gamma is set: propensity
+        # ∝ clean train pop^γ; any added one): their means in metrics.json, per-user values beside the others
+        means, per_user = compute_metrics(registered_metric_inputs(cfg, dataset, result), result.test.ks)
+        metrics["test"] = {**metrics["test"], **means}
+        for column, values in per_user.items():
+            result.test.per_user[column] = values
         if dataset.split is not None:  # the re-drawn split (data.split), e.g. the popularity-shift test
             metrics["split"] = dataset.split
         tables: dict[str, pd.DataFrame] = {}
