@@ -43,6 +43,7 @@ from analysis.fairness import migrate_metric_names  # noqa: E402
 from analysis.popularity import popularity_terciles  # noqa: E402
 from rankrobust import runs  # noqa: E402
 from rankrobust.data.popularity import item_popularity  # noqa: E402
+from rankrobust.metrics import METRICS, RUN_KS  # noqa: E402
 from rankrobust.runs import RunDir, RunFolderError, SweepDir  # noqa: E402
 from rankrobust.store import (BATCHING, EPOCHS, EPOCHS_RUN, LOSS, MODEL, NOISE_HELDOUT_FRACTION,  # noqa: E402
                               NOISE_NEG_POOL, NOISE_NEG_PROB, NOISE_POS_RATIO, NOISE_SEED, RUN_DIR, SEED, STATUS,
@@ -203,7 +204,8 @@ def _cutoff_of(frames: list[pd.DataFrame]) -> list[int]:
                 names += [str(m) for m in f[col].dropna().unique()]
         for name in names:
             head, at, tail = name.rpartition("@")
-            if at and tail.isdigit() and head.split(".")[-1] in ("recall", "ndcg", "precision", "hit", "mrr"):
+            entry = METRICS.get(head.split(".")[-1])  # a metric of the registry computed at the run's cutoffs
+            if at and tail.isdigit() and entry is not None and entry.cutoffs == RUN_KS:
                 ks.add(int(tail))
     return sorted(ks)
 

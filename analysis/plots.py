@@ -609,8 +609,8 @@ def plot_accuracy_vs_fairness(df: pd.DataFrame) -> Figure:
     ``df``: long form, one row per run and fairness metric, columns ``model``,
     ``score`` (the score function, ``model.score``: losses are compared only
     within one backbone and score function), ``loss``, ``accuracy_metric``
-    (e.g. ``ndcg@20``), ``accuracy``, ``fairness_metric`` (a key of
-    `analysis.fairness.FAIRER`, e.g. ``aplt``), ``fairness``.  One panel per
+    (e.g. ``ndcg@20``), ``accuracy``, ``fairness_metric`` (a fairness metric
+    registered in `rankrobust.metrics`, e.g. ``aplt``), ``fairness``.  One panel per
     (fairness metric, backbone · score function); each loss is drawn at its
     mean over seeds with the 95 % t-interval of `seed_ci` in both directions
     (none from one seed) and labelled; the dashed line joins the losses no
@@ -618,7 +618,8 @@ def plot_accuracy_vs_fairness(df: pd.DataFrame) -> Figure:
     losses of different accuracy are compared along it rather than by
     fairness alone.  The y label says which direction is fairer.
     """
-    from analysis.fairness import FAIRER
+    from analysis.fairness import FAIRNESS_SECTION
+    from rankrobust.metrics import METRICS
 
     _require(df, ["model", "score", "loss", "accuracy_metric", "accuracy", "fairness_metric", "fairness"],
              "plot_accuracy_vs_fairness")
@@ -631,7 +632,8 @@ def plot_accuracy_vs_fairness(df: pd.DataFrame) -> Figure:
         fig = Figure(figsize=(4.6 * max(len(panels), 1), 3.9 * max(len(metrics), 1)), layout="constrained")
         grid = fig.subplots(max(len(metrics), 1), max(len(panels), 1), squeeze=False)
         for r, metric in enumerate(metrics):
-            sign = FAIRER.get(metric, +1)
+            entry = METRICS.get(f"{FAIRNESS_SECTION}.{metric}")  # its declared direction (+1: higher is fairer)
+            sign = +1 if entry is None or entry.higher_is_better else -1
             for c, (model, score) in enumerate(panels):
                 ax = grid[r][c]
                 part = df[(df["fairness_metric"] == metric) & (df["model"] == model) & (df["score"] == score)]

@@ -443,11 +443,7 @@ def _results(args: argparse.Namespace) -> int:
             raise ConfigError(f"{'--per-user' if args.per_user else '--noise-axis'} goes with "
                               f"{'--compare' if args.per_user else '--robustness'} A B")
         return 0
-    metric = (args.compare_metric or f"ndcg@{selection_cutoff(frame)}").removeprefix("test.")
-    tested = sorted(c.removeprefix("test.") for c in frame.columns if c.startswith("test.") and "@" in c)
-    if metric not in tested:
-        raise ConfigError(f"--compare-metric {metric!r} is not a test metric of these runs"
-                          f"{closest(metric, tested)}; choose one of {', '.join(tested)}")
+    metric = _compare_metric(args.compare_metric or f"ndcg@{selection_cutoff(frame)}", frame)
     show = dict(index=False, float_format=lambda v: f"{v:.4g}")
     if args.compare:
         a, b = (parse_arm(x) for x in args.compare)
@@ -495,6 +491,37 @@ def _results(args: argparse.Namespace) -> int:
         if csv:
             _write_csv(table, csv.with_name(f"{csv.stem}-robustness.csv"))
     return 0
+
+
+def _compare_metric(text: str, frame: pd.DataFrame) -> str:
+    """``--compare-metric``'s ``name@K`` (``test.`` dropped): a registered per-user metric these runs computed.
+
+    Read from the metric registry (`rankrobust.metrics`, with the fairness probe's metrics of
+    `analysis.fairness`): a global metric (one value per run) is refused, for it has no per-user values to
+    pair; an unknown or uncomputed one too.  Each refusal is one ConfigError line naming the choices.
+    """
+    import analysis.fairness  # noqa: F401  (registers the fairness probe's metrics)
+    from rankrobust.metrics import UnknownMetric, parse_metric, per_user_metrics
+    from rankrobust.store import stored_metrics
+
+    metric = text.removeprefix("test.")
+    tested = stored_metrics(frame, per_user=True)
+    choices = f"per-user metrics of these runs: {', '.join(tested) if tested else 'none'}"
+    try:
+        entry, _ = parse_metric(metric)
+    except UnknownMetric:
+        raise ConfigError(f"--compare-metric {metric!r} is not a registered metric{closest(metric, tested)}; "
+                          f"{choices}") from None
+    except ValueError as err:
+        raise ConfigError(f"--compare-metric {metric!r}: {err}; {choices}") from None
+    if not entry.per_user:
+        raise ConfigError(f"--compare-metric {metric!r} is a global metric (one value per run, over all users' "
+                          f"lists): it has no per-user values to pair; per-user metrics: "
+                          f"{', '.join(per_user_metrics())} ({choices})")
+    if metric not in tested:
+        raise ConfigError(f"--compare-metric {metric!r} is not a test metric of these runs"
+                          f"{closest(metric, tested)}; {choices}")
+    return metric
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:

@@ -29,6 +29,7 @@ from rankrobust import runs
 from rankrobust.config import SECTIONS, OutdatedConfig, closest
 from rankrobust.data.identity import recorded_digest
 from rankrobust.data.registry import files_label
+from rankrobust.metrics import METRICS, RUN_KS, parse_metric
 from rankrobust.noise import outdated_noise_protocol
 from rankrobust.runs import RunDir, RunFolderError, SweepDir, config_hash
 from rankrobust.stats import (difference_of_drops, format_ci, hierarchical_bootstrap_ci, holm_family,
@@ -102,6 +103,19 @@ def missing_cutoff(frame: pd.DataFrame, k: int, metrics: tuple[str, ...] = ("rec
     return (f"{int(lacking.sum())} of {len(done)} finished runs did not compute {' and '.join(cols)} (e.g. "
             f"{example}; K = {k} is not in their train.ks); cutoffs every run computed: "
             f"{', '.join(map(str, ks)) if ks else 'none'}")
+
+
+def stored_metrics(frame: pd.DataFrame, per_user: bool | None = None) -> list[str]:
+    """The registered test metrics the store has a column of, as ``name@K`` (``ndcg@20``), in registry order.
+
+    ``per_user`` True / False keeps only per-user / global metrics (`rankrobust.metrics.Metric.per_user`);
+    the cutoffs are those some run computed (``test.name@K`` columns with a value).
+    """
+    ks = sorted({int(c.rsplit("@", 1)[1]) for c in frame.columns
+                 if str(c).startswith("test.") and str(c).rsplit("@", 1)[-1].isdigit()})
+    return [f"{key}@{k}" for key, entry in METRICS.items() if entry.section == "test" and entry.cutoffs == RUN_KS
+            and (per_user is None or entry.per_user == per_user) for k in ks
+            if entry.column(k) in frame and frame[entry.column(k)].notna().any()]
 
 
 #: status of a run folder whose config.json or metrics.json cannot be read
@@ -480,8 +494,19 @@ def _seed_key(frame: pd.DataFrame) -> pd.Series:
 
 
 def _per_user_column(metric: str) -> str | None:
-    """The per-user table's column of a store metric (``test.ndcg@20`` → ``ndcg@20``); None for other sections."""
-    return metric.removeprefix("test.") if metric.startswith("test.") and "@" in metric else None
+    """The per-user table's column of a store metric (``test.ndcg@20`` → ``ndcg@20``).
+
+    None unless ``metric`` is a test column of a metric registered as per-user
+    (`rankrobust.metrics`: a global metric such as ``test.coverage@20`` has no
+    per-user values).
+    """
+    if not metric.startswith("test.") or "@" not in metric:
+        return None
+    try:
+        entry, k = parse_metric(metric)
+    except ValueError:  # UnknownMetric included: not a registered metric
+        return None
+    return f"{entry.name}@{k}" if entry.per_user else None
 
 
 def _read_per_user(run_dirs, columns: list[str]) -> dict[str, pd.DataFrame] | None:
@@ -808,7 +833,7 @@ def compare_runs_per_user(frame: pd.DataFrame, axes: list[str], a: dict[str, Any
     ignores training variance: label it as secondary).  Columns: the other
     axes, ``view`` ("secondary: per-user, pooled over N seeds"), ``seeds``,
     ``users``, ``diff`` (mean over users), ``p`` and ``p_holm`` (one family:
-    the table).  A missing per-user table raises FileNotFoundError naming it.
+    the table).  A missing per-user table, or one without the metric's column, raises FileNotFoundError naming it.
     """
     column = _metric_column(metric, frame).removeprefix("test.")
     done = frame[frame[STATUS] == runs.STATUS_DONE]
@@ -820,8 +845,14 @@ def compare_runs_per_user(frame: pd.DataFrame, axes: list[str], a: dict[str, Any
     left, right = _arm_cells(done, a, others, arm_label(a)), _arm_cells(done, b, others, arm_label(b))
 
     def users(group: pd.DataFrame, seeds: list) -> dict:
-        return {s: RunDir(group.at[s, RUN_DIR]).table("per_user")[["user", column]].rename(columns={column: "value"})
-                for s in seeds}
+        out = {}
+        for s in seeds:
+            table = RunDir(group.at[s, RUN_DIR]).table("per_user")
+            if column not in table:  # a run written before its per-user values were kept (IPS before issue 24)
+                raise FileNotFoundError(f"{group.at[s, RUN_DIR]}/per_user.parquet has no column {column!r} (the "
+                                        f"run predates per-user {column.partition('@')[0]} values); rerun it")
+            out[s] = table[["user", column]].rename(columns={column: "value"})
+        return out
 
     rows = []
     for key in [k for k in left if k in right]:  # in the groupby's sorted order
