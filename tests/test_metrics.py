@@ -177,3 +177,45 @@ def test_compare_metric_unknown_or_not_computed_is_one_line(two_seed_store, caps
     assert main(["results", str(two_seed_store), "--compare", "sl", "bsl", "--compare-metric", "ndcg@7"]) == 2
     err = capsys.readouterr().err
     assert "'ndcg@7' is not a test metric of these runs" in err and err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- docs/EXTENDING.md, section 7: a metric
+def test_extending_metric_example(monkeypatch, tmp_path):
+    """The novelty@K block of docs/EXTENDING.md, run as written in a copy of METRICS: equal to a float64 loop,
+    and, with no other edit, in a run's metrics.json and per_user.parquet; nothing stays registered."""
+    import rankrobust.metrics as metrics
+    from rankrobust.experiment import run_experiment
+    from rankrobust.runs import RunDir
+    from tests.test_noise import _extending_block
+    from tests.test_train import tiny_config
+
+    monkeypatch.setattr(metrics, "METRICS", dict(metrics.METRICS))
+    namespace: dict = {}
+    exec(compile(_extending_block("## 7. A metric"), "docs/EXTENDING.md#7", "exec"), namespace)
+    assert metrics.get_metric("novelty").per_user and "novelty" in metrics.per_user_metrics()
+
+    train, test = split_per_user(random_interactions(15, 20, 0.3, seed=4), (0.8, 0.2), seed=4)
+    gen = torch.Generator().manual_seed(4)
+    U, I = torch.randn(15, 3, generator=gen), torch.randn(20, 3, generator=gen)
+    result = Evaluator(test, exclude=[train], ks=(3, 30)).evaluate(U, I)
+    phi = train.item_counts()
+    means, per_user = compute_metrics(metric_inputs(result, popularity=phi), (3, 30))
+    share = [(float(p) + 1) / (float(phi.sum()) + len(phi)) for p in phi]
+    scores = (U.double() @ I.double().T).numpy()
+    for k in (3, 30):
+        want = []
+        for row, u in enumerate(result.users.tolist()):
+            top = _ranked(scores[u], set(train.row(u).tolist()))[:k]
+            want.append(sum(-math.log2(share[i]) for i in top) / len(top) if top else 0.0)
+        assert per_user[f"novelty@{k}"] == pytest.approx(want, rel=1e-12)
+        assert means[f"novelty@{k}"] == pytest.approx(sum(want) / len(want), rel=1e-12)
+
+    summary = run_experiment(tiny_config(tmp_path, train={"epochs": 1}), tmp_path / "run", progress=False)
+    assert {"novelty@5", "novelty@20", "coverage@20"} <= set(summary.metrics["test"])
+    table = RunDir(tmp_path / "run").table("per_user")
+    assert "novelty@20" in table and "coverage@20" not in table  # per-user values only for a per-user metric
+    assert math.fsum(table["novelty@20"]) / len(table) == summary.metrics["test"]["novelty@20"]
+
+
+def test_extending_metric_is_gone_after_the_test():
+    assert "novelty" not in METRICS
