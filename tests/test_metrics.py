@@ -219,3 +219,20 @@ def test_extending_metric_example(monkeypatch, tmp_path):
 
 def test_extending_metric_is_gone_after_the_test():
     assert "novelty" not in METRICS
+
+
+def test_docs_metrics_table_is_the_registry():
+    """docs/METRICS.md's registry table lists every registered metric with its kind, cutoffs and direction."""
+    text = (ROOT / "docs" / "METRICS.md").read_text()
+    rows = {}
+    for line in text[text.index("## The registry"):text.index("## Popularity and fairness")].splitlines():
+        cells = [c.strip() for c in line.replace("\\|", "¦").strip("|").split("|")]
+        if len(cells) == 6 and cells[0].startswith("`"):
+            for key in re.findall(r"`([a-z_.]+)`", cells[0]):
+                rows[key] = cells[1:4]
+    assert set(rows) == set(METRICS)
+    for key, entry in METRICS.items():
+        kind, cutoffs, better = rows[key]
+        assert kind == ("per-user" if entry.per_user else "global"), key
+        assert cutoffs == ("@K" if entry.cutoffs == RUN_KS else "probe's K"), key
+        assert better == ("higher" if entry.higher_is_better else "lower"), key
