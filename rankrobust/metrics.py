@@ -32,7 +32,7 @@ the fairness probe's per-group NDCG use it too).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, Union
 
 import numpy as np
@@ -179,6 +179,8 @@ class MetricInputs:
     n_items: int
     popularity: np.ndarray | None = None
     propensity: np.ndarray | None = None
+    #: intermediate results shared by entries of one `compute_metrics` call (the IPS sums of both IPS metrics)
+    shared: dict = field(default_factory=dict, compare=False, repr=False)
 
     def has(self, need: str) -> bool:
         """Is what ``need`` (a key of `NEEDS`) names available?"""
@@ -329,13 +331,21 @@ def _ips_parts(inp: MetricInputs, ks: Sequence[int]) -> dict[int, tuple[np.ndarr
     return out
 
 
+def _ips_shared(inp: MetricInputs, ks: Sequence[int]):
+    """`_ips_parts` of ``inp`` at ``ks``, computed once for both IPS metrics."""
+    key = ("ips", tuple(int(k) for k in ks))
+    if key not in inp.shared:
+        inp.shared[key] = _ips_parts(inp, ks)
+    return inp.shared[key]
+
+
 def _ips_recall(inp: MetricInputs, ks: Sequence[int]) -> Computed:
-    return {k: hit / total for k, (hit, total, _, _) in _ips_parts(inp, ks).items()}
+    return {k: hit / total for k, (hit, total, _, _) in _ips_shared(inp, ks).items()}
 
 
 def _ips_ndcg(inp: MetricInputs, ks: Sequence[int]) -> Computed:
     return {k: np.divide(dcg, idcg, out=np.zeros(len(dcg)), where=idcg > 0)
-            for k, (_, _, dcg, idcg) in _ips_parts(inp, ks).items()}
+            for k, (_, _, dcg, idcg) in _ips_shared(inp, ks).items()}
 
 
 def _coverage(inp: MetricInputs, ks: Sequence[int]) -> Computed:

@@ -151,6 +151,8 @@ def test_compare_metric_works_for_every_registered_per_user_metric(two_seed_stor
     computed = stored_metrics(frame, per_user=True)
     assert {m.partition("@")[0] for m in computed} == set(per_user_metrics())  # every one, IPS included
     assert "coverage@20" in stored_metrics(frame, per_user=False)
+    # the fairness probe's coverage (at train.metric's K = 20) is the registered coverage@20, run by run
+    assert (frame["fairness.coverage"] == frame["test.coverage@20"]).all()
     capsys.readouterr()
     for metric in computed:
         assert main(["results", str(two_seed_store), "--compare", "sl", "bsl", "--compare-metric", metric,
