@@ -358,25 +358,27 @@ def _coverage(inp: MetricInputs, ks: Sequence[int]) -> Computed:
     return out
 
 
+#: the evaluator's metrics (`metrics_from_hits` computes them; every one is better higher)
 _HIT_FORMULAS = {
-    "recall": ("|L ∩ T_u| / |T_u|", True),
-    "precision": ("|L ∩ T_u| / K", True),
-    "ndcg": ("Σ_{r ≤ K, L_r ∈ T_u} d_r ÷ Σ_{r ≤ min(K, |T_u|)} d_r, d_r = 1/log2(r+1)", True),
-    "hit": ("1 if L ∩ T_u ≠ ∅ else 0", True),
-    "mrr": ("1 / rank of the first hit within K (0 without one)", True),
+    "recall": "|L ∩ T_u| / |T_u|",
+    "precision": "|L ∩ T_u| / K",
+    "ndcg": "Σ_{r ≤ K, L_r ∈ T_u} d_r ÷ Σ_{r ≤ min(K, |T_u|)} d_r, d_r = 1/log2(r+1)",
+    "hit": "1 if L ∩ T_u ≠ ∅ else 0",
+    "mrr": "1 / rank of the first hit within K (0 without one)",
 }
 for _name in HIT_METRICS:
-    register_metric(Metric(_name, per_user=True, higher_is_better=_HIT_FORMULAS[_name][1],
-                           needs=frozenset({"topk", "truth"}), formula=_HIT_FORMULAS[_name][0]))
-register_metric(Metric("ips_recall", per_user=True, higher_is_better=True,
-                       needs=frozenset({"topk", "truth", "propensity"}), compute=_ips_recall,
-                       formula="Σ_{i ∈ L ∩ T_u} w_i / Σ_{i ∈ T_u} w_i, w_i = 1/max(φ_i, 1)^γ (docs/PROTOCOLS.md §11)"))
-register_metric(Metric("ips_ndcg", per_user=True, higher_is_better=True,
-                       needs=frozenset({"topk", "truth", "propensity"}), compute=_ips_ndcg,
-                       formula="Σ_{r ≤ K, L_r ∈ T_u} w_{L_r} d_r ÷ Σ_{r ≤ min(K, |T_u|)} w_(r) d_r, T_u's weights "
-                               "sorted descending (docs/PROTOCOLS.md §11)"))
+    register_metric(Metric(_name, per_user=True, higher_is_better=True, needs=frozenset({"topk", "truth"}),
+                           formula=_HIT_FORMULAS[_name]))
+_IPS_NEEDS = frozenset({"topk", "truth", "propensity"})
+register_metric(Metric("ips_recall", per_user=True, higher_is_better=True, needs=_IPS_NEEDS, compute=_ips_recall,
+                       formula="Σ_{i ∈ L ∩ T_u} w_i / Σ_{i ∈ T_u} w_i, w_i = 1/max(φ_i, 1)^γ "
+                               "(docs/PROTOCOLS.md §11)"))
+register_metric(Metric("ips_ndcg", per_user=True, higher_is_better=True, needs=_IPS_NEEDS, compute=_ips_ndcg,
+                       formula="Σ_{r ≤ K, L_r ∈ T_u} w_{L_r} d_r ÷ Σ_{r ≤ min(K, |T_u|)} w_(r) d_r, T_u's "
+                               "weights sorted descending (docs/PROTOCOLS.md §11)"))
 register_metric(Metric("coverage", per_user=False, higher_is_better=True, needs=frozenset({"topk"}),
-                       compute=_coverage, formula="|∪_u L_u@K| / n_items (share of the catalogue some user is shown)"))
+                       compute=_coverage,
+                       formula="|∪_u L_u@K| / n_items (share of the catalogue some user is shown)"))
 
 
 # --------------------------------------------------------------------------- computing them
@@ -385,7 +387,9 @@ def metric_inputs(result, popularity: np.ndarray | None = None,
     """`MetricInputs` of an ``EvalResult`` (needs its ``truth``), with the item-side arrays given."""
     if result.truth is None:
         raise ValueError("the evaluation has no truth matrix: metrics need the held-out items")
-    as_f64 = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
+    def as_f64(a):
+        return None if a is None else np.asarray(a, dtype=np.float64)
+
     return MetricInputs(result.topk, result.hits, result.n_truth, result.users.cpu().numpy().astype(np.int64),
                         result.truth, int(result.truth.n_items), as_f64(popularity), as_f64(propensity))
 
