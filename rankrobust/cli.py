@@ -24,6 +24,7 @@ from rankrobust.runs import STATUS_DONE, SweepDir
 
 from rankrobust.config import (ConfigError, RunConfig, closest, config_flags, config_from_dict, parse_override,
                                read_config_tree, set_dotted)
+from rankrobust.metrics import per_user_metrics
 
 class Parser(argparse.ArgumentParser):
     """argparse that names the closest valid flag or subcommand on a typo."""
@@ -137,7 +138,9 @@ def build_parser() -> Parser:
     p.add_argument("--permutation", action="store_true",
                    help="add the exact sign-flip permutation test over seeds (p_perm; its smallest p is 2/2^n)")
     p.add_argument("--compare-metric",
-                   help="test metric for --compare and --robustness (default ndcg@K, K of train.metric)")
+                   help=f"test metric for --compare and --robustness: a per-user metric NAME@K of the registry "
+                        f"(rankrobust.metrics: {', '.join(per_user_metrics())}; a global one such as coverage@K has "
+                        f"no per-user values to pair) (default ndcg@K, K of train.metric)")
     p.add_argument("--csv", metavar="FILE",
                    help="also write the tables shown (per-cell summary; --compare, --robustness) as CSV: FILE, and "
                         "FILE's stem + -compare.csv / -robustness.csv")
