@@ -182,10 +182,12 @@ class _CatalogColumns(torch.autograd.Function):
 
 
 class Workspace:
-    """A [rows, cols] block allocated once per shape and handed out again for every batch.
+    """A [rows, cols] block allocated once and handed out again for every batch.
 
-    ``take(rows, cols, dtype, device)`` returns the first ``rows`` rows of a
-    buffer with at least that many rows (a smaller last batch reuses it).  A
+    ``take(rows, cols, dtype, device)`` returns a [rows, cols] view of one flat
+    buffer with at least rows · cols elements (reallocated only when a larger
+    block, or another dtype or device, is asked for: a smaller last batch, or
+    a block whose shape changes from batch to batch, reuses it).  A
     fresh large block per batch costs a page fault per 4 KiB page on
     allocators that return large blocks to the system (glibc does).  The
     block is overwritten by the next ``take``: use it for tensors that die with
@@ -194,14 +196,13 @@ class Workspace:
     """
 
     def __init__(self) -> None:
-        self._block: Tensor | None = None
+        self._flat: Tensor | None = None
 
     def take(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-        block = self._block
-        if (block is None or block.shape[0] < rows or block.shape[1] != cols or block.dtype != dtype
-                or block.device != device):
-            block = self._block = torch.empty((rows, cols), dtype=dtype, device=device)
-        return block[:rows]
+        flat = self._flat
+        if flat is None or flat.numel() < rows * cols or flat.dtype != dtype or flat.device != device:
+            flat = self._flat = torch.empty(rows * cols, dtype=dtype, device=device)
+        return flat[: rows * cols].view(rows, cols)
 
 
 class CatalogColumns:
@@ -253,16 +254,22 @@ class _PropagateLayers(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):  # the propagation stays in the table's precision
             h = x
             total = x if first == 0 else None
+            owned = False  # whether `total` is a sum made here (added to in place) or still x or a layer
             kept = None
             for layer in range(1, layers + 1):
                 h = adj @ h
                 if perturb is not None:
                     h = perturb(h)
                 if layer >= first:
-                    total = h if total is None else total + h
+                    if total is None:
+                        total = h
+                    elif owned:
+                        total.add_(h)
+                    else:
+                        total, owned = total + h, True
                 if layer == keep:
                     kept = h
-            mean = total / (layers - first + 1)
+            mean = total.div_(layers - first + 1) if owned else total / (layers - first + 1)
         return mean if keep is None else (mean, kept)
 
     @staticmethod
@@ -271,14 +278,21 @@ class _PropagateLayers(torch.autograd.Function):
         layers, first, keep = ctx.layers, ctx.first, ctx.keep
         scaled = grad_mean / (layers - first + 1) if grad_mean is not None else None
         # ∂L/∂x = Σ_l (Âᵀ)^l G_l with G_l the gradient reaching layer l; Horner: G_0 + Â(G_1 + Â(G_2 + …)), Âᵀ = Â
-        h = None
+        # sums made here are added to in place (same values); `scaled` and `grad_kept` are read, never written
+        h, owned = None, False
         with torch.autocast(adj.device.type, enabled=False):
             for layer in range(layers, -1, -1):
                 if h is not None:
-                    h = adj @ h
+                    h, owned = adj @ h, True
                 for g in (scaled if layer >= first else None, grad_kept if layer == keep else None):
-                    if g is not None:
-                        h = g if h is None else h + g
+                    if g is None:
+                        continue
+                    if h is None:
+                        h = g
+                    elif owned:
+                        h.add_(g)
+                    else:
+                        h, owned = h + g, True
         return h, None, None, None, None, None
 
 
@@ -317,9 +331,12 @@ _EXP_FLOOR = -80.0
 
 class _RowInfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool,
+                blocks: tuple[Workspace, Workspace] | None) -> Tensor:
         keep = weight > 0
-        logits = a @ b.T                                              # [B, B]
+        n = a.shape[0]
+        out = None if blocks is None else blocks[0].take(n, n, a.dtype, a.device)
+        logits = torch.mm(a, b.T, out=out)                            # [B, B]
         if masked:
             logits.masked_fill_(~keep[None, :], float("-inf"))
         top = logits.amax(dim=1, keepdim=True)                        # finite: a weighted row keeps its own column
@@ -332,6 +349,7 @@ class _RowInfoNCE(torch.autograd.Function):
         lse = (top + total.log()).squeeze(1)
         own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
         ctx.save_for_backward(a, b, weight, probs, total)             # softmax P = probs / total, divided in backward
+        ctx.gradient_block = None if blocks is None else blocks[1]
         return -(weight * torch.where(keep, own - lse, torch.zeros_like(own))).sum()
 
     @staticmethod
@@ -339,14 +357,17 @@ class _RowInfoNCE(torch.autograd.Function):
         a, b, weight, probs, total = ctx.saved_tensors
         # L = −Σ_r w_r (s_rr − lse_r) ⇒ ∂L/∂s_rc = w_r (P_rc − δ_rc), P_rc = probs_rc / total_r: one pass
         scale = grad * weight
-        d_logits = probs * (scale[:, None] / total)
+        n, block = probs.shape[0], ctx.gradient_block
+        d_logits = torch.mul(probs, scale[:, None] / total,
+                             out=None if block is None else block.take(n, n, probs.dtype, probs.device))
         d_logits.diagonal().sub_(scale)
         grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
         grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None, None
+        return grad_a, grad_b, None, None, None
 
 
-def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True) -> Tensor:
+def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True,
+                blocks: tuple[Workspace, Workspace] | None = None) -> Tensor:
     """Weighted InfoNCE ``−Σ_r w_r log softmax_{c: w_c > 0}(a_r · b_c)[r]`` → scalar.
 
     ``a, b [B, d]`` (temperature and normalisation already applied: logits are
@@ -357,7 +378,10 @@ def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True) -> Te
     below −80 raised to −80 (a change below float64's resolution; no denormals); backward:
     ``∂L/∂logits = w_r (P_rc − δ_rc)`` from the saved softmax P and two products.
     ``masked=False`` promises that every weight is positive (no column to leave
-    out) and skips the two masking passes.  Same value and gradients as the
+    out) and skips the two masking passes.  ``blocks`` = (forward, backward)
+    `Workspace`s hold the [B, B] softmax block and its gradient (same numbers, no
+    fresh block per call; the forward one must not be shared by two calls whose
+    backward passes are both pending).  Same value and gradients as the
     masked ``torch.logsumexp`` under autograd (tests).
     """
-    return _RowInfoNCE.apply(a, b, weight, masked)
+    return _RowInfoNCE.apply(a, b, weight, masked, blocks)

@@ -19,6 +19,7 @@ Each backbone is registered once in ``MODELS`` with its options dataclass
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from rankrobust.data.interactions import Interactions
-from rankrobust.kernels import gather_dot, normalize_rows, plain_gather_dot, propagate_layers, row_infonce
+from rankrobust.kernels import (Workspace, gather_dot, normalize_rows, plain_gather_dot, propagate_layers,
+                                row_infonce)
 from rankrobust.registry import (ConfigError, Registry, choice, integers, log_uniform, non_negative, one_of, option,
                                  positive, uniform, unit_interval)
 
@@ -85,6 +87,15 @@ class Recommender(nn.Module):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U [n_users, d], I [n_items, d]) before normalisation; MF: the raw tables."""
         return self.user_emb, self.item_emb
+
+    def split_nodes(self, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users [n_users, d], items [n_items, d]) of a [n_users + n_items, d] node table (users first).
+
+        One ``split``: its backward pass is one concatenation of the two gradients, where two
+        slices would each allocate a zero-filled [n_users + n_items, d] gradient, to be added.
+        """
+        users, items = table.split([self.n_users, self.n_items])
+        return users, items
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
         return normalize_rows(x) if self.score == "cosine" else x
@@ -173,7 +184,7 @@ class LightGCN(Recommender):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U, I): the mean of Â^l [users; items] over l = 0..layers, split into users and items."""
         mean = propagate_layers(self.adjacency, torch.cat([self.user_emb, self.item_emb]), self.layers)
-        return mean[: self.n_users], mean[self.n_users:]
+        return self.split_nodes(mean)
 
 
 def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
@@ -188,33 +199,51 @@ def _first_occurrence(ids: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(new).scatter_(0, order, new)
 
 
-def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor, tau: float,
-                   compact: bool | None = None) -> torch.Tensor:
+def _distinct(ids: torch.Tensor, n: int) -> torch.Tensor:
+    """The distinct values of ``ids`` (< n), ascending, found by marking them in an [n] mask (torch.unique sorts: slower)."""
+    present = torch.zeros(n, dtype=torch.bool, device=ids.device)
+    present[ids] = True
+    return present.nonzero().squeeze(1)
+
+
+def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor | tuple[torch.Tensor, ...],
+                   tau: float, compact: bool | None = None,
+                   blocks: Sequence[Workspace] | None = None) -> torch.Tensor:
     """InfoNCE between two views of the *distinct* ``ids`` of a batch → scalar.
 
-    ``view1``, ``view2``: [n, d] tables; ``ids``: [B] row ids (repeats allowed).
-    Over the set S of distinct ids, with a = normalize(view1[s]), b = normalize(view2[s]):
+    ``view1``, ``view2``: [n, d] tables; ``ids``: [B] row ids (repeats allowed), or a
+    tuple of such groups, whose losses are summed in the tuple's order.
+    Over the set S of distinct ids of a group, with a = normalize(view1[s]), b = normalize(view2[s]):
     ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
     the unique users / items of the batch), by `rankrobust.kernels.row_infonce`.
-    ``compact`` (default: on the CPU) computes it on the |S| distinct rows (found by marking
+    The rows of all groups are gathered and normalised in one pass each (one [n, d]
+    gradient per view in the backward pass, not one per group); each group keeps its
+    own [|S|, |S|] block, so the sum over groups equals the sum of separate calls to the bit.
+    ``compact`` (default: on the CPU) computes each loss on the |S| distinct rows (found by marking
     them in an [n] mask: an [|S|, |S|] block, (|S|/B)² of the work); otherwise duplicates are masked rather than
     removed (``torch.unique`` would sync a GPU with the host): a repeated id has weight 0 as
     a row and is left out as a column of the [B, B] block.  Same value either way (up to
-    the order of float sums).
+    the order of float sums).  ``blocks``: one `Workspace` per group (its softmax block)
+    and one more (the gradient blocks), reused from step to step (`row_infonce`).
     """
+    groups = (ids,) if isinstance(ids, torch.Tensor) else tuple(ids)
     if compact is None:
-        compact = ids.device.type == "cpu"
+        compact = groups[0].device.type == "cpu"
     if compact:
-        present = torch.zeros(view1.shape[0], dtype=torch.bool, device=ids.device)
-        present[ids] = True
-        ids = present.nonzero().squeeze(1)  # the distinct ids, ascending (torch.unique sorts: slower)
-        weight = torch.full(ids.shape, 1.0 / ids.shape[0], dtype=view1.dtype, device=ids.device)
+        groups = tuple(_distinct(g, view1.shape[0]) for g in groups)
+        weights = [torch.full(g.shape, 1.0 / g.shape[0], dtype=view1.dtype, device=g.device) for g in groups]
     else:
-        first = _first_occurrence(ids)
-        weight = first.to(view1.dtype) / first.sum().clamp_min(1).to(view1.dtype)
-    a = normalize_rows(view1[ids]) / tau                      # 1/τ on [B, d] rather than on [B, B]
-    b = normalize_rows(view2[ids])
-    return row_infonce(a, b, weight, masked=not compact)
+        firsts = [_first_occurrence(g) for g in groups]
+        weights = [f.to(view1.dtype) / f.sum().clamp_min(1).to(view1.dtype) for f in firsts]
+    rows = groups[0] if len(groups) == 1 else torch.cat(groups)
+    sizes = [g.shape[0] for g in groups]
+    a = (normalize_rows(view1[rows]) / tau).split(sizes)       # 1/τ on [B, d] rather than on [B, B]
+    b = normalize_rows(view2[rows]).split(sizes)
+    total = None
+    for g, (a_g, b_g, w_g) in enumerate(zip(a, b, weights)):
+        loss = row_infonce(a_g, b_g, w_g, masked=not compact, blocks=None if blocks is None else (blocks[g], blocks[-1]))
+        total = loss if total is None else total + loss
+    return total
 
 
 class XSimGCL(Recommender):
@@ -246,6 +275,10 @@ class XSimGCL(Recommender):
         self.noise_seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else 0
         self._noise_generator: torch.Generator | None = None
         self._cl_views: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._noise: torch.Tensor | None = None  # `noise`'s buffer
+        self._sign: torch.Tensor | None = None  # sign(Â e⁽ˡ⁻¹⁾) of `layer_embeddings`' perturbation
+        # the [B, B] blocks of the two InfoNCE terms (users, items) and of their gradient, reused every step
+        self._infonce_blocks = (Workspace(), Workspace(), Workspace())
 
     def noise_generator(self, device: torch.device) -> torch.Generator:
         """The model's noise generator on ``device`` (created and seeded with ``noise_seed`` at first use)."""
@@ -258,25 +291,40 @@ class XSimGCL(Recommender):
         """(mean of layers 1..L, layer l*) as [n_users + n_items, d] tables; ``noisy`` adds the perturbation.
 
         One pass of `rankrobust.kernels.propagate_layers` (``first = 1``, ``keep = l*``); the noise
-        of layer l is drawn right after Â e⁽ˡ⁻¹⁾, layer by layer, from the model's generator.
+        of all layers is drawn before it, in one call (`noise`), layer 1's numbers first.
         """
         x = torch.cat([self.user_emb, self.item_emb])
         perturb = None
         if noisy:
-            gen = self.noise_generator(x.device)
+            noise = iter(self.noise(x))
 
             def perturb(h: torch.Tensor) -> torch.Tensor:  # h + ε·sign(h) ⊙ normalize(Δ): no gradient through sign
-                delta = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype)
-                delta.div_(torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min_(1e-12)).mul_(self.eps)
-                return h.addcmul_(torch.sign(h), delta)  # in place: h is the fresh product Â e⁽ˡ⁻¹⁾
+                sign = torch.sign(h, out=self._sign)  # into one reused [n, d] buffer
+                return h.addcmul_(sign, next(noise))  # in place: h is the fresh product Â e⁽ˡ⁻¹⁾
         return propagate_layers(self.adjacency, x, self.layers, first=1, keep=self.cl_layer, perturb=perturb)
+
+    def noise(self, x: torch.Tensor) -> torch.Tensor:
+        """ε · normalize(Δ) [layers, n, d] for one noisy propagation of ``x [n, d]``, Δ ~ U(0, 1) row-wise.
+
+        All layers' Δ in one draw from the model's generator (the same numbers, in the same
+        order, as one [n, d] draw per layer: the CPU and CUDA generators fill a tensor in
+        element order), normalised in one pass each, into one buffer reused across steps
+        (the propagation only reads it; nothing keeps it for the backward pass).
+        """
+        shape = (self.layers, *x.shape)
+        buf = self._noise
+        if buf is None or buf.shape != shape or buf.dtype != x.dtype or buf.device != x.device:
+            buf = self._noise = torch.empty(shape, dtype=x.dtype, device=x.device)
+            self._sign = torch.empty_like(x)
+        torch.rand(shape, generator=self.noise_generator(x.device), dtype=x.dtype, device=x.device, out=buf)
+        return buf.div_(torch.linalg.vector_norm(buf, dim=-1, keepdim=True).clamp_min_(1e-12)).mul_(self.eps)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the noisy layer mean (keeping the views for `extra_loss`); eval: the clean layer mean."""
         noisy = self.training and self.eps > 0
         mean, contrast = self.layer_embeddings(noisy)
         self._cl_views = (mean, contrast) if self.training and self.cl_weight > 0 else None
-        return mean[: self.n_users], mean[self.n_users:]
+        return self.split_nodes(mean)
 
     def extra_loss(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor | None:
         """λ · (InfoNCE over the batch's distinct users + over its distinct positives ``items[:, 0]``).
@@ -289,15 +337,14 @@ class XSimGCL(Recommender):
             return None
         final, contrast = views  # [n_users + n_items, d]: item i is row n_users + i (no slices: no
         n = self.n_users          # zero-filled [n_users + n_items, d] gradient per slice in the backward pass)
-        loss_u = unique_infonce(final, contrast, users, self.cl_tau)
-        loss_i = unique_infonce(final, contrast, items[:, 0] + n, self.cl_tau)
-        return self.cl_weight * (loss_u + loss_i)
+        return self.cl_weight * unique_infonce(final, contrast, (users, items[:, 0] + n), self.cl_tau,
+                                               blocks=self._infonce_blocks)
 
     @torch.no_grad()
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Evaluation tables: the clean (noise-free) layer mean, whatever the module's mode."""
         mean, _ = self.layer_embeddings(noisy=False)
-        U, I = mean[: self.n_users], mean[self.n_users:]
+        U, I = self.split_nodes(mean)
         return self._prepare(U).detach(), self._prepare(I).detach()
 
 
