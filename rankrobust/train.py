@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from rankrobust.batching import BATCHINGS, group_size_mean
 from rankrobust.config import RunConfig
 from rankrobust.data.interactions import Interactions
+from rankrobust.data.popularity import item_popularity
 from rankrobust.evaluate import EvalResult, Evaluator, most_popular_baseline, sample_users
 from rankrobust.loss_state import LossState, make_loss_state
 from rankrobust.losses import LOSSES, LossBatch, LossEntry, apply_loss, score_only_entry
@@ -219,7 +220,7 @@ class Trainer:
                      else None)
         product_dtype = torch.bfloat16 if tc.bf16 and device.type == "cpu" else None
         loss = LOSSES.entry(cfg.loss.name)
-        popularity = (torch.as_tensor(data.train.item_counts(), dtype=torch.float32, device=device)
+        popularity = (torch.as_tensor(item_popularity(data.train, "trained"), dtype=torch.float32, device=device)
                       if "popularity" in loss.reads else None)
         build_step = functools.partial(make_step, self.model, loss, cfg.loss.kwargs(), tc.l2,
                                        negatives=negatives,

@@ -10,13 +10,17 @@ from analysis.probes import probes_for
 from rankrobust import train as train_mod
 from rankrobust.config import config_from_dict
 from rankrobust.experiment import group_size_warning, run_experiment
+from rankrobust.losses import score_only_entry
 from rankrobust.train import TrainingDiverged
 from tests.test_train import tiny_config
 
 
 def test_nan_loss_fails_clearly(tmp_path, monkeypatch):
     cfg = tiny_config(tmp_path)
-    monkeypatch.setattr(train_mod, "get_loss", lambda name: lambda pos, neg, **kw: (pos * float("nan")).mean())
+    def nan_loss(pos, neg, **kw):
+        return (pos * float("nan")).mean()
+
+    monkeypatch.setattr(train_mod.LOSSES, "entry", lambda name: score_only_entry(nan_loss))
     with pytest.raises(TrainingDiverged, match="became nan at epoch 1"):
         run_experiment(cfg, tmp_path / "run", progress=False)
     status = (tmp_path / "run" / "status").read_text()
