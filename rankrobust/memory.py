@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from rankrobust.config import ConfigError, RunConfig
+from rankrobust.evaluate import BLOCK_ROWS, chunk_rows
 from rankrobust.sampling import negative_kind
 from rankrobust.scoring import choose_scorer, dense_bytes
 
@@ -38,8 +39,14 @@ INDEX = 8  # int64 bytes
 EMBEDDING_COPIES = 7
 #: [B, M, d] blocks of the gather scorer alive at once (gathered rows, their gradient, normalised rows)
 GATHER_BLOCKS = 3
-#: [chunk, n_items] blocks of one evaluation chunk (scores, masked copy, top-K work space)
-EVAL_BLOCKS = 3
+#: [n_users + n_items, d] tables of one graph propagation alive at once (`rankrobust.kernels.propagate_layers`,
+#: which saves only the adjacency for the backward pass): the concatenated input, the previous and the new layer,
+#: the running sum (the output), the kept layer (XSimGCL) and the sign buffer of XSimGCL's noise; the backward
+#: pass holds as many (the output's gradient, the scaled one, the running product and its next value)
+PROPAGATION_TABLES = 6
+#: bytes of the normalised adjacency per training pair: Â holds each pair twice (user → item and item → user),
+#: each entry a float32 value and an int32 column index (`rankrobust.models.normalized_adjacency`)
+ADJACENCY_PAIR_BYTES = 2 * (FLOAT + 4)
 #: how to shrink what one config key sizes
 FIXES = {"model.dim": "lower model.dim (--dim)", "train.batch_size": "lower train.batch_size (--batch-size)",
          "train.num_negatives": "lower train.num_negatives (--negatives)",
@@ -76,13 +83,21 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
     """The run's large blocks, in bytes, from the config and the dataset's shape.
 
     ``n_users`` × ``n_items``: the shape of the training matrix; ``n_pairs``:
-    training pairs (a batch holds at most that many).  Blocks: the embedding
-    tables with their optimiser state (``model.dim``; LightGCN adds its
-    ``model.layers`` + 1 propagated layers), one training batch's score blocks
-    (sized by ``train.batch_size`` and the sampler: ``num_negatives`` ×
-    ``model.dim`` for gathered negatives, the whole catalog for the dense and
-    all-items paths, B × B in-batch), and one evaluation chunk
-    (``train.eval_chunk`` × n_items).
+    training pairs (a batch holds at most that many).  Blocks (d = ``model.dim``,
+    n = n_users + n_items, P = n_pairs, L = ``model.layers``):
+
+    * the embedding tables with their optimiser state: ``EMBEDDING_COPIES · n · d · 4`` bytes;
+    * a graph backbone's propagation (LightGCN, XSimGCL): ``PROPAGATION_TABLES · n · d · 4``
+      (no layer is saved for the backward pass: the number of layers costs time, not
+      memory) + the CSR adjacency ``ADJACENCY_PAIR_BYTES · P``; XSimGCL adds its noise
+      buffer, one [n, d] table per layer (``L · n · d · 4``, named with ``model.layers``);
+    * one training batch's score blocks (sized by ``train.batch_size`` and the sampler:
+      ``num_negatives`` × ``model.dim`` for gathered negatives, the whole catalog for the
+      dense and all-items paths, B × B in-batch);
+    * one evaluation chunk: its reused [rows × n_items] float32 score buffer, rows =
+      `rankrobust.evaluate.chunk_rows` (whole 64-user blocks, at most ``train.eval_chunk``;
+      on a CPU sized to the cache, on a GPU to a share of its memory), plus the masked
+      training pairs as int64 flat offsets (``8 · P``; no dense [rows × n_items] mask).
     """
     tc, opts = cfg.train, cfg.model.options
     dim = int(opts.dim)
@@ -93,10 +108,16 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
                               f"the embedding tables ({n_users:,} users + {n_items:,} items) with their gradients, "
                               f"optimiser state and copies", rows * dim * FLOAT * EMBEDDING_COPIES,
                               "lower model.dim (--dim)"))
-    if layers is not None:  # LightGCN: its own block, so a huge model.layers is named, not model.dim
+    if layers is not None:  # a graph backbone: the propagation's tables and the adjacency
+        blocks.append(MemoryBlock(("model.dim",), (dim,),
+                                  f"the graph propagation's [{rows:,} × {dim:,}] tables and the adjacency "
+                                  f"({int(n_pairs):,} training pairs)",
+                                  PROPAGATION_TABLES * rows * dim * FLOAT + ADJACENCY_PAIR_BYTES * int(n_pairs),
+                                  "lower model.dim (--dim)"))
+    if layers is not None and cfg.model.name == "xsimgcl":  # its own block, so a huge model.layers is named
         blocks.append(MemoryBlock(("model.layers", "model.dim"), (int(layers), dim),
-                                  f"the {int(layers) + 1:,} propagated layers of the [{rows:,} × {dim:,}] embedding "
-                                  f"tables with their gradients", rows * dim * FLOAT * 2 * (int(layers) + 1),
+                                  f"XSimGCL's noise for {int(layers):,} layers of the [{rows:,} × {dim:,}] tables",
+                                  int(layers) * rows * dim * FLOAT,
                                   "lower model.layers (--layers) or model.dim (--dim)"))
     b = max(1, min(int(tc.batch_size), int(n_pairs)))
     kind = negative_kind(tc.sampler)
@@ -134,10 +155,11 @@ def estimate_memory(cfg: RunConfig, n_users: int, n_items: int, n_pairs: int,
                                       GATHER_BLOCKS * b * (m + 1) * dim * FLOAT + b * m * INDEX,
                                       "lower train.batch_size (--batch-size), train.num_negatives (--negatives) "
                                       "or model.dim (--dim)"))
-    chunk = max(1, min(int(tc.eval_chunk), int(n_users)))
+    chunk = min(chunk_rows(n_items * FLOAT, device, int(tc.eval_chunk)),
+                BLOCK_ROWS * max(1, -(-int(n_users) // BLOCK_ROWS)))  # as the evaluator chooses it
     blocks.append(MemoryBlock(("train.eval_chunk",), (int(tc.eval_chunk),),
-                              f"one evaluation chunk's [{chunk:,} × {n_items:,}] score blocks",
-                              EVAL_BLOCKS * chunk * n_items * FLOAT, FIXES["train.eval_chunk"]))
+                              f"one evaluation chunk's [{chunk:,} × {n_items:,}] score buffer and the masked pairs",
+                              chunk * n_items * FLOAT + int(n_pairs) * INDEX, FIXES["train.eval_chunk"]))
     return blocks
 
 
