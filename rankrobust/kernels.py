@@ -350,7 +350,10 @@ class _RowInfoNCE(torch.autograd.Function):
         own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
         ctx.save_for_backward(a, b, weight, probs, total)             # softmax P = probs / total, divided in backward
         ctx.gradient_block = None if blocks is None else blocks[1]
-        return -(weight * torch.where(keep, own - lse, torch.zeros_like(own))).sum()
+        per_row = own - lse
+        if masked:  # a row left out (weight 0) may have lse = −inf
+            per_row = torch.where(keep, per_row, torch.zeros_like(own))
+        return -(weight * per_row).sum()
 
     @staticmethod
     def backward(ctx, grad: Tensor):

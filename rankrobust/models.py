@@ -237,8 +237,9 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor |
         weights = [f.to(view1.dtype) / f.sum().clamp_min(1).to(view1.dtype) for f in firsts]
     rows = groups[0] if len(groups) == 1 else torch.cat(groups)
     sizes = [g.shape[0] for g in groups]
-    a = (normalize_rows(view1[rows]) / tau).split(sizes)       # 1/τ on [B, d] rather than on [B, B]
-    b = normalize_rows(view2[rows]).split(sizes)
+    # index_select: its backward is one index_add_ into the [n, d] gradient (indexing's is a sorting index_put_)
+    a = (normalize_rows(view1.index_select(0, rows)) / tau).split(sizes)  # 1/τ on [B, d] rather than on [B, B]
+    b = normalize_rows(view2.index_select(0, rows)).split(sizes)
     total = None
     for g, (a_g, b_g, w_g) in enumerate(zip(a, b, weights)):
         loss = row_infonce(a_g, b_g, w_g, masked=not compact, blocks=None if blocks is None else (blocks[g], blocks[-1]))
