@@ -332,7 +332,7 @@ _EXP_FLOOR = -80.0
 class _RowInfoNCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool,
-                blocks: tuple[Workspace, Workspace] | None) -> Tensor:
+                blocks: tuple[Workspace, Workspace] | None, bound: float | None) -> Tensor:
         keep = weight > 0
         n = a.shape[0]
         out = None if blocks is None else blocks[0].take(n, n, a.dtype, a.device)
@@ -342,7 +342,10 @@ class _RowInfoNCE(torch.autograd.Function):
         top = logits.amax(dim=1, keepdim=True)                        # finite: a weighted row keeps its own column
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
         # in place, the block exponentiated once; −inf and denormal exponents avoided (module docstring)
-        probs = logits.sub_(top).clamp_(min=_EXP_FLOOR).exp_()
+        shifted = logits.sub_(top)
+        if masked or bound is None or 2 * bound * (1 + 1e-3) >= -_EXP_FLOOR:  # else no exponent is below the floor
+            shifted.clamp_(min=_EXP_FLOOR)
+        probs = shifted.exp_()
         if masked:
             probs.mul_(keep)
         total = probs.sum(dim=1, keepdim=True)
@@ -366,11 +369,11 @@ class _RowInfoNCE(torch.autograd.Function):
         d_logits.diagonal().sub_(scale)
         grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
         grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b, None, None, None
+        return grad_a, grad_b, None, None, None, None
 
 
 def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True,
-                blocks: tuple[Workspace, Workspace] | None = None) -> Tensor:
+                blocks: tuple[Workspace, Workspace] | None = None, bound: float | None = None) -> Tensor:
     """Weighted InfoNCE ``−Σ_r w_r log softmax_{c: w_c > 0}(a_r · b_c)[r]`` → scalar.
 
     ``a, b [B, d]`` (temperature and normalisation already applied: logits are
@@ -384,7 +387,9 @@ def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True,
     out) and skips the two masking passes.  ``blocks`` = (forward, backward)
     `Workspace`s hold the [B, B] softmax block and its gradient (same numbers, no
     fresh block per call; the forward one must not be shared by two calls whose
-    backward passes are both pending).  Same value and gradients as the
+    backward passes are both pending).  ``bound`` ≥ max |a_r · b_c|, when the caller knows one (1/τ for
+    unit rows over τ): on the unmasked path with 2·bound < 80 the shifted exponents are all above
+    the floor, and the clamping pass is skipped (the same numbers).  Same value and gradients as the
     masked ``torch.logsumexp`` under autograd (tests).
     """
-    return _RowInfoNCE.apply(a, b, weight, masked, blocks)
+    return _RowInfoNCE.apply(a, b, weight, masked, blocks, bound)

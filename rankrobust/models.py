@@ -242,7 +242,8 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor |
     b = normalize_rows(view2.index_select(0, rows)).split(sizes)
     total = None
     for g, (a_g, b_g, w_g) in enumerate(zip(a, b, weights)):
-        loss = row_infonce(a_g, b_g, w_g, masked=not compact, blocks=None if blocks is None else (blocks[g], blocks[-1]))
+        loss = row_infonce(a_g, b_g, w_g, masked=not compact, blocks=None if blocks is None else (blocks[g], blocks[-1]),
+                           bound=1 / tau)  # |a·b| ≤ 1/τ: unit rows
         total = loss if total is None else total + loss
     return total
 

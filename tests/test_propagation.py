@@ -239,6 +239,27 @@ def test_row_infonce_equals_the_masked_logsumexp(scale):
                                                                                  b0.clone().requires_grad_()))
 
 
+@pytest.mark.parametrize("tau", [0.1, 0.02])  # 2/τ below the exponent floor (clamp skipped) and above it
+def test_row_infonce_with_workspaces_and_a_bound_gives_the_same_bits(tau):
+    """The reused [B, B] blocks and the known bound |a·b| ≤ 1/τ change no bit of the loss or its gradients,
+    over two steps (the second reuses the blocks of the first), against the float64 masked logsumexp too."""
+    from rankrobust.kernels import Workspace, normalize_rows, row_infonce
+
+    gen = torch.Generator().manual_seed(5)
+    blocks = (Workspace(), Workspace())
+    for n in (40, 25):
+        a0 = normalize_rows(torch.randn(n, 8, generator=gen)) / tau
+        b0 = normalize_rows(torch.randn(n, 8, generator=gen))
+        weight = torch.full((n,), 1.0 / n)
+        a, b, ra, rb = (t.clone().requires_grad_() for t in (a0, b0, a0, b0))
+        got, ref = row_infonce(a, b, weight, False, blocks, 1 / tau), row_infonce(ra, rb, weight, False)
+        got.backward()
+        ref.backward()
+        assert torch.equal(got, ref) and torch.equal(a.grad, ra.grad) and torch.equal(b.grad, rb.grad)
+        oracle = _masked_infonce(a0.double(), b0.double(), weight.double())
+        torch.testing.assert_close(got.double(), oracle, rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------- CUDA (skipped without a GPU)
 @pytest.mark.cuda
 @pytest.mark.parametrize("keep", [None, 2])
