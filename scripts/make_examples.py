@@ -232,7 +232,8 @@ def readme(all_facts: list[dict], machine: str | None, total_bytes: int) -> str:
         "# Example sweeps (generated, do not edit)",
         "",
         "**These are examples, not results to cite.** They are small copies of the quick lastfm sweeps "
-        "(MF/LightGCN, 15 epochs, sized for 2 CPU cores), shipped so that every notebook in `notebooks/` runs "
+        "(MF on the embedded lastfm data, sized for 2 CPU cores; how each was made, its settings, seeds and "
+        "epochs, is in its `sweep.json`), shipped so that every notebook in `notebooks/` runs "
         "on a fresh clone: `rankrobust.results_dir(\"np-quick\")` returns the sweep of that name under "
         "`RANKROBUST_RESULTS` when that folder holds it, else this folder's copy (with a printed note). For numbers to report, run the sweeps yourself (commands below), point "
         "`RANKROBUST_RESULTS` at their folder, and read the full stores.",

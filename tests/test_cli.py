@@ -1,6 +1,7 @@
 """The `rankrobust` command (rankrobust/cli.py): flags from the registries, typos, train end to end."""
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -131,20 +132,24 @@ def test_user_facing_text_cites_no_unshipped_protocols_file(capsys):
 
 
 def test_results_on_a_shipped_store_prints_seed_level_cis_and_capped_runs(capsys):
-    """bsl-batching-quick: 3 seeds per cell, every run stopped at its 15-epoch cap; --compare warns about it."""
+    """bsl-batching-quick (tuned, early stopping): 5 seeds per cell, none capped, one Holm family per table; the
+    np-quick example shipped until 2026-12 (tests/data): one seed, 18 of 20 runs at their 15-epoch cap, warned."""
     from rankrobust import EXAMPLES_DIR
 
     store = str(EXAMPLES_DIR / "bsl-batching-quick")
     assert main(["results", store, "--compare", "loss.name=bsl,train.batching=pairs",
                  "loss.name=bsl,train.batching=users", "--robustness", "sl", "bsl"]) == 0
     out = capsys.readouterr().out
-    assert re.search(r"bsl +0\.0 +pairs +0\.\d{4} \[0\.\d{4}, 0\.\d{4}\] n=3 .* bootstrap\+t +3/3", out)
-    assert re.search(r"sl +0\.0 +pairs .* n=3 +t +3/3", out)
-    assert "warning: 60 of 60 finished runs stopped at their epoch cap" in out
-    assert "p_holm: one Holm family of 5 tests" in out and "p_holm: one Holm family of 8 tests" in out
-    assert "warning: 30 of 30 compared runs stopped at their epoch cap: not converged" in out
-    assert "warning: 60 of 60 compared runs stopped at their epoch cap" in out  # robustness: distinct runs
-    assert main(["results", str(EXAMPLES_DIR / "np-quick")]) == 0
+    assert re.search(r"bsl +0\.0 +pairs +0\.\d{4} \[0\.\d{4}, 0\.\d{4}\] n=5 .* bootstrap\+t +0/5", out)
+    assert re.search(r"sl +0\.0 +pairs .* n=5 +t +0/5", out)
+    assert "finished runs stopped at their epoch cap" not in out and "compared runs stopped at" not in out
+    assert "p_holm: one Holm family of 3 tests" in out and "p_holm: one Holm family of 4 tests" in out
+    old = str(Path(__file__).parent / "data" / "np-quick-2026-11")
+    assert main(["results", old, "--compare", "sl", "bsl"]) == 0
+    out = capsys.readouterr().out
+    assert "warning: 18 of 20 finished runs stopped at their epoch cap" in out
+    assert "warning: 10 of 10 compared runs stopped at their epoch cap: not converged" in out
+    assert main(["results", old]) == 0
     out = capsys.readouterr().out
     assert "(n=1, no CI)" in out and re.search(r"\n +0\.3 +0\.3123 \(n=1, no CI\) .* 0/1", out)  # bce, early stopped
     assert "18 of 20 finished runs stopped at their epoch cap" in out
@@ -237,19 +242,20 @@ def test_compare_with_one_seed_says_no_seed_level_test_and_shows_the_per_user_vi
     secondary; where the runs have no per-user tables, one line says so."""
     from rankrobust import EXAMPLES_DIR
 
-    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--compare", "sl", "bsl"]) == 0
+    old = Path(__file__).parent / "data" / "np-quick-2026-11"  # the one-seed np-quick example until 2026-12
+    assert main(["results", str(old), "--compare", "sl", "bsl"]) == 0
     out = capsys.readouterr().out
     assert "Holm family of 0 tests" not in out
     assert "no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most 1" in out
     assert re.search(r"secondary: per-user, pooled over 1 seeds: .*not a substitute for one\)\n +noise\.pos_ratio "
                      r"+seeds +users +diff +p +p_holm\n", out)
-    assert main(["results", str(EXAMPLES_DIR / "np-quick"), "--robustness", "sl", "bsl"]) == 0
+    assert main(["results", str(old), "--robustness", "sl", "bsl"]) == 0
     out = capsys.readouterr().out
     assert "Holm family of 0 tests" not in out and "needs >= 2 matched seeds" in out
-    assert main(["results", str(EXAMPLES_DIR / "lc-quick"), "--compare", "sl", "bpr"]) == 0  # no per_user tables
+    assert main(["results", str(old), "--compare", "sl", "bpr"]) == 0  # BPR's runs kept no per_user tables
     out = capsys.readouterr().out
     assert "needs >= 2 matched seeds" in out and "(no per-user view either: " in out
-    assert main(["results", str(EXAMPLES_DIR / "bsl-batching-quick"), "--compare", "sl", "bsl"]) == 0  # 3 seeds
+    assert main(["results", str(EXAMPLES_DIR / "bsl-batching-quick"), "--compare", "sl", "bsl"]) == 0  # 5 seeds
     out = capsys.readouterr().out
     assert "p_holm: one Holm family of" in out and "needs >= 2 matched seeds" not in out and "secondary" not in out
 

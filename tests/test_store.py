@@ -171,12 +171,14 @@ def test_stop_reason_recorded_or_derived_for_old_runs(tmp_path):
 
 def test_shipped_store_stop_reasons_and_capped_counts():
     frame = load_store(EXAMPLES_DIR / "bsl-batching-quick")
-    assert (frame["stop_reason"] == "epoch_cap").all()  # all 60 runs hit the 15-epoch cap
+    assert (frame["stop_reason"] == "early_stopping").all()  # tuned, up to 100 epochs: all 60 stopped early
     table = summarize(frame, grid_axes(EXAMPLES_DIR / "bsl-batching-quick", frame))
-    assert (table[("runs", "capped")] == 3).all() and (table[("runs", "n")] == 3).all()
+    assert (table[("runs", "capped")] == 0).all() and (table[("runs", "n")] == 5).all()
     assert set(table[("test.ndcg@20", "ci_method")]) == {"t", "bootstrap+t"}  # per-user tables: BSL runs only
-    np_quick = load_store(EXAMPLES_DIR / "np-quick")
-    assert np_quick["stop_reason"].value_counts().to_dict() == {"epoch_cap": 18, "early_stopping": 2}
+    old = load_store(Path(__file__).parent / "data" / "np-quick-2026-11")  # the 15-epoch example until 2026-12
+    assert old["stop_reason"].value_counts().to_dict() == {"epoch_cap": 18, "early_stopping": 2}
+    table = summarize(old, grid_axes(Path(__file__).parent / "data" / "np-quick-2026-11", old))
+    assert table[("runs", "capped")].sum() == 18
 
 
 def test_parse_arm():
