@@ -20,6 +20,7 @@ import torch
 
 from rankrobust.losses import LOSSES, dcl, sl
 from rankrobust.losses.cw import cw
+from tests.oracles import finite_differences
 
 DELTA = 1e-6  # the relative cap of the correction (denoising.DCL_FLOOR), restated
 
@@ -60,18 +61,6 @@ def o_cw(pos, neg, mask, users, tau=0.1, tau_plus=0.01, tau_w=0.1, weights=None)
         floor = math.exp((-1 - p) / tau)
         rows.append(math.log(m * max(corrected, floor)))
     return sum(rows) / len(rows)
-
-
-def _fd(f, x, h=1e-6):
-    """Central finite differences of the scalar function f at the nested list x."""
-    flat = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(flat)
-    for i in np.ndindex(flat.shape):
-        up, down = flat.copy(), flat.copy()
-        up[i] += h
-        down[i] -= h
-        grad[i] = (f(up.tolist()) - f(down.tolist())) / (2 * h)
-    return grad
 
 
 def _inputs(b=6, m=5, seed=0, with_mask=False, pos_shift=0.0):
@@ -116,8 +105,8 @@ def test_value_and_gradient_match_oracle(hyper, with_mask, grouped):
     expected = o_cw(pos.tolist(), neg.tolist(), ml, users, **hyper)
     assert float(out.detach()) == pytest.approx(expected, rel=1e-10, abs=1e-12)
     frozen = o_weights(pos.tolist(), neg.tolist(), ml, hyper["tau_w"])
-    gp = _fd(lambda x: o_cw(x, neg.tolist(), ml, users, **hyper, weights=frozen), pos.tolist())
-    gn = _fd(lambda x: o_cw(pos.tolist(), x, ml, users, **hyper, weights=frozen), neg.tolist())
+    gp = finite_differences(lambda x: o_cw(x, neg.tolist(), ml, users, **hyper, weights=frozen), pos.tolist())
+    gn = finite_differences(lambda x: o_cw(pos.tolist(), x, ml, users, **hyper, weights=frozen), neg.tolist())
     np.testing.assert_allclose(p.grad.numpy(), gp, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(n.grad.numpy(), gn, rtol=1e-5, atol=1e-8)
     if mask is not None:
@@ -135,7 +124,7 @@ def test_the_floor_and_the_cap_match_the_oracle():
     expected = o_cw(pos.tolist(), neg.tolist(), None, users, **hyper)
     assert float(out.detach()) == pytest.approx(expected, rel=1e-10)
     frozen = o_weights(pos.tolist(), neg.tolist(), None, hyper["tau_w"])
-    gp = _fd(lambda x: o_cw(x, neg.tolist(), None, users, **hyper, weights=frozen), pos.tolist())
+    gp = finite_differences(lambda x: o_cw(x, neg.tolist(), None, users, **hyper, weights=frozen), pos.tolist())
     np.testing.assert_allclose(p.grad.numpy(), gp, rtol=1e-5, atol=1e-8)
     # the floored rows: ℓ_k = log M + (−1 − s⁺)/τ, so ∂ℓ/∂s⁻ = 0 there
     floored = [k for k in range(len(pos)) if abs(p.grad[k] + 1 / hyper["tau"] / len(pos)) < 1e-12]

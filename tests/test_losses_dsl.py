@@ -22,6 +22,7 @@ import torch
 
 from rankrobust.losses import LOSSES, LossBatch, sl
 from rankrobust.losses.dsl import dsl, dsl_scores
+from tests.oracles import finite_differences
 
 MAX_SCALE = 10.0  # the clamp of τ_k/τ (dsl.DSL_MAX_SCALE), restated
 
@@ -69,18 +70,6 @@ def o_dsl(pos, neg, sim, mask, tau=0.1, kappa=1.0, mix=0.5, slate=10, gamma=1.0,
         top = max(terms)
         rows.append(scales[k] * (top + math.log(sum(math.exp(x - top) for x in terms))))
     return sum(rows) / len(rows)
-
-
-def _fd(f, x, h=1e-6):
-    """Central finite differences of the scalar function f at the nested list x."""
-    flat = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(flat)
-    for i in np.ndindex(flat.shape):
-        up, down = flat.copy(), flat.copy()
-        up[i] += h
-        down[i] -= h
-        grad[i] = (f(up.tolist()) - f(down.tolist())) / (2 * h)
-    return grad
 
 
 def _inputs(b=6, m=5, seed=0, with_mask=False, dim=4):
@@ -131,8 +120,8 @@ def test_value_and_gradient_match_oracle(hyper, with_mask):
     assert float(out.detach()) == pytest.approx(expected, rel=1e-10, abs=1e-12)
     out.backward()
     frozen = o_detached(pos.tolist(), neg.tolist(), sim, ml, **hyper)
-    gp = _fd(lambda x: o_dsl(x, neg.tolist(), sim, ml, **hyper, frozen=frozen), pos.tolist())
-    gn = _fd(lambda x: o_dsl(pos.tolist(), x, sim, ml, **hyper, frozen=frozen), neg.tolist())
+    gp = finite_differences(lambda x: o_dsl(x, neg.tolist(), sim, ml, **hyper, frozen=frozen), pos.tolist())
+    gn = finite_differences(lambda x: o_dsl(pos.tolist(), x, sim, ml, **hyper, frozen=frozen), neg.tolist())
     np.testing.assert_allclose(p.grad.numpy(), gp, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(n.grad.numpy(), gn, rtol=1e-5, atol=1e-8)
     if mask is not None:

@@ -21,6 +21,7 @@ import torch
 from rankrobust.loss_state import make_loss_state
 from rankrobust.losses import LOSSES, state_keywords
 from rankrobust.losses.successors import AdvInfoNCEState, DrRLState, LLPAUCState, topk_quantiles
+from tests.oracles import finite_differences
 
 NEW = ("psl", "slatk", "advinfonce", "llpauc", "drrl", "tce", "rce", "dcl", "rince")
 
@@ -229,20 +230,6 @@ def _call(name, pos, neg, users, mask, st, hyper):
     return LOSSES[name](pos, neg, users=t(users), neg_mask=None if mask is None else t(mask), **hyper, **kw)
 
 
-def _fd(f, x, h=1e-6):
-    """Central finite differences of the scalar function f at the list (or nested list) x."""
-    flat = np.array(x, dtype=np.float64)
-    grad = np.zeros_like(flat)
-    it = np.nditer(flat, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        up, down = flat.copy(), flat.copy()
-        up[i] += h
-        down[i] -= h
-        grad[i] = (f(up.tolist()) - f(down.tolist())) / (2 * h)
-    return grad
-
-
 # --------------------------------------------------------------------------- values and gradients
 @pytest.mark.parametrize("name,hyper", CASES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CASES)])
 @pytest.mark.parametrize("with_mask", [False, True])
@@ -262,8 +249,8 @@ def test_value_and_gradient_match_oracle(name, hyper, with_mask):
     if name == "rce":
         gp, gn = o_rce_grad(pos.tolist(), neg.tolist(), ml, **hyper)
     else:
-        gp = _fd(lambda x: oracle(x, neg.tolist(), ml, st, **hyper), pos.tolist())
-        gn = _fd(lambda x: oracle(pos.tolist(), x, ml, st, **hyper), neg.tolist())
+        gp = finite_differences(lambda x: oracle(x, neg.tolist(), ml, st, **hyper), pos.tolist())
+        gn = finite_differences(lambda x: oracle(pos.tolist(), x, ml, st, **hyper), neg.tolist())
     np.testing.assert_allclose(p.grad.numpy(), gp, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(n.grad.numpy(), gn, rtol=1e-5, atol=1e-7)
     if mask is not None:
@@ -273,7 +260,7 @@ def test_value_and_gradient_match_oracle(name, hyper, with_mask):
                 "llpauc": ["a", "b", "s_pos", "s_neg", "gamma"]}.get(name, []):
         def f(x, key=key):
             return oracle(pos.tolist(), neg.tolist(), ml, {**st, key: x}, **hyper)
-        np.testing.assert_allclose(tst[key].grad.numpy(), _fd(f, st[key]), rtol=1e-5, atol=1e-7, err_msg=key)
+        np.testing.assert_allclose(tst[key].grad.numpy(), finite_differences(f, st[key]), rtol=1e-5, atol=1e-7, err_msg=key)
 
 
 @pytest.mark.parametrize("name", NEW)
