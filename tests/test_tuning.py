@@ -90,6 +90,14 @@ def test_bad_spec_is_one_clear_line(tmp_path, capsys, change, words):
     assert len(err.splitlines()) == 1 and words in err and "Traceback" not in err
 
 
+def test_malformed_yaml_spec_is_one_line(tmp_path, capsys):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: b\narms: {loss.name: [sl]\ntune: {trials: 2}\n")  # unclosed flow mapping
+    assert main(["tune", str(path), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not valid YAML" in err and "at line 3" in err
+
+
 def test_empty_search_space_is_refused(tmp_path, capsys):
     from rankrobust.config import config_from_dict, search_space
 

@@ -39,7 +39,7 @@ from typing import Any
 import yaml
 
 from rankrobust.config import ConfigError, RunConfig, Searched, closest, config_from_dict, prune_inapplicable, \
-    search_space, set_dotted, load_yaml
+    search_space, set_dotted, load_yaml, yaml_problem
 from rankrobust.evaluate import METRIC_NAMES
 from rankrobust.sweeps.spec import check_resources
 
@@ -289,5 +289,5 @@ def load_tune_spec(path: str | Path) -> TuneSpec:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"tune spec {path} cannot be read ({getattr(err, 'strerror', None) or err})") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}; fix the spec") from None
     return parse_tune_spec(data, path)
