@@ -585,9 +585,15 @@ def cmd_figures(args: argparse.Namespace) -> int:
 def default_figures_dir(dirs: Sequence[str]) -> Path:
     """Where ``figures`` writes without ``--out``: ``figures/`` in the folder holding the sweep folders
     (their common parent: ``results/np-quick results/lc-quick`` → ``results/figures``), never the repository's
-    committed ``figures/`` unless asked: sweep folders at the root of a checkout give ``results/figures``."""
+    committed ``figures/`` unless asked: sweep folders at the root of a checkout give ``results/figures``, and
+    the shipped example stores (inside the installed package, maybe read-only) give ``results/figures`` under
+    the working folder."""
+    from rankrobust import EXAMPLES_DIR
+
     parents = [Path(d).expanduser().resolve().parent for d in dirs]
     out = Path(os.path.commonpath(parents)) / "figures"
+    if out.is_relative_to(EXAMPLES_DIR.resolve().parent):  # the examples: never write into the package
+        return Path.cwd() / "results" / "figures"
     committed = Path(__file__).resolve().parents[1] / "figures"  # the checkout's tracked figures/
     if out == committed and (committed.parent / ".git").exists():  # sweep folders at the repository root
         return committed.parent / "results" / "figures"

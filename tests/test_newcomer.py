@@ -195,6 +195,9 @@ def test_figures_of_sweeps_at_the_repository_root_do_not_default_to_the_committe
     assert default_figures_dir([str(repo / "np-quick")]) == repo / "results" / "figures"
     assert default_figures_dir([str(repo / "results" / "np-quick")]) == repo / "results" / "figures"
     assert default_figures_dir(["/tmp/x/np-quick", "/tmp/x/lc-quick"]) == Path("/tmp/x/figures")
+    from rankrobust import EXAMPLES_DIR  # the shipped examples live in the package: never write figures there
+
+    assert default_figures_dir([str(EXAMPLES_DIR / "lc-quick")]) == Path.cwd() / "results" / "figures"
 
 
 def test_examples_readme_names_the_spec_each_example_was_made_with():

@@ -76,7 +76,7 @@ def _print_results(path, storage: str | None, plots: bool) -> int:
     print(format_table(table))
     best = sorted(folder.path.glob("best/*.yaml"))
     if best:
-        print(f"best settings: {folder.path / 'best'}/<arm>.yaml ({len(best)} arms)")
+        print(f"best settings: {folder.path / 'best'}/<arm>.yaml ({len(best)} arm{'s' if len(best) != 1 else ''})")
     if plots:
         made = write_plots(folder, storage)
         if made:
