@@ -395,7 +395,7 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def _results(args: argparse.Namespace) -> int:
     from rankrobust.store import (EPOCH_CAP, OUTDATED, STALE, STATUS, STOP_REASON, arm_label, capped_warning,
-                                  cells_progress, compare_drops, compare_runs, compare_runs_per_user, format_summary,
+                                  cells_progress, check_arm, compare_drops, compare_runs, compare_runs_per_user, format_summary,
                                   grid_axes, load_store, main_metrics, missing_cutoff, noise_axis, parse_arm,
                                   selection_cutoff, store_problems, summarize)
     from rankrobust.sweeps.runner import describe_owner, running_owner
@@ -404,6 +404,26 @@ def _results(args: argparse.Namespace) -> int:
     full = load_store(args.dir, include_stale=True)
     frame = full[~(full[STALE] | full[OUTDATED])].drop(columns=[STALE, OUTDATED]).reset_index(drop=True)
     axes = grid_axes(folder, frame)
+    # a comparison's arguments are checked before anything is printed: a typo is one line, not a table then a line
+    if not (args.compare or args.robustness) and (args.per_user or args.noise_axis):
+        raise ConfigError(f"{'--per-user' if args.per_user else '--noise-axis'} goes with "
+                          f"{'--compare' if args.per_user else '--robustness'} A B")
+    metric = (_compare_metric(args.compare_metric or f"ndcg@{selection_cutoff(frame)}", frame)
+              if args.compare or args.robustness else None)
+    try:
+        for arm in (*(args.compare or ()), *(args.robustness or ())):
+            missing = [key for key in parse_arm(arm) if key not in frame]
+            if missing:
+                raise ValueError(f"arm {arm!r}: the store has no column {missing[0]!r}"
+                                 f"{closest(missing[0], list(axes))}; grid axes: {', '.join(axes) or 'none'}")
+            check_arm(frame, parse_arm(arm))
+        noise = (args.noise_axis or noise_axis(frame, axes)) if args.robustness else None
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    noise_axes = [x for x in axes if x.startswith("noise.")]
+    if noise is not None and noise not in noise_axes:
+        raise ConfigError(f"--noise-axis {noise!r} is not a noise axis of this sweep{closest(noise, noise_axes)}; "
+                          f"its noise axes: {', '.join(noise_axes) or 'none'}")
     counts = frame[STATUS].value_counts().to_dict()
     print(f"{args.dir}: {len(frame)} runs " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     progress = cells_progress(folder, frame)
@@ -442,11 +462,7 @@ def _results(args: argparse.Namespace) -> int:
             print(f"\nwarning: {len(warned)} of {len(frame)} runs carry warnings, e.g. {warned['cell_id'].iloc[0]}: "
                   f"{first}")
     if not (args.compare or args.robustness):
-        if args.per_user or args.noise_axis:
-            raise ConfigError(f"{'--per-user' if args.per_user else '--noise-axis'} goes with "
-                              f"{'--compare' if args.per_user else '--robustness'} A B")
         return 0
-    metric = _compare_metric(args.compare_metric or f"ndcg@{selection_cutoff(frame)}", frame)
     show = dict(index=False, float_format=lambda v: f"{v:.4g}")
     if args.compare:
         a, b = (parse_arm(x) for x in args.compare)
@@ -478,7 +494,6 @@ def _results(args: argparse.Namespace) -> int:
             print(secondary.drop(columns="view").to_string(**show))
     if args.robustness:
         a, b = (parse_arm(x) for x in args.robustness)
-        noise = args.noise_axis or noise_axis(frame, axes)
         table = compare_drops(frame, axes, a, b, noise=noise, metric=metric, permutation=args.permutation)
         if table.empty:
             print(f"\nno cell has clean and noisy finished runs of both {args.robustness[0]!r} and "

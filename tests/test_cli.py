@@ -309,3 +309,19 @@ def test_holm_family_line_names_cells_without_a_test():
         "p_holm: one Holm family of 1 tests (1 cell(s) with fewer than 2 matched seeds have no test)")
     assert _holm_family(pd.DataFrame({"seeds": [1, 1], "p": [nan, nan]})).startswith(
         "no test: a seed-level test needs >= 2 matched seeds per cell and these cells have at most 1")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--compare", "sl", "bslx"], "did you mean 'bsl'?"),
+    (["--compare", "foo=1", "bsl"], "no column 'foo'"),
+    (["--compare", "sl", "bsl", "--compare-metric", "coverage@20"], "global metric"),
+    (["--robustness", "sl", "bsl", "--noise-axis", "loss.name"], "not a noise axis"),
+    (["--per-user"], "goes with --compare"),
+])
+def test_results_refuses_a_bad_comparison_before_printing_anything(args, words, capsys):
+    """A mistyped arm, metric or noise axis used to print the whole summary table and then the error line."""
+    from rankrobust import EXAMPLES_DIR
+
+    assert main(["results", str(EXAMPLES_DIR / "np-quick"), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and words in captured.err
