@@ -582,6 +582,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
         raise ConfigError("name the sweep folders to draw from (rankrobust figures results/np-quick ...); "
                           "--list shows the figures and the sweeps each needs")
     out = Path(args.out) if args.out else default_figures_dir(args.dirs)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; give a folder for the figures")
     if not args.out:  # the default folder is not one the user named: say where the files go
         print(f"writing figures to {out} (--out to choose)", file=sys.stderr, flush=True)
     for folder in args.dirs:  # a sweep with cells not run (yet): say so before drawing what there is

@@ -325,3 +325,13 @@ def test_results_refuses_a_bad_comparison_before_printing_anything(args, words, 
     assert main(["results", str(EXAMPLES_DIR / "np-quick"), *args]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and words in captured.err
+
+
+def test_figures_out_a_file_is_one_line(tmp_path, capsys):
+    from rankrobust import EXAMPLES_DIR
+
+    target = tmp_path / "afile.txt"
+    target.write_text("keep me")
+    assert main(["figures", str(EXAMPLES_DIR / "lc-quick"), "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a file, not a folder" in err and target.read_text() == "keep me"
