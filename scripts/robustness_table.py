@@ -1,6 +1,7 @@
 """How much each loss loses to noise, against a reference loss, with the seed as the unit: the README's table.
 
     python scripts/robustness_table.py results/np-tuned --reference sl [--metric test.ndcg@20] [--noise noise.pos_ratio]
+        [--where noise.neg_pool=heldout]
 
 For each loss and noisy level r > 0 of ``--noise`` (the smallest level is the
 clean one): the loss's mean drop clean − noisy over seeds with its 95 %
@@ -10,7 +11,9 @@ loses less than the reference), with its 95 % CI, d_z and the paired t-test
 (`rankrobust.stats.difference_of_drops`); all rows one Holm family
 (`rankrobust.stats.holm_family`). "loses less" / "loses more" when the
 Holm-adjusted p is below 0.05 and the CI excludes 0, else "no detectable
-difference". Only finished runs count; one run per loss, level and seed.
+difference". Only finished runs count; one run per loss, level and seed
+(``--where KEY=VALUE`` keeps the runs of one value of another axis, e.g. one
+false-negative pool).
 """
 from __future__ import annotations
 
@@ -28,9 +31,17 @@ def main(argv=None) -> int:
     parser.add_argument("--reference", default="sl", help="the loss every other is compared with (default sl)")
     parser.add_argument("--metric", default="test.ndcg@20", help="store column (default test.ndcg@20)")
     parser.add_argument("--noise", default=NOISE_POS_RATIO, help=f"the noise axis (default {NOISE_POS_RATIO})")
+    parser.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                        help="keep only the runs with this value of another axis (repeatable)")
     args = parser.parse_args(argv)
     done = load_store(args.sweep)
     done = done[done[STATUS] == STATUS_DONE]
+    for condition in args.where:
+        key, _, value = condition.partition("=")
+        if key not in done:
+            print(f"robustness_table: --where {condition!r}: the store has no column {key!r}", file=sys.stderr)
+            return 2
+        done = done[done[key].astype(str) == value]
     if done.groupby([LOSS, args.noise, SEED]).size().max() > 1:
         print(f"robustness_table: several runs per loss, {args.noise} and seed; fix the other axes", file=sys.stderr)
         return 2
