@@ -385,3 +385,22 @@ def test_a_diverged_trial_counts_against_the_budget(tmp_path):
     assert not [t for t in trials if t.state.name == "FAIL"]
     table = tune_table(TuneDir(out))
     assert int(table.loc[0, "diverged"]) == len(diverged) and "diverged" in format_table(table)
+
+
+def test_a_study_started_before_a_new_option_continues_and_a_changed_setting_is_refused(tmp_path, capsys):
+    """protocol.json written before an option existed (its default = the old behaviour) still matches; an arm
+    added to the spec is tuned beside the old ones; a changed base setting is refused in one line."""
+    doc = spec_doc(tmp_path, trials=2, pruner="none")
+    out = tmp_path / "out"
+    run_tune(parse_tune_spec(doc), out, progress=False, trial_fn=lr_trial)
+    record = json.loads((out / "protocol.json").read_text())
+    for arm in record["arms"].values():  # as an older rankrobust wrote it: no train.valid_users, no schema
+        del arm["config"]["train"]["valid_users"]
+    (out / "protocol.json").write_text(json.dumps(record))
+    grown = {**doc, "arms": {"loss.name": ["sl", "bpr"]}}
+    run_tune(parse_tune_spec(grown), out, progress=False, trial_fn=lr_trial)
+    assert set(json.loads((out / "protocol.json").read_text())["arms"]) == {"sl", "bpr"}
+    assert len(studies(out, parse_tune_spec(grown))["bpr"].trials) == 2
+    changed = {**grown, "base": {**grown["base"], "train": {**grown["base"]["train"], "num_negatives": 4}}}
+    with pytest.raises(ConfigError, match="arm sl was tuned with another config"):
+        run_tune(parse_tune_spec(changed), out, progress=False, trial_fn=lr_trial)

@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from rankrobust.config import ConfigError, RunConfig
+from rankrobust.config import ConfigError, OutdatedConfig, RunConfig, canonical_config
 from rankrobust.probes import Probe, StopTraining
 from rankrobust.runs import read_json, write_json, write_text
 from rankrobust.sweeps.runner import pid_alive, sigterm_stops
@@ -227,7 +227,7 @@ def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
         new = spec.protocol(arm)
         before = (old.get("arms") or {}).get(arm.label)
         if before is not None:
-            changed = [k for k in new if k != "budget" and _jsonable(before.get(k)) != _jsonable(new[k])]
+            changed = [k for k in new if k != "budget" and not _same_protocol_entry(k, before.get(k), new[k])]
             if changed:
                 raise ConfigError(f"{folder.path}: arm {arm.label} was tuned with another {', '.join(changed)}; "
                                   f"rerun with the original spec or choose another --out")
@@ -236,6 +236,21 @@ def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
         study.set_user_attr("protocol", _jsonable(new))
     write_json(folder.protocol_path, _jsonable({"name": spec.name, "source": str(spec.source) if spec.source else None,
                                                 "arms": {**(old.get("arms") or {}), **arms}}))
+
+
+def _same_protocol_entry(key: str, before: Any, now: Any) -> bool:
+    """Whether one entry of an arm's recorded protocol equals today's.
+
+    The trial ``config`` is compared in canonical form (`rankrobust.config.canonical_config`: migrated, every
+    default filled), so an option added to rankrobust after the study started, with a default equal to the old
+    behaviour, does not make the study "tuned under another protocol"; every other entry is compared as JSON.
+    """
+    if key == "config" and isinstance(before, dict):
+        try:
+            return _jsonable(canonical_config(before)) == _jsonable(now)
+        except OutdatedConfig:
+            return False
+    return _jsonable(before) == _jsonable(now)
 
 
 def _jsonable(value: Any) -> Any:
