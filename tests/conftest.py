@@ -40,6 +40,17 @@ def random_interactions(n_users: int, n_items: int, density: float, seed: int) -
     return Interactions.from_pairs(u, i, n_users, n_items)
 
 
+def ragged_negative_mask(rng: np.random.Generator, b: int, m: int) -> np.ndarray:
+    """A [b, m] negative-slot mask for loss oracle tests: ~70 % of slots real, row 0 with its first slot real,
+    row 1 without negatives and row 2 with exactly one (slot 3): the edge cases a masked loss must handle."""
+    mask = rng.uniform(size=(b, m)) < 0.7
+    mask[0, 0] = True
+    mask[1, :] = False
+    mask[2, :] = False
+    mask[2, 3] = True
+    return mask
+
+
 def epoch_without_host_sync(trainer):
     """One `Trainer.epoch` on CUDA after a warm-up epoch, failing on any host sync inside it → its [2] result."""
     trainer.epoch()  # warm-up (lazy initialisation may sync once)

@@ -21,6 +21,7 @@ import torch
 from rankrobust.losses import LOSSES, dcl, sl
 from rankrobust.losses.cw import cw
 from tests.oracles import finite_differences
+from conftest import ragged_negative_mask
 
 DELTA = 1e-6  # the relative cap of the correction (denoising.DCL_FLOOR), restated
 
@@ -71,11 +72,7 @@ def _inputs(b=6, m=5, seed=0, with_mask=False, pos_shift=0.0):
     users = [0, 1, 0, 2, 1, 0][:b]
     mask = None
     if with_mask:
-        mask = rng.uniform(size=(b, m)) < 0.7
-        mask[0, 0] = True
-        mask[1, :] = False
-        mask[2, :] = False
-        mask[2, 3] = True
+        mask = ragged_negative_mask(rng, b, m)
     return pos, neg, users, mask
 
 

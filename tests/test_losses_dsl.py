@@ -23,6 +23,7 @@ import torch
 from rankrobust.losses import LOSSES, LossBatch, sl
 from rankrobust.losses.dsl import dsl, dsl_scores
 from tests.oracles import finite_differences
+from conftest import ragged_negative_mask
 
 MAX_SCALE = 10.0  # the clamp of τ_k/τ (dsl.DSL_MAX_SCALE), restated
 
@@ -83,11 +84,7 @@ def _inputs(b=6, m=5, seed=0, with_mask=False, dim=4):
     sim = [[o_cos(pos_rows[k].tolist(), neg_rows[k, j].tolist()) for j in range(m)] for k in range(b)]
     mask = None
     if with_mask:
-        mask = rng.uniform(size=(b, m)) < 0.7
-        mask[0, 0] = True
-        mask[1, :] = False
-        mask[2, :] = False
-        mask[2, 3] = True
+        mask = ragged_negative_mask(rng, b, m)
     return pos, neg, pos_rows, neg_rows, sim, mask
 
 
