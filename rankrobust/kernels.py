@@ -24,10 +24,14 @@ passes over the table; cosine scores normalise the whole item table every batch)
 picks the columns (``train.scorer = dense``).
 
 `row_infonce(a, b, weight)` is the InfoNCE of two [B, d] views with
-row weights (XSimGCL's contrastive loss over a batch's distinct ids): one
-[B, B] logit block, exponentiated once, its softmax kept for the backward
-pass, two products back (autograd's masked logsumexp made about a dozen
-passes over the block).
+row weights: one [B, B] logit block, exponentiated once and kept for the
+backward pass, two products back with the row scalings on [B, d] (autograd's
+masked logsumexp made about a dozen passes over the block).
+`views_infonce(view1, view2, rows, weight, sizes, tau)` is XSimGCL's
+cross-layer contrast in one autograd node: the rows of both views gathered
+and normalised together, one such block per group of rows (a batch's users,
+its items), 1/τ folded into the products, and no max shift when |logits| ≤ 1/τ
+keeps every exponential a normal float.
 
 `propagate_layers(adj, x, layers, ...)` is the graph propagation of LightGCN
 and XSimGCL: the mean of the layers ``x_l = Â x_{l-1}`` (and one kept layer),
@@ -38,7 +42,7 @@ its transpose is itself: no transposed copy, no saved layers).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -47,20 +51,32 @@ from torch import Tensor
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
 
 
+def _unit_rows(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(y = x / max(‖x‖, eps), the divisor [..., 1], whether it is ‖x‖ itself [..., 1]): `normalize_rows`' forward."""
+    raw = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+    norm = raw.clamp_min(eps)
+    return x / norm, norm, raw > eps
+
+
+def _unit_rows_grad(grad: Tensor, y: Tensor, norm: Tensor, unclamped: Tensor, overwrite: bool = False) -> Tensor:
+    """∂L/∂x = (g − y ⟨g, y⟩) / max(‖x‖, eps) of `_unit_rows` (a clamped norm is a constant: no radial term).
+
+    Two passes over [..., d]; ``overwrite`` writes the result into ``grad`` (same numbers).
+    """
+    radial = torch.linalg.vecdot(grad, y).unsqueeze(-1) * unclamped
+    return (grad.addcmul_ if overwrite else grad.addcmul)(y, radial, value=-1).div_(norm)
+
+
 class _NormalizeRows(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, eps: float) -> Tensor:
-        raw = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        norm = raw.clamp_min(eps)
-        y = x / norm
-        ctx.save_for_backward(y, norm, raw > eps)
+        y, norm, unclamped = _unit_rows(x, eps)
+        ctx.save_for_backward(y, norm, unclamped)
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        y, norm, unclamped = ctx.saved_tensors
-        radial = torch.linalg.vecdot(grad, y).unsqueeze(-1) * unclamped  # a clamped norm is a constant
-        return grad.addcmul(y, radial, value=-1).div_(norm), None  # (grad − y·radial) / norm in two passes
+        return _unit_rows_grad(grad, *ctx.saved_tensors), None
 
 
 def normalize_rows(x: Tensor, eps: float = 1e-12) -> Tensor:
@@ -329,51 +345,100 @@ def propagate_layers(adj: Tensor, x: Tensor, layers: int, first: int = 0, keep: 
 _EXP_FLOOR = -80.0
 
 
+def _infonce_forward(a: Tensor, b: Tensor, weight: Tensor, alpha: float, masked: bool, bound: float | None,
+                     sizes: tuple[int, ...], blocks: Sequence[Workspace] | None) -> tuple[Tensor, list[Tensor], Tensor]:
+    """Σ_G −Σ_{r∈G} w_r log softmax_{c∈G}(S)[r, c=r], S = α a bᵀ per group G of ``sizes`` rows → (loss, probs, total).
+
+    Per group one [B, B] block (in its `Workspace` when given): E = exp(S − m) with m the row
+    maximum (exponents below `_EXP_FLOOR` raised to it), or m = 0 when ``bound`` ≥ max |a_r·b_c|
+    is known, no column is masked and 2α·bound < 80 (then every e^{S} is a normal float and there
+    is neither the max nor the subtraction pass).  ``probs`` = the blocks E, ``total`` [R, 1] their row
+    sums (softmax P = E / total); the loss terms are w_r (S_rr − m_r − log total_r), read off the
+    block's diagonal before exponentiation; a row with w_r = 0 counts for nothing and, when
+    ``masked``, its column is left out of every softmax.
+    """
+    r = a.shape[0]
+    keep = weight > 0 if masked else None
+    unshifted = not masked and bound is not None and 2 * alpha * bound * (1 + 1e-3) < -_EXP_FLOOR
+    total, diag = a.new_empty(r, 1), a.new_empty(r)
+    probs, start = [], 0
+    for g, n in enumerate(sizes):
+        part = slice(start, start + n)
+        out = a.new_empty(n, n) if blocks is None else blocks[g].take(n, n, a.dtype, a.device)
+        logits = torch.addmm(out, a[part], b[part].T, beta=0, alpha=alpha, out=out)  # α on the product: no pass
+        if keep is not None:
+            logits.masked_fill_(~keep[None, part], float("-inf"))
+        if not unshifted:  # in place: the block shifted and exponentiated once; no −inf or denormal exponent
+            top = logits.amax(dim=1, keepdim=True)  # finite for a weighted row (its own column is kept)
+            if keep is not None:
+                top.masked_fill_(~torch.isfinite(top), 0.0)
+            logits.sub_(top)
+        diag[part] = logits.diagonal()  # S_rr − m_r, before any floor
+        if not unshifted:
+            logits.clamp_(min=_EXP_FLOOR)
+        block = logits.exp_()
+        if keep is not None:
+            block.mul_(keep[part])
+        torch.sum(block, dim=1, keepdim=True, out=total[part])
+        probs.append(block)
+        start += n
+    per_row = diag - total.log().squeeze(1)
+    if keep is not None:  # a row left out (weight 0) may have −inf − log 0
+        per_row = torch.where(keep, per_row, torch.zeros_like(per_row))
+    terms = weight * per_row
+    loss = None
+    for part in terms.split(sizes):  # one sum per group, as separate calls would add them
+        loss = part.sum() if loss is None else loss + part.sum()
+    return -loss, probs, total
+
+
+def _infonce_backward(grad: Tensor, a: Tensor, b: Tensor, weight: Tensor, alpha: float, probs: list[Tensor],
+                      total: Tensor, sizes: tuple[int, ...], grad_a: Tensor | None,
+                      grad_b: Tensor | None) -> None:
+    """∂L/∂a, ∂L/∂b [R, d] of `_infonce_forward`'s loss, written into ``grad_a`` / ``grad_b`` (None: not wanted).
+
+    ∂L/∂S_rc = g w_r (P_rc − δ_rc), P = E / total, so with s_r = α g w_r and k_r = s_r / total_r:
+    ∂L/∂a = k ⊙ (E b) − s ⊙ b and ∂L/∂b = Eᵀ (k ⊙ a) − s ⊙ a: two products per group with the
+    saved blocks as they are, and the row scalings on [R, d] (no pass over a [B, B] block).
+    """
+    s = (grad * alpha * weight)[:, None]
+    k = s / total
+    ka = a * k if grad_b is not None else None
+    start = 0
+    for block, n in zip(probs, sizes):
+        part = slice(start, start + n)
+        if grad_a is not None:
+            torch.mm(block, b[part], out=grad_a[part])
+        if grad_b is not None:
+            torch.mm(block.T, ka[part], out=grad_b[part])
+        start += n
+    if grad_a is not None:
+        grad_a.mul_(k).addcmul_(b, s, value=-1)
+    if grad_b is not None:
+        grad_b.addcmul_(a, s, value=-1)
+
+
 class _RowInfoNCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool,
-                blocks: tuple[Workspace, Workspace] | None, bound: float | None) -> Tensor:
-        keep = weight > 0
-        n = a.shape[0]
-        out = None if blocks is None else blocks[0].take(n, n, a.dtype, a.device)
-        logits = torch.mm(a, b.T, out=out)                            # [B, B]
-        if masked:
-            logits.masked_fill_(~keep[None, :], float("-inf"))
-        top = logits.amax(dim=1, keepdim=True)                        # finite: a weighted row keeps its own column
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        # in place, the block exponentiated once; −inf and denormal exponents avoided (module docstring)
-        shifted = logits.sub_(top)
-        if masked or bound is None or 2 * bound * (1 + 1e-3) >= -_EXP_FLOOR:  # else no exponent is below the floor
-            shifted.clamp_(min=_EXP_FLOOR)
-        probs = shifted.exp_()
-        if masked:
-            probs.mul_(keep)
-        total = probs.sum(dim=1, keepdim=True)
-        lse = (top + total.log()).squeeze(1)
-        own = torch.linalg.vecdot(a, b)                               # the diagonal logits, unmasked
-        ctx.save_for_backward(a, b, weight, probs, total)             # softmax P = probs / total, divided in backward
-        ctx.gradient_block = None if blocks is None else blocks[1]
-        per_row = own - lse
-        if masked:  # a row left out (weight 0) may have lse = −inf
-            per_row = torch.where(keep, per_row, torch.zeros_like(own))
-        return -(weight * per_row).sum()
+    def forward(ctx, a: Tensor, b: Tensor, weight: Tensor, masked: bool, block: Workspace | None,
+                bound: float | None) -> Tensor:
+        sizes = (a.shape[0],)
+        loss, probs, total = _infonce_forward(a, b, weight, 1.0, masked, bound, sizes,
+                                              None if block is None else (block,))
+        ctx.save_for_backward(a, b, weight, total, *probs)
+        return loss
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        a, b, weight, probs, total = ctx.saved_tensors
-        # L = −Σ_r w_r (s_rr − lse_r) ⇒ ∂L/∂s_rc = w_r (P_rc − δ_rc), P_rc = probs_rc / total_r: one pass
-        scale = grad * weight
-        n, block = probs.shape[0], ctx.gradient_block
-        d_logits = torch.mul(probs, scale[:, None] / total,
-                             out=None if block is None else block.take(n, n, probs.dtype, probs.device))
-        d_logits.diagonal().sub_(scale)
-        grad_a = d_logits @ b if ctx.needs_input_grad[0] else None
-        grad_b = d_logits.T @ a if ctx.needs_input_grad[1] else None
+        a, b, weight, total, *probs = ctx.saved_tensors
+        grad_a = torch.empty_like(a) if ctx.needs_input_grad[0] else None
+        grad_b = torch.empty_like(b) if ctx.needs_input_grad[1] else None
+        _infonce_backward(grad, a, b, weight, 1.0, probs, total, (a.shape[0],), grad_a, grad_b)
         return grad_a, grad_b, None, None, None, None
 
 
-def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True,
-                blocks: tuple[Workspace, Workspace] | None = None, bound: float | None = None) -> Tensor:
+def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True, block: Workspace | None = None,
+                bound: float | None = None) -> Tensor:
     """Weighted InfoNCE ``−Σ_r w_r log softmax_{c: w_c > 0}(a_r · b_c)[r]`` → scalar.
 
     ``a, b [B, d]`` (temperature and normalisation already applied: logits are
@@ -382,14 +447,70 @@ def row_infonce(a: Tensor, b: Tensor, weight: Tensor, masked: bool = True,
     them when w_r > 0).  Forward: one product and one exponentiation of the
     [B, B] block, max-shifted (the log-sum-exp of each row), with exponents
     below −80 raised to −80 (a change below float64's resolution; no denormals); backward:
-    ``∂L/∂logits = w_r (P_rc − δ_rc)`` from the saved softmax P and two products.
+    ``∂L/∂logits = w_r (P_rc − δ_rc)`` applied through two products with the saved
+    exponentials and [B, d] row scalings (`_infonce_backward`).
     ``masked=False`` promises that every weight is positive (no column to leave
-    out) and skips the two masking passes.  ``blocks`` = (forward, backward)
-    `Workspace`s hold the [B, B] softmax block and its gradient (same numbers, no
-    fresh block per call; the forward one must not be shared by two calls whose
-    backward passes are both pending).  ``bound`` ≥ max |a_r · b_c|, when the caller knows one (1/τ for
-    unit rows over τ): on the unmasked path with 2·bound < 80 the shifted exponents are all above
-    the floor, and the clamping pass is skipped (the same numbers).  Same value and gradients as the
-    masked ``torch.logsumexp`` under autograd (tests).
+    out) and skips the masking passes.  ``block``: a `Workspace` for the [B, B] block
+    (no fresh block per call; it must not be shared by two calls whose backward passes
+    are both pending).  ``bound`` ≥ max |a_r · b_c|, when the caller knows one (1/τ for
+    unit rows over τ): on the unmasked path with 2·bound < 80 the exponentials are taken
+    unshifted (all normal floats; no max and no subtraction pass).  Same value and
+    gradients as the masked ``torch.logsumexp`` under autograd (tests).
     """
-    return _RowInfoNCE.apply(a, b, weight, masked, blocks, bound)
+    return _RowInfoNCE.apply(a, b, weight, masked, block, bound)
+
+
+class _ViewsInfoNCE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, view1: Tensor, view2: Tensor, rows: Tensor, weight: Tensor, sizes: tuple[int, ...], tau: float,
+                masked: bool, blocks: Sequence[Workspace] | None, eps: float) -> Tensor:
+        x = view1.new_empty(2, rows.shape[0], view1.shape[1])  # [view1[rows]; view2[rows]]: one buffer,
+        torch.index_select(view1, 0, rows, out=x[0])           # normalised in one pass
+        torch.index_select(view2, 0, rows, out=x[1])
+        y, norm, unclamped = _unit_rows(x, eps)
+        loss, probs, total = _infonce_forward(y[0], y[1], weight, 1 / tau, masked, 1.0, sizes, blocks)  # |a·b| ≤ 1
+        ctx.save_for_backward(rows, weight, y, norm, unclamped, total, *probs)
+        ctx.sizes, ctx.tau, ctx.shapes = sizes, tau, (view1.shape, view2.shape)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        rows, weight, y, norm, unclamped, total, *probs = ctx.saved_tensors
+        need1, need2 = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_y = torch.zeros_like(y) if not (need1 and need2) else torch.empty_like(y)
+        _infonce_backward(grad, y[0], y[1], weight, 1 / ctx.tau, probs, total, ctx.sizes,
+                          grad_y[0] if need1 else None, grad_y[1] if need2 else None)
+        grad_x = _unit_rows_grad(grad_y, y, norm, unclamped, overwrite=True)  # both normalisations in one pass
+        # the gathers' backward: an index_add into a zero [n, d] gradient (repeated rows accumulate)
+        grad1 = grad_x.new_zeros(ctx.shapes[0]).index_add_(0, rows, grad_x[0]) if need1 else None
+        grad2 = grad_x.new_zeros(ctx.shapes[1]).index_add_(0, rows, grad_x[1]) if need2 else None
+        return grad1, grad2, None, None, None, None, None, None, None
+
+
+def views_infonce(view1: Tensor, view2: Tensor, rows: Tensor, weight: Tensor, sizes: Sequence[int], tau: float,
+                  masked: bool = True, blocks: Sequence[Workspace] | None = None, eps: float = 1e-12) -> Tensor:
+    """Cross-view InfoNCE of groups of rows of two tables, in one autograd node → scalar.
+
+    ``view1, view2 [n, d]``; ``rows [R]`` row ids, the concatenation of groups of
+    ``sizes`` (Σ sizes = R); ``weight [R]`` ≥ 0.  With a = normalize(view1[rows]) and
+    b = normalize(view2[rows]) (rows divided by max(‖·‖, eps)), split into the groups G:
+    ``Σ_G Σ_{r∈G} −w_r log softmax_{c∈G: w_c>0}(a_r · b_c / τ)[r]`` (each group is one
+    `row_infonce` of a/τ and b; ``masked`` as there).  This is XSimGCL's cross-layer contrast
+    (Yu et al., TKDE 2023: the InfoNCE between the final and the l*-th layer's embeddings of a
+    batch's users, plus that of its items, temperature τ), gathered, normalised and contrasted
+    in one node, the per-row work (normalisation, log-sum-exp, diagonal, row scalings of the
+    gradient) done once for all rows of both views: the same numbers as ``normalize_rows`` +
+    `row_infonce` per group under autograd up to the order of float operations (tests).  1/τ
+    scales the products (GEMM's α); with unit rows |a·b/τ| ≤ 1/τ, so for τ > 1/40 the
+    exponentials need no max shift (`_infonce_forward`).  Backward: two products per group,
+    the normalisation's projection (I − ŷŷᵀ)/‖x‖ on [2, R, d], and one index_add into a zero
+    [n, d] gradient per view (repeated row ids accumulate).  ``blocks``: one `Workspace` per
+    group for its [|G|, |G|] block, reused from step to step.  Raises ValueError when ``sizes``
+    do not add up to ``rows``' length, ``weight`` is not one per row, or the views' widths differ.
+    """
+    sizes = tuple(int(n) for n in sizes)
+    if sum(sizes) != rows.shape[0] or weight.shape != rows.shape or view1.shape[1:] != view2.shape[1:]:
+        raise ValueError(f"views_infonce: sizes {sizes} must add up to the {rows.shape[0]} rows, one weight "
+                         f"each (got {tuple(weight.shape)} weights), on views of equal width (got "
+                         f"{tuple(view1.shape)} and {tuple(view2.shape)})")
+    return _ViewsInfoNCE.apply(view1, view2, rows, weight, sizes, tau, masked, blocks, eps)

@@ -31,7 +31,7 @@ from torch import nn
 
 from rankrobust.data.interactions import Interactions
 from rankrobust.kernels import (Workspace, gather_dot, normalize_rows, plain_gather_dot, propagate_layers,
-                                row_infonce)
+                                views_infonce)
 from rankrobust.registry import (ConfigError, Registry, choice, integers, log_uniform, non_negative, one_of, option,
                                  positive, uniform, unit_interval)
 
@@ -215,16 +215,16 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor |
     tuple of such groups, whose losses are summed in the tuple's order.
     Over the set S of distinct ids of a group, with a = normalize(view1[s]), b = normalize(view2[s]):
     ``mean_{s∈S} −log softmax_{t∈S}(a_s·b_t / τ)[s]`` (XSimGCL's cross-layer InfoNCE on
-    the unique users / items of the batch), by `rankrobust.kernels.row_infonce`.
-    The rows of all groups are gathered and normalised in one pass each (one [n, d]
-    gradient per view in the backward pass, not one per group); each group keeps its
-    own [|S|, |S|] block, so the sum over groups equals the sum of separate calls to the bit.
+    the unique users / items of the batch), by `rankrobust.kernels.views_infonce` (one autograd node).
+    The rows of all groups are gathered and normalised in one pass (one [n, d] gradient
+    per view in the backward pass, not one per group); each group keeps its own
+    [|S|, |S|] block, so the sum over groups is the sum of separate calls.
     ``compact`` (default: on the CPU) computes each loss on the |S| distinct rows (found by marking
     them in an [n] mask: an [|S|, |S|] block, (|S|/B)² of the work); otherwise duplicates are masked rather than
     removed (``torch.unique`` would sync a GPU with the host): a repeated id has weight 0 as
     a row and is left out as a column of the [B, B] block.  Same value either way (up to
-    the order of float sums).  ``blocks``: one `Workspace` per group (its softmax block)
-    and one more (the gradient blocks), reused from step to step (`row_infonce`).
+    the order of float sums).  ``blocks``: one `Workspace` per group (its [|S|, |S|] block),
+    reused from step to step (`rankrobust.kernels.views_infonce`).
     """
     groups = (ids,) if isinstance(ids, torch.Tensor) else tuple(ids)
     if compact is None:
@@ -236,16 +236,9 @@ def unique_infonce(view1: torch.Tensor, view2: torch.Tensor, ids: torch.Tensor |
         firsts = [_first_occurrence(g) for g in groups]
         weights = [f.to(view1.dtype) / f.sum().clamp_min(1).to(view1.dtype) for f in firsts]
     rows = groups[0] if len(groups) == 1 else torch.cat(groups)
-    sizes = [g.shape[0] for g in groups]
-    # index_select: its backward is one index_add_ into the [n, d] gradient (indexing's is a sorting index_put_)
-    a = (normalize_rows(view1.index_select(0, rows)) / tau).split(sizes)  # 1/τ on [B, d] rather than on [B, B]
-    b = normalize_rows(view2.index_select(0, rows)).split(sizes)
-    total = None
-    for g, (a_g, b_g, w_g) in enumerate(zip(a, b, weights)):
-        loss = row_infonce(a_g, b_g, w_g, masked=not compact, blocks=None if blocks is None else (blocks[g], blocks[-1]),
-                           bound=1 / tau)  # |a·b| ≤ 1/τ: unit rows
-        total = loss if total is None else total + loss
-    return total
+    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+    return views_infonce(view1, view2, rows, weight, tuple(g.shape[0] for g in groups), tau, masked=not compact,
+                         blocks=None if blocks is None else tuple(blocks))
 
 
 class XSimGCL(Recommender):
@@ -279,8 +272,8 @@ class XSimGCL(Recommender):
         self._cl_views: tuple[torch.Tensor, torch.Tensor] | None = None
         self._noise: torch.Tensor | None = None  # `noise`'s buffer
         self._sign: torch.Tensor | None = None  # sign(Â e⁽ˡ⁻¹⁾) of `layer_embeddings`' perturbation
-        # the [B, B] blocks of the two InfoNCE terms (users, items) and of their gradient, reused every step
-        self._infonce_blocks = (Workspace(), Workspace(), Workspace())
+        # the [B, B] blocks of the two InfoNCE terms (users, items), reused every step
+        self._infonce_blocks = (Workspace(), Workspace())
 
     def noise_generator(self, device: torch.device) -> torch.Generator:
         """The model's noise generator on ``device`` (created and seeded with ``noise_seed`` at first use)."""

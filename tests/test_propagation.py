@@ -239,25 +239,114 @@ def test_row_infonce_equals_the_masked_logsumexp(scale):
                                                                                  b0.clone().requires_grad_()))
 
 
-@pytest.mark.parametrize("tau", [0.1, 0.02])  # 2/τ below the exponent floor (clamp skipped) and above it
-def test_row_infonce_with_workspaces_and_a_bound_gives_the_same_bits(tau):
-    """The reused [B, B] blocks and the known bound |a·b| ≤ 1/τ change no bit of the loss or its gradients,
-    over two steps (the second reuses the blocks of the first), against the float64 masked logsumexp too."""
+@pytest.mark.parametrize("tau", [0.1, 0.02])  # 2/τ below 80 (exponentials unshifted) and above it (max-shifted)
+def test_row_infonce_block_reuse_and_the_bound(tau):
+    """A reused [B, B] block changes no bit of the loss or its gradients (over two steps, the second reusing
+    the block of the first); the bound |a·b| ≤ 1/τ (unshifted exponentials when 2/τ < 80) agrees with the
+    max-shifted path to float32's resolution, and both with the float64 masked logsumexp."""
     from rankrobust.kernels import Workspace, normalize_rows, row_infonce
 
     gen = torch.Generator().manual_seed(5)
-    blocks = (Workspace(), Workspace())
+    block = Workspace()
     for n in (40, 25):
         a0 = normalize_rows(torch.randn(n, 8, generator=gen)) / tau
         b0 = normalize_rows(torch.randn(n, 8, generator=gen))
         weight = torch.full((n,), 1.0 / n)
-        a, b, ra, rb = (t.clone().requires_grad_() for t in (a0, b0, a0, b0))
-        got, ref = row_infonce(a, b, weight, False, blocks, 1 / tau), row_infonce(ra, rb, weight, False)
-        got.backward()
-        ref.backward()
-        assert torch.equal(got, ref) and torch.equal(a.grad, ra.grad) and torch.equal(b.grad, rb.grad)
-        oracle = _masked_infonce(a0.double(), b0.double(), weight.double())
-        torch.testing.assert_close(got.double(), oracle, rtol=1e-5, atol=1e-6)
+        runs = []
+        for blk, bound in ((block, 1 / tau), (None, 1 / tau), (None, None)):
+            a, b = a0.clone().requires_grad_(), b0.clone().requires_grad_()
+            loss = row_infonce(a, b, weight, False, blk, bound)
+            loss.backward()
+            runs.append((loss.detach(), a.grad, b.grad))
+        assert all(torch.equal(x, y) for x, y in zip(runs[0], runs[1]))
+        torch.testing.assert_close(runs[0], runs[2], rtol=2e-6, atol=1e-7)
+        a, b = a0.double().requires_grad_(), b0.double().requires_grad_()
+        oracle = _masked_infonce(a, b, weight.double())
+        oracle.backward()
+        for got in runs[::2]:  # float32 against float64: within 1e-5 of each tensor's largest entry
+            for g, r in zip(got, (oracle.detach(), a.grad, b.grad)):
+                assert float((g.double() - r).abs().max()) <= 1e-5 * float(r.abs().max())
+
+
+def _views_oracle(view1, view2, rows, weight, sizes, tau):
+    """Plain autograd, group by group: F.normalize of the gathered rows, then the masked logsumexp InfoNCE."""
+    total = 0
+    for r, w in zip(rows.split(sizes), weight.split(sizes)):
+        total = total + _masked_infonce(F.normalize(view1[r], dim=1) / tau, F.normalize(view2[r], dim=1), w)
+    return total
+
+
+def _views_case(seed: int, dtype=torch.float64):
+    """Two [15, 4] views (one zero row), three groups of rows with repeats, weights with zeros (left-out rows)."""
+    gen = torch.Generator().manual_seed(seed)
+    v1 = torch.randn(15, 4, dtype=dtype, generator=gen)
+    v2 = torch.randn(15, 4, dtype=dtype, generator=gen)
+    v1[6] = 0.0  # a zero row: its norm is clamped
+    rows = torch.tensor([3, 7, 3, 0, 14, 6, 2, 9, 11, 2, 5, 5, 1])
+    sizes = (5, 3, 5)
+    weight = torch.rand(13, dtype=dtype, generator=gen) * (torch.rand(13, generator=gen) > 0.25)
+    weight[[0, 5, 8]] = 0.5  # every group keeps at least one weighted row
+    return v1, v2, rows, weight, sizes
+
+
+@pytest.mark.parametrize("tau", [0.5, 0.01])  # unshifted exponentials on the unmasked path; max-shifted
+@pytest.mark.parametrize("masked", [True, False])
+def test_views_infonce_equals_the_autograd_oracle(tau, masked):
+    """`views_infonce` (one node: gather, normalise, per-group InfoNCE) against plain float64 autograd."""
+    from rankrobust.kernels import Workspace, views_infonce
+
+    v1, v2, rows, weight, sizes = _views_case(1)
+    if not masked:  # the unmasked path promises positive weights
+        weight = weight + 0.1
+    blocks = [Workspace() for _ in sizes]
+    a, b, ra, rb = (t.clone().requires_grad_() for t in (v1, v2, v1, v2))
+    for _ in range(2):  # the second call reuses the blocks of the first
+        a.grad = b.grad = None
+        got = views_infonce(a, b, rows, weight, sizes, tau, masked=masked, blocks=blocks)
+        (3 * got).backward()
+    ref = _views_oracle(ra, rb, rows, weight, sizes, tau)
+    (3 * ref).backward()
+    torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(b.grad, rb.grad, rtol=1e-10, atol=1e-12)
+    live = torch.arange(15) != 6
+    torch.testing.assert_close(a.grad[live], ra.grad[live], rtol=1e-10, atol=1e-12)
+    # the zero row's gradient is ∂L/∂y / eps (eps = 1e-12), here 0 up to float64 rounding of ∂L/∂y (∝ 1/τ) × 1e12
+    torch.testing.assert_close(a.grad[6], ra.grad[6], rtol=1e-10, atol=1e-3 / min(tau, 1.0))
+    smooth = v1.clone()
+    smooth[6] = 1.0  # finite differences need a differentiable point (a zero row's norm is clamped)
+    assert torch.autograd.gradcheck(lambda x, y: views_infonce(x, y, rows, weight, sizes, tau, masked=masked),
+                                    (smooth.requires_grad_(), v2.clone().requires_grad_()))
+
+
+def test_views_infonce_in_float32_is_within_its_resolution_of_the_oracle():
+    """At XSimGCL's scale (two groups of a few hundred unit rows, τ = 0.1) the float32 loss and gradients are
+    within 1e-6 relative of the float64 autograd oracle (gradients: relative to their largest entry)."""
+    from rankrobust.kernels import views_infonce
+
+    gen = torch.Generator().manual_seed(7)
+    v1, v2 = torch.randn(900, 64, generator=gen), torch.randn(900, 64, generator=gen)
+    rows = torch.cat([torch.randperm(400, generator=gen)[:300], 400 + torch.randperm(500, generator=gen)[:350]])
+    sizes = (300, 350)
+    weight = torch.cat([torch.full((300,), 1 / 300), torch.full((350,), 1 / 350)])
+    a, b = v1.clone().requires_grad_(), v2.clone().requires_grad_()
+    got = views_infonce(a, b, rows, weight, sizes, 0.1, masked=False)
+    got.backward()
+    ra, rb = v1.double().requires_grad_(), v2.double().requires_grad_()
+    ref = _views_oracle(ra, rb, rows, weight.double(), sizes, 0.1)
+    ref.backward()
+    assert abs(float(got.detach()) - float(ref.detach())) <= 1e-6 * abs(float(ref.detach()))
+    for g, r in ((a.grad, ra.grad), (b.grad, rb.grad)):
+        assert float((g.double() - r).abs().max()) <= 1e-6 * float(r.abs().max())
+
+
+def test_views_infonce_rejects_inconsistent_groups():
+    from rankrobust.kernels import views_infonce
+
+    v1, v2, rows, weight, _ = _views_case(2)
+    with pytest.raises(ValueError, match="must add up to the 13 rows"):
+        views_infonce(v1, v2, rows, weight, (5, 3, 4), 0.1)
+    with pytest.raises(ValueError, match="one weight"):
+        views_infonce(v1, v2, rows, weight[:-1], (5, 3, 5), 0.1)
 
 
 # --------------------------------------------------------------------------- CUDA (skipped without a GPU)
