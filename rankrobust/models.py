@@ -303,7 +303,7 @@ class XSimGCL(Recommender):
 
         All layers' Δ in one draw from the model's generator (the same numbers, in the same
         order, as one [n, d] draw per layer: the CPU and CUDA generators fill a tensor in
-        element order), normalised in one pass each, into one buffer reused across steps
+        element order), scaled by ε / max(‖Δ‖, 1e-12) row by row in one pass, into one buffer reused across steps
         (the propagation only reads it; nothing keeps it for the backward pass).
         """
         shape = (self.layers, *x.shape)
@@ -312,7 +312,8 @@ class XSimGCL(Recommender):
             buf = self._noise = torch.empty(shape, dtype=x.dtype, device=x.device)
             self._sign = torch.empty_like(x)
         torch.rand(shape, generator=self.noise_generator(x.device), dtype=x.dtype, device=x.device, out=buf)
-        return buf.div_(torch.linalg.vector_norm(buf, dim=-1, keepdim=True).clamp_min_(1e-12)).mul_(self.eps)
+        scale = torch.linalg.vector_norm(buf, dim=-1, keepdim=True).clamp_min_(1e-12).reciprocal_().mul_(self.eps)
+        return buf.mul_(scale)  # Δ · (ε / ‖Δ‖): one pass over the [layers, n, d] draws
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the noisy layer mean (keeping the views for `extra_loss`); eval: the clean layer mean."""
