@@ -228,7 +228,8 @@ def test_cuda_epoch_has_no_host_sync_and_is_seeded(sampler):
 def test_float32_training_step_is_within_1e6_of_the_float64_oracle():
     """A float32 XSimGCL step (the library's precision): the training loss (scores + λ·InfoNCE) and the gradient
     of the embeddings, against the same step in float64 by plain autograd with the model's own noise draws
-    (dense Â, F.normalize, logsumexp over the distinct ids): within 1e-6 relative (gradients: of their largest entry)."""
+    (dense Â, F.normalize, logsumexp over the distinct ids): within 1e-6 relative (gradients: of their
+    largest entry)."""
     import torch.nn.functional as F
 
     train = random_interactions(60, 80, 0.15, seed=4)
