@@ -271,7 +271,7 @@ def readme(all_facts: list[dict], machine: str | None, total_bytes: int) -> str:
         done = f["done"]
         train = float(done["train_seconds"].fillna(0).sum()) if "train_seconds" in done else 0.0
         wall = float(done["wall_seconds"].fillna(0).sum()) if "wall_seconds" in done else 0.0
-        lines.append(f"- `{f['example'].folder}` (from `{f['source'].name}`): {len(done)} runs, "
+        lines.append(f"- `{f['example'].folder}` (from `{f['source'].resolve().name}`): {len(done)} runs, "
                      f"{_minutes(train)} training and {_minutes(wall)} run wall time summed over runs.")
         for env in _environments(f):
             lines.append(f"  - {env}")
