@@ -19,6 +19,7 @@ Each backbone is registered once in ``MODELS`` with its options dataclass
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
@@ -83,6 +84,25 @@ class Recommender(nn.Module):
         nn.init.xavier_uniform_(self.user_emb, generator=generator)
         nn.init.xavier_uniform_(self.item_emb, generator=generator)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def __deepcopy__(self, memo: dict) -> "Recommender":
+        """A deep copy (``copy.deepcopy(model)``, e.g. to keep the best epoch's model) that shares the graph.
+
+        Parameters, optimiser-visible state and every other attribute are copied as
+        `nn.Module` would; a sparse CSR buffer (the normalised adjacency of LightGCN /
+        XSimGCL, built once from the training data and never written) is shared, not
+        copied: torch cannot deep-copy a CSR tensor ("Cannot access storage of
+        SparseCsrTensorImpl"), and ``.to(device)`` on either model replaces the buffer
+        rather than writing into it, so sharing is safe.
+        """
+        for buffer in self._buffers.values():
+            if buffer is not None and buffer.layout == torch.sparse_csr:
+                memo[id(buffer)] = buffer
+        copied = self.__class__.__new__(self.__class__)
+        memo[id(self)] = copied
+        for key, value in self.__dict__.items():
+            copied.__dict__[key] = copy.deepcopy(value, memo)
+        return copied
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(U [n_users, d], I [n_items, d]) before normalisation; MF: the raw tables."""

@@ -161,6 +161,23 @@ def test_lightgcn_tables_and_gradients_equal_the_dense_oracle(layers):
     assert not FU.requires_grad
 
 
+@pytest.mark.parametrize("name", ["mf", "lightgcn", "xsimgcl"])
+def test_deepcopy_copies_parameters_and_shares_the_graph(name):
+    """copy.deepcopy of any backbone works (a CSR buffer cannot be deep-copied by torch): same outputs, own
+    parameters, one shared adjacency."""
+    import copy
+
+    train = _graph(21)
+    model = build_model(name, train, dim=4, seed=3)
+    twin = copy.deepcopy(model)
+    for a, b in zip(model.final_embeddings(), twin.final_embeddings()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        twin.item_emb.add_(1.0)
+    assert not torch.equal(model.item_emb, twin.item_emb)
+    assert getattr(twin, "adjacency", None) is getattr(model, "adjacency", None)
+
+
 def test_xsimgcl_noisy_step_equals_the_dense_oracle_with_the_same_draws():
     """Training propagation (noise from the model's seeded generator) and the contrastive views, values and grads."""
     train = _graph(30)
