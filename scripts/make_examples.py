@@ -30,11 +30,13 @@ names come from `RunDir` / `SweepDir`.
 Usage (from the repository root)::
 
     python scripts/make_examples.py SRC_RESULTS_DIR [--out rankrobust/examples]
-        [--machine "2-core x86_64 VM, no GPU"] [--max-mb 5] [--allow-unfinished]
+        [--machine "2-core x86_64 VM, no GPU"] [--max-mb 8] [--allow-unfinished]
 
 It refuses a sweep that is not complete (runs missing from its store or not
 finished) unless ``--allow-unfinished``, and refuses to write more than
-``--max-mb`` MB.  It writes ``README.md`` saying which sweeps, commands and
+``--max-mb`` MB (default `MAX_MB`).  Every refusal (a missing SRC or sweep
+folder, a missing or damaged ``sweep.json`` or store, an unfinished sweep, too
+many MB) is one line on stderr naming the file and the fix, exit status 2.  It writes ``README.md`` saying which sweeps, commands and
 machine made the examples (from each sweep's spec record and its runs'
 ``metrics.json`` ``environment``), and that they are examples, not results to
 cite.
@@ -50,7 +52,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn
 
 import pandas as pd
 import torch
@@ -60,9 +62,18 @@ sys.path.insert(0, str(REPO))
 
 from rankrobust import EXAMPLES_DIR, RunDir, SweepDir, load_store  # noqa: E402
 from rankrobust import runs  # noqa: E402  (atomic write helpers)
+from rankrobust.runs import RunFolderError  # noqa: E402
 
 #: tensors of model.pt kept for notebook 03 (final embeddings; the raw ones are dropped)
 KEEP_TENSORS = ("final_user", "final_item")
+#: default of ``--max-mb``: the most the shipped examples may take, in MB (10^6 bytes)
+MAX_MB = 8.0
+
+
+def refuse(message: str) -> NoReturn:
+    """Stop with ``message`` as one line on stderr and exit status 2 (bad input, like argparse's usage errors)."""
+    print(f"make_examples.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 @dataclass
@@ -132,7 +143,7 @@ def find_source(root: Path, example: Example) -> Path:
     for name in example.sources:
         if SweepDir(root / name).store_path.exists():
             return root / name
-    raise SystemExit(f"{root}: no sweep folder for {example.folder!r} (looked for "
+    refuse(f"{root}: no sweep folder for {example.folder!r} (looked for "
                      f"{' or '.join(example.sources)} with a results store)")
 
 
@@ -152,7 +163,7 @@ def check_complete(sweep: SweepDir, store: pd.DataFrame, allow_unfinished: bool)
     if failed:
         problems.append(f"{failed} failed runs")
     if problems and not allow_unfinished:
-        raise SystemExit(f"{sweep.path}: {', '.join(problems)}; wait for the sweep to finish "
+        refuse(f"{sweep.path}: {', '.join(problems)}; wait for the sweep to finish "
                          f"(or pass --allow-unfinished)")
     if problems:
         print(f"warning: {sweep.path}: {', '.join(problems)}", file=sys.stderr)
@@ -173,7 +184,7 @@ def copy_run(src: RunDir, dst: RunDir, row: pd.Series, example: Example, tensors
         weights = src.tensors()
         missing = [k for k in KEEP_TENSORS if k not in weights]
         if missing:
-            raise SystemExit(f"{src.path}: model weights lack {missing} (has {sorted(weights)})")
+            refuse(f"{src.path}: model weights lack {missing} (has {sorted(weights)})")
         save_tensors(dst, {k: weights[k] for k in KEEP_TENSORS})
     status = src.status()
     if status == runs.STATUS_DONE:
@@ -187,17 +198,24 @@ def copy_run(src: RunDir, dst: RunDir, row: pd.Series, example: Example, tensors
 def copy_sweep(source: Path, target: Path, example: Example, allow_unfinished: bool) -> dict:
     """Copy one sweep into ``target`` (which must not exist); returns facts for the README."""
     src = SweepDir(source)
-    store = load_store(source)
+    if not src.spec_path.is_file():
+        refuse(f"{src.spec_path} is missing: the sweep's recorded spec is copied with its store; run "
+               f"`rankrobust sweep SPEC --out {source}` again to record it (finished runs are kept)")
+    try:
+        src.spec()
+        store = load_store(source)
+    except (RunFolderError, FileNotFoundError) as err:  # each names the file and the fix
+        refuse(str(err))
     stored = pd.read_parquet(src.store_path, columns=["run_dir"])
     absolute = [d for d in stored["run_dir"] if Path(d).is_absolute()]
     if absolute:
-        raise SystemExit(f"{src.store_path}: run_dir holds absolute paths (e.g. {absolute[0]}); the store was "
+        refuse(f"{src.store_path}: run_dir holds absolute paths (e.g. {absolute[0]}); the store was "
                          f"written by an older rankrobust. Rebuild it from its runs with the current one first.")
     check_complete(src, store, allow_unfinished)
     dst = SweepDir(target)
     weights_cell = example.tensors_of(store) if example.tensors_of else None
     if example.tensors_of and weights_cell is None:
-        raise SystemExit(f"{source}: no finished run to take model weights from")
+        refuse(f"{source}: no finished run to take model weights from")
     counts: dict[str, int] = {}
     for _, row in store.iterrows():
         cell = str(row["cell_id"])
@@ -253,8 +271,9 @@ def readme(all_facts: list[dict], machine: str | None, total_bytes: int) -> str:
     for f in all_facts:
         ex: Example = f["example"]
         spec = f["spec"]
+        made_in = f["source"].resolve().name  # the folder that ran the sweep (SRC may hold a link to it)
         command = (f"`rankrobust sweep {spec.get('source') or 'configs/sweeps/' + spec.get('name', '?') + '.yaml'}"
-                   f" --out results/{f['source'].name}`")
+                   f" --out results/{made_in}`")
         kept = [f"{ex.tables[t][1]}" for t in ex.tables if f["tables"].get(t)]
         if f["weights_cell"]:
             kept.append(f"model weights `{'`, `'.join(KEEP_TENSORS)}` of `{f['weights_cell']}` only")
@@ -283,15 +302,23 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def main(argv: list[str] | None = None) -> int:
+def arguments() -> argparse.ArgumentParser:
+    """The command line of this script."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("src", type=Path, help="folder holding the finished sweep folders (e.g. results/)")
     parser.add_argument("--out", type=Path, default=EXAMPLES_DIR, help=f"examples folder (default {EXAMPLES_DIR})")
     parser.add_argument("--machine", help="free text describing the machine that ran the sweeps, for the README")
-    parser.add_argument("--max-mb", type=float, default=5.0, help="refuse to write more than this (default 5 MB)")
+    parser.add_argument("--max-mb", type=float, default=MAX_MB,
+                        help=f"refuse to write more than this (default {MAX_MB:g} MB)")
     parser.add_argument("--allow-unfinished", action="store_true", help="copy sweeps that are not complete")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
+    if not args.src.is_dir():
+        refuse(f"SRC {args.src} {'is not a folder' if args.src.exists() else 'does not exist'}; pass the folder "
+               f"holding the finished sweep folders ({', '.join(e.sources[0] for e in EXAMPLES)}), e.g. results")
     src_root = args.src.resolve()
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -307,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             path.chmod(0o755 if path.is_dir() else 0o644)
         if size > args.max_mb * 1e6:
             big = sorted(((folder_bytes(p), p.name) for p in stage.iterdir() if p.is_dir()), reverse=True)
-            raise SystemExit(f"examples would take {size / 1e6:.2f} MB > {args.max_mb} MB: "
+            refuse(f"examples would take {size / 1e6:.2f} MB > {args.max_mb} MB: "
                              + ", ".join(f"{n} {b / 1e6:.2f} MB" for b, n in big))
         if out.exists():
             shutil.rmtree(out)
