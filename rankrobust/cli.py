@@ -411,6 +411,10 @@ def _results(args: argparse.Namespace) -> int:
     metric = (_compare_metric(args.compare_metric or f"ndcg@{selection_cutoff(frame)}", frame)
               if args.compare or args.robustness else None)
     try:
+        for flag, pair in (("--compare", args.compare), ("--robustness", args.robustness)):
+            if pair and parse_arm(pair[0]) == parse_arm(pair[1]):
+                raise ValueError(f"{flag} {pair[0]} {pair[1]}: both arms are the same runs, so the difference is 0 "
+                                 f"by construction; name two different arms, e.g. {flag} sl bsl")
         for arm in (*(args.compare or ()), *(args.robustness or ())):
             missing = [key for key in parse_arm(arm) if key not in frame]
             if missing:

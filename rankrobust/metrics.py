@@ -272,7 +272,8 @@ def get_metric(key: str) -> Metric:
 def parse_metric(text: str) -> tuple[Metric, int | None]:
     """``"ndcg@20"`` / ``"test.ndcg@20"`` → (entry, 20); ``"fairness.aplt"`` → (entry, None).
 
-    `UnknownMetric` for an unregistered name, ValueError for a missing or malformed K.
+    `UnknownMetric` for an unregistered name, ValueError for a missing or malformed K (its message does not
+    repeat ``text``: the caller names the option and value it came from).
     """
     text = str(text).removeprefix("test.")
     name, at, k = text.partition("@")
@@ -282,7 +283,7 @@ def parse_metric(text: str) -> tuple[Metric, int | None]:
             raise ValueError(f"{entry.key} is computed once at its probe's K: write it without @K")
         return entry, None
     if not k.isdigit() or int(k) < 1:
-        raise ValueError(f"{text!r}: {name} is computed at every K of train.ks; write {name}@K with a whole K >= 1")
+        raise ValueError(f"{name} is computed at every K of train.ks; write {name}@K with a whole K >= 1")
     return entry, int(k)
 
 

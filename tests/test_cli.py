@@ -317,6 +317,11 @@ def test_holm_family_line_names_cells_without_a_test():
     (["--compare", "sl", "bsl", "--compare-metric", "coverage@20"], "global metric"),
     (["--robustness", "sl", "bsl", "--noise-axis", "loss.name"], "not a noise axis"),
     (["--per-user"], "goes with --compare"),
+    (["--compare", "sl", "sl"], "--compare sl sl: both arms are the same runs"),
+    (["--compare", "loss.name=bsl", "bsl"], "--compare loss.name=bsl bsl: both arms are the same runs"),
+    (["--robustness", "bsl", "bsl"], "--robustness bsl bsl: both arms are the same runs"),
+    (["--compare", "sl", "bsl", "--compare-metric", "ndcg"],
+     "--compare-metric 'ndcg': ndcg is computed at every K of train.ks; write ndcg@K"),
 ])
 def test_results_refuses_a_bad_comparison_before_printing_anything(args, words, capsys):
     """A mistyped arm, metric or noise axis used to print the whole summary table and then the error line."""
