@@ -1,8 +1,9 @@
 """Every arm of a sweep against the best one, with the seed as the unit: the table behind README statements.
 
-    python scripts/compare_to_best.py results/lc-tuned --metric test.ndcg@20 [--axis loss.name] [--markdown]
+    python scripts/compare_to_best.py results/lc-v2 [--metric test.ndcg@20] [--axis loss.name]
 
-For each value of ``--axis`` (default: the sweep's one grid axis): the mean of
+It prints a Markdown table (the form the README quotes), then one line naming
+the Holm family and the unit.  For each value of ``--axis`` (default: the sweep's one grid axis): the mean of
 ``--metric`` over seeds with its 95 % t-interval (`rankrobust.stats.seed_mean_ci`),
 the number of seeds and of runs that stopped at their epoch cap; then, against
 the arm with the highest mean, the paired difference over matched seeds with
