@@ -108,7 +108,8 @@ def test_notebook_runs_on_shipped_examples(path, tmp_path, monkeypatch):
     missing = [f for f in folders_read(path) if not SweepDir(EXAMPLES_DIR / f).store_path.exists()]
     if missing:
         pytest.skip(f"{EXAMPLES_DIR} is not populated ({', '.join(missing)} missing); "
-                    f"run `python scripts/make_examples.py results` once the quick sweeps have finished")
+                    f"run `python scripts/make_examples.py SRC` with SRC holding the finished quick sweeps as "
+                    f"np-quick, lc-quick, var-quick and bsl-batching-quick (links to their folders will do)")
     copy = tmp_path / "notebooks"
     shutil.copytree(path.parent, copy)
     monkeypatch.delenv(RESULTS_ENV, raising=False)
