@@ -121,7 +121,8 @@ def test_a_cell_matching_no_arm_or_two_is_one_line_naming_the_arms(tmp_path):
 @pytest.mark.parametrize("content, message", [
     ("arm: [unclosed", "not valid YAML at line"),
     ("- a list", "must be a mapping"),
-    (yaml.safe_dump({"arm": "mf-sl", "values": {"loss.name": "sl"}, "settings": {}}), "lacks origin"),
+    (yaml.safe_dump({"arm": "mf-sl", "values": {"loss.name": "sl"}, "settings": {}}),
+     "lacks origin: it has arm, settings, values; a best file has exactly arm, values, settings, origin"),
     (yaml.safe_dump({"arm": "other", "values": {"loss.name": "sl"}, "settings": {}, "origin": {}}),
      "differs from the file's name"),
     (yaml.safe_dump({"arm": "mf-sl", "values": {"los.name": "sl"}, "settings": {}, "origin": {}}),

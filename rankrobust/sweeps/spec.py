@@ -184,7 +184,8 @@ def _read_best(path: Path) -> TunedArm:
     missing, unknown = [k for k in BEST_KEYS if k not in data], [k for k in data if k not in BEST_KEYS]
     if missing or unknown:
         problem = f"lacks {', '.join(missing)}" if missing else f"has unknown key(s) {', '.join(map(str, unknown))}"
-        raise ConfigError(f"{path}: a best file {problem}; its keys are {', '.join(BEST_KEYS)}")
+        raise ConfigError(f"{path}: the best file {problem}: it has {', '.join(map(str, data)) or 'no keys'}; a best "
+                          f"file has exactly {', '.join(BEST_KEYS)} (rerun the tuning or fix the file)")
     if data["arm"] != path.stem:
         raise ConfigError(f"{path}: arm {data['arm']!r} differs from the file's name {path.stem!r}")
     values = _dotted_keys(data["values"], "values", path)
