@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,8 @@ def test_toy_objective_optimum_is_found(tmp_path):
     assert best["origin"]["objective"] == "valid.ndcg@20" and best["origin"]["direction"] == "maximize"
     assert best["origin"]["noise"] == "clean" and best["origin"]["study_name"] == "sl"
     protocol = json.loads((out / "protocol.json").read_text())["arms"]["sl"]
-    assert protocol["budget"] == 30 and protocol["sampler"]["seed"] == 0 and "train.lr" in protocol["space"]
+    assert protocol["budget"] == 30 and "train.lr" in protocol["space"]
+    assert protocol["seed"] == protocol["sampler"]["seed"] == zlib.crc32(b"sl")  # tune.seed 0 + crc32(label)
     trials = studies(out, spec)["sl"].trials
     assert trials[0].user_attrs.get("prior") and trials[0].params["train.lr"] == 1e-3  # the prior is trial 0
 
@@ -387,20 +389,221 @@ def test_a_diverged_trial_counts_against_the_budget(tmp_path):
     assert int(table.loc[0, "diverged"]) == len(diverged) and "diverged" in format_table(table)
 
 
+def edit_records(out: Path, edit) -> None:
+    """Apply ``edit(label, record)`` to the ``protocol`` attribute of every study in ``out/study.db`` (in place)."""
+    storage = make_storage(TuneDir(out).storage_url)
+    for frozen in storage.get_all_studies():
+        record = frozen.user_attrs["protocol"]
+        edit(frozen.study_name, record)
+        storage.set_study_user_attr(storage.get_study_id_from_name(frozen.study_name), "protocol", record)
+
+
+def with_base(doc: dict, **train) -> dict:
+    """``doc`` with ``train`` settings changed in its base."""
+    return {**doc, "base": {**doc["base"], "train": {**doc["base"]["train"], **train}}}
+
+
 def test_a_study_started_before_a_new_option_continues_and_a_changed_setting_is_refused(tmp_path, capsys):
-    """protocol.json written before an option existed (its default = the old behaviour) still matches; an arm
-    added to the spec is tuned beside the old ones; a changed base setting is refused in one line."""
+    """A record written before an option existed (its default = the old behaviour) still matches; an arm
+    added to the spec is tuned beside the old ones; a changed base setting is refused in one line naming it."""
     doc = spec_doc(tmp_path, trials=2, pruner="none")
     out = tmp_path / "out"
     run_tune(parse_tune_spec(doc), out, progress=False, trial_fn=lr_trial)
-    record = json.loads((out / "protocol.json").read_text())
-    for arm in record["arms"].values():  # as an older rankrobust wrote it: no train.valid_users, no schema
-        del arm["config"]["train"]["valid_users"]
-    (out / "protocol.json").write_text(json.dumps(record))
+    # as an older rankrobust recorded it: no train.valid_users
+    edit_records(out, lambda label, record: record["config"]["train"].pop("valid_users"))
     grown = {**doc, "arms": {"loss.name": ["sl", "bpr"]}}
     run_tune(parse_tune_spec(grown), out, progress=False, trial_fn=lr_trial)
     assert set(json.loads((out / "protocol.json").read_text())["arms"]) == {"sl", "bpr"}
     assert len(studies(out, parse_tune_spec(grown))["bpr"].trials) == 2
-    changed = {**grown, "base": {**grown["base"], "train": {**grown["base"]["train"], "num_negatives": 4}}}
-    with pytest.raises(ConfigError, match="arm sl was tuned with another config"):
+    changed = with_base(grown, num_negatives=4)
+    with pytest.raises(ConfigError, match="arm sl was tuned with another config [(]train.num_negatives 8 → 4[)]"):
         run_tune(parse_tune_spec(changed), out, progress=False, trial_fn=lr_trial)
+
+
+# ----------------------------------------------------------------------------- resuming: the protocol record
+@pytest.fixture
+def tune_cli(tmp_path, capsys, monkeypatch):
+    """``rankrobust tune`` with fake trials (`lr_trial`): ``tune_cli(doc, out)`` → (exit code, stderr)."""
+    import functools
+
+    import rankrobust.tuning.study as study_module
+
+    monkeypatch.setattr(study_module, "run_tune", functools.partial(study_module.run_tune, trial_fn=lr_trial))
+
+    def call(doc: dict, out: Path) -> tuple[int, str]:
+        path = tmp_path / "spec.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        capsys.readouterr()
+        code = main(["tune", str(path), "--out", str(out), "--quiet"])
+        return code, capsys.readouterr().err.strip()
+
+    return call
+
+
+def finished(out: Path) -> dict[str, int]:
+    from rankrobust.tuning.study import study_records
+
+    return {label: r.finished for label, r in study_records(TuneDir(out), make_storage(TuneDir(out).storage_url)).items()}
+
+
+@pytest.mark.parametrize("damage", ["delete the file", "delete arms", "delete the arm's entry"])
+def test_a_changed_protocol_is_refused_whatever_protocol_json_says(tmp_path, tune_cli, damage):
+    """The record is each study's own attribute: deleting protocol.json, its arms or an arm's entry does not let
+    a rerun with a changed base setting continue the old studies; a rerun of the original spec rebuilds it."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=2, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    path = out / "protocol.json"
+    record = json.loads(path.read_text())
+    if damage == "delete the file":
+        path.unlink()
+    else:
+        if damage == "delete arms":
+            del record["arms"]
+        else:
+            del record["arms"]["sl"]
+        path.write_text(json.dumps(record))
+    code, err = tune_cli(with_base(doc, num_negatives=16), out)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "arm sl was tuned with another config (train.num_negatives 8 → 16)" in err
+    assert finished(out) == {"sl": 2, "bpr": 2}  # no trial of the changed protocol
+    assert tune_cli(doc, out)[0] == 0
+    rebuilt = json.loads(path.read_text())
+    assert set(rebuilt["arms"]) == {"sl", "bpr"} and rebuilt["name"] == "tiny"
+    assert rebuilt["arms"]["sl"]["config"]["train"]["num_negatives"] == 8
+
+
+def test_a_budget_below_the_finished_trials_is_refused(tmp_path, tune_cli):
+    """tune.trials below an arm's finished trials (also when adding an arm) is refused, creating nothing; a larger
+    budget continues the studies."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=3, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    lower = {**doc, "tune": {**doc["tune"], "trials": 1}}
+    code, err = tune_cli(lower, out)
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "arm sl has 3 finished trials; tune.trials 1 would give arms unequal budgets; use >= 3" in err
+    added = {**lower, "arms": {"loss.name": ["bce"]}}  # a new arm with a smaller budget than the others had
+    code, err = tune_cli(added, out)
+    assert code == 2 and "has 3 finished trials; tune.trials 1" in err
+    assert finished(out) == {"sl": 3, "bpr": 3}  # no study for bce
+    more = {**doc, "tune": {**doc["tune"], "trials": 4}}
+    assert tune_cli(more, out)[0] == 0
+    assert finished(out) == {"sl": 4, "bpr": 4}
+
+
+def test_inserting_or_reordering_arms_keeps_every_arm_seed(tmp_path, tune_cli):
+    """An arm keeps the seed its study recorded; a new arm's seed is tune.seed + crc32(label), wherever it stands;
+    a changed tune.seed is refused; a refused rerun leaves no study for the new arm."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=2, pruner="none", seed=7)
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    seeds = {label: s.user_attrs["protocol"]["seed"] for label, s in studies(out, parse_tune_spec(doc)).items()}
+    assert seeds == {label: 7 + zlib.crc32(label.encode()) for label in ("sl", "bpr")}
+    refused = with_base({**doc, "arms": {"loss.name": ["bce", "sl"]}}, num_negatives=16)
+    assert tune_cli(refused, out)[0] == 2
+    assert set(finished(out)) == {"sl", "bpr"}  # checked before any study was created
+    reordered = {**doc, "arms": {"loss.name": ["bce", "bpr", "sl"]}}
+    code, err = tune_cli(reordered, out)
+    assert code == 0, err
+    from rankrobust.tuning.study import study_seed
+
+    spec = parse_tune_spec(reordered)
+    now = {a.label: study_seed(spec, a, studies(out, spec)[a.label]) for a in spec.arms}
+    assert now == {**seeds, "bce": 7 + zlib.crc32(b"bce")}
+    assert json.loads((out / "protocol.json").read_text())["arms"]["sl"]["sampler"]["seed"] == seeds["sl"]
+    other_seed = {**reordered, "tune": {**reordered["tune"], "seed": 8}}
+    code, err = tune_cli(other_seed, out)
+    assert code == 2 and "was tuned with another tune_seed (7 → 8)" in err
+
+
+def test_studies_seeded_by_arm_index_continue_with_their_seeds(tmp_path, tune_cli):
+    """A folder recorded when seeds were tune.seed + arm index (no tune_seed in the record) accepts a rerun with an
+    arm inserted at the front; its arms keep seeds 3 and 4 and their TPE draws (tune.seed + 1000 index + asks)."""
+    import optuna
+
+    from rankrobust.tuning.study import make_sampler
+
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=2, pruner="none", seed=3)
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+
+    def legacy(label, record):
+        record.pop("tune_seed", None)
+        record["seed"] = record["sampler"]["seed"] = 3 + ["sl", "bpr"].index(label)
+
+    edit_records(out, legacy)
+    inserted = {**doc, "arms": {"loss.name": ["bce", "sl", "bpr"]}}
+    code, err = tune_cli(inserted, out)
+    assert code == 0, err
+    records = json.loads((out / "protocol.json").read_text())["arms"]
+    assert {k: (r["seed"], r["tune_seed"]) for k, r in records.items() if k != "bce"} == {"sl": (3, 3), "bpr": (4, 3)}
+    spec = parse_tune_spec(inserted)
+    state = make_sampler(spec, 4, 5)._rng.rng.get_state()[1]  # bpr (index 1) after 5 asks
+    assert (state == optuna.samplers.TPESampler(seed=3 + 1000 * 1 + 5)._rng.rng.get_state()[1]).all()
+    assert tune_cli({**inserted, "tune": {**doc["tune"], "seed": 4}}, out)[0] == 2
+
+
+REAL_STUDY = REPO / "results" / "tune-lastfm-quick-v2"
+
+
+@pytest.mark.skipif(not (REAL_STUDY / "study.db").exists(), reason="the real lastfm-quick study is not here")
+def test_the_real_lastfm_quick_study_continues_with_its_seeds(tmp_path):
+    """The protocol check (no trials) accepts configs/tune/lastfm-quick.yaml on a copy of the real study, arms
+    keeping their recorded seeds 0..17."""
+    import shutil
+
+    from rankrobust.tuning import load_tune_spec
+    from rankrobust.tuning.study import check_protocol
+
+    for name in ("study.db", "protocol.json"):
+        shutil.copy(REAL_STUDY / name, tmp_path / name)
+    spec = load_tune_spec(REPO / "configs" / "tune" / "lastfm-quick.yaml")
+    folder = TuneDir(tmp_path)
+    plan, records = check_protocol(spec, folder, make_storage(folder.storage_url))
+    assert {label: p["seed"] for label, p in plan.items()} == {a.label: a.index for a in spec.arms}
+    assert all(records[a.label].finished == spec.trials for a in spec.arms)
+
+
+@pytest.mark.parametrize("content", ['{"name": "tiny", "arms": "x"}', '{"name": "tiny", "arms": {"sl": "x"}}',
+                                     '["a list"]', '{"name": "tiny", "ar'])
+def test_a_protocol_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, tune_cli, content):
+    doc = spec_doc(tmp_path, trials=1, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    (out / "protocol.json").write_text(content)
+    for code, err in (tune_cli(doc, out),
+                      (main(["tune-results", str(out), "--no-plots"]), capsys.readouterr().err.strip())):
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert str(out / "protocol.json") in err and "delete it: `rankrobust tune` rebuilds it" in err
+
+
+def test_tune_results_reads_the_studies_records(tmp_path, capsys, tune_cli):
+    """tune-results works without protocol.json (each study's own record) and writes none."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=2, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    (out / "protocol.json").unlink()
+    assert main(["tune-results", str(out), "--no-plots"]) == 0
+    text = capsys.readouterr().out
+    assert "sl" in text and "bpr" in text and "valid.ndcg@20" in text
+    assert not (out / "protocol.json").exists()
+
+
+def test_tune_results_of_a_presets_folder_is_one_line_and_creates_no_database(tmp_path, capsys, tune_cli):
+    """A presets folder (best files and protocol.json, no study.db, as configs/tuned/...) is refused in one line
+    naming the study of its best files; tune-results creates no database there or in any other folder."""
+    import shutil
+
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=2, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    presets = tmp_path / "presets"
+    shutil.copytree(out / "best", presets / "best")
+    shutil.copy(out / "protocol.json", presets / "protocol.json")
+    capsys.readouterr()
+    assert main(["tune-results", str(presets)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "holds tuned presets" in err and str(out.absolute() / "study.db") in err
+    assert sorted(p.name for p in presets.iterdir()) == ["best", "protocol.json"]
+    assert main(["tune-results", str(tmp_path / "data")]) == 2 and not (tmp_path / "data" / "study.db").exists()

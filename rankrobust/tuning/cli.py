@@ -61,17 +61,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_tune_results(args: argparse.Namespace) -> int:
-    """Print the per-arm table of a tune folder and write its plots."""
-    from rankrobust.tuning.results import require_tune_folder
+    """Print the per-arm table of a tune folder and write its plots; reads the study, never creates a database.
 
-    folder = require_tune_folder(args.dir)
-    return _print_results(folder.path, args.storage, plots=not args.no_plots)
+    A folder of presets (best files without a study, e.g. configs/tuned/...) is refused (exit 2) with the study
+    its best files name (`require_tune_folder`).
+    """
+    return _print_results(args.dir, args.storage, plots=not args.no_plots)
 
 
 def _print_results(path, storage: str | None, plots: bool) -> int:
     from rankrobust.tuning.results import format_table, require_tune_folder, tune_table, write_plots
 
-    folder = require_tune_folder(path)
+    folder = require_tune_folder(path, storage)
     table = tune_table(folder, storage)
     print(format_table(table))
     best = sorted(folder.path.glob("best/*.yaml"))

@@ -32,7 +32,7 @@ from rankrobust.sweeps.runner import sigterm_stops
 from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
 from rankrobust.tuning.study import (PruningProbe, TuneDir, TuneTerminated, _distribution, _optuna, counts, make_storage, open_study,
-                                     record_protocol, write_best)
+                                     record_protocol, study_seed, write_best)
 
 __all__ = ["run_tune_ray", "RAY_TUNE_HINT"]
 
@@ -185,7 +185,7 @@ def _tune_arms(spec: TuneSpec, out: str | Path, ray, tune, ASHAScheduler, FIFOSc
             left = spec.trials - c["complete"] - c["pruned"]
             if left <= 0:
                 continue
-            sampler = optuna.samplers.TPESampler(seed=spec.seed + arm.index + sum(c.values()),
+            sampler = optuna.samplers.TPESampler(seed=(study_seed(spec, arm, study) + sum(c.values())) % 2 ** 32,
                                                  n_startup_trials=spec.sampler["n_startup_trials"],
                                                  multivariate=spec.sampler["multivariate"])
             first = [arm.prior()] if not study.trials and arm.prior().keys() == arm.space.keys() else None

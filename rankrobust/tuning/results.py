@@ -18,38 +18,54 @@ from typing import Any
 import pandas as pd
 
 from rankrobust.config import ConfigError
-from rankrobust.tuning.study import TuneDir, _optuna, counts, make_storage
+from rankrobust.tuning.study import TuneDir, _optuna, counts, study_records
 
-__all__ = ["TEST_LABEL", "tune_table", "format_table", "write_plots", "require_tune_folder"]
+__all__ = ["TEST_LABEL", "tune_table", "format_table", "write_plots", "require_tune_folder", "read_storage"]
 
 #: the column header of the test value: it is never used for selection
 TEST_LABEL = "test (label only, not used for selection)"
 
 
-def require_tune_folder(path: str | Path) -> TuneDir:
-    """The `TuneDir` at ``path``; ConfigError naming the fix when it holds no tuning."""
+def require_tune_folder(path: str | Path, storage_url: str | None = None) -> TuneDir:
+    """The `TuneDir` at ``path``; ConfigError naming the fix when it holds no study (nothing is created).
+
+    A folder of presets (``best/<arm>.yaml`` and protocol.json, no study.db, e.g. ``configs/tuned/...``) is
+    refused with the study its best files name (``origin.study``): tune-results reads studies, not presets.
+    """
+    from rankrobust.sweeps.spec import load_tuned
+
     folder = TuneDir(path)
     if folder.path.is_file():
         raise ConfigError(f"{folder.path} is a file, not a tune folder: pass the folder written by "
                           f"`rankrobust tune SPEC --out DIR`")
-    if not folder.protocol_path.exists():
-        raise ConfigError(f"{folder.path} is not a tune folder (no {TuneDir.PROTOCOL}); pass the folder written by "
-                          f"`rankrobust tune SPEC --out DIR`")
-    return folder
+    if storage_url is not None or folder.study_path.exists():
+        return folder
+    if any((folder.path / "best").glob("*.yaml")):
+        origins = sorted({str(arm.origin.get("study")) for arm in load_tuned(folder.path)})
+        raise ConfigError(f"{folder.path} holds tuned presets (best/<arm>.yaml), not a study; their study is "
+                          f"{' and '.join(origins)}: pass the folder holding it (or the URL with --storage)")
+    raise ConfigError(f"{folder.path} is not a tune folder (no {TuneDir.STUDY}); pass the folder written by "
+                      f"`rankrobust tune SPEC --out DIR`")
+
+
+def read_storage(folder: TuneDir, storage_url: str | None = None):
+    """The folder's study storage opened for reading: a SQLite file read-only (never created); another URL as is."""
+    optuna = _optuna()
+    url = storage_url or folder.storage_url
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: pass the database of `rankrobust tune --storage`")
+        url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
+    return optuna.storages.RDBStorage(url)
 
 
 def _studies(folder: TuneDir, storage_url: str | None = None) -> list[tuple[str, dict[str, Any], Any]]:
+    """(arm label, recorded protocol or {}, study) for every study of the folder (`study_records`)."""
     optuna = _optuna()
-    protocol = folder.protocol() or {}
-    storage = make_storage(storage_url or folder.storage_url)
-    out = []
-    for label, record in (protocol.get("arms") or {}).items():
-        try:
-            study = optuna.load_study(study_name=label, storage=storage)
-        except KeyError:
-            continue
-        out.append((label, record, study))
-    return out
+    storage = read_storage(folder, storage_url)
+    return [(label, record.protocol or {}, optuna.load_study(study_name=label, storage=storage))
+            for label, record in study_records(folder, storage).items()]
 
 
 def tune_table(folder: TuneDir, storage_url: str | None = None) -> pd.DataFrame:

@@ -12,7 +12,7 @@ A spec (see ``configs/tune/``)::
       trials: 20                 # the same budget for every arm (complete + pruned trials), >= 1
       objective: valid.ndcg@20   # a validation metric (never test); default valid.ndcg@20
       noise: clean               # clean: every trial trains on clean data; cell: under the arm's own noise
-      seed: 0                    # TPE seed of arm n is seed + n
+      seed: 0                    # an arm's seed: seed + crc32(label) (`TuneSpec.arm_seed`)
       sampler: {n_startup_trials: 5}
       pruner: {kind: median, n_startup_trials: 3, n_warmup_steps: 5}  # or halving (min_resource,
                                                                       # reduction_factor) or none
@@ -32,6 +32,7 @@ from __future__ import annotations
 import copy
 import itertools
 import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,13 +110,28 @@ class TuneSpec:
         labels = [a.label for a in self.arms]
         raise ConfigError(f"tune spec {self.name}: no arm {label!r}{closest(label, labels)}; arms: {', '.join(labels)}")
 
-    def protocol(self, arm: Arm) -> dict[str, Any]:
-        """The protocol of ``arm``'s study (recorded in protocol.json and as study user attributes)."""
+    def arm_seed(self, arm: Arm) -> int:
+        """The seed of a NEW study of ``arm``: ``tune.seed + crc32(label)`` (zlib.crc32 of the UTF-8 label).
+
+        It depends on the arm's label only, not its position in ``arms``, so adding, removing or reordering
+        arms leaves every other arm's seed alone.  An arm whose study exists keeps the seed recorded in it
+        (`rankrobust.tuning.study.check_protocol`): studies started before this rule have ``tune.seed + n``
+        for the arm's index n at their start.
+        """
+        return self.seed + zlib.crc32(arm.label.encode("utf-8"))
+
+    def protocol(self, arm: Arm, seed: int | None = None) -> dict[str, Any]:
+        """The protocol of ``arm``'s study (recorded in protocol.json and as the study's ``protocol`` attribute).
+
+        ``seed`` is the arm's seed (default `arm_seed`; an existing study's recorded seed when continuing it);
+        ``tune_seed`` is the spec's ``tune.seed``, so a changed ``tune.seed`` is a changed protocol.
+        """
+        seed = self.arm_seed(arm) if seed is None else seed
         return {
             "arm": arm.label, "values": arm.values, "budget": self.trials,
             "objective": self.objective, "direction": "maximize", "noise": self.noise,
-            "seed": self.seed + arm.index,
-            "sampler": {"kind": "tpe", "seed": self.seed + arm.index, **self.sampler},
+            "tune_seed": self.seed, "seed": seed,
+            "sampler": {"kind": "tpe", "seed": seed, **self.sampler},
             "pruner": self.pruner,
             "space": {key: {**s.space.to_dict(), "describe": s.space.describe(), "prior": s.prior}
                       for key, s in arm.space.items()},

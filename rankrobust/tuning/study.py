@@ -4,6 +4,7 @@ Layout of a tune folder::
 
     study.db                 SQLite: one Optuna study per arm, named by the arm label
     protocol.json            per arm: search space, budget, sampler and pruner settings, seed, objective, noise
+                             (a copy: each study's ``protocol`` user attribute is the record; `check_protocol`)
     trials/<arm>/<NNNN>/     one run folder per trial (NNNN = the trial's number in its study)
     best/<arm>.yaml          the chosen settings of each arm (`write_best`)
     plots/<arm>-history.png, <arm>-importance.png   (``rankrobust tune-results``)
@@ -32,6 +33,7 @@ repeating a finished trial.
 from __future__ import annotations
 
 import fcntl
+import json
 import math
 import os
 import signal
@@ -55,7 +57,8 @@ from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
 
 __all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
-           "TuneTerminated", "HEARTBEAT_SECONDS", "GRACE_SECONDS"]
+           "TuneTerminated", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "StudyRecord", "study_records", "check_protocol",
+           "record_protocol", "study_seed"]
 
 #: a running trial's heartbeat period, and how long without one before another worker marks it FAIL
 HEARTBEAT_SECONDS = 10
@@ -102,12 +105,36 @@ class TuneDir:
     def plot_path(self, arm: str, kind: str) -> Path:
         return self.path / "plots" / f"{arm}-{kind}.png"
 
+    #: what to do about a damaged protocol.json: the studies' own records make it safe to delete
+    PROTOCOL_FIX = "delete it: `rankrobust tune` rebuilds it from the protocol each study records in study.db"
+
     def protocol(self) -> dict[str, Any] | None:
-        """The recorded protocol (None when the folder has none yet)."""
+        """``protocol.json`` as ``{"name", "source", "arms": {label: record}}``; None when the folder has none.
+
+        A damaged file or one of the wrong shape (not an object, ``arms`` not a mapping of arm label to
+        record) is one ConfigError / RunFolderError line naming the file and `PROTOCOL_FIX`.
+        """
         try:
-            return read_json(self.protocol_path, "delete it and rerun `rankrobust tune` (it is rewritten)")
+            data = read_json(self.protocol_path, self.PROTOCOL_FIX)
         except FileNotFoundError:
             return None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.protocol_path}: a JSON object with name, source and arms was expected, got a "
+                              f"{_json_type(data)}; {self.PROTOCOL_FIX}")
+        arms = data.get("arms") or {}
+        bad = None if isinstance(arms, dict) else f"arms is a {_json_type(arms)}"
+        bad = bad or next((f"arms[{label!r}] is a {_json_type(v)}" for label, v in arms.items()
+                           if not isinstance(v, dict)), None)
+        if bad:
+            raise ConfigError(f"{self.protocol_path}: {bad}, not a mapping of arm label to its protocol record; "
+                              f"{self.PROTOCOL_FIX}")
+        return {**data, "arms": arms}
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of ``value``'s type (object, array, string, ...) for error lines."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 # ----------------------------------------------------------------------------- one trial
@@ -194,68 +221,183 @@ def make_pruner(settings: dict[str, Any]):
 
 
 def open_study(spec: TuneSpec, arm: Arm, storage: Any):
-    """The study of ``arm`` (created on first use; seeded TPE sampler, the spec's pruner)."""
+    """The study of ``arm`` (created on first use; the spec's pruner; its sampler is replaced before every ask)."""
     optuna = _optuna()
     return optuna.create_study(study_name=arm.label, storage=storage, direction="maximize",
-                               sampler=make_sampler(spec, arm, 0), pruner=make_pruner(spec.pruner),
+                               sampler=make_sampler(spec, spec.arm_seed(arm), 0), pruner=make_pruner(spec.pruner),
                                load_if_exists=True)
 
 
-def make_sampler(spec: TuneSpec, arm: Arm, asked: int):
-    """The arm's TPE sampler for its next trial, seeded by the spec's seed, the arm and the trials ``asked`` so far.
+def study_seed(spec: TuneSpec, arm: Arm, study) -> int:
+    """The seed of ``arm``: the one its study recorded at its start (`check_protocol`), else `TuneSpec.arm_seed`."""
+    seed = _recorded_seed(study.user_attrs.get("protocol"))
+    return spec.arm_seed(arm) if seed is None else seed
 
-    Called under the ask lock before every ask, so each trial's random draws
-    are distinct across workers and reruns and the same for the same order of asks.
+
+def _recorded_seed(record: Any) -> int | None:
+    """The ``seed`` of a protocol record (None when it has none, or not an integer)."""
+    seed = record.get("seed") if isinstance(record, dict) else None
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
+def make_sampler(spec: TuneSpec, seed: int, asked: int):
+    """The TPE sampler of an arm with seed ``seed`` (`study_seed`) for its next trial, after ``asked`` asks.
+
+    Its seed is ``(t + 1000 (seed - t) + asked) mod 2^32`` with t = ``tune.seed``: the arm's offset
+    ``seed - t`` (its index for studies started before seeds followed labels, so their draws are unchanged)
+    spaced by 1000, plus the asks so far.  Called under the ask lock before every ask, so each trial's random
+    draws are distinct across workers and reruns and the same for the same order of asks.
     """
     s = spec.sampler
-    return _optuna().samplers.TPESampler(seed=spec.seed + 1000 * arm.index + asked,
+    return _optuna().samplers.TPESampler(seed=(spec.seed + 1000 * (seed - spec.seed) + asked) % 2 ** 32,
                                          n_startup_trials=s["n_startup_trials"], multivariate=s["multivariate"])
 
 
-def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
-    """Write ``protocol.json`` and each study's ``protocol`` attribute; refuse a folder tuned under another protocol.
+# ----------------------------------------------------------------------------- the protocol record
+@dataclass
+class StudyRecord:
+    """One study of a tune folder's storage: its recorded protocol (None when none is recorded) and finished trials.
 
-    The budget may change between runs (a rerun with more trials continues the
-    study); anything else (space, objective, noise, sampler, pruner, seed,
-    config) differing from the record is a `ConfigError`.
+    ``finished`` counts COMPLETE and PRUNED trials (the budget's unit); ``tuning`` is the tune spec name the
+    study recorded (None for studies recorded before names were).
     """
-    old = folder.protocol() or {}
-    if old.get("name") not in (None, spec.name):
-        raise ConfigError(f"{folder.path} holds tuning {old.get('name')!r}, not {spec.name!r}; choose another --out")
-    arms = {}
+
+    protocol: dict[str, Any] | None
+    finished: int
+    tuning: str | None = None
+
+
+def study_records(folder: TuneDir, storage: Any) -> dict[str, StudyRecord]:
+    """Every study in ``storage`` by name (the arm label) with its record; reads only, creates nothing.
+
+    The record of a study is its own ``protocol`` user attribute, written when the study started and kept up
+    to date by every rerun: it lives with the trials, so deleting or editing ``protocol.json`` changes
+    nothing.  ``protocol.json`` (read, and checked, only when present) supplies the record of a study without
+    one.  Records written before ``tune_seed`` was recorded get it here: their seed was ``tune.seed + n`` for
+    the arm's index n, and the first run's arm 0 had n = 0, so ``tune.seed`` is the smallest such seed.
+    """
+    from optuna.trial import TrialState
+
+    listed = folder.protocol() or {"arms": {}}
+    out = {}
+    for frozen in storage.get_all_studies():
+        name = frozen.study_name
+        record = frozen.user_attrs.get("protocol")
+        if not isinstance(record, dict):
+            record = listed["arms"].get(name)
+        finished = len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False,
+                                              states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        tuning = frozen.user_attrs.get("tuning", listed.get("name"))
+        out[name] = StudyRecord(dict(record) if record is not None else None, finished, tuning)
+    legacy = [r.protocol for r in out.values() if r.protocol is not None and "tune_seed" not in r.protocol
+              and _recorded_seed(r.protocol) is not None]
+    first = min((r["seed"] for r in legacy), default=None)
+    for record in legacy:
+        record["tune_seed"] = first
+    return out
+
+
+def check_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> tuple[dict[str, dict[str, Any]],
+                                                                           dict[str, StudyRecord]]:
+    """The protocol to record for each arm of ``spec`` (by label) and the folder's `study_records`.
+
+    Reads only: a refused rerun writes nothing and creates no study.  The rules, checked for every arm before
+    anything is written (ConfigError, one line naming the arm and the fix):
+
+    - the record of an arm is its study's (`study_records`), whatever ``protocol.json`` says;
+    - an arm whose study has a record keeps the seed recorded there; a new arm gets `TuneSpec.arm_seed`;
+    - every entry but the budget must equal the record (the trial config in canonical form), else the rerun
+      would mix trials of two protocols: refused, naming the first differing keys and both values;
+    - the budget may grow, never below the finished (complete + pruned) trials of any study in the folder,
+      which would leave arms with unequal budgets;
+    - a study with finished trials and no record anywhere is refused (its protocol is unknown), as is a
+      folder holding another tuning (another spec ``name``).
+    """
+    records = study_records(folder, storage)
+    others = sorted({r.tuning for r in records.values() if r.tuning not in (None, spec.name)})
+    if others:
+        raise ConfigError(f"{folder.path} holds tuning {others[0]!r}, not {spec.name!r}; choose another --out")
+    for label, record in records.items():
+        if record.finished > spec.trials:
+            raise ConfigError(f"{folder.path}: arm {label} has {record.finished} finished trials; tune.trials "
+                              f"{spec.trials} would give arms unequal budgets; use >= {record.finished}")
+    plan = {}
     for arm in spec.arms:
-        new = spec.protocol(arm)
-        before = (old.get("arms") or {}).get(arm.label)
-        if before is not None:
-            changed = [k for k in new if k != "budget" and not _same_protocol_entry(k, before.get(k), new[k])]
-            if changed:
-                raise ConfigError(f"{folder.path}: arm {arm.label} was tuned with another {', '.join(changed)}; "
-                                  f"rerun with the original spec or choose another --out")
-        arms[arm.label] = new
+        record = records.get(arm.label)
+        before = record.protocol if record is not None else None
+        if before is None:
+            if record is not None and record.finished:
+                raise ConfigError(f"{folder.path}: study {arm.label} has {record.finished} finished trials but no "
+                                  f"recorded protocol; choose another --out")
+            plan[arm.label] = spec.protocol(arm)
+            continue
+        now = spec.protocol(arm, _recorded_seed(before))
+        differences = {key: _difference(key, before.get(key), now[key]) for key in now if key != "budget"}
+        changed = [f"{key} ({how})" for key, how in differences.items() if how]
+        if changed:
+            raise ConfigError(f"{folder.path}: arm {arm.label} was tuned with another {'; '.join(changed)}; "
+                              f"rerun with the original spec or choose another --out")
+        plan[arm.label] = now
+    return plan, records
+
+
+def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
+    """Record the protocol of every arm (`check_protocol`, which refuses a rerun under another protocol).
+
+    Sets each arm's study attributes ``protocol`` (the record) and ``tuning`` (the spec name), creating the
+    studies of new arms, then rewrites ``protocol.json`` from the records of all studies in the folder (a
+    missing or deleted file is rebuilt).
+    """
+    plan, records = check_protocol(spec, folder, storage)
+    for arm in spec.arms:
         study = open_study(spec, arm, storage)
-        study.set_user_attr("protocol", _jsonable(new))
+        study.set_user_attr("protocol", _jsonable(plan[arm.label]))
+        study.set_user_attr("tuning", spec.name)
+    arms = {label: r.protocol for label, r in records.items() if r.protocol is not None}
     write_json(folder.protocol_path, _jsonable({"name": spec.name, "source": str(spec.source) if spec.source else None,
-                                                "arms": {**(old.get("arms") or {}), **arms}}))
+                                                "arms": {**arms, **plan}}))
 
 
-def _same_protocol_entry(key: str, before: Any, now: Any) -> bool:
-    """Whether one entry of an arm's recorded protocol equals today's.
+def _difference(key: str, before: Any, now: Any) -> str | None:
+    """How one entry of an arm's recorded protocol differs from today's (None when equal).
 
-    The trial ``config`` is compared in canonical form (`rankrobust.config.canonical_config`: migrated, every
-    default filled), so an option added to rankrobust after the study started, with a default equal to the old
-    behaviour, does not make the study "tuned under another protocol"; every other entry is compared as JSON.
+    The first (up to 3) differing dotted keys with both values, e.g. ``train.num_negatives 8 → 16``.  The
+    trial ``config`` is compared in canonical form (`rankrobust.config.canonical_config`: migrated, every
+    default filled), so an option added to rankrobust after the study started, with a default equal to the
+    old behaviour, does not make the study "tuned under another protocol"; every other entry as JSON.
     """
     if key == "config" and isinstance(before, dict):
         try:
-            return _jsonable(canonical_config(before)) == _jsonable(now)
+            before = canonical_config(before)
         except OutdatedConfig:
-            return False
-    return _jsonable(before) == _jsonable(now)
+            return "a config of an outdated schema"
+    before, now = _jsonable(before), _jsonable(now)
+    if before == now:
+        return None
+    old, new = _flatten(before), _flatten(now)
+    keys = [k for k in dict.fromkeys([*old, *new]) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+    return ", ".join(f"{k + ' ' if k else ''}{_show(old.get(k, _ABSENT))} → {_show(new.get(k, _ABSENT))}"
+                     for k in keys[:3]) + (f", and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+
+_ABSENT = object()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A JSON value as {dotted key: leaf}; a non-mapping is one leaf under ``prefix``."""
+    if not isinstance(value, dict) or not value:
+        return {prefix: value}
+    out = {}
+    for key, item in value.items():
+        out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _show(value: Any) -> str:
+    return "(absent)" if value is _ABSENT else json.dumps(value)
 
 
 def _jsonable(value: Any) -> Any:
-    import json
-
     return json.loads(json.dumps(value, default=str))
 
 
@@ -345,7 +487,7 @@ def _ask(spec: TuneSpec, arm: Arm, study, folder: TuneDir):
             study.enqueue_trial(prior, user_attrs={"prior": True})
         # a sampler seeded by the arm and the number of trials asked so far: workers and reruns each draw
         # new settings (one seed per process made every worker repeat the same random start-up draws)
-        study.sampler = make_sampler(spec, arm, len(study.trials))
+        study.sampler = make_sampler(spec, study_seed(spec, arm, study), len(study.trials))
         trial = study.ask({key: _distribution(s.space) for key, s in arm.space.items()})
         trial.set_user_attr("owner", {"host": socket.gethostname(), "pid": os.getpid()})
         return trial
