@@ -260,6 +260,19 @@ class CatalogColumns:
         return _CatalogColumns.apply(u, table, ws, *columns)
 
 
+
+def _accumulate(total: Tensor | None, owned: bool, h: Tensor) -> tuple[Tensor, bool]:
+    """(total + h, owned') without writing into a tensor this module does not own.
+
+    ``total`` None → h itself (not owned: it may be a layer or a caller's gradient); owned → added in
+    place; otherwise a new sum, owned from then on.  The sums equal plain ``total + h``.
+    """
+    if total is None:
+        return h, False
+    if owned:
+        return total.add_(h), True
+    return total + h, True
+
 class _PropagateLayers(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, adj: Tensor, layers: int, first: int, keep: int | None,
@@ -277,12 +290,7 @@ class _PropagateLayers(torch.autograd.Function):
                 if perturb is not None:
                     h = perturb(h)
                 if layer >= first:
-                    if total is None:
-                        total = h
-                    elif owned:
-                        total.add_(h)
-                    else:
-                        total, owned = total + h, True
+                    total, owned = _accumulate(total, owned, h)
                 if layer == keep:
                     kept = h
             mean = total.div_(layers - first + 1) if owned else total / (layers - first + 1)
@@ -301,14 +309,8 @@ class _PropagateLayers(torch.autograd.Function):
                 if h is not None:
                     h, owned = adj @ h, True
                 for g in (scaled if layer >= first else None, grad_kept if layer == keep else None):
-                    if g is None:
-                        continue
-                    if h is None:
-                        h = g
-                    elif owned:
-                        h.add_(g)
-                    else:
-                        h, owned = h + g, True
+                    if g is not None:
+                        h, owned = _accumulate(h, owned, g)
         return h, None, None, None, None, None
 
 

@@ -51,6 +51,17 @@ def ragged_negative_mask(rng: np.random.Generator, b: int, m: int) -> np.ndarray
     return mask
 
 
+def write_tiny_split(folder: Path, n_users: int, n_items: int, density: float) -> Path:
+    """``folder`` with train.txt / test.txt (LightGCN format): `random_interactions` (seed 0) split 80/20 per user."""
+    from rankrobust.data import split_per_user, write_lightgcn
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, test = split_per_user(random_interactions(n_users, n_items, density, seed=0), (0.8, 0.2), seed=0)
+    write_lightgcn(train, folder / "train.txt")
+    write_lightgcn(test, folder / "test.txt")
+    return folder
+
+
 def epoch_without_host_sync(trainer):
     """One `Trainer.epoch` on CUDA after a warm-up epoch, failing on any host sync inside it → its [2] result."""
     trainer.epoch()  # warm-up (lazy initialisation may sync once)
@@ -102,14 +113,8 @@ def _tiny_sweep(root: Path, data: Path, name: str, grid: dict, options: dict | N
 @pytest.fixture(scope="session")
 def tiny_results(tmp_path_factory) -> Path:
     """The quick sweeps in miniature (folders: `TINY_FOLDERS`), built once per test session."""
-    from rankrobust.data import split_per_user, write_lightgcn
-
     root = tmp_path_factory.mktemp("results")
-    data = root / "data"
-    data.mkdir()
-    train, test = split_per_user(random_interactions(40, 70, 0.15, seed=0), (0.8, 0.2), seed=0)
-    write_lightgcn(train, data / "train.txt")
-    write_lightgcn(test, data / "test.txt")
+    data = write_tiny_split(root / "data", 40, 70, 0.15)
     _tiny_sweep(root, data, "noisy-positives-tiny", {"loss.name": ["sl", "bsl"], "noise.pos_ratio": [0.0, 0.2, 0.4]},
                 {"fairness": True}, {"loss": {"tau1": 0.5}})
     _tiny_sweep(root, data, "noisy-negatives-tiny", {"loss.name": ["sl", "bsl"], "noise.neg_prob": [0.0, 0.2]})

@@ -20,7 +20,7 @@ import torch
 
 from rankrobust.losses import LOSSES, dcl, sl
 from rankrobust.losses.cw import cw
-from tests.oracles import finite_differences
+from tests.oracles import finite_differences, train_with_both_accounting_sides
 from conftest import ragged_negative_mask
 
 DELTA = 1e-6  # the relative cap of the correction (denoising.DCL_FLOOR), restated
@@ -218,17 +218,4 @@ def test_registry_entry_and_bad_options_at_config_time():
 @pytest.mark.parametrize("sampler", ["uniform", "in_batch"])
 def test_trains_with_gradient_accounting_on_both_sides(tmp_path, sampler):
     """CW reads s⁺ and s⁻: both sides of the gradient accounting are numbers (docs/PROTOCOLS.md §13)."""
-    from analysis.probes import accounting_lines, probes_for
-    from rankrobust.experiment import run_experiment
-    from tests.test_train import tiny_config
-
-    noise = {"pos_ratio": 0.2, "neg_prob": 0.0 if sampler == "in_batch" else 0.2}
-    cfg = tiny_config(tmp_path, loss={"name": "cw", "tau_plus": 0.2}, noise=noise,
-                      train={"epochs": 2, "sampler": sampler})
-    summary = run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for())
-    assert np.isfinite(summary.fit.history["loss"]).all()
-    acc = summary.metrics["gradient_accounting"]
-    assert 0 < acc["pos_grad_share_noisy_best"] < 1
-    if sampler == "uniform":
-        assert 0 < acc["neg_grad_share_fn_best"] < 1
-        assert len(accounting_lines(acc)) == 2 and not any("n/a" in line for line in accounting_lines(acc))
+    train_with_both_accounting_sides(tmp_path, {"name": "cw", "tau_plus": 0.2}, sampler)

@@ -22,7 +22,7 @@ import torch
 
 from rankrobust.losses import LOSSES, LossBatch, sl
 from rankrobust.losses.dsl import dsl, dsl_scores
-from tests.oracles import finite_differences
+from tests.oracles import finite_differences, train_with_both_accounting_sides
 from conftest import ragged_negative_mask
 
 MAX_SCALE = 10.0  # the clamp of τ_k/τ (dsl.DSL_MAX_SCALE), restated
@@ -247,17 +247,4 @@ def test_registry_entry_and_bad_options_at_config_time():
 def test_trains_with_gradient_accounting_on_both_sides(tmp_path, sampler, compile_step):
     """DSL reads s⁺, s⁻ and the item rows: it trains (also compiled, and on in-batch negatives, whose rows are
     the other pairs' positives) and both sides of the gradient accounting are numbers (docs/PROTOCOLS.md §13)."""
-    from analysis.probes import accounting_lines, probes_for
-    from rankrobust.experiment import run_experiment
-    from tests.test_train import tiny_config
-
-    noise = {"pos_ratio": 0.2, "neg_prob": 0.0 if sampler == "in_batch" else 0.2}
-    cfg = tiny_config(tmp_path, loss={"name": "dsl", "slate": 3}, noise=noise,
-                      train={"epochs": 2, "sampler": sampler, "compile": compile_step})
-    summary = run_experiment(cfg, tmp_path / "run", progress=False, probes=probes_for())
-    assert np.isfinite(summary.fit.history["loss"]).all()
-    acc = summary.metrics["gradient_accounting"]
-    assert 0 < acc["pos_grad_share_noisy_best"] < 1
-    if sampler == "uniform":
-        assert 0 < acc["neg_grad_share_fn_best"] < 1
-        assert len(accounting_lines(acc)) == 2 and not any("n/a" in line for line in accounting_lines(acc))
+    train_with_both_accounting_sides(tmp_path, {"name": "dsl", "slate": 3}, sampler, compile=compile_step)

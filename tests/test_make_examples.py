@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from rankrobust import EXAMPLES_DIR, SweepDir
-from tests.conftest import REPO, _tiny_sweep, random_interactions
+from tests.conftest import REPO, _tiny_sweep, write_tiny_split
 
 SCRIPT = REPO / "scripts" / "make_examples.py"
 
@@ -30,14 +30,8 @@ make_examples = _load()
 @pytest.fixture(scope="module")
 def one_sweep(tmp_path_factory) -> Path:
     """A results folder holding one finished one-run sweep as ``np-quick`` (the first folder the script reads)."""
-    from rankrobust.data import split_per_user, write_lightgcn
-
     root = tmp_path_factory.mktemp("results")
-    data = root / "data"
-    data.mkdir()
-    train, test = split_per_user(random_interactions(20, 30, 0.2, seed=0), (0.8, 0.2), seed=0)
-    write_lightgcn(train, data / "train.txt")
-    write_lightgcn(test, data / "test.txt")
+    data = write_tiny_split(root / "data", 20, 30, 0.2)
     _tiny_sweep(root, data, "noisy-positives-tiny", {"loss.name": ["sl"]})
     assert SweepDir(root / "np-quick").spec_path.is_file()
     return root
