@@ -1085,8 +1085,12 @@ def update_readme(path: Path, block: str) -> str:
 
 
 # ------------------------------------------------------------------ drawing and saving
-def save_figure(fig: MplFigure, out: Path, stem: str, sources: list[Path], what: str) -> list[Path]:
-    """Write ``stem.png``, ``stem.pdf`` and ``stem.txt`` (caption, command, stores) atomically; returns the paths."""
+def save_figure(fig: MplFigure, out: Path, stem: str, sources: list[Path], what: str,
+                number: int | None = None) -> list[Path]:
+    """Write ``stem.png``, ``stem.pdf`` and ``stem.txt`` (caption, command, stores) atomically; returns the paths.
+
+    The command written is the one that redraws this figure alone (``--only number`` when given).
+    """
     paths = []
     for ext in ("png", "pdf"):
         target = out / f"{stem}.{ext}"
@@ -1095,6 +1099,8 @@ def save_figure(fig: MplFigure, out: Path, stem: str, sources: list[Path], what:
         paths.append(target)
     plt.close(fig)
     command = "rankrobust figures " + " ".join(_quote(s) for s in sources) + f" --out {_quote(out)}"
+    if number is not None:
+        command += f" --only {number}"
     stores = "".join(f"  {_shown(SweepDir(s).store_path)}\n" for s in sources)
     runs.write_text(out / f"{stem}.txt", f"{what}\n\ncommand: {command}\nstores:\n{stores}")
     paths.append(out / f"{stem}.txt")
@@ -1133,7 +1139,7 @@ def make_figures(dirs: list[Path], out: Path, only: list[str] | None = None) -> 
         except (MissingData, FileNotFoundError, RunFolderError) as err:  # e.g. run files a shipped example omits
             print(f"skipped {fig.stem}: {err}", file=sys.stderr)
             continue
-        written += save_figure(drawn.figure, out, fig.stem, drawn.sources, drawn.caption)
+        written += save_figure(drawn.figure, out, fig.stem, drawn.sources, drawn.caption, fig.number)
     update_readme(out / README, figures_readme_block(sweeps, out))
     written.append(out / README)
     return written

@@ -46,6 +46,7 @@ def test_every_registry_figure_is_drawn(tiny_results, tmp_path, capsys):
         assert (out / f"{fig.stem}.pdf").stat().st_size > 1000
         sidecar = (out / f"{fig.stem}.txt").read_text()
         assert fig.caption in sidecar and "rankrobust figures" in sidecar
+        assert sidecar.split("command: ")[1].splitlines()[0].endswith(f" --only {fig.number}")  # this figure alone
         for kind in fig.needs:
             assert str(SweepDir(tiny_results / TINY_FOLDERS[kind]).store_path) in sidecar
     readme = (out / "README.md").read_text()
