@@ -430,11 +430,11 @@ def tune_cli(tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(study_module, "run_tune", functools.partial(study_module.run_tune, trial_fn=lr_trial))
 
-    def call(doc: dict, out: Path) -> tuple[int, str]:
+    def call(doc: dict, out: Path, *extra: str) -> tuple[int, str]:
         path = tmp_path / "spec.yaml"
         path.write_text(yaml.safe_dump(doc))
         capsys.readouterr()
-        code = main(["tune", str(path), "--out", str(out), "--quiet"])
+        code = main(["tune", str(path), "--out", str(out), "--quiet", *extra])
         return code, capsys.readouterr().err.strip()
 
     return call
@@ -482,10 +482,11 @@ def test_a_budget_below_the_finished_trials_is_refused(tmp_path, tune_cli):
     lower = {**doc, "tune": {**doc["tune"], "trials": 1}}
     code, err = tune_cli(lower, out)
     assert code == 2 and len(err.splitlines()) == 1
-    assert "arm sl has 3 finished trials; tune.trials 1 would give arms unequal budgets; use >= 3" in err
+    assert ("arm sl has budget 3 recorded and 3 finished trials; tune.trials 1 would give arms unequal budgets; "
+            "use tune.trials >= 3") in err
     added = {**lower, "arms": {"loss.name": ["bce"]}}  # a new arm with a smaller budget than the others had
     code, err = tune_cli(added, out)
-    assert code == 2 and "has 3 finished trials; tune.trials 1" in err
+    assert code == 2 and "3 finished trials; tune.trials 1" in err
     assert finished(out) == {"sl": 3, "bpr": 3}  # no study for bce
     more = {**doc, "tune": {**doc["tune"], "trials": 4}}
     assert tune_cli(more, out)[0] == 0
@@ -566,7 +567,9 @@ def test_the_real_lastfm_quick_study_continues_with_its_seeds(tmp_path):
 
 
 @pytest.mark.parametrize("content", ['{"name": "tiny", "arms": "x"}', '{"name": "tiny", "arms": {"sl": "x"}}',
-                                     '["a list"]', '{"name": "tiny", "ar'])
+                                     '["a list"]', '{"name": "tiny", "ar', '{"name": "tiny", "arms": []}',
+                                     '{"name": 3, "arms": {}}', '{"arms": {}}', '{"name": "tiny", "source": 1}',
+                                     '{"name": "tiny", "storage": ["x"]}'])
 def test_a_protocol_json_of_the_wrong_shape_is_one_line(tmp_path, capsys, tune_cli, content):
     doc = spec_doc(tmp_path, trials=1, pruner="none")
     out = tmp_path / "out"
@@ -607,3 +610,134 @@ def test_tune_results_of_a_presets_folder_is_one_line_and_creates_no_database(tm
     assert len(err.splitlines()) == 1 and "holds tuned presets" in err and str(out.absolute() / "study.db") in err
     assert sorted(p.name for p in presets.iterdir()) == ["best", "protocol.json"]
     assert main(["tune-results", str(tmp_path / "data")]) == 2 and not (tmp_path / "data" / "study.db").exists()
+
+
+def test_a_protocol_json_without_source_or_arms_is_rebuilt(tmp_path, tune_cli):
+    """Only ``name`` is required: a protocol.json without ``source`` or ``arms`` is rebuilt from the studies."""
+    doc = spec_doc(tmp_path, trials=1, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    (out / "protocol.json").write_text('{"name": "tiny"}')
+    assert tune_cli(doc, out)[0] == 0
+    rebuilt = json.loads((out / "protocol.json").read_text())
+    assert set(rebuilt["arms"]) == {"sl"} and rebuilt["source"] and rebuilt["storage"] == "study.db"
+
+
+def test_a_garbage_protocol_json_alone_is_refused_creating_nothing(tmp_path, tune_cli):
+    doc = spec_doc(tmp_path, trials=1, pruner="none")
+    out = tmp_path / "gp"
+    out.mkdir()
+    (out / "protocol.json").write_text("not json {")
+    code, err = tune_cli(doc, out)
+    assert code == 2 and len(err.splitlines()) == 1 and str(out / "protocol.json") in err, err
+    assert [p.name for p in out.iterdir()] == ["protocol.json"]  # no study.db, no lock file
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("same_name", [False, True])
+def test_a_presets_folder_is_refused_before_anything_is_written(tmp_path, tune_cli, same_name):
+    """``tune --out`` a presets folder (best/ + protocol.json, no study.db: a copy of configs/tuned/...) is one
+    line naming its tuning; its files stay as they were and no database or lock is created."""
+    import shutil
+
+    doc = spec_doc(tmp_path, trials=1, pruner="none")
+    presets = tmp_path / "presets"
+    shipped = REPO / "configs" / "tuned" / "backbones-lastfm-quick"
+    if shipped.is_dir() and not same_name:
+        shutil.copytree(shipped, presets)
+        name = "backbones-lastfm-quick"
+    else:
+        assert tune_cli(doc, tmp_path / "out")[0] == 0
+        shutil.copytree(tmp_path / "out" / "best", presets / "best")
+        shutil.copy(tmp_path / "out" / "protocol.json", presets / "protocol.json")
+        name = "tiny"
+        if not same_name:
+            record = json.loads((presets / "protocol.json").read_text())
+            name = record["name"] = "backbones-lastfm-quick"
+            (presets / "protocol.json").write_text(json.dumps(record))
+    before = folder_bytes(presets)
+    code, err = tune_cli(doc, presets)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{presets} holds the presets of tuning {name!r} (no study.db); choose another --out" in err
+    assert folder_bytes(presets) == before
+
+
+def test_another_storage_is_refused_and_a_finished_run_is_never_overwritten(tmp_path, tune_cli):
+    """A folder tuned with its own study.db refuses a rerun naming another --storage (and the other way round),
+    creating no study there; independently, a trial never runs into a trial folder holding a finished run."""
+    from rankrobust.runs import STATUS_DONE, write_status
+
+    doc = spec_doc(tmp_path, trials=2, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    before = folder_bytes(out / "trials")
+    other = tmp_path / "other.db"
+    code, err = tune_cli(doc, out, "--storage", f"sqlite:///{other}")
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{out} was tuned with storage study.db, not sqlite:///{other}; rerun without --storage" in err
+    assert not other.exists() and folder_bytes(out / "trials") == before
+    elsewhere = tmp_path / "elsewhere"
+    assert tune_cli(doc, elsewhere, "--storage", f"sqlite:///{other}")[0] == 0
+    assert json.loads((elsewhere / "protocol.json").read_text())["storage"] == f"sqlite:///{other}"
+    code, err = tune_cli(doc, elsewhere)
+    assert code == 2 and f"rerun with --storage sqlite:///{other}" in err
+    assert TuneDir(tmp_path).storage_label("postgresql://me:secret@db/x") == "postgresql://me:***@db/x"
+
+    fresh = tmp_path / "fresh"  # a trial folder of some other study, no record of it anywhere
+    run = TuneDir(fresh).trial_dir("sl", 0)
+    run.mkdir(parents=True)
+    write_status(run, STATUS_DONE)
+    with pytest.raises(ConfigError, match=f"{run} already holds a finished run.*not overwritten"):
+        run_tune(parse_tune_spec(doc), fresh, progress=False, trial_fn=marking_trial)
+    assert sorted(p.name for p in run.iterdir()) == ["status"]
+
+
+def test_a_recorded_budget_is_never_lowered_and_the_check_holds_the_lock(tmp_path, tune_cli):
+    """tune.trials below an arm's recorded budget is refused even before its trials finish (a second driver
+    started with a smaller budget); the protocol is checked and recorded under the folder's lock."""
+    import threading
+
+    from rankrobust.tuning.study import _flock, record_protocol
+
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=5, pruner="none")
+    out = tmp_path / "out"
+    out.mkdir()
+    record_protocol(parse_tune_spec(doc), TuneDir(out), make_storage(TuneDir(out).storage_url))  # trials 5 started
+    code, err = tune_cli({**doc, "tune": {**doc["tune"], "trials": 2}}, out)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert "arm sl has budget 5 recorded and 0 finished trials; tune.trials 2 would give arms unequal budgets" in err
+    assert finished(out) == {"sl": 0, "bpr": 0}
+
+    later = tmp_path / "later"
+    later.mkdir()
+    done = threading.Event()
+    with _flock(TuneDir(later).lock_path):  # another driver's bookkeeping
+        thread = threading.Thread(target=lambda: (run_tune(parse_tune_spec(doc), later, progress=False,
+                                                           trial_fn=lr_trial), done.set()))
+        thread.start()
+        time.sleep(1.0)
+        assert not (later / "study.db").exists() and not (later / "protocol.json").exists()
+    thread.join(60)
+    assert done.is_set() and finished(later) == {"sl": 5, "bpr": 5}
+
+
+@pytest.mark.parametrize("damage", ["empty", "garbage", "truncated"])
+def test_a_damaged_study_db_is_one_line(tmp_path, capsys, tune_cli, damage):
+    """A 0-byte, garbage or truncated study.db: `tune` and `tune-results` say in one line that the file is not a
+    readable Optuna database (exit 2), never a traceback."""
+    doc = spec_doc(tmp_path, losses=("sl", "bpr"), trials=3, pruner="none")
+    out = tmp_path / "out"
+    assert tune_cli(doc, out)[0] == 0
+    db = out / "study.db"
+    data = db.read_bytes()
+    db.write_bytes({"empty": b"", "garbage": b"not a database " * 200, "truncated": data[:len(data) // 2]}[damage])
+    capsys.readouterr()
+    calls = [(main(["tune-results", str(out), "--no-plots"]), capsys.readouterr().err.strip())]
+    if damage != "empty":  # tune creates its tables in an empty file
+        calls.append(tune_cli(doc, out))
+    for code, err in calls:
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"{db} is not a readable Optuna database (" in err and "start the tuning over" in err

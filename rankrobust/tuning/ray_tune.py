@@ -31,8 +31,8 @@ from rankrobust.sweeps.executors import connect_ray, unmet_request
 from rankrobust.sweeps.runner import sigterm_stops
 from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
-from rankrobust.tuning.study import (PruningProbe, TuneDir, TuneTerminated, _distribution, _optuna, counts, make_storage, open_study,
-                                     record_protocol, study_seed, write_best)
+from rankrobust.tuning.study import (PruningProbe, TuneDir, TuneTerminated, _distribution, _flock, _optuna, check_folder,
+                                     counts, make_storage, open_study, record_protocol, study_seed, write_best)
 
 __all__ = ["run_tune_ray", "RAY_TUNE_HINT"]
 
@@ -175,9 +175,11 @@ def _tune_arms(spec: TuneSpec, out: str | Path, ray, tune, ASHAScheduler, FIFOSc
                jobs: int, progress: bool) -> TuneDir:
     """The arms of `run_tune_ray`, one Ray Tune run each, inside its connection and signal handling."""
     folder = TuneDir(out)
+    check_folder(spec, folder, folder.storage_url)
     folder.path.mkdir(parents=True, exist_ok=True)
-    storage = make_storage(folder.storage_url)
-    record_protocol(spec, folder, storage)
+    with _flock(folder.lock_path):  # serialised with other drivers' checks (`run_tune`)
+        storage = make_storage(folder.storage_url)
+        record_protocol(spec, folder, storage)
     try:
         for arm in spec.arms:
             study = open_study(spec, arm, storage)

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from rankrobust.config import ConfigError
-from rankrobust.tuning.study import TuneDir, _optuna, counts, study_records
+from rankrobust.tuning.study import TuneDir, _optuna, counts, readable_storage, study_records
 
 __all__ = ["TEST_LABEL", "tune_table", "format_table", "write_plots", "require_tune_folder", "read_storage"]
 
@@ -49,15 +49,20 @@ def require_tune_folder(path: str | Path, storage_url: str | None = None) -> Tun
 
 
 def read_storage(folder: TuneDir, storage_url: str | None = None):
-    """The folder's study storage opened for reading: a SQLite file read-only (never created); another URL as is."""
+    """The folder's study storage opened for reading: a SQLite file read-only (never created); another URL as is.
+
+    A damaged database is one ConfigError line naming it (`readable_storage`).
+    """
     optuna = _optuna()
     url = storage_url or folder.storage_url
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if not path.is_file():
             raise ConfigError(f"{path} does not exist: pass the database of `rankrobust tune --storage`")
-        url = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true"
-    return optuna.storages.RDBStorage(url)
+        url, name = f"sqlite:///file:{path.absolute()}?mode=ro&uri=true", str(path)
+    else:
+        name = folder.storage_label(url)
+    return readable_storage(lambda: optuna.storages.RDBStorage(url), name)
 
 
 def _studies(folder: TuneDir, storage_url: str | None = None) -> list[tuple[str, dict[str, Any], Any]]:

@@ -51,14 +51,14 @@ import yaml
 
 from rankrobust.config import ConfigError, OutdatedConfig, RunConfig, canonical_config
 from rankrobust.probes import Probe, StopTraining
-from rankrobust.runs import read_json, write_json, write_text
+from rankrobust.runs import STATUS_DONE, read_json, read_status, write_json, write_text
 from rankrobust.sweeps.runner import pid_alive, sigterm_stops
 from rankrobust.train import TrainingDiverged
 from rankrobust.tuning.spec import Arm, TuneSpec
 
 __all__ = ["TuneDir", "TrialResult", "PruningProbe", "train_trial", "run_tune", "open_study", "write_best",
            "TuneTerminated", "HEARTBEAT_SECONDS", "GRACE_SECONDS", "StudyRecord", "study_records", "check_protocol",
-           "record_protocol", "study_seed"]
+           "record_protocol", "study_seed", "check_folder", "readable_storage"]
 
 #: a running trial's heartbeat period, and how long without one before another worker marks it FAIL
 HEARTBEAT_SECONDS = 10
@@ -96,6 +96,14 @@ class TuneDir:
     def lock_path(self) -> Path:
         return self.path / ".ask.lock"
 
+    #: the ``storage`` protocol.json records for the folder's own database (also when the entry is absent)
+    OWN_STORAGE = STUDY
+
+    def storage_label(self, url: str) -> str:
+        """How protocol.json records the storage ``url``: `OWN_STORAGE` for ``DIR/study.db``, else the URL with
+        any password masked (``postgresql://user:***@host/db``)."""
+        return self.OWN_STORAGE if url == self.storage_url else _masked(url)
+
     def trial_dir(self, arm: str, number: int) -> Path:
         return self.path / "trials" / arm / f"{number:04d}"
 
@@ -109,10 +117,12 @@ class TuneDir:
     PROTOCOL_FIX = "delete it: `rankrobust tune` rebuilds it from the protocol each study records in study.db"
 
     def protocol(self) -> dict[str, Any] | None:
-        """``protocol.json`` as ``{"name", "source", "arms": {label: record}}``; None when the folder has none.
+        """``protocol.json`` as ``{"name", "source", "storage", "arms": {label: record}}``; None when there is none.
 
-        A damaged file or one of the wrong shape (not an object, ``arms`` not a mapping of arm label to
-        record) is one ConfigError / RunFolderError line naming the file and `PROTOCOL_FIX`.
+        ``name`` (the tune spec's name) must be a non-empty string; ``source`` (the spec file) and ``storage``
+        (`storage_label`) a string or null when present; ``arms`` a mapping of arm label to record when present
+        (a missing ``arms`` lists no arm: the studies' own records rebuild it).  A damaged file or one of
+        another shape is one ConfigError / RunFolderError line naming the file and `PROTOCOL_FIX`.
         """
         try:
             data = read_json(self.protocol_path, self.PROTOCOL_FIX)
@@ -121,8 +131,12 @@ class TuneDir:
         if not isinstance(data, dict):
             raise ConfigError(f"{self.protocol_path}: a JSON object with name, source and arms was expected, got a "
                               f"{_json_type(data)}; {self.PROTOCOL_FIX}")
-        arms = data.get("arms") or {}
-        bad = None if isinstance(arms, dict) else f"arms is a {_json_type(arms)}"
+        arms = data.get("arms", {})
+        bad = None if isinstance(data.get("name"), str) and data["name"] else (
+            f"name is {'absent' if 'name' not in data else 'a ' + _json_type(data['name'])}, not the tune spec's name")
+        bad = bad or next((f"{key} is a {_json_type(data[key])}, not a string" for key in ("source", "storage")
+                           if data.get(key) is not None and not isinstance(data[key], str)), None)
+        bad = bad or (None if isinstance(arms, dict) else f"arms is a {_json_type(arms)}")
         bad = bad or next((f"arms[{label!r}] is a {_json_type(v)}" for label, v in arms.items()
                            if not isinstance(v, dict)), None)
         if bad:
@@ -197,15 +211,56 @@ def _optuna():
     return optuna
 
 
-def make_storage(url: str):
-    """An Optuna RDB storage at ``url`` with heartbeats (a dead worker's trial becomes FAIL, retried once)."""
+def make_storage(url: str, name: str | None = None):
+    """An Optuna RDB storage at ``url`` with heartbeats (a dead worker's trial becomes FAIL, retried once).
+
+    A database that cannot be read (`readable_storage`) is one ConfigError line naming it (``name``, default
+    the URL's file).
+    """
     optuna = _optuna()
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
     kwargs = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS,
-                                      grace_period=GRACE_SECONDS,
-                                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    return readable_storage(lambda: optuna.storages.RDBStorage(
+        url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1)), name or _url_name(url))
+
+
+def readable_storage(open_storage: Callable[[], Any], name: str):
+    """``open_storage()``, its study list read once; a damaged database is one ConfigError line naming ``name``.
+
+    A 0-byte file opened read-only, garbage bytes or a truncated SQLite file fail inside SQLAlchemy (its
+    DatabaseError, OperationalError included) or Optuna (StorageInternalError) when the storage is created or
+    first read; the line gives the error's first line and the fix.
+    """
+    import sqlalchemy.exc
+
+    optuna = _optuna()
+    try:
+        storage = open_storage()
+        storage.get_all_studies()
+    except (sqlalchemy.exc.DatabaseError, optuna.exceptions.StorageInternalError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0]
+        raise ConfigError(f"{name} is not a readable Optuna database ({first}); move it away (or choose another "
+                          f"--out) to start the tuning over") from None
+    return storage
+
+
+def _url_name(url: str) -> str:
+    """A storage URL as error lines name it: the database file for SQLite, else the URL, password masked."""
+    return str(Path(url[len("sqlite:///"):])) if url.startswith("sqlite:///") else _masked(url)
+
+
+def _masked(url: str) -> str:
+    """``url`` with any password shown as ``***``."""
+    from sqlalchemy.engine import make_url
+
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL SQLAlchemy parses: shown as given (make_storage names the error)
+        return url
 
 
 def make_pruner(settings: dict[str, Any]):
@@ -308,8 +363,9 @@ def check_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> tuple[dict[
     - an arm whose study has a record keeps the seed recorded there; a new arm gets `TuneSpec.arm_seed`;
     - every entry but the budget must equal the record (the trial config in canonical form), else the rerun
       would mix trials of two protocols: refused, naming the first differing keys and both values;
-    - the budget may grow, never below the finished (complete + pruned) trials of any study in the folder,
-      which would leave arms with unequal budgets;
+    - the budget may grow, never fall below the budget recorded for any study in the folder nor below its
+      finished (complete + pruned) trials, which would leave arms with unequal budgets (also across two
+      concurrent runs: `run_tune` checks and records under the folder's lock);
     - a study with finished trials and no record anywhere is refused (its protocol is unknown), as is a
       folder holding another tuning (another spec ``name``).
     """
@@ -318,9 +374,12 @@ def check_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> tuple[dict[
     if others:
         raise ConfigError(f"{folder.path} holds tuning {others[0]!r}, not {spec.name!r}; choose another --out")
     for label, record in records.items():
-        if record.finished > spec.trials:
-            raise ConfigError(f"{folder.path}: arm {label} has {record.finished} finished trials; tune.trials "
-                              f"{spec.trials} would give arms unequal budgets; use >= {record.finished}")
+        budget = (record.protocol or {}).get("budget")
+        budget = budget if isinstance(budget, int) and not isinstance(budget, bool) else 0
+        if max(budget, record.finished) > spec.trials:
+            raise ConfigError(f"{folder.path}: arm {label} has budget {budget} recorded and {record.finished} "
+                              f"finished trials; tune.trials {spec.trials} would give arms unequal budgets; use "
+                              f"tune.trials >= {max(budget, record.finished)}")
     plan = {}
     for arm in spec.arms:
         record = records.get(arm.label)
@@ -346,7 +405,8 @@ def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
 
     Sets each arm's study attributes ``protocol`` (the record) and ``tuning`` (the spec name), creating the
     studies of new arms, then rewrites ``protocol.json`` from the records of all studies in the folder (a
-    missing or deleted file is rebuilt).
+    missing or deleted file is rebuilt), with the storage (`TuneDir.storage_label`) they live in.  Called
+    under the folder's lock by `run_tune`, so two drivers starting together are checked one after the other.
     """
     plan, records = check_protocol(spec, folder, storage)
     for arm in spec.arms:
@@ -355,7 +415,38 @@ def record_protocol(spec: TuneSpec, folder: TuneDir, storage: Any) -> None:
         study.set_user_attr("tuning", spec.name)
     arms = {label: r.protocol for label, r in records.items() if r.protocol is not None}
     write_json(folder.protocol_path, _jsonable({"name": spec.name, "source": str(spec.source) if spec.source else None,
+                                                "storage": folder.storage_label(_url(storage)),
                                                 "arms": {**arms, **plan}}))
+
+
+def check_folder(spec: TuneSpec, folder: TuneDir, url: str) -> None:
+    """Refuse an ``--out`` folder that `run_tune` must not write into; reads only, creates nothing.
+
+    Checked before the storage is opened or any file is written (ConfigError, one line naming the folder and
+    the fix): a ``protocol.json`` that cannot be read or is of another shape (`TuneDir.protocol`); a presets
+    folder (``best/<arm>.yaml`` but no study database: the folder's storage is its own ``study.db`` and there
+    is none, e.g. a copy of ``configs/tuned/...``); a ``protocol.json`` naming another tuning; and a storage
+    ``url`` other than the one the folder was tuned with (protocol.json's ``storage``; absent in files
+    written before it was recorded, meaning the folder's own ``study.db``, as it does when only study.db is
+    there), whose trial numbers would land on the run folders of the recorded storage's trials.
+    """
+    listed = folder.protocol()
+    recorded = (listed or {}).get("storage") or (
+        folder.OWN_STORAGE if listed is not None or folder.study_path.exists() else None)
+    presets = (recorded in (None, folder.OWN_STORAGE) and not folder.study_path.exists()
+               and any((folder.path / "best").glob("*.yaml")))
+    if presets:
+        name = (listed or {}).get("name")
+        raise ConfigError(f"{folder.path} holds the presets of tuning {name!r} (no {folder.STUDY}); "
+                          f"choose another --out" if name else
+                          f"{folder.path} holds presets (best/<arm>.yaml, no {folder.STUDY}); choose another --out")
+    if listed is not None and listed["name"] != spec.name:
+        raise ConfigError(f"{folder.path} holds tuning {listed['name']!r}, not {spec.name!r}; choose another --out")
+    now = folder.storage_label(url)
+    if recorded is not None and recorded != now:
+        how = "without --storage" if recorded == folder.OWN_STORAGE else f"with --storage {recorded}"
+        raise ConfigError(f"{folder.path} was tuned with storage {recorded}, not {now}; rerun {how} or choose "
+                          f"another --out")
 
 
 def _difference(key: str, before: Any, now: Any) -> str | None:
@@ -528,6 +619,12 @@ def run_arm(spec: TuneSpec, arm: Arm, folder: TuneDir, storage: Any, *, trial_fn
         params = {key: trial.params[key] for key in arm.space}
         run_dir = folder.trial_dir(arm.label, trial.number)
         trial.set_user_attr("run_dir", str(run_dir.relative_to(folder.path)))
+        if read_status(run_dir) == STATUS_DONE:  # another study's trial (e.g. another --storage): keep it
+            why = f"{run_dir} already holds a finished run, of a trial this study does not know"
+            trial.set_user_attr("error", why)
+            study.tell(trial, state=TrialState.FAIL)
+            raise ConfigError(f"{why}; not overwritten: rerun with the storage this folder was tuned with, or "
+                              f"choose another --out")
 
         def report(value: float, epoch: int) -> bool:
             trial.report(value, epoch)
@@ -669,7 +766,8 @@ def run_tune(spec: TuneSpec, out: str | Path, *, jobs: int = 1, storage_url: str
 
     ``jobs`` worker processes share the study (``storage_url``, default the
     folder's SQLite file); with ``jobs = 1`` trials run in this process.
-    Raises ConfigError (a folder tuned under another protocol), RuntimeError
+    Raises ConfigError (a folder `check_folder` refuses, one tuned under another protocol: `check_protocol`;
+    a damaged database: `readable_storage`), RuntimeError
     (an arm whose trials keep failing) and `TuneTerminated` on SIGTERM
     (workers ended; the rerun continues).  The best files are written also
     when interrupted.
@@ -677,10 +775,12 @@ def run_tune(spec: TuneSpec, out: str | Path, *, jobs: int = 1, storage_url: str
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
     folder = TuneDir(out)
-    folder.path.mkdir(parents=True, exist_ok=True)
     url = storage_url or folder.storage_url
-    storage = make_storage(url)
-    record_protocol(spec, folder, storage)
+    check_folder(spec, folder, url)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    with _flock(folder.lock_path):  # serialised with other drivers' checks and workers' asks
+        storage = make_storage(url)
+        record_protocol(spec, folder, storage)
     bar = Progress(spec, storage, progress)
     processes = []
     finished = False
