@@ -3,7 +3,8 @@
 Layout of a tune folder::
 
     study.db                 SQLite: one Optuna study per arm, named by the arm label
-    protocol.json            per arm: search space, budget, sampler and pruner settings, seed, objective, noise
+    protocol.json            per arm: search space, budget, sampler and pruner settings, seed, objective, noise;
+                             the storage the studies live in (`TuneDir.storage_label`, `check_folder`)
                              (a copy: each study's ``protocol`` user attribute is the record; `check_protocol`)
     trials/<arm>/<NNNN>/     one run folder per trial (NNNN = the trial's number in its study)
     best/<arm>.yaml          the chosen settings of each arm (`write_best`)
